@@ -1,0 +1,56 @@
+//! Messaging shared by every shop service: RabbitMQ topology, the CloudEvents envelope, the SQLite
+//! transactional outbox and its relay, the inbox, and a reconnecting consumer.
+//!
+//! # How to use
+//!
+//! ```text
+//! let db = Db::open(path)?;                      // one SQLite file per service
+//! messaging::migrate(&db).await?;                // outbox + inbox tables
+//! // in a request or handler transaction:
+//! outbox::enqueue(&tx, "orders", &OrderCancelled { .. }, &trace)?;
+//! // spawn the relay and the consumer; both stop when `shutdown` is cancelled:
+//! let (relay, notifier) = Relay::new(amqp.clone(), db.clone(), metrics.clone());
+//! tokio::spawn(relay.run(shutdown.clone()));
+//! let consumer = Consumer::new(config, db, handler, Some(notifier), metrics);
+//! tokio::spawn(consumer.run(shutdown.clone()));
+//! ```
+//!
+//! Delivery guarantees: publishing is at-least-once (outbox + publisher confirms), consuming is
+//! effectively-once per consumer (inbox row in the handler's transaction, ack after commit).
+//! A message a handler cannot process is nacked with requeue; the quorum queue counts the
+//! attempt and dead-letters it to `<service>.dlq` past `x-delivery-limit`. A message that cannot
+//! even be parsed is rejected without requeue and goes to the DLQ at once.
+
+mod broker;
+mod consumer;
+mod db;
+mod envelope;
+mod error;
+pub mod events;
+pub mod inbox;
+mod metrics;
+pub mod outbox;
+mod relay;
+mod topology;
+pub mod trace_context;
+
+pub use broker::{AmqpConfig, BrokerStatus};
+pub use consumer::{Consumer, ConsumerConfig, Handler, HandlerError, Incoming};
+pub use db::Db;
+pub use envelope::{CloudEvent, CONTENT_TYPE};
+pub use error::MessagingError;
+pub use events::Event;
+pub use metrics::{ConsumeLabels, MessagingMetrics, PublishLabels};
+pub use relay::{OutboxNotifier, Relay};
+pub use topology::Topology;
+pub use trace_context::TraceContext;
+
+/// Creates the outbox and inbox tables if they do not exist.
+pub async fn migrate(db: &Db) -> Result<(), MessagingError> {
+    db.call(|conn| {
+        conn.execute_batch(outbox::SCHEMA)?;
+        conn.execute_batch(inbox::SCHEMA)?;
+        Ok(())
+    })
+    .await
+}

@@ -1,0 +1,177 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Confirmation};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::broker::backoff;
+use crate::outbox::{self, OutboxRow};
+use crate::{trace_context, AmqpConfig, BrokerStatus, Db, MessagingError, MessagingMetrics};
+
+/// Rows published per round trip; confirms are awaited for the whole batch.
+const BATCH: usize = 256;
+/// How often the outbox is polled when nobody wakes the relay (rows due for a retry, or rows
+/// written by another process).
+const POLL: Duration = Duration::from_millis(500);
+
+/// Wakes the relay after a transaction that wrote outbox rows commits.
+#[derive(Debug, Clone, Default)]
+pub struct OutboxNotifier(Arc<Notify>);
+
+impl OutboxNotifier {
+    pub fn wake(&self) {
+        self.0.notify_one();
+    }
+}
+
+/// Publishes outbox rows with publisher confirms and the mandatory flag, marks them sent, and
+/// retries the rest (after a return, a nack, a lost connection or a restart).
+#[derive(Debug)]
+pub struct Relay {
+    amqp: AmqpConfig,
+    db: Db,
+    metrics: MessagingMetrics,
+    notifier: OutboxNotifier,
+    status: BrokerStatus,
+}
+
+impl Relay {
+    pub fn new(amqp: AmqpConfig, db: Db, metrics: MessagingMetrics) -> (Self, OutboxNotifier) {
+        let notifier = OutboxNotifier::default();
+        let relay = Self {
+            amqp,
+            db,
+            metrics,
+            notifier: notifier.clone(),
+            status: BrokerStatus::default(),
+        };
+        (relay, notifier)
+    }
+
+    /// Whether the relay is connected (for `/readyz`).
+    pub fn status(&self) -> BrokerStatus {
+        self.status.clone()
+    }
+
+    /// Runs until `shutdown` is cancelled, reconnecting whenever the broker goes away.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut attempt = 0u32;
+        loop {
+            let result = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = self.run_connected(&shutdown, &mut attempt) => r,
+            };
+            self.status.set(false);
+            match result {
+                Ok(()) => break,
+                Err(error) => {
+                    let delay = backoff(attempt);
+                    attempt += 1;
+                    self.metrics.reconnects.inc();
+                    warn!(%error, ?delay, "Outbox relay lost the broker; reconnecting.");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+        self.status.set(false);
+        debug!("Outbox relay stopped.");
+    }
+
+    async fn run_connected(
+        &self,
+        shutdown: &CancellationToken,
+        attempt: &mut u32,
+    ) -> Result<(), MessagingError> {
+        let conn = self.amqp.connect("relay").await?;
+        let ch = conn.create_channel().await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        self.amqp.topology.declare_exchange(&ch).await?;
+        self.status.set(true);
+        *attempt = 0;
+        info!("Outbox relay connected.");
+        let exchange = self.amqp.topology.exchange();
+        loop {
+            let rows = self.db.call(|c| outbox::due(c, BATCH)).await?;
+            if rows.is_empty() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {
+                        let _ = conn.close(200, "shutdown".into()).await;
+                        return Ok(());
+                    }
+                    _ = self.notifier.0.notified() => {}
+                    _ = tokio::time::sleep(POLL) => {}
+                }
+                continue;
+            }
+            let mut pending = Vec::with_capacity(rows.len());
+            for row in rows {
+                let span =
+                    trace_context::producer_span(&row.routing_key, &row.event_id, &row.trace);
+                let confirm = ch
+                    .basic_publish(
+                        exchange.as_str().into(),
+                        row.routing_key.as_str().into(),
+                        BasicPublishOptions {
+                            mandatory: true,
+                            ..Default::default()
+                        },
+                        &row.payload,
+                        properties(&row),
+                    )
+                    .instrument(span)
+                    .await?;
+                pending.push((row, confirm));
+            }
+            let mut sent = Vec::with_capacity(pending.len());
+            let mut failed = Vec::new();
+            for (row, confirm) in pending {
+                match confirm.await? {
+                    Confirmation::Ack(None) | Confirmation::NotRequested => {
+                        self.metrics.published("confirmed");
+                        sent.push(row.seq);
+                    }
+                    Confirmation::Ack(Some(returned)) => {
+                        // Unroutable: no queue bound yet (a consumer not started). Keep it and retry.
+                        self.metrics.published("returned");
+                        warn!(
+                            event_id = %row.event_id,
+                            routing_key = %row.routing_key,
+                            reply = %returned.reply_text,
+                            "Broker returned an event; will retry."
+                        );
+                        failed.push((row, format!("returned: {}", returned.reply_text)));
+                    }
+                    Confirmation::Nack(_) => {
+                        self.metrics.published("nacked");
+                        warn!(event_id = %row.event_id, "Broker nacked an event; will retry.");
+                        failed.push((row, "nacked".to_owned()));
+                    }
+                }
+            }
+            self.db
+                .call(move |c| {
+                    outbox::mark_sent(c, &sent)?;
+                    for (row, error) in &failed {
+                        outbox::mark_failed(c, row, error)?;
+                    }
+                    Ok::<_, rusqlite::Error>(())
+                })
+                .await?;
+        }
+    }
+}
+
+fn properties(row: &OutboxRow) -> BasicProperties {
+    BasicProperties::default()
+        .with_message_id(row.event_id.as_str().into())
+        .with_content_type(crate::CONTENT_TYPE.into())
+        .with_type(row.routing_key.as_str().into())
+        .with_delivery_mode(2)
+        .with_headers(row.trace.to_amqp_headers())
+}

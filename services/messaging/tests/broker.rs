@@ -1,0 +1,526 @@
+//! Integration tests against the real RabbitMQ at `AMQP_URL`
+//! (default `amqp://guest:guest@127.0.0.1:5672/%2f`) and real SQLite files.
+//!
+//! Run with `cargo test -p messaging`. Each test uses its own name prefix and deletes its queues.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::options::{BasicGetOptions, BasicPublishOptions};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use messaging::{
+    outbox, AmqpConfig, CloudEvent, Consumer, ConsumerConfig, Db, Handler, HandlerError, Incoming,
+    MessagingMetrics, Relay, Topology, TraceContext,
+};
+use rusqlite::Transaction;
+use tokio_util::sync::CancellationToken;
+
+fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// Connects or fails the test with instructions; never skips.
+async fn broker() -> Connection {
+    let url = amqp_url();
+    match tokio::time::timeout(
+        Duration::from_secs(5),
+        Connection::connect(&url, ConnectionProperties::default()),
+    )
+    .await
+    {
+        Ok(Ok(c)) => c,
+        other => panic!(
+            "RabbitMQ is not reachable at AMQP_URL ({}): {:?}. Start one with `rabbitmq-server -detached` \
+             (or point AMQP_URL at a running broker).",
+            redact(&url),
+            other.map(|r| r.err()),
+        ),
+    }
+}
+
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(a)) if a > s => format!("{}://***@{}", &url[..s], &url[a + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+struct Fixture {
+    amqp: AmqpConfig,
+    db: Db,
+    _dir: tempfile::TempDir,
+    shutdown: CancellationToken,
+    metrics: MessagingMetrics,
+}
+
+async fn fixture() -> Fixture {
+    let prefix = format!("test-{}.", uuid::Uuid::new_v4().simple());
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(&dir.path().join("svc.db")).unwrap();
+    messaging::migrate(&db).await.unwrap();
+    db.call(|c| c.execute_batch("CREATE TABLE effects (key TEXT NOT NULL)"))
+        .await
+        .unwrap();
+    Fixture {
+        amqp: AmqpConfig {
+            url: amqp_url(),
+            topology: Topology::new(prefix.clone()),
+            connection_name: prefix,
+        },
+        db,
+        _dir: dir,
+        shutdown: CancellationToken::new(),
+        metrics: MessagingMetrics::default(),
+    }
+}
+
+impl Fixture {
+    async fn effects(&self, key: &str) -> i64 {
+        let key = key.to_owned();
+        self.db
+            .call(move |c| {
+                c.query_row("SELECT COUNT(*) FROM effects WHERE key = ?1", [key], |r| {
+                    r.get(0)
+                })
+            })
+            .await
+            .unwrap()
+    }
+
+    fn consumer<H: Handler>(&self, handler: Arc<H>, limit: u32) -> Consumer<H> {
+        let mut cfg = ConsumerConfig::new(self.amqp.clone(), "svc", &["test.#"]);
+        cfg.delivery_limit = limit;
+        Consumer::new(cfg, self.db.clone(), handler, None, self.metrics.clone())
+    }
+
+    fn consumed(&self, outcome: &'static str) -> u64 {
+        self.metrics
+            .consumed
+            .get_or_create(&messaging_labels("svc", outcome))
+            .get()
+    }
+
+    async fn cleanup(self) {
+        self.shutdown.cancel();
+        let conn = broker().await;
+        let ch = conn.create_channel().await.unwrap();
+        self.amqp.topology.delete(&ch, &["svc"]).await.unwrap();
+    }
+}
+
+fn messaging_labels(consumer: &str, outcome: &'static str) -> messaging::ConsumeLabels {
+    messaging::ConsumeLabels {
+        consumer: consumer.to_owned(),
+        outcome,
+    }
+}
+
+/// A test event: `data.key` names the effect; `data.mode` is `ok`, `transient` or `permanent`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct TestEvent {
+    order_id: String,
+    key: String,
+    mode: String,
+}
+
+impl messaging::Event for TestEvent {
+    const KEY: &'static str = "test.event";
+    fn subject(&self) -> String {
+        self.order_id.clone()
+    }
+}
+
+fn event(key: &str, mode: &str) -> CloudEvent {
+    CloudEvent::new(
+        "tests",
+        &TestEvent {
+            order_id: "o-1".into(),
+            key: key.into(),
+            mode: mode.into(),
+        },
+    )
+    .unwrap()
+}
+
+/// Records one `effects` row per handled message; fails on demand.
+#[derive(Default)]
+struct Recorder {
+    calls: AtomicU32,
+}
+
+impl Handler for Recorder {
+    fn apply(
+        &self,
+        tx: &Transaction<'_>,
+        msg: &Incoming,
+        _prepared: Option<serde_json::Value>,
+    ) -> Result<(), HandlerError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let ev: TestEvent = msg.event.decode()?;
+        match ev.mode.as_str() {
+            "transient" => return Err(HandlerError::Transient("always fails".into())),
+            "permanent" => return Err(HandlerError::Permanent("cannot ever work".into())),
+            _ => {}
+        }
+        tx.execute("INSERT INTO effects (key) VALUES (?1)", [&ev.key])?;
+        Ok(())
+    }
+}
+
+async fn publish_raw(ch: &Channel, topology: &Topology, message_id: &str, body: &[u8]) {
+    ch.basic_publish(
+        topology.exchange().as_str().into(),
+        "test.event".into(),
+        BasicPublishOptions::default(),
+        body,
+        BasicProperties::default()
+            .with_message_id(message_id.into())
+            .with_delivery_mode(2),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+}
+
+async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn dlq_messages(ch: &Channel, topology: &Topology) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    while let Some(m) = ch
+        .basic_get(
+            topology.dead_letter_queue("svc").as_str().into(),
+            BasicGetOptions { no_ack: true },
+        )
+        .await
+        .unwrap()
+    {
+        out.push(m.delivery.data.clone());
+    }
+    out
+}
+
+/// Declares the topology up front so raw publishes are routed even before the consumer attaches.
+async fn declare(fx: &Fixture, limit: u32) -> Channel {
+    let conn = broker().await;
+    let ch = conn.create_channel().await.unwrap();
+    fx.amqp
+        .topology
+        .declare_consumer(&ch, "svc", &["test.#".to_owned()], limit)
+        .await
+        .unwrap();
+    // Keep the connection alive as long as the channel is used.
+    std::mem::forget(conn);
+    ch
+}
+
+#[tokio::test]
+async fn the_same_message_delivered_twice_has_one_effect() {
+    let fx = fixture().await;
+    let ch = declare(&fx, 5).await;
+    let ev = event("dup", "ok");
+    let body = serde_json::to_vec(&ev).unwrap();
+    publish_raw(&ch, &fx.amqp.topology, &ev.id, &body).await;
+    publish_raw(&ch, &fx.amqp.topology, &ev.id, &body).await;
+
+    let handler = Arc::new(Recorder::default());
+    tokio::spawn(fx.consumer(handler.clone(), 5).run(fx.shutdown.clone()));
+    eventually(
+        "both deliveries handled",
+        Duration::from_secs(10),
+        || async { fx.consumed("processed") + fx.consumed("duplicate") == 2 },
+    )
+    .await;
+    assert_eq!(fx.effects("dup").await, 1);
+    assert_eq!(fx.consumed("duplicate"), 1);
+    fx.cleanup().await;
+}
+
+#[tokio::test]
+async fn poison_messages_land_in_the_dlq_while_others_flow() {
+    let fx = fixture().await;
+    let limit = 2;
+    let ch = declare(&fx, limit).await;
+    let t = fx.amqp.topology.clone();
+    publish_raw(&ch, &t, "garbage-1", b"{not json").await;
+    let transient = event("never", "transient");
+    publish_raw(
+        &ch,
+        &t,
+        &transient.id,
+        &serde_json::to_vec(&transient).unwrap(),
+    )
+    .await;
+    let permanent = event("never", "permanent");
+    publish_raw(
+        &ch,
+        &t,
+        &permanent.id,
+        &serde_json::to_vec(&permanent).unwrap(),
+    )
+    .await;
+    for i in 0..3 {
+        let ok = event(&format!("good-{i}"), "ok");
+        publish_raw(&ch, &t, &ok.id, &serde_json::to_vec(&ok).unwrap()).await;
+    }
+
+    let handler = Arc::new(Recorder::default());
+    tokio::spawn(fx.consumer(handler.clone(), limit).run(fx.shutdown.clone()));
+    eventually("good messages handled", Duration::from_secs(10), || async {
+        fx.consumed("processed") == 3
+    })
+    .await;
+    let mut dead = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while dead.len() < 3 && tokio::time::Instant::now() < deadline {
+        dead.extend(dlq_messages(&ch, &t).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        dead.len(),
+        3,
+        "exactly the poison messages are dead-lettered"
+    );
+    assert!(dead.iter().any(|d| d == b"{not json"));
+    let dead_ids: Vec<String> = dead
+        .iter()
+        .filter_map(|d| serde_json::from_slice::<CloudEvent>(d).ok())
+        .map(|e| e.id)
+        .collect();
+    assert!(dead_ids.contains(&transient.id));
+    assert!(dead_ids.contains(&permanent.id));
+    // The transient one was tried more than once before the quorum queue gave up on it.
+    assert!(
+        fx.consumed("retried") >= 2,
+        "retried {}",
+        fx.consumed("retried")
+    );
+    for i in 0..3 {
+        assert_eq!(fx.effects(&format!("good-{i}")).await, 1);
+    }
+    assert_eq!(fx.effects("never").await, 0);
+    fx.cleanup().await;
+}
+
+/// Forwards TCP connections from `listen` to the broker; the "broker coming back".
+async fn start_forwarder(listen: std::net::SocketAddr, shutdown: CancellationToken) {
+    let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
+    let target = {
+        let url = amqp_url();
+        let hostport = url
+            .rsplit('@')
+            .next()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_owned();
+        hostport
+    };
+    tokio::spawn(async move {
+        loop {
+            let (mut inbound, _) = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                a = listener.accept() => a.unwrap(),
+            };
+            let target = target.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let mut outbound = tokio::net::TcpStream::connect(target).await.unwrap();
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                }
+            });
+        }
+    });
+}
+
+#[tokio::test]
+async fn an_outbox_row_written_while_the_broker_is_down_is_published_when_it_returns() {
+    let fx = fixture().await;
+    let ch = declare(&fx, 5).await;
+    // A port where nothing listens yet: the relay's broker is "down".
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = amqp_url();
+    let user = &url[..url.rfind('@').unwrap()];
+    let vhost = url.rsplit('/').next().unwrap();
+    let mut down = fx.amqp.clone();
+    down.url = format!("{user}@127.0.0.1:{port}/{vhost}");
+
+    let ev = event("outbox", "ok");
+    let trace = TraceContext {
+        traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+        ..Default::default()
+    };
+    {
+        let (ev, trace) = (ev.clone(), trace.clone());
+        fx.db
+            .call(move |c| {
+                let tx = c.transaction()?;
+                tx.execute("INSERT INTO effects (key) VALUES ('state-change')", [])?;
+                outbox::enqueue_event(&tx, &ev, &trace).unwrap();
+                tx.commit()
+            })
+            .await
+            .unwrap();
+    }
+    let (relay, notifier) = Relay::new(down, fx.db.clone(), fx.metrics.clone());
+    let relay_up = relay.status();
+    tokio::spawn(relay.run(fx.shutdown.clone()));
+    notifier.wake();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let id = ev.id.clone();
+    assert_eq!(
+        fx.db.call(move |c| outbox::sent_at(c, &id)).await.unwrap(),
+        None,
+        "nothing can be published while the broker is down"
+    );
+    assert!(!relay_up.is_up());
+    assert!(fx.metrics.reconnects.get() >= 1);
+
+    // The broker comes back on the same address.
+    start_forwarder(([127, 0, 0, 1], port).into(), fx.shutdown.clone()).await;
+    let id = ev.id.clone();
+    eventually("outbox row published", Duration::from_secs(15), || {
+        let id = id.clone();
+        let db = fx.db.clone();
+        async move {
+            db.call(move |c| outbox::sent_at(c, &id))
+                .await
+                .unwrap()
+                .is_some()
+        }
+    })
+    .await;
+    let got = ch
+        .basic_get(
+            fx.amqp.topology.queue("svc").as_str().into(),
+            BasicGetOptions { no_ack: true },
+        )
+        .await
+        .unwrap()
+        .expect("the published event is in the queue");
+    let props = &got.delivery.properties;
+    assert_eq!(props.message_id().as_ref().unwrap().as_str(), ev.id);
+    assert_eq!(
+        props.content_type().as_ref().unwrap().as_str(),
+        messaging::CONTENT_TYPE
+    );
+    assert_eq!(*props.delivery_mode(), Some(2));
+    assert_eq!(
+        TraceContext::from_amqp_headers(props.headers().as_ref()),
+        trace
+    );
+    let body: CloudEvent = serde_json::from_slice(&got.delivery.data).unwrap();
+    assert_eq!(body, ev);
+    assert_eq!(fx.db.call(|c| outbox::pending(c)).await.unwrap(), 0);
+    fx.cleanup().await;
+}
+
+/// Blocks inside the transaction on its first call until the test has killed the connection.
+struct SlowFirst {
+    inner: Recorder,
+    first: std::sync::Mutex<Option<std::sync::mpsc::Sender<()>>>,
+}
+
+impl Handler for SlowFirst {
+    fn apply(
+        &self,
+        tx: &Transaction<'_>,
+        msg: &Incoming,
+        prepared: Option<serde_json::Value>,
+    ) -> Result<(), HandlerError> {
+        self.inner.apply(tx, msg, prepared)?;
+        if let Some(tell) = self.first.lock().unwrap().take() {
+            tell.send(()).unwrap();
+            // The effect is written but not committed or acked while the connection dies.
+            std::thread::sleep(Duration::from_secs(3));
+        }
+        Ok(())
+    }
+}
+
+fn close_connections_named(name: &str) -> usize {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["list_connections", "-q", "pid", "client_properties"])
+        .output()
+        .expect("rabbitmqctl is needed to kill a consumer's connection");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut closed = 0;
+    for line in text.lines().filter(|l| l.contains(name)) {
+        let pid = line.split_whitespace().next().unwrap();
+        let status = std::process::Command::new("rabbitmqctl")
+            .args(["close_connection", pid, "test kills the consumer"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        closed += 1;
+    }
+    closed
+}
+
+#[tokio::test]
+async fn a_consumer_killed_before_ack_gets_the_message_again_and_the_effect_happens_once() {
+    let fx = fixture().await;
+    let ch = declare(&fx, 5).await;
+    let ev = event("killed", "ok");
+    publish_raw(
+        &ch,
+        &fx.amqp.topology,
+        &ev.id,
+        &serde_json::to_vec(&ev).unwrap(),
+    )
+    .await;
+
+    let (tell, told) = std::sync::mpsc::channel();
+    let handler = Arc::new(SlowFirst {
+        inner: Recorder::default(),
+        first: std::sync::Mutex::new(Some(tell)),
+    });
+    let consumer = fx.consumer(handler.clone(), 5);
+    let up = consumer.status();
+    tokio::spawn(consumer.run(fx.shutdown.clone()));
+    tokio::task::spawn_blocking(move || told.recv_timeout(Duration::from_secs(10)).unwrap())
+        .await
+        .unwrap();
+    let name = format!("{}-consumer-svc", fx.amqp.connection_name);
+    let closed = tokio::task::spawn_blocking(move || close_connections_named(&name))
+        .await
+        .unwrap();
+    assert_eq!(closed, 1, "the consumer's connection was found and closed");
+
+    eventually(
+        "redelivery recognised as a duplicate",
+        Duration::from_secs(20),
+        || async { fx.consumed("duplicate") == 1 },
+    )
+    .await;
+    assert_eq!(fx.effects("killed").await, 1, "the effect happened once");
+    assert!(fx.metrics.reconnects.get() >= 1, "the consumer reconnected");
+    eventually(
+        "consumer attached again",
+        Duration::from_secs(5),
+        || async { up.is_up() },
+    )
+    .await;
+    fx.cleanup().await;
+}
