@@ -1,0 +1,332 @@
+//! `stack`: the whole Vantage shop on one machine, without Docker.
+//!
+//! Starts the seven services and then the gateway as separate processes (each stays its
+//! own deployable binary), waits for every `/readyz`, and prints where to send requests,
+//! the admin account and where traces go. It stops everything on Ctrl-C or SIGTERM, or
+//! as soon as one child dies, after printing that child's last log lines.
+//!
+//! # How to use
+//!
+//! ```text
+//! rabbitmq-server -detached                 # or: docker compose up -d rabbitmq
+//! cargo run --release --bin stack           # builds the other binaries, then runs them
+//! cargo run --release --bin stack -- --demo # one scripted order, then stop (exit 0 = shipped)
+//! ```
+//!
+//! Logs go to `.stack/logs/<name>.log`, databases to `.stack/data/`, and the gateway
+//! config actually used to `.stack/gateway.yaml`. Ports, the run directory and the queue
+//! prefix are flags (see `stack --help`), so tests run isolated stacks side by side.
+
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod gateway_config;
+pub mod preflight;
+pub mod supervisor;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use config::{Config, ConfigError, Options};
+pub use error::StackError;
+
+use preflight::BuildTree;
+use supervisor::Supervisor;
+
+/// How long each child gets to stop after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// How a run ended without error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stopped by Ctrl-C / SIGTERM.
+    Interrupted,
+    /// `--demo` finished with a shipped order.
+    DemoPassed,
+}
+
+/// The binaries a run needs, resolved before anything starts.
+struct Binaries {
+    gateway: PathBuf,
+    services: Vec<PathBuf>,
+}
+
+/// Runs the stack until `shutdown` resolves, a child dies, or the demo ends.
+/// Every child is stopped before this returns, whatever the outcome.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Outcome, StackError> {
+    preflight::check_broker(&config.amqp_url)?;
+    let mut wanted: Vec<(SocketAddr, &str)> =
+        config.services.iter().map(|s| (s.addr, s.name)).collect();
+    wanted.push((config.gateway_addr, "gateway"));
+    wanted.push((config.admin_addr, "gateway admin"));
+    preflight::check_ports(wanted)?;
+
+    let bin_dir = match &config.bin_dir {
+        Some(dir) => dir.clone(),
+        None => own_dir()?,
+    };
+    let tree = BuildTree::locate(&bin_dir);
+    if config.build {
+        if let Some(tree) = &tree {
+            tree.build()?;
+        }
+    }
+    let binaries = Binaries {
+        gateway: preflight::binary(&bin_dir, "gateway")?,
+        services: config
+            .services
+            .iter()
+            .map(|s| preflight::binary(&bin_dir, s.name))
+            .collect::<Result<_, _>>()?,
+    };
+
+    let dirs = RunDirs::prepare(&config.run_dir, config.fresh)?;
+    let source = match (&config.gateway_config, &tree) {
+        (Some(path), _) => path.clone(),
+        (None, Some(tree)) => tree
+            .root
+            .join("gateway")
+            .join("config")
+            .join("example.yaml"),
+        (None, None) => return Err(StackError::NoGatewayConfig),
+    };
+    let gateway_config = write_gateway_config(&config, &source, &dirs.root)?;
+    validate_gateway_config(&binaries.gateway, &gateway_config).await?;
+
+    let mut sup = Supervisor::new(dirs.logs.clone());
+    let demo = config.demo;
+    let result = tokio::select! {
+        r = serve(&config, &mut sup, &binaries, &dirs, &gateway_config) => r,
+        () = shutdown => {
+            println!("stack: stopping");
+            if demo {
+                Err(StackError::Demo("interrupted".to_owned()))
+            } else {
+                Ok(Outcome::Interrupted)
+            }
+        }
+    };
+    sup.stop_all(STOP_GRACE).await;
+    if result.is_ok() {
+        println!("stack: stopped");
+    }
+    result
+}
+
+/// Starts everything, then waits for the demo to finish or a child to die.
+async fn serve(
+    config: &Config,
+    sup: &mut Supervisor,
+    binaries: &Binaries,
+    dirs: &RunDirs,
+    gateway_config: &Path,
+) -> Result<Outcome, StackError> {
+    let http = reqwest::Client::new();
+    for (svc, bin) in config.services.iter().zip(&binaries.services) {
+        sup.spawn(svc.name, bin, &[], &service_env(config, svc, dirs))?;
+    }
+    for svc in &config.services {
+        let url = format!("http://{}/readyz", svc.addr);
+        let took = sup
+            .wait_ready(svc.name, &url, config.ready_timeout, &http)
+            .await?;
+        println!(
+            "  ✓ {:<9} ready on {} ({:.1}s)",
+            svc.name,
+            svc.addr,
+            took.as_secs_f64()
+        );
+    }
+
+    let args = vec![
+        "run".to_owned(),
+        "--config".to_owned(),
+        gateway_config.display().to_string(),
+    ];
+    let env = vec![("OTEL_SERVICE_NAME".to_owned(), "gateway".to_owned())];
+    sup.spawn("gateway", &binaries.gateway, &args, &env)?;
+    let url = format!("{}/readyz", config.admin_url());
+    let took = sup
+        .wait_ready("gateway", &url, config.ready_timeout, &http)
+        .await?;
+    println!(
+        "  ✓ {:<9} ready on {} ({:.1}s)",
+        "gateway",
+        config.gateway_addr,
+        took.as_secs_f64()
+    );
+    print_banner(config, dirs);
+
+    if config.demo {
+        let url = config.gateway_url();
+        tokio::select! {
+            r = demo::run(&url, config.demo_timeout) => r.map(|_| Outcome::DemoPassed),
+            e = sup.first_exit() => Err(e),
+        }
+    } else {
+        println!("Press Ctrl-C to stop.");
+        Err(sup.first_exit().await)
+    }
+}
+
+fn print_banner(config: &Config, dirs: &RunDirs) {
+    let first = config
+        .services
+        .first()
+        .map(|s| s.addr.port())
+        .unwrap_or_default();
+    let last = config
+        .services
+        .last()
+        .map(|s| s.addr.port())
+        .unwrap_or_default();
+    println!();
+    println!("Vantage is up.");
+    println!("  gateway   {}", config.gateway_url());
+    println!(
+        "  admin     {}/metrics  (also /healthz /readyz /config)",
+        config.admin_url()
+    );
+    println!("  services  127.0.0.1:{first}..{last} (users, inventory, cart, orders, payment, shipping, audit)");
+    if config.admin_password_is_dev_default() {
+        println!(
+            "  account   {} / {} (development default; set SHOP_ADMIN_EMAIL and SHOP_ADMIN_PASSWORD)",
+            config.admin_email,
+            config::DEV_ADMIN_PASSWORD
+        );
+    } else {
+        println!(
+            "  account   {} (password from SHOP_ADMIN_PASSWORD)",
+            config.admin_email
+        );
+    }
+    match &config.otlp_endpoint {
+        Some(endpoint) => {
+            println!("  traces    OTLP to {endpoint} (Jaeger UI: http://localhost:16686)")
+        }
+        None => println!(
+            "  traces    not exported; set OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4317 \
+             (e.g. `docker compose up -d jaeger`)"
+        ),
+    }
+    println!("  logs      {}", dirs.logs.display());
+    println!();
+}
+
+/// The environment of one service: the contract every service reads.
+fn service_env(
+    config: &Config,
+    svc: &config::ServiceSpec,
+    dirs: &RunDirs,
+) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("LISTEN_ADDR".to_owned(), svc.addr.to_string()),
+        (
+            "DATABASE_PATH".to_owned(),
+            dirs.data
+                .join(format!("{}.db", svc.name))
+                .display()
+                .to_string(),
+        ),
+        ("AMQP_URL".to_owned(), config.amqp_url.clone()),
+        ("OTEL_SERVICE_NAME".to_owned(), svc.name.to_owned()),
+    ];
+    if let Some(prefix) = &config.queue_prefix {
+        env.push(("SHOP_QUEUE_PREFIX".to_owned(), prefix.clone()));
+    }
+    if svc.name == "users" {
+        env.push(("SHOP_ADMIN_EMAIL".to_owned(), config.admin_email.clone()));
+        env.push((
+            "SHOP_ADMIN_PASSWORD".to_owned(),
+            config.admin_password.clone(),
+        ));
+    }
+    env
+}
+
+/// The run directory and its parts, as absolute paths (children may resolve them
+/// from another working directory).
+struct RunDirs {
+    root: PathBuf,
+    logs: PathBuf,
+    data: PathBuf,
+}
+
+impl RunDirs {
+    fn prepare(run_dir: &Path, fresh: bool) -> Result<Self, StackError> {
+        let root = {
+            std::fs::create_dir_all(run_dir)
+                .map_err(StackError::io(format!("creating {}", run_dir.display())))?;
+            std::fs::canonicalize(run_dir)
+                .map_err(StackError::io(format!("resolving {}", run_dir.display())))?
+        };
+        let logs = root.join("logs");
+        let data = root.join("data");
+        if fresh && data.exists() {
+            std::fs::remove_dir_all(&data)
+                .map_err(StackError::io(format!("removing {}", data.display())))?;
+        }
+        for dir in [&logs, &data] {
+            std::fs::create_dir_all(dir)
+                .map_err(StackError::io(format!("creating {}", dir.display())))?;
+        }
+        Ok(RunDirs { root, logs, data })
+    }
+}
+
+fn write_gateway_config(
+    config: &Config,
+    source: &Path,
+    run_dir: &Path,
+) -> Result<PathBuf, StackError> {
+    let text = std::fs::read_to_string(source)
+        .map_err(StackError::io(format!("reading {}", source.display())))?;
+    let rewritten = gateway_config::rewrite(&text, config);
+    for missing in &rewritten.missing {
+        eprintln!(
+            "stack: warning: {} has no default address for {missing}; the gateway may not reach it",
+            source.display()
+        );
+    }
+    let target = run_dir.join("gateway.yaml");
+    std::fs::write(&target, rewritten.text)
+        .map_err(StackError::io(format!("writing {}", target.display())))?;
+    Ok(target)
+}
+
+/// `gateway validate FILE`, so a bad config is reported before anything listens.
+async fn validate_gateway_config(gateway: &Path, config: &Path) -> Result<(), StackError> {
+    let out = tokio::process::Command::new(gateway)
+        .arg("validate")
+        .arg(config)
+        .output()
+        .await
+        .map_err(StackError::io(format!(
+            "running {} validate",
+            gateway.display()
+        )))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let mut message = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    if message.is_empty() {
+        message = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    }
+    Err(StackError::InvalidGatewayConfig {
+        path: config.to_owned(),
+        message: message.lines().collect::<Vec<_>>().join("; "),
+    })
+}
+
+fn own_dir() -> Result<PathBuf, StackError> {
+    let exe = std::env::current_exe().map_err(StackError::io("locating the stack binary"))?;
+    Ok(exe
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(".")))
+}
