@@ -1,1 +1,88 @@
-fn main() {}
+//! The `gateway` binary: `gateway run --config FILE` or `gateway validate FILE`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Vantage API gateway.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve with the given policy file.
+    Run {
+        /// Policy file (YAML).
+        #[arg(long, short, env = "GATEWAY_CONFIG")]
+        config: PathBuf,
+    },
+    /// Check a policy file and print every error; binds nothing. Exit 0 when valid, 1 otherwise.
+    Validate {
+        /// Policy file (YAML).
+        file: PathBuf,
+    },
+}
+
+/// Exit code for a bad configuration (sysexits EX_CONFIG).
+const EX_CONFIG: u8 = 78;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Validate { file } => match gateway::Config::load(&file) {
+            Ok(config) => {
+                println!(
+                    "{}: OK ({} routes, {} upstreams, {} issuers, {} rate-limit policies)",
+                    file.display(),
+                    config.routes.len(),
+                    config.upstreams.len(),
+                    config.issuers.len(),
+                    config.rate_limits.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprintln!("{}: {} error(s)", file.display(), errors.0.len());
+                for e in &errors.0 {
+                    eprintln!("  {e}");
+                }
+                ExitCode::from(1)
+            }
+        },
+        Command::Run { config } => {
+            init_logging();
+            match gateway::run(&config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(gateway::StartError::Config(errors)) => {
+                    eprintln!("{}: {} error(s)", config.display(), errors.0.len());
+                    for e in &errors.0 {
+                        eprintln!("  {e}");
+                    }
+                    ExitCode::from(EX_CONFIG)
+                }
+                Err(e) => {
+                    eprintln!("gateway: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let _ = tracing_log::LogTracer::init();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout)
+        .try_init();
+}

@@ -1,0 +1,155 @@
+//! The admin listener: `/healthz` and `/readyz` for orchestrators (no auth), `/metrics` and
+//! `/config` behind a bearer token read from the environment variable the config names.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::{Response, StatusCode};
+use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::protocols::http::ServerSession;
+
+use crate::state::Shared;
+
+/// Serves the admin endpoints.
+pub(crate) struct AdminApp {
+    pub(crate) shared: Arc<Shared>,
+}
+
+fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .header("content-length", body.len())
+        .header("cache-control", "no-store")
+        .body(body)
+        .expect("valid response")
+}
+
+fn problem(status: StatusCode, slug: &str, detail: &str) -> Response<Vec<u8>> {
+    let body = serde_json::json!({
+        "type": format!("{}{slug}", crate::problem::PROBLEM_BASE),
+        "title": status.canonical_reason().unwrap_or(""),
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    let mut resp = respond(
+        status,
+        "application/problem+json",
+        serde_json::to_vec(&body).unwrap_or_default(),
+    );
+    if status == StatusCode::UNAUTHORIZED {
+        resp.headers_mut().insert(
+            "www-authenticate",
+            http::HeaderValue::from_static("Bearer realm=\"vantage-admin\""),
+        );
+    }
+    resp
+}
+
+/// Compares in time independent of where the inputs differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl AdminApp {
+    fn authorized(&self, session: &ServerSession) -> Result<(), Response<Vec<u8>>> {
+        let Some(expected) = &self.shared.admin_token else {
+            return Err(problem(
+                StatusCode::FORBIDDEN,
+                "admin-token-unset",
+                "No admin token is configured; set the environment variable named by admin.token_env.",
+            ));
+        };
+        let presented = session
+            .req_header()
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        match presented {
+            Some(t) if constant_time_eq(t.as_bytes(), expected.as_bytes()) => Ok(()),
+            _ => Err(problem(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "A valid admin bearer token is required.",
+            )),
+        }
+    }
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let path = session.req_header().uri.path().to_string();
+        let runtime = self.shared.current.load_full();
+        match path.as_str() {
+            "/healthz" => respond(
+                StatusCode::OK,
+                "application/json",
+                br#"{"status":"ok"}"#.to_vec(),
+            ),
+            "/readyz" => {
+                if runtime.ready() {
+                    respond(
+                        StatusCode::OK,
+                        "application/json",
+                        br#"{"status":"ready"}"#.to_vec(),
+                    )
+                } else {
+                    let waiting: Vec<_> = runtime
+                        .auth
+                        .issuers()
+                        .filter(|i| !i.is_ready())
+                        .map(|i| i.name.clone())
+                        .collect();
+                    let body =
+                        serde_json::json!({"status": "not_ready", "issuers_without_keys": waiting});
+                    respond(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "application/json",
+                        serde_json::to_vec(&body).unwrap_or_default(),
+                    )
+                }
+            }
+            "/metrics" => {
+                if let Err(resp) = self.authorized(session) {
+                    return resp;
+                }
+                runtime.update_gauges(&self.shared.metrics);
+                respond(
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    self.shared.metrics.encode().into_bytes(),
+                )
+            }
+            "/config" => {
+                if let Err(resp) = self.authorized(session) {
+                    return resp;
+                }
+                let mut body = runtime.config.redacted_json();
+                if let Some(obj) = body.as_object_mut() {
+                    let breakers: serde_json::Map<_, _> = runtime
+                        .upstreams
+                        .iter()
+                        .map(|(n, u)| (n.clone(), serde_json::json!({"circuit": u.breaker.state_name(), "available_endpoints": u.available_endpoints()})))
+                        .collect();
+                    obj.insert("upstream_state".into(), breakers.into());
+                }
+                respond(
+                    StatusCode::OK,
+                    "application/json",
+                    serde_json::to_vec_pretty(&body).unwrap_or_default(),
+                )
+            }
+            _ => problem(
+                StatusCode::NOT_FOUND,
+                "no-route",
+                "Admin endpoints: /healthz, /readyz, /metrics, /config.",
+            ),
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! JWT verification: key by `kid`, the key's own algorithm only, then the registered claims.
+//!
+//! The order matters for safety: the algorithm comes from the *key* (its JWK `alg` or curve),
+//! never from the token, so `alg: none` and RS/HS confusion (an HMAC signed with a public key)
+//! cannot pass. Verified tokens are cached (bounded LRU); `exp` is re-checked on every hit.
+
+use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{decode, decode_header, AlgorithmFamily, Validation};
+use lru::LruCache;
+use parking_lot::Mutex;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::keys::IssuerKeys;
+use super::Reject;
+
+/// A verified caller.
+#[derive(Debug)]
+pub(crate) struct Identity {
+    /// Issuer name from the config.
+    pub(crate) issuer: String,
+    /// `sub`.
+    pub(crate) subject: String,
+    /// Union of the `scope` string and the `scp` array.
+    pub(crate) scopes: Vec<String>,
+    /// All claims, for rate-limit keys and tiers.
+    pub(crate) claims: Map<String, Value>,
+    /// `exp`, seconds since the epoch.
+    pub(crate) expires_at: u64,
+    leeway: u64,
+}
+
+impl Identity {
+    /// A claim as a string, if it is a string or a number.
+    pub(crate) fn claim_str(&self, name: &str) -> Option<String> {
+        match self.claims.get(name)? {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            Value::Bool(b) => Some(b.to_string()),
+            _ => None,
+        }
+    }
+}
+
+/// Verifies bearer tokens against the configured issuers.
+pub(crate) struct Authenticator {
+    issuers: BTreeMap<String, Arc<IssuerKeys>>,
+    /// `iss` claim value → issuer name.
+    by_iss: HashMap<String, String>,
+    cache: Mutex<LruCache<String, Arc<Identity>>>,
+}
+
+/// Largest number of verified tokens remembered. Each entry is the token plus its claims.
+const CACHE_ENTRIES: usize = 10_000;
+
+#[derive(Deserialize)]
+struct IssPeek {
+    iss: Option<Value>,
+}
+
+fn now() -> u64 {
+    jsonwebtoken::get_current_timestamp()
+}
+
+impl Authenticator {
+    pub(crate) fn new(issuers: BTreeMap<String, Arc<IssuerKeys>>) -> Self {
+        let by_iss = issuers
+            .iter()
+            .map(|(name, i)| (i.config.issuer.clone(), name.clone()))
+            .collect();
+        Authenticator {
+            issuers,
+            by_iss,
+            cache: Mutex::new(LruCache::new(
+                NonZeroUsize::new(CACHE_ENTRIES).expect("non-zero"),
+            )),
+        }
+    }
+
+    pub(crate) fn issuers(&self) -> impl Iterator<Item = &Arc<IssuerKeys>> {
+        self.issuers.values()
+    }
+
+    /// Verifies `token` and returns the caller, or why it was refused. `allowed` limits the
+    /// issuers (by config name); empty allows all. On refusal, also returns the issuer name when
+    /// the token named a known one (for logs).
+    pub(crate) async fn verify(
+        &self,
+        token: &str,
+        allowed: &[String],
+    ) -> Result<Arc<Identity>, (Reject, Option<String>)> {
+        if let Some(hit) = self.cache.lock().get(token).cloned() {
+            if !allowed.is_empty() && !allowed.contains(&hit.issuer) {
+                return Err((Reject::WrongIssuer, Some(hit.issuer.clone())));
+            }
+            if hit.expires_at + hit.leeway < now() {
+                self.cache.lock().pop(token);
+                return Err((Reject::Expired, Some(hit.issuer.clone())));
+            }
+            return Ok(hit);
+        }
+
+        let header = decode_header(token).map_err(|e| match e.kind() {
+            // An unknown `alg` (including "none") fails to parse as an Algorithm.
+            ErrorKind::Json(_) if token_header_mentions_alg(token) => {
+                (Reject::AlgorithmNotAllowed, None)
+            }
+            _ => (Reject::Malformed, None),
+        })?;
+        if header.alg.family() == AlgorithmFamily::Hmac {
+            return Err((Reject::AlgorithmNotAllowed, None));
+        }
+
+        let issuer = self.pick_issuer(token)?;
+        let name = issuer.name.clone();
+        if !allowed.is_empty() && !allowed.contains(&name) {
+            return Err((Reject::WrongIssuer, Some(name)));
+        }
+        if !issuer.config.algorithms.contains(&header.alg) {
+            return Err((Reject::AlgorithmNotAllowed, Some(name)));
+        }
+
+        let kid = header.kid.as_deref();
+        let key = match issuer.get(kid) {
+            Some(key) => key,
+            None => {
+                // Unknown kid: maybe the issuer rotated keys. Refresh (single flight, rate
+                // limited) and look again.
+                issuer.refresh_for_unknown_kid().await;
+                match issuer.get(kid) {
+                    Some(key) => key,
+                    None if !issuer.is_ready() => {
+                        return Err((Reject::KeysUnavailable, Some(name)))
+                    }
+                    None => return Err((Reject::UnknownKey, Some(name))),
+                }
+            }
+        };
+        if key.alg != header.alg {
+            return Err((Reject::AlgorithmMismatch, Some(name)));
+        }
+
+        let cfg = &issuer.config;
+        let mut validation = Validation::new(key.alg);
+        validation.leeway = cfg.leeway_secs;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.set_issuer(&[&cfg.issuer]);
+        let mut required = vec!["exp", "iss", "sub"];
+        if cfg.audiences.is_empty() {
+            validation.validate_aud = false;
+        } else {
+            validation.set_audience(&cfg.audiences);
+            required.push("aud");
+        }
+        validation.set_required_spec_claims(&required);
+
+        let data = decode::<Map<String, Value>>(token, &key.key, &validation).map_err(|e| {
+            let reject = match e.kind() {
+                ErrorKind::InvalidSignature => Reject::BadSignature,
+                ErrorKind::ExpiredSignature => Reject::Expired,
+                ErrorKind::ImmatureSignature => Reject::NotYetValid,
+                ErrorKind::InvalidIssuer => Reject::WrongIssuer,
+                ErrorKind::InvalidAudience => Reject::WrongAudience,
+                ErrorKind::InvalidAlgorithm => Reject::AlgorithmNotAllowed,
+                ErrorKind::MissingRequiredClaim(_)
+                | ErrorKind::InvalidClaimFormat(_)
+                | ErrorKind::InvalidSubject => Reject::BadClaim,
+                _ => Reject::Malformed,
+            };
+            (reject, Some(name.clone()))
+        })?;
+        let claims = data.claims;
+
+        // jsonwebtoken already rejected a non-numeric exp; read it as a number here.
+        let expires_at = claims
+            .get("exp")
+            .and_then(Value::as_u64)
+            .ok_or((Reject::BadClaim, Some(name.clone())))?;
+        let lifetime = match claims.get("iat") {
+            None => expires_at.saturating_sub(now()),
+            Some(iat) => {
+                let iat = iat.as_u64().ok_or((Reject::BadClaim, Some(name.clone())))?;
+                expires_at.saturating_sub(iat)
+            }
+        };
+        if lifetime > cfg.max_lifetime_secs {
+            return Err((Reject::LifetimeTooLong, Some(name)));
+        }
+        let subject = match claims.get("sub") {
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            _ => return Err((Reject::BadClaim, Some(name))),
+        };
+        let mut scopes: Vec<String> = Vec::new();
+        if let Some(Value::String(s)) = claims.get("scope") {
+            scopes.extend(s.split(' ').filter(|s| !s.is_empty()).map(str::to_string));
+        }
+        if let Some(Value::Array(a)) = claims.get("scp") {
+            scopes.extend(a.iter().filter_map(Value::as_str).map(str::to_string));
+        }
+        scopes.sort();
+        scopes.dedup();
+
+        let identity = Arc::new(Identity {
+            issuer: name,
+            subject,
+            scopes,
+            claims,
+            expires_at,
+            leeway: cfg.leeway_secs,
+        });
+        self.cache
+            .lock()
+            .put(token.to_string(), Arc::clone(&identity));
+        Ok(identity)
+    }
+
+    /// The issuer whose keys should verify this token: the one named by its (not yet trusted)
+    /// `iss`; the claim is verified after the signature.
+    fn pick_issuer(&self, token: &str) -> Result<&Arc<IssuerKeys>, (Reject, Option<String>)> {
+        let peek: IssPeek = jsonwebtoken::dangerous::insecure_decode_claims(token)
+            .map_err(|_| (Reject::Malformed, None))?;
+        match peek.iss {
+            Some(Value::String(iss)) => self
+                .by_iss
+                .get(&iss)
+                .and_then(|name| self.issuers.get(name))
+                .ok_or((Reject::WrongIssuer, None)),
+            Some(_) => Err((Reject::BadClaim, None)),
+            None => Err((Reject::BadClaim, None)),
+        }
+    }
+}
+
+/// Whether the token's header parses as JSON with an `alg` (so a parse failure was the algorithm).
+fn token_header_mentions_alg(token: &str) -> bool {
+    use base64::Engine;
+    let Some(head) = token.split('.').next() else {
+        return false;
+    };
+    let Ok(bytes) =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(head.trim_end_matches('='))
+    else {
+        return false;
+    };
+    serde_json::from_slice::<Map<String, Value>>(&bytes)
+        .map(|h| h.contains_key("alg"))
+        .unwrap_or(false)
+}
+
+/// Extracts a bearer token from an `Authorization` header value. `Ok(None)` when the header is
+/// absent or uses another scheme (RFC 6750: such a request simply lacks credentials).
+pub(crate) fn bearer_token(values: &[&[u8]]) -> Result<Option<String>, Reject> {
+    match values {
+        [] => Ok(None),
+        [one] => {
+            let Ok(s) = std::str::from_utf8(one) else {
+                return Err(Reject::Malformed);
+            };
+            let s = s.trim();
+            let Some((scheme, rest)) = s.split_once(' ') else {
+                return if s.eq_ignore_ascii_case("bearer") {
+                    Err(Reject::Malformed)
+                } else {
+                    Ok(None)
+                };
+            };
+            if !scheme.eq_ignore_ascii_case("bearer") {
+                return Ok(None);
+            }
+            let token = rest.trim();
+            let valid = !token.is_empty()
+                && token.len() <= 16 * 1024
+                && token.bytes().all(|b| {
+                    b.is_ascii_alphanumeric()
+                        || matches!(b, b'-' | b'_' | b'.' | b'=' | b'+' | b'/')
+                });
+            if valid {
+                Ok(Some(token.to_string()))
+            } else {
+                Err(Reject::Malformed)
+            }
+        }
+        _ => Err(Reject::Malformed),
+    }
+}
+
+/// Whether `have` contains every scope in `need`.
+pub(crate) fn has_scopes(have: &[String], need: &[String]) -> bool {
+    need.iter().all(|n| have.iter().any(|h| h == n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_parsing() {
+        assert_eq!(bearer_token(&[]), Ok(None));
+        assert_eq!(bearer_token(&[b"Basic abc"]), Ok(None));
+        assert_eq!(bearer_token(&[b"Bearer a.b.c"]), Ok(Some("a.b.c".into())));
+        assert_eq!(
+            bearer_token(&[b"bearer   a.b.c "]),
+            Ok(Some("a.b.c".into()))
+        );
+        assert_eq!(bearer_token(&[b"Bearer"]), Err(Reject::Malformed));
+        assert_eq!(bearer_token(&[b"Bearer a b"]), Err(Reject::Malformed));
+        assert_eq!(
+            bearer_token(&[b"Bearer x", b"Bearer y"]),
+            Err(Reject::Malformed)
+        );
+    }
+
+    #[test]
+    fn scopes_must_all_be_present() {
+        let have = vec!["admin".to_string(), "shop".to_string()];
+        assert!(has_scopes(&have, &["shop".to_string()]));
+        assert!(!has_scopes(
+            &have,
+            &["shop".to_string(), "billing".to_string()]
+        ));
+        assert!(has_scopes(&[], &[]));
+    }
+}

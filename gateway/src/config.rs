@@ -1,0 +1,411 @@
+//! The gateway's policy file: parsed once into typed values, with every error reported.
+//!
+//! # How to use
+//! [`Config::load`] reads a YAML file and returns either a [`Config`] or *all* the problems found,
+//! each with its location (`routes[2] "orders".upstream: …`). `gateway validate FILE` prints them;
+//! hot reload logs them and keeps the running config. The fields are documented for security teams
+//! in `docs/gateway-config.md`; `gateway/config/example.yaml` is a commented example.
+
+mod raw;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::{HeaderName, Method};
+use jsonwebtoken::Algorithm;
+use regex::Regex;
+use serde::Serialize;
+
+/// One problem in a policy file, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Where: a line/column for syntax errors, a path such as `routes[1] "cart".scopes` otherwise.
+    pub location: String,
+    /// What is wrong, in words a policy author can act on.
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.location, self.message)
+    }
+}
+
+/// Every problem found in a policy file. Never empty.
+#[derive(Debug, thiserror::Error)]
+#[error("{} error(s) in the gateway config:\n{}", .0.len(), .0.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+/// The validated gateway configuration. Built only by [`Config::load`] / [`Config::parse`].
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    /// Where the public proxy and the admin endpoints listen.
+    pub listeners: Listeners,
+    /// Admin endpoint protection.
+    pub admin: AdminSettings,
+    /// Process-wide settings.
+    pub server: ServerSettings,
+    /// Request headers that carry identity to upstreams; always removed from what clients send.
+    #[serde(serialize_with = "ser_header_names")]
+    pub identity_headers: Vec<HeaderName>,
+    /// Named upstream pools.
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Trusted token issuers.
+    pub issuers: BTreeMap<String, IssuerConfig>,
+    /// Named rate-limit policies.
+    pub rate_limits: BTreeMap<String, RateLimitConfig>,
+    /// Routes, matched in order; the first match wins.
+    pub routes: Vec<RouteConfig>,
+}
+
+/// Listener addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Listeners {
+    /// Public proxy listener. Default `0.0.0.0:8080`.
+    pub public: SocketAddr,
+    /// Admin listener (`/healthz`, `/readyz`, `/metrics`, `/config`). Default `127.0.0.1:9901`.
+    pub admin: SocketAddr,
+}
+
+/// Admin endpoint protection.
+#[derive(Debug, Clone, Serialize)]
+pub struct AdminSettings {
+    /// Name of the environment variable holding the admin bearer token. Default
+    /// `VANTAGE_ADMIN_TOKEN`. If the variable is unset, `/metrics` and `/config` refuse everyone.
+    pub token_env: String,
+    /// Allow the admin listener on a non-loopback address. Default `false`.
+    pub allow_public_bind: bool,
+}
+
+/// Process-wide settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerSettings {
+    /// Worker threads for the proxy. Default: the number of CPUs.
+    pub workers: usize,
+    /// Largest request body accepted, unless a route overrides it. Default 1 MiB.
+    pub max_body_bytes: u64,
+    /// How long to keep accepting after a shutdown signal. Default 0 s.
+    #[serde(serialize_with = "ser_duration")]
+    pub grace_period: Duration,
+    /// How long in-flight requests may take to finish on shutdown. Default 10 s.
+    #[serde(serialize_with = "ser_duration")]
+    pub shutdown_timeout: Duration,
+    /// How often the config file is checked for changes. Default 1000 ms; 0 disables watching
+    /// (SIGHUP still reloads).
+    #[serde(serialize_with = "ser_duration")]
+    pub reload_poll: Duration,
+    /// The realm named in `WWW-Authenticate`. Default `vantage`.
+    pub realm: String,
+}
+
+/// Load-balancing policy of an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadBalancing {
+    /// Each healthy endpoint in turn.
+    RoundRobin,
+    /// The healthy endpoint with the fewest requests in flight (ties broken round-robin).
+    LeastConnections,
+}
+
+/// A named pool of upstream endpoints.
+#[derive(Debug, Clone, Serialize)]
+pub struct UpstreamConfig {
+    /// `host:port` addresses.
+    pub endpoints: Vec<SocketAddr>,
+    /// Default `round_robin`.
+    pub load_balancing: LoadBalancing,
+    /// TCP connect timeout; on expiry the client gets 504. Default 1000 ms.
+    #[serde(serialize_with = "ser_duration")]
+    pub connect_timeout: Duration,
+    /// Time to wait for each read from the upstream; on expiry 504. Default 10000 ms.
+    #[serde(serialize_with = "ser_duration")]
+    pub read_timeout: Duration,
+    /// Extra attempts after a failure: connection failures for any method, other failures only
+    /// for idempotent methods (GET, HEAD, PUT, DELETE, OPTIONS, TRACE). Default 1.
+    pub retries: u32,
+    /// Active HTTP health checks. Default: off.
+    pub health_check: Option<HealthCheckConfig>,
+    /// Passive ejection of an endpoint after consecutive failures. Default 3 failures, 10 s.
+    pub passive_ejection: PassiveEjectionConfig,
+    /// Circuit breaker over the whole upstream. Default 5 failures, open 10 s.
+    pub circuit_breaker: CircuitBreakerConfig,
+}
+
+/// Active health check settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthCheckConfig {
+    /// Path probed with GET; any 2xx is healthy. Default `/healthz`.
+    pub path: String,
+    /// Default 2000 ms.
+    #[serde(serialize_with = "ser_duration")]
+    pub interval: Duration,
+    /// Default 1000 ms.
+    #[serde(serialize_with = "ser_duration")]
+    pub timeout: Duration,
+    /// Successes in a row to mark an endpoint healthy again. Default 1.
+    pub healthy_threshold: u32,
+    /// Failures in a row to mark an endpoint unhealthy. Default 2.
+    pub unhealthy_threshold: u32,
+}
+
+/// Passive ejection settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct PassiveEjectionConfig {
+    /// Consecutive failures (connect errors, timeouts, 502/503/504) that eject an endpoint. Default 3.
+    pub consecutive_failures: u32,
+    /// How long an ejected endpoint gets no traffic. Default 10 s.
+    #[serde(serialize_with = "ser_duration")]
+    pub ejection: Duration,
+}
+
+/// Circuit breaker settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct CircuitBreakerConfig {
+    /// Consecutive failed requests that open the circuit. Default 5.
+    pub failure_threshold: u32,
+    /// How long the circuit stays open (503 without contacting the upstream) before one trial
+    /// request is let through. Default 10 s.
+    #[serde(serialize_with = "ser_duration")]
+    pub open_for: Duration,
+}
+
+/// Where an issuer's verification keys come from.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum KeySource {
+    /// A JWKS document fetched over HTTP(S): at start, every `refresh_interval`, and when a token
+    /// names an unknown `kid` (at most once per `min_refresh_interval`).
+    JwksUrl {
+        /// The URL; any userinfo in it is redacted from `/config`.
+        #[serde(serialize_with = "ser_redacted_url")]
+        url: String,
+    },
+    /// A JWKS document on disk, read at (re)load.
+    JwksFile {
+        /// Path to the JSON file.
+        path: PathBuf,
+    },
+    /// One public key in PEM, read at (re)load.
+    PemFile {
+        /// Path to the PEM file.
+        path: PathBuf,
+        /// The `kid` tokens must carry; `None` means tokens may omit it.
+        kid: Option<String>,
+    },
+}
+
+/// A trusted token issuer.
+#[derive(Debug, Clone, Serialize)]
+pub struct IssuerConfig {
+    /// The exact `iss` claim value.
+    pub issuer: String,
+    /// Accepted `aud` values; a token must carry at least one. Empty: `aud` is not checked.
+    pub audiences: Vec<String>,
+    /// Allowed signature algorithms. Symmetric (HS*) algorithms are refused.
+    #[serde(serialize_with = "ser_algorithms")]
+    pub algorithms: Vec<Algorithm>,
+    /// Where the keys come from.
+    pub keys: KeySource,
+    /// Default 300 s.
+    #[serde(serialize_with = "ser_duration")]
+    pub refresh_interval: Duration,
+    /// Default 10 s.
+    #[serde(serialize_with = "ser_duration")]
+    pub min_refresh_interval: Duration,
+    /// Clock skew allowed on `exp` and `nbf`. Default 30 s.
+    pub leeway_secs: u64,
+    /// Longest accepted token lifetime (`exp - iat`, or `exp - now` without `iat`). Default 86400 s.
+    pub max_lifetime_secs: u64,
+}
+
+/// A rate quota: `rate` requests per `per`, with bursts of up to `burst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Quota {
+    /// Requests per period.
+    pub rate: u32,
+    /// The period.
+    #[serde(serialize_with = "ser_duration")]
+    pub per: Duration,
+    /// Requests admitted at once from a full bucket. Default: `rate`.
+    pub burst: u32,
+}
+
+/// What a rate-limit key is made of. Parts are joined; a missing claim or header falls back to
+/// the client IP so anonymous callers never share one bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", content = "name", rename_all = "snake_case")]
+pub enum KeyPart {
+    /// The TCP peer address.
+    ClientIp,
+    /// The matched route's name.
+    Route,
+    /// A claim of the verified token, e.g. `sub`.
+    Claim(String),
+    /// A request header, e.g. an API key.
+    Header(#[serde(serialize_with = "ser_header_name")] HeaderName),
+}
+
+/// A named rate-limit policy.
+#[derive(Debug, Clone, Serialize)]
+pub struct RateLimitConfig {
+    /// What identifies one bucket.
+    pub key: Vec<KeyPart>,
+    /// The quota, or quotas by tier.
+    pub quotas: Quotas,
+    /// How often idle, fully replenished keys are pruned. Default 60 s.
+    #[serde(serialize_with = "ser_duration")]
+    pub idle_prune: Duration,
+}
+
+/// One quota for everyone, or a quota chosen by a token claim.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Quotas {
+    /// The same quota for every key.
+    Single {
+        /// The quota.
+        quota: Quota,
+    },
+    /// The claim's value names the tier; tokens without it (or unknown values) get `default`.
+    Tiered {
+        /// The claim naming the tier, e.g. `tier`.
+        claim: String,
+        /// Quotas by tier; always contains `default`.
+        tiers: BTreeMap<String, Quota>,
+    },
+}
+
+/// How a route's path is matched.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", content = "value", rename_all = "snake_case")]
+pub enum PathMatch {
+    /// The path starts with this, at a segment boundary (`/api` matches `/api` and `/api/x`,
+    /// not `/apix`).
+    Prefix(String),
+    /// The path equals this.
+    Exact(String),
+    /// The path matches this regular expression (anchored).
+    Regex(#[serde(serialize_with = "ser_regex")] Regex),
+}
+
+/// How the path is changed before it is sent upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", content = "value", rename_all = "snake_case")]
+pub enum Rewrite {
+    /// Sent as received.
+    Keep,
+    /// The matched prefix is removed (`/api/users/me` → `/me`).
+    StripPrefix,
+    /// The matched prefix is replaced (`/api/v1/x` → `/v2/x`).
+    ReplacePrefix(String),
+}
+
+/// A route's authentication policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AuthPolicy {
+    /// No token needed; identity headers are still stripped.
+    None,
+    /// A valid token from one of `issuers` (all issuers when empty) with every scope in `scopes`.
+    Required {
+        /// Scopes the token must carry (`scope` string and/or `scp` array).
+        scopes: Vec<String>,
+        /// Issuer names allowed on this route; empty means any configured issuer.
+        issuers: Vec<String>,
+    },
+}
+
+/// A route.
+#[derive(Debug, Clone, Serialize)]
+pub struct RouteConfig {
+    /// Unique name, used in logs, spans and metric labels.
+    pub name: String,
+    /// Host to match (case-insensitive, port ignored); `None` matches any host.
+    pub host: Option<String>,
+    /// Path match.
+    pub path: PathMatch,
+    /// Methods to match; empty matches any.
+    #[serde(serialize_with = "ser_methods")]
+    pub methods: Vec<Method>,
+    /// Upstream name.
+    pub upstream: String,
+    /// Path rewrite.
+    pub rewrite: Rewrite,
+    /// Authentication policy.
+    pub auth: AuthPolicy,
+    /// Rate-limit policy names, all applied in order.
+    pub rate_limits: Vec<String>,
+    /// Body limit for this route.
+    pub max_body_bytes: u64,
+}
+
+impl Config {
+    /// Reads and validates a policy file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                location: path.display().to_string(),
+                message: format!("cannot read file: {e}"),
+            }])
+        })?;
+        let base = path.parent().unwrap_or_else(|| Path::new("."));
+        Config::parse(&text, base)
+    }
+
+    /// Validates policy text; relative key file paths are resolved against `base_dir`.
+    pub fn parse(text: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
+        validate::parse(text, base_dir)
+    }
+
+    /// The effective configuration as JSON, with secrets redacted, for the admin `/config`.
+    pub fn redacted_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+// === serde helpers: how typed values appear in /config ===
+
+fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_millis() as u64)
+}
+
+fn ser_header_name<S: serde::Serializer>(h: &HeaderName, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(h.as_str())
+}
+
+fn ser_header_names<S: serde::Serializer>(h: &[HeaderName], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(h.iter().map(|h| h.as_str()))
+}
+
+fn ser_methods<S: serde::Serializer>(m: &[Method], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(m.iter().map(|m| m.as_str()))
+}
+
+fn ser_algorithms<S: serde::Serializer>(a: &[Algorithm], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(a.iter().map(|a| format!("{a:?}")))
+}
+
+fn ser_regex<S: serde::Serializer>(r: &Regex, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(r.as_str())
+}
+
+fn ser_redacted_url<S: serde::Serializer>(u: &String, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&redact_url(u))
+}
+
+/// Removes any `user:password@` part of a URL.
+pub(crate) fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if !parsed.username().is_empty() || parsed.password().is_some() => {
+            let _ = parsed.set_username("redacted");
+            let _ = parsed.set_password(None);
+            parsed.to_string()
+        }
+        Ok(parsed) => parsed.to_string(),
+        Err(_) => "<invalid url>".to_string(),
+    }
+}

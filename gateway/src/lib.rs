@@ -1,0 +1,132 @@
+//! Vantage gateway: a Pingora reverse proxy that enforces JWT auth and GCRA rate limits from a
+//! declarative policy file, and records every decision for logs, metrics and traces.
+//!
+//! # How to use
+//! `gateway run --config gateway/config/example.yaml` serves; `gateway validate FILE` checks a
+//! policy file and lists every error. [`run`] is what the binary calls; [`Config`] is the policy
+//! model, documented for security teams in `docs/gateway-config.md`.
+//!
+//! Module map: [`config`] (parse + validate), `routing`, `auth` (JWT, JWKS), `ratelimit`,
+//! `upstream` (pools, health, breaker), `proxy` (Pingora phases), `problem` (error responses),
+//! `admin` (health, metrics, config), `reload` (SIGHUP and file watch), `metrics`.
+
+mod admin;
+mod auth;
+pub mod config;
+mod context;
+mod metrics;
+mod problem;
+mod proxy;
+mod ratelimit;
+mod reload;
+mod routing;
+mod state;
+mod upstream;
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use pingora_core::apps::http_app::HttpServer;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::Server;
+use pingora_core::services::listening::Service;
+
+pub use auth::Reject;
+pub use config::{Config, ConfigError, ConfigErrors};
+pub use problem::{GatewayError, PROBLEM_BASE};
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The policy file is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigErrors),
+    /// A listener address is taken or not bindable.
+    #[error("cannot listen on {addr} ({which}): {source}")]
+    Bind {
+        /// `public` or `admin`.
+        which: &'static str,
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The background runtime could not start.
+    #[error("cannot start the background runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Loads `config_path`, binds the listeners and serves until SIGINT/SIGTERM. Does not return on
+/// success (Pingora exits the process after a graceful shutdown).
+pub fn run(config_path: &Path) -> Result<(), StartError> {
+    let config = Config::load(config_path)?;
+    for (which, addr) in [
+        ("public", config.listeners.public),
+        ("admin", config.listeners.admin),
+    ] {
+        // Fail with a clear message before Pingora tries (and panics) on a taken port.
+        TcpListener::bind(addr).map_err(|source| StartError::Bind {
+            which,
+            addr,
+            source,
+        })?;
+    }
+
+    // Background work (health checks, JWKS refresh, limiter pruning, reload) runs on its own
+    // small runtime, independent of Pingora's per-service runtimes.
+    let background = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("gateway-bg")
+        .enable_all()
+        .build()
+        .map_err(StartError::Runtime)?;
+    let handle = background.handle().clone();
+    let runtime = background.block_on(state::Runtime::start(config.clone(), &handle))?;
+    let admin_token = std::env::var(&config.admin.token_env)
+        .ok()
+        .filter(|t| !t.is_empty());
+    if admin_token.is_none() {
+        tracing::warn!(env = %config.admin.token_env, "No admin token set: /metrics and /config will refuse every request.");
+    }
+    let shared = Arc::new(state::Shared {
+        current: ArcSwap::new(runtime),
+        metrics: metrics::Metrics::new(),
+        background: handle,
+        config_path: config_path.to_path_buf(),
+        admin_token,
+    });
+    reload::spawn_watcher(Arc::clone(&shared));
+
+    let conf = ServerConf {
+        threads: config.server.workers,
+        grace_period_seconds: Some(config.server.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(config.server.shutdown_timeout.as_secs()),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let mut proxy = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        proxy::Gateway {
+            shared: Arc::clone(&shared),
+        },
+        "vantage-gateway",
+    );
+    proxy.add_tcp(&config.listeners.public.to_string());
+    let mut admin = Service::new(
+        "vantage-admin".to_string(),
+        HttpServer::new_app(admin::AdminApp { shared }),
+    );
+    admin.threads = Some(1);
+    admin.add_tcp(&config.listeners.admin.to_string());
+    server.add_service(proxy);
+    server.add_service(admin);
+
+    tracing::info!(public = %config.listeners.public, admin = %config.listeners.admin, routes = config.routes.len(), "Gateway listening.");
+    // Keep the background runtime alive for the life of the process.
+    let _background = background;
+    server.run_forever()
+}

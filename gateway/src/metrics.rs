@@ -1,0 +1,191 @@
+//! Prometheus metrics of the gateway, exposed in OpenMetrics text on the admin `/metrics`.
+//!
+//! Labels are bounded: route and upstream *names* from the config, fixed result/reason codes,
+//! status codes. Never raw paths, tokens or user ids. The request-duration histogram carries
+//! OpenMetrics exemplars with the request's `trace_id`, so a slow bucket leads to a trace.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RequestLabels {
+    pub(crate) route: String,
+    pub(crate) method: Method,
+    pub(crate) status_code: u16,
+}
+
+/// HTTP method, bounded: anything unusual is `_OTHER` (as in the HTTP semantic conventions).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types, clippy::upper_case_acronyms)]
+pub(crate) enum Method {
+    GET,
+    HEAD,
+    POST,
+    PUT,
+    DELETE,
+    PATCH,
+    OPTIONS,
+    _OTHER,
+}
+
+impl Method {
+    pub(crate) fn from_http(m: &http::Method) -> Self {
+        match *m {
+            http::Method::GET => Method::GET,
+            http::Method::HEAD => Method::HEAD,
+            http::Method::POST => Method::POST,
+            http::Method::PUT => Method::PUT,
+            http::Method::DELETE => Method::DELETE,
+            http::Method::PATCH => Method::PATCH,
+            http::Method::OPTIONS => Method::OPTIONS,
+            _ => Method::_OTHER,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct AuthLabels {
+    pub(crate) route: String,
+    pub(crate) result: &'static str,
+    pub(crate) reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct LimitLabels {
+    pub(crate) route: String,
+    pub(crate) policy: String,
+    pub(crate) result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct UpstreamErrorLabels {
+    pub(crate) upstream: String,
+    pub(crate) kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct UpstreamLabels {
+    pub(crate) upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct PolicyLabels {
+    pub(crate) policy: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ReloadLabels {
+    pub(crate) result: &'static str,
+}
+
+/// The exemplar attached to a histogram observation.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct TraceExemplar {
+    pub(crate) trace_id: String,
+}
+
+/// Every gateway metric.
+pub(crate) struct Metrics {
+    registry: Registry,
+    pub(crate) request_duration: Family<RequestLabels, HistogramWithExemplars<TraceExemplar>>,
+    pub(crate) auth_decisions: Family<AuthLabels, Counter>,
+    pub(crate) ratelimit_decisions: Family<LimitLabels, Counter>,
+    pub(crate) upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    pub(crate) upstream_attempts: Family<UpstreamLabels, Counter>,
+    pub(crate) available_endpoints: Family<UpstreamLabels, Gauge>,
+    pub(crate) inflight: Gauge,
+    pub(crate) ratelimit_keys: Family<PolicyLabels, Gauge>,
+    pub(crate) reloads: Family<ReloadLabels, Counter>,
+}
+
+/// Latency buckets in seconds, as the HTTP semantic conventions recommend.
+const BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+impl Metrics {
+    pub(crate) fn new() -> Self {
+        let mut registry = Registry::default();
+        let request_duration =
+            Family::<RequestLabels, HistogramWithExemplars<TraceExemplar>>::new_with_constructor(
+                || HistogramWithExemplars::new(BUCKETS.into_iter()),
+            );
+        registry.register_with_unit(
+            "http_server_request_duration",
+            "Duration of HTTP requests handled by the gateway (semconv http.server.request.duration)",
+            prometheus_client::registry::Unit::Seconds,
+            request_duration.clone(),
+        );
+        let auth_decisions = Family::<AuthLabels, Counter>::default();
+        registry.register(
+            "gateway_auth_decisions",
+            "Authentication decisions by route, result and reason",
+            auth_decisions.clone(),
+        );
+        let ratelimit_decisions = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "gateway_ratelimit_decisions",
+            "Rate-limit decisions by route, policy and result",
+            ratelimit_decisions.clone(),
+        );
+        let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
+        registry.register(
+            "gateway_upstream_errors",
+            "Failed upstream attempts by upstream and kind",
+            upstream_errors.clone(),
+        );
+        let upstream_attempts = Family::<UpstreamLabels, Counter>::default();
+        registry.register(
+            "gateway_upstream_attempts",
+            "Upstream attempts, retries included",
+            upstream_attempts.clone(),
+        );
+        let available_endpoints = Family::<UpstreamLabels, Gauge>::default();
+        registry.register(
+            "gateway_upstream_available_endpoints",
+            "Endpoints currently taking traffic (healthy and not ejected)",
+            available_endpoints.clone(),
+        );
+        let inflight = Gauge::default();
+        registry.register(
+            "gateway_inflight_requests",
+            "Requests being handled now",
+            inflight.clone(),
+        );
+        let ratelimit_keys = Family::<PolicyLabels, Gauge>::default();
+        registry.register(
+            "gateway_ratelimit_keys",
+            "Keys tracked by each rate-limit policy",
+            ratelimit_keys.clone(),
+        );
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "gateway_config_reloads",
+            "Config reload attempts by result",
+            reloads.clone(),
+        );
+        Metrics {
+            registry,
+            request_duration,
+            auth_decisions,
+            ratelimit_decisions,
+            upstream_errors,
+            upstream_attempts,
+            available_endpoints,
+            inflight,
+            ratelimit_keys,
+            reloads,
+        }
+    }
+
+    /// OpenMetrics text, ending in `# EOF`.
+    pub(crate) fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

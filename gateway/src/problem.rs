@@ -1,0 +1,231 @@
+//! Every error the gateway itself returns, and the one place that turns them into
+//! `application/problem+json` responses (RFC 9457).
+//!
+//! The `type` URIs are stable: clients may branch on them. Bodies never include upstream
+//! responses, addresses, stack traces or token contents.
+
+use bytes::Bytes;
+use pingora_http::ResponseHeader;
+
+use crate::auth::Reject;
+
+/// An error answered by the gateway rather than an upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// No route matches the request.
+    #[error("no route matches the request")]
+    NoRoute,
+    /// Ambiguous or invalid message framing (request smuggling guard).
+    #[error("bad request framing: {0}")]
+    BadFraming(&'static str),
+    /// Bearer token missing or invalid (401).
+    #[error("unauthorized: {}", .reject.code())]
+    Unauthorized {
+        /// Why.
+        reject: Reject,
+        /// `WWW-Authenticate` realm.
+        realm: String,
+    },
+    /// Token valid but lacks scopes (403).
+    #[error("insufficient scope")]
+    InsufficientScope {
+        /// Space-separated scopes the route requires.
+        scope: String,
+        /// `WWW-Authenticate` realm.
+        realm: String,
+    },
+    /// Over a rate limit (429).
+    #[error("rate limited by policy {policy}")]
+    RateLimited {
+        /// The policy that refused.
+        policy: String,
+        /// Seconds to wait.
+        retry_after_secs: u64,
+        /// `RateLimit-Policy` and `RateLimit` values.
+        fields: Option<(String, String)>,
+    },
+    /// Body larger than the route allows (413).
+    #[error("request body exceeds {limit} bytes")]
+    PayloadTooLarge {
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// The upstream's circuit breaker is open (503).
+    #[error("circuit open for upstream {0}")]
+    CircuitOpen(String),
+    /// No endpoint of the upstream is healthy (503).
+    #[error("no healthy endpoint for upstream {0}")]
+    NoHealthyEndpoint(String),
+    /// The upstream did not answer in time (504).
+    #[error("upstream timed out")]
+    UpstreamTimeout,
+    /// The upstream could not be reached or broke the exchange (502).
+    #[error("upstream failed")]
+    BadGateway,
+    /// The client sent something unparseable (400).
+    #[error("bad request")]
+    BadRequest,
+    /// A gateway bug or resource problem (500).
+    #[error("internal error")]
+    Internal,
+}
+
+impl GatewayError {
+    /// HTTP status.
+    pub fn status(&self) -> u16 {
+        match self {
+            GatewayError::NoRoute => 404,
+            GatewayError::BadFraming(_) | GatewayError::BadRequest => 400,
+            GatewayError::Unauthorized { .. } => 401,
+            GatewayError::InsufficientScope { .. } => 403,
+            GatewayError::RateLimited { .. } => 429,
+            GatewayError::PayloadTooLarge { .. } => 413,
+            GatewayError::CircuitOpen(_) | GatewayError::NoHealthyEndpoint(_) => 503,
+            GatewayError::UpstreamTimeout => 504,
+            GatewayError::BadGateway => 502,
+            GatewayError::Internal => 500,
+        }
+    }
+
+    /// Stable short name: the last segment of the problem `type`, and `error.type` on spans.
+    pub fn slug(&self) -> &'static str {
+        match self {
+            GatewayError::NoRoute => "no-route",
+            GatewayError::BadFraming(_) => "bad-framing",
+            GatewayError::BadRequest => "bad-request",
+            GatewayError::Unauthorized { .. } => "unauthorized",
+            GatewayError::InsufficientScope { .. } => "insufficient-scope",
+            GatewayError::RateLimited { .. } => "rate-limited",
+            GatewayError::PayloadTooLarge { .. } => "payload-too-large",
+            GatewayError::CircuitOpen(_) => "circuit-open",
+            GatewayError::NoHealthyEndpoint(_) => "no-healthy-upstream",
+            GatewayError::UpstreamTimeout => "upstream-timeout",
+            GatewayError::BadGateway => "bad-gateway",
+            GatewayError::Internal => "internal",
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self {
+            GatewayError::NoRoute => "Not Found",
+            GatewayError::BadFraming(_) | GatewayError::BadRequest => "Bad Request",
+            GatewayError::Unauthorized { .. } => "Unauthorized",
+            GatewayError::InsufficientScope { .. } => "Forbidden",
+            GatewayError::RateLimited { .. } => "Too Many Requests",
+            GatewayError::PayloadTooLarge { .. } => "Content Too Large",
+            GatewayError::CircuitOpen(_) | GatewayError::NoHealthyEndpoint(_) => {
+                "Service Unavailable"
+            }
+            GatewayError::UpstreamTimeout => "Gateway Timeout",
+            GatewayError::BadGateway => "Bad Gateway",
+            GatewayError::Internal => "Internal Server Error",
+        }
+    }
+
+    /// Client-facing detail. Upstream names are config names, never addresses.
+    fn detail(&self) -> String {
+        match self {
+            GatewayError::NoRoute => "No route matches this method, host and path.".into(),
+            GatewayError::BadFraming(why) => format!("The request framing is ambiguous: {why}."),
+            GatewayError::BadRequest => "The request could not be parsed.".into(),
+            GatewayError::Unauthorized { reject, .. } => {
+                format!("{}.", capitalise(reject.description()))
+            }
+            GatewayError::InsufficientScope { scope, .. } => {
+                format!("The token lacks the scope(s) this route requires: {scope}.")
+            }
+            GatewayError::RateLimited {
+                policy,
+                retry_after_secs,
+                ..
+            } => {
+                format!("Rate limit {policy:?} exceeded; retry after {retry_after_secs} s.")
+            }
+            GatewayError::PayloadTooLarge { limit } => {
+                format!("The request body exceeds the limit of {limit} bytes.")
+            }
+            GatewayError::CircuitOpen(u) => {
+                format!("Upstream {u:?} is failing; requests are refused until it recovers.")
+            }
+            GatewayError::NoHealthyEndpoint(u) => {
+                format!("Upstream {u:?} has no healthy endpoint.")
+            }
+            GatewayError::UpstreamTimeout => "The upstream did not answer in time.".into(),
+            GatewayError::BadGateway => {
+                "The upstream could not be reached or sent an invalid response.".into()
+            }
+            GatewayError::Internal => "The gateway failed to handle the request.".into(),
+        }
+    }
+
+    /// Whether the gateway itself misbehaved (worth an operator's attention in logs).
+    pub fn is_server_side(&self) -> bool {
+        self.status() >= 500
+    }
+}
+
+fn capitalise(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
+/// Base of every problem `type`.
+pub const PROBLEM_BASE: &str = "https://vantage.dev/problems/";
+
+/// Renders `err` as a complete response: header and `application/problem+json` body.
+pub(crate) fn render(err: &GatewayError, request_id: &str) -> (ResponseHeader, Bytes) {
+    let body = serde_json::json!({
+        "type": format!("{PROBLEM_BASE}{}", err.slug()),
+        "title": err.title(),
+        "status": err.status(),
+        "detail": err.detail(),
+        "request_id": request_id,
+    });
+    let body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+    let mut resp = ResponseHeader::build(err.status(), Some(6)).expect("valid status");
+    let _ = resp.insert_header("content-type", "application/problem+json");
+    let _ = resp.insert_header("content-length", body.len().to_string());
+    let _ = resp.insert_header("cache-control", "no-store");
+    let _ = resp.insert_header("x-request-id", request_id);
+    match err {
+        GatewayError::Unauthorized {
+            reject: Reject::Missing,
+            realm,
+        } => {
+            let _ = resp.insert_header("www-authenticate", format!("Bearer realm=\"{realm}\""));
+        }
+        GatewayError::Unauthorized { reject, realm } => {
+            let _ = resp.insert_header(
+                "www-authenticate",
+                format!(
+                    "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{}\"",
+                    reject.description()
+                ),
+            );
+        }
+        GatewayError::InsufficientScope { scope, realm } => {
+            let _ = resp.insert_header(
+                "www-authenticate",
+                format!(
+                    "Bearer realm=\"{realm}\", error=\"insufficient_scope\", scope=\"{scope}\""
+                ),
+            );
+        }
+        GatewayError::RateLimited {
+            retry_after_secs,
+            fields,
+            ..
+        } => {
+            let _ = resp.insert_header("retry-after", retry_after_secs.to_string());
+            if let Some((policy, limit)) = fields {
+                let _ = resp.insert_header("ratelimit-policy", policy.as_str());
+                let _ = resp.insert_header("ratelimit", limit.as_str());
+            }
+        }
+        _ => {}
+    }
+    (resp, body)
+}

@@ -1,0 +1,313 @@
+//! Rate limiting with GCRA (governor), keyed by client IP, claim, header, route or a mix.
+//!
+//! Each named policy holds one keyed limiter per tier. Keys idle long enough to be fully
+//! replenished are pruned on a timer, so memory stays bounded by the keys active within one
+//! replenish window. Responses carry `RateLimit-Policy` / `RateLimit` fields as defined in
+//! draft-ietf-httpapi-ratelimit-headers-09, and `Retry-After` on 429.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::RateLimiter;
+use http::HeaderMap;
+use tokio::runtime::Handle;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::jwt::Identity;
+use crate::config::{KeyPart, Quota, Quotas, RateLimitConfig};
+
+type KeyedLimiter =
+    RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
+
+struct Limiter {
+    quota: Quota,
+    inner: KeyedLimiter,
+}
+
+impl Limiter {
+    fn new(quota: Quota) -> Self {
+        let period = quota.per / quota.rate.max(1);
+        let gq = governor::Quota::with_period(period.max(Duration::from_nanos(1)))
+            .expect("period is non-zero")
+            .allow_burst(NonZeroU32::new(quota.burst.max(1)).expect("non-zero"));
+        Limiter {
+            quota,
+            inner: RateLimiter::keyed(gq).with_middleware::<StateInformationMiddleware>(),
+        }
+    }
+
+    fn replenish(&self) -> Duration {
+        self.quota.per / self.quota.rate.max(1)
+    }
+
+    /// The span over which a full burst is earned back: the draft's `w`.
+    fn window_secs(&self) -> u64 {
+        ceil_secs(self.replenish() * self.quota.burst).max(1)
+    }
+}
+
+/// What one policy decided for one request.
+#[derive(Debug, Clone)]
+pub(crate) struct Decision {
+    /// Policy name.
+    pub(crate) policy: String,
+    /// Tier used, for tiered policies.
+    pub(crate) tier: Option<String>,
+    /// Whether the request was admitted.
+    pub(crate) allowed: bool,
+    /// Requests a full bucket admits at once (the draft's `q`).
+    pub(crate) limit: u32,
+    /// Requests still admitted right now (the draft's `r`).
+    pub(crate) remaining: u32,
+    /// Seconds until the bucket is full again (the draft's `t`).
+    pub(crate) reset_secs: u64,
+    /// The draft's `w`.
+    pub(crate) window_secs: u64,
+    /// Seconds to wait before retrying, when refused.
+    pub(crate) retry_after_secs: Option<u64>,
+}
+
+/// What a key can be built from.
+pub(crate) struct KeyInput<'a> {
+    pub(crate) client_ip: &'a str,
+    pub(crate) route: &'a str,
+    pub(crate) identity: Option<&'a Identity>,
+    pub(crate) headers: &'a HeaderMap,
+}
+
+/// A named policy with its keyed state.
+pub(crate) struct Policy {
+    pub(crate) name: String,
+    config: RateLimitConfig,
+    limiters: BTreeMap<String, Limiter>,
+}
+
+const SINGLE: &str = "";
+
+impl Policy {
+    pub(crate) fn new(name: String, config: RateLimitConfig) -> Arc<Self> {
+        let limiters = match &config.quotas {
+            Quotas::Single { quota } => {
+                BTreeMap::from([(SINGLE.to_string(), Limiter::new(*quota))])
+            }
+            Quotas::Tiered { tiers, .. } => tiers
+                .iter()
+                .map(|(t, q)| (t.clone(), Limiter::new(*q)))
+                .collect(),
+        };
+        Arc::new(Policy {
+            name,
+            config,
+            limiters,
+        })
+    }
+
+    /// Number of keys currently tracked, across tiers.
+    pub(crate) fn tracked_keys(&self) -> usize {
+        self.limiters.values().map(|l| l.inner.len()).sum()
+    }
+
+    /// Removes keys whose buckets are full again (they are indistinguishable from new keys).
+    pub(crate) fn prune(&self) {
+        for l in self.limiters.values() {
+            l.inner.retain_recent();
+            l.inner.shrink_to_fit();
+        }
+    }
+
+    /// Prunes on the policy's interval until `stop` is cancelled.
+    pub(crate) fn start_pruning(self: &Arc<Self>, background: &Handle, stop: CancellationToken) {
+        let this = Arc::clone(self);
+        background.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(this.config.idle_prune) => this.prune(),
+                }
+            }
+        });
+    }
+
+    fn key(&self, input: &KeyInput<'_>) -> String {
+        let mut key = String::new();
+        for (i, part) in self.config.key.iter().enumerate() {
+            if i > 0 {
+                key.push('|');
+            }
+            let value = match part {
+                KeyPart::ClientIp => Some(format!("ip={}", input.client_ip)),
+                KeyPart::Route => Some(format!("route={}", input.route)),
+                KeyPart::Claim(c) => input
+                    .identity
+                    .and_then(|id| id.claim_str(c))
+                    .map(|v| format!("{c}={v}")),
+                KeyPart::Header(h) => input
+                    .headers
+                    .get(h)
+                    .and_then(|v| v.to_str().ok())
+                    .map(|v| format!("{}={v}", h.as_str())),
+            };
+            // A missing claim or header must not pool every such caller into one bucket.
+            key.push_str(&value.unwrap_or_else(|| format!("ip={}", input.client_ip)));
+        }
+        key
+    }
+
+    fn tier(&self, input: &KeyInput<'_>) -> &str {
+        match &self.config.quotas {
+            Quotas::Single { .. } => SINGLE,
+            Quotas::Tiered { claim, .. } => input
+                .identity
+                .and_then(|id| id.claim_str(claim))
+                .and_then(|t| {
+                    self.limiters
+                        .get_key_value(t.as_str())
+                        .map(|(k, _)| k.as_str())
+                })
+                .unwrap_or("default"),
+        }
+    }
+
+    /// Counts one request against the policy.
+    pub(crate) fn check(&self, input: &KeyInput<'_>) -> Decision {
+        let tier = self.tier(input);
+        let limiter = &self.limiters[tier];
+        let key = self.key(input);
+        let replenish = limiter.replenish();
+        let base = Decision {
+            policy: self.name.clone(),
+            tier: (!tier.is_empty()).then(|| tier.to_string()),
+            allowed: true,
+            limit: limiter.quota.burst,
+            remaining: 0,
+            reset_secs: 0,
+            window_secs: limiter.window_secs(),
+            retry_after_secs: None,
+        };
+        match limiter.inner.check_key(&key) {
+            Ok(snapshot) => {
+                let remaining = snapshot.remaining_burst_capacity();
+                let used = limiter.quota.burst.saturating_sub(remaining);
+                Decision {
+                    remaining,
+                    reset_secs: ceil_secs(replenish * used),
+                    ..base
+                }
+            }
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                let retry = ceil_secs(wait).max(1);
+                Decision {
+                    allowed: false,
+                    remaining: 0,
+                    reset_secs: ceil_secs(replenish * limiter.quota.burst),
+                    retry_after_secs: Some(retry),
+                    ..base
+                }
+            }
+        }
+    }
+}
+
+fn ceil_secs(d: Duration) -> u64 {
+    let secs = d.as_secs();
+    if d.subsec_nanos() > 0 {
+        secs + 1
+    } else {
+        secs
+    }
+}
+
+/// `RateLimit-Policy` and `RateLimit` field values for a set of decisions (draft-09 syntax:
+/// a list of `"name";q=…;w=…` and `"name";r=…;t=…` items).
+pub(crate) fn header_values(decisions: &[Decision]) -> Option<(String, String)> {
+    if decisions.is_empty() {
+        return None;
+    }
+    let policy = decisions
+        .iter()
+        .map(|d| format!("\"{}\";q={};w={}", d.policy, d.limit, d.window_secs))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let limit = decisions
+        .iter()
+        .map(|d| format!("\"{}\";r={};t={}", d.policy, d.remaining, d.reset_secs))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Some((policy, limit))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(rate: u32, per: u64, burst: u32) -> Arc<Policy> {
+        Policy::new(
+            "p".into(),
+            RateLimitConfig {
+                key: vec![KeyPart::ClientIp],
+                quotas: Quotas::Single {
+                    quota: Quota {
+                        rate,
+                        per: Duration::from_secs(per),
+                        burst,
+                    },
+                },
+                idle_prune: Duration::from_secs(60),
+            },
+        )
+    }
+
+    fn input<'a>(ip: &'a str, headers: &'a HeaderMap) -> KeyInput<'a> {
+        KeyInput {
+            client_ip: ip,
+            route: "r",
+            identity: None,
+            headers,
+        }
+    }
+
+    #[test]
+    fn burst_then_refuse_with_retry_after() {
+        let p = policy(1, 60, 3);
+        let h = HeaderMap::new();
+        let results: Vec<_> = (0..5).map(|_| p.check(&input("1.1.1.1", &h))).collect();
+        assert_eq!(results.iter().filter(|d| d.allowed).count(), 3);
+        assert_eq!(results[0].remaining, 2);
+        assert_eq!(results[2].remaining, 0);
+        let refused = &results[3];
+        assert!(!refused.allowed);
+        let retry = refused.retry_after_secs.unwrap();
+        assert!((1..=60).contains(&retry), "retry after {retry}");
+        // Another key has its own bucket.
+        assert!(p.check(&input("2.2.2.2", &h)).allowed);
+    }
+
+    #[test]
+    fn idle_keys_are_pruned() {
+        let p = policy(1000, 1, 1);
+        let h = HeaderMap::new();
+        for i in 0..500 {
+            p.check(&input(&format!("10.0.{}.{}", i / 256, i % 256), &h));
+        }
+        assert_eq!(p.tracked_keys(), 500);
+        std::thread::sleep(Duration::from_millis(20));
+        p.prune();
+        assert_eq!(p.tracked_keys(), 0);
+    }
+
+    #[test]
+    fn header_syntax_follows_draft_09() {
+        let p = policy(10, 1, 5);
+        let h = HeaderMap::new();
+        let d = p.check(&input("1.1.1.1", &h));
+        let (policy, limit) = header_values(&[d]).unwrap();
+        assert_eq!(policy, "\"p\";q=5;w=1");
+        assert_eq!(limit, "\"p\";r=4;t=1");
+    }
+}

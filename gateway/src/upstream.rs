@@ -1,0 +1,336 @@
+//! Upstream pools: endpoint selection, active health checks, passive ejection and a circuit
+//! breaker. One [`Upstream`] per named upstream in the config; rebuilt on reload.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use pingora_load_balancing::health_check::{HealthCheck, HttpHealthCheck};
+use pingora_load_balancing::Backend;
+use tokio::runtime::Handle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{CircuitBreakerConfig, LoadBalancing, UpstreamConfig};
+
+/// One endpoint of a pool and what is known of its health.
+pub(crate) struct Endpoint {
+    pub(crate) addr: SocketAddr,
+    /// Result of active health checks (true until a check says otherwise).
+    active_healthy: AtomicBool,
+    /// Consecutive failed requests, for passive ejection.
+    consecutive_failures: AtomicU32,
+    ejected_until: Mutex<Option<Instant>>,
+    /// Requests in flight, for least-connections.
+    inflight: Arc<AtomicUsize>,
+}
+
+impl Endpoint {
+    fn new(addr: SocketAddr) -> Self {
+        Endpoint {
+            addr,
+            active_healthy: AtomicBool::new(true),
+            consecutive_failures: AtomicU32::new(0),
+            ejected_until: Mutex::new(None),
+            inflight: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    fn available(&self, now: Instant) -> bool {
+        self.active_healthy.load(Ordering::Relaxed)
+            && self.ejected_until.lock().is_none_or(|until| until <= now)
+    }
+
+    /// Marks a request in flight until the guard drops.
+    pub(crate) fn track(&self) -> InflightGuard {
+        self.inflight.fetch_add(1, Ordering::Relaxed);
+        InflightGuard(Arc::clone(&self.inflight))
+    }
+}
+
+/// Decrements an endpoint's in-flight count on drop.
+pub(crate) struct InflightGuard(Arc<AtomicUsize>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Why no endpoint could be chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unavailable {
+    /// The circuit breaker is open.
+    CircuitOpen,
+    /// Every endpoint is unhealthy or ejected.
+    NoHealthyEndpoint,
+}
+
+#[derive(Debug)]
+enum BreakerState {
+    Closed { failures: u32 },
+    Open { until: Instant },
+    HalfOpen { trial_in_flight: bool },
+}
+
+/// Fails fast while an upstream keeps failing: after `failure_threshold` failed requests in a
+/// row it opens for `open_for`, then lets one trial request through; success closes it.
+pub(crate) struct CircuitBreaker {
+    config: CircuitBreakerConfig,
+    state: Mutex<BreakerState>,
+}
+
+impl CircuitBreaker {
+    fn new(config: CircuitBreakerConfig) -> Self {
+        CircuitBreaker {
+            config,
+            state: Mutex::new(BreakerState::Closed { failures: 0 }),
+        }
+    }
+
+    /// Whether a request may go upstream now.
+    fn allow(&self) -> bool {
+        let mut state = self.state.lock();
+        match *state {
+            BreakerState::Closed { .. } => true,
+            BreakerState::Open { until } if Instant::now() >= until => {
+                *state = BreakerState::HalfOpen {
+                    trial_in_flight: true,
+                };
+                true
+            }
+            BreakerState::Open { .. } => false,
+            BreakerState::HalfOpen {
+                trial_in_flight: true,
+            } => false,
+            BreakerState::HalfOpen {
+                trial_in_flight: false,
+            } => {
+                *state = BreakerState::HalfOpen {
+                    trial_in_flight: true,
+                };
+                true
+            }
+        }
+    }
+
+    fn on_success(&self) {
+        *self.state.lock() = BreakerState::Closed { failures: 0 };
+    }
+
+    /// Returns true when this failure opened the circuit.
+    fn on_failure(&self) -> bool {
+        let mut state = self.state.lock();
+        let open_until = Instant::now() + self.config.open_for;
+        let (next, opened) = match *state {
+            BreakerState::Closed { failures } if failures + 1 >= self.config.failure_threshold => {
+                (BreakerState::Open { until: open_until }, true)
+            }
+            BreakerState::Closed { failures } => (
+                BreakerState::Closed {
+                    failures: failures + 1,
+                },
+                false,
+            ),
+            BreakerState::HalfOpen { .. } => (BreakerState::Open { until: open_until }, true),
+            BreakerState::Open { until } => (BreakerState::Open { until }, false),
+        };
+        *state = next;
+        opened
+    }
+
+    /// `closed`, `open` or `half_open`, for metrics and /config.
+    pub(crate) fn state_name(&self) -> &'static str {
+        match *self.state.lock() {
+            BreakerState::Closed { .. } => "closed",
+            BreakerState::Open { .. } => "open",
+            BreakerState::HalfOpen { .. } => "half_open",
+        }
+    }
+}
+
+/// A named pool.
+pub(crate) struct Upstream {
+    pub(crate) name: String,
+    pub(crate) config: UpstreamConfig,
+    pub(crate) endpoints: Vec<Arc<Endpoint>>,
+    next: AtomicUsize,
+    pub(crate) breaker: CircuitBreaker,
+}
+
+impl Upstream {
+    pub(crate) fn new(name: String, config: UpstreamConfig) -> Arc<Self> {
+        let endpoints = config
+            .endpoints
+            .iter()
+            .map(|a| Arc::new(Endpoint::new(*a)))
+            .collect();
+        let breaker = CircuitBreaker::new(config.circuit_breaker.clone());
+        Arc::new(Upstream {
+            name,
+            config,
+            endpoints,
+            next: AtomicUsize::new(0),
+            breaker,
+        })
+    }
+
+    /// Chooses an endpoint, avoiding `avoid` (the one that just failed) when another is available.
+    pub(crate) fn select(&self, avoid: Option<SocketAddr>) -> Result<Arc<Endpoint>, Unavailable> {
+        if !self.breaker.allow() {
+            return Err(Unavailable::CircuitOpen);
+        }
+        let now = Instant::now();
+        let healthy: Vec<&Arc<Endpoint>> =
+            self.endpoints.iter().filter(|e| e.available(now)).collect();
+        let candidates: Vec<&Arc<Endpoint>> = match avoid {
+            Some(addr) if healthy.len() > 1 => {
+                healthy.iter().copied().filter(|e| e.addr != addr).collect()
+            }
+            _ => healthy,
+        };
+        if candidates.is_empty() {
+            return Err(Unavailable::NoHealthyEndpoint);
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let chosen = match self.config.load_balancing {
+            LoadBalancing::RoundRobin => candidates[start % candidates.len()],
+            LoadBalancing::LeastConnections => {
+                // Rotate the starting point so ties spread evenly.
+                (0..candidates.len())
+                    .map(|i| candidates[(start + i) % candidates.len()])
+                    .min_by_key(|e| e.inflight.load(Ordering::Relaxed))
+                    .expect("non-empty")
+            }
+        };
+        Ok(Arc::clone(chosen))
+    }
+
+    /// Records a successful exchange with `endpoint`.
+    pub(crate) fn record_endpoint_success(&self, endpoint: &Endpoint) {
+        endpoint.consecutive_failures.store(0, Ordering::Relaxed);
+    }
+
+    /// Records a failed attempt on `endpoint`; ejects it after too many in a row.
+    pub(crate) fn record_endpoint_failure(&self, endpoint: &Endpoint) {
+        let failures = endpoint
+            .consecutive_failures
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
+        let passive = &self.config.passive_ejection;
+        if failures >= passive.consecutive_failures {
+            *endpoint.ejected_until.lock() = Some(Instant::now() + passive.ejection);
+            endpoint.consecutive_failures.store(0, Ordering::Relaxed);
+            tracing::warn!(upstream = %self.name, endpoint = %endpoint.addr, failures, ejection_secs = passive.ejection.as_secs(), "Ejected endpoint after consecutive failures.");
+        }
+    }
+
+    /// Records how a request that reached this upstream finally ended (after retries), for the
+    /// circuit breaker.
+    pub(crate) fn record_request_outcome(&self, ok: bool) {
+        if ok {
+            self.breaker.on_success();
+        } else if self.breaker.on_failure() {
+            tracing::warn!(upstream = %self.name, open_secs = self.config.circuit_breaker.open_for.as_secs(), "Circuit opened.");
+        }
+    }
+
+    /// Number of endpoints currently taking traffic.
+    pub(crate) fn available_endpoints(&self) -> usize {
+        let now = Instant::now();
+        self.endpoints.iter().filter(|e| e.available(now)).count()
+    }
+
+    /// Runs active health checks until `stop` is cancelled.
+    pub(crate) fn start_health_checks(
+        self: &Arc<Self>,
+        background: &Handle,
+        stop: CancellationToken,
+    ) {
+        let Some(hc) = self.config.health_check.clone() else {
+            return;
+        };
+        let this = Arc::clone(self);
+        background.spawn(async move {
+            let mut check = HttpHealthCheck::new("localhost", false);
+            check.peer_template.options.connection_timeout = Some(hc.timeout);
+            check.peer_template.options.read_timeout = Some(hc.timeout);
+            check.peer_template.options.total_connection_timeout = Some(hc.timeout);
+            match pingora_http::RequestHeader::build("GET", hc.path.as_bytes(), None) {
+                Ok(mut req) => {
+                    let _ = req.insert_header("Host", "localhost");
+                    let _ = req.insert_header("User-Agent", "vantage-gateway-healthcheck");
+                    check.req = req;
+                }
+                Err(e) => {
+                    tracing::error!(upstream = %this.name, error = %e, "Invalid health check request; checks disabled.");
+                    return;
+                }
+            }
+            check.validator = Some(Box::new(|resp: &pingora_http::ResponseHeader| {
+                if resp.status.is_success() {
+                    Ok(())
+                } else {
+                    pingora_core::Error::e_explain(pingora_core::ErrorType::new("HealthCheckFailed"), format!("status {}", resp.status))
+                }
+            }));
+            let backends: Vec<Backend> = this
+                .endpoints
+                .iter()
+                .filter_map(|e| Backend::new(&e.addr.to_string()).ok())
+                .collect();
+            let mut streak: Vec<(bool, u32)> = vec![(true, 0); this.endpoints.len()];
+            loop {
+                for (i, (endpoint, backend)) in this.endpoints.iter().zip(&backends).enumerate() {
+                    let ok = tokio::time::timeout(hc.timeout + Duration::from_millis(100), check.check(backend))
+                        .await
+                        .map(|r| r.is_ok())
+                        .unwrap_or(false);
+                    let (last, count) = &mut streak[i];
+                    if ok == *last {
+                        *count += 1;
+                    } else {
+                        *last = ok;
+                        *count = 1;
+                    }
+                    let healthy = endpoint.active_healthy.load(Ordering::Relaxed);
+                    if healthy && !ok && *count >= hc.unhealthy_threshold {
+                        endpoint.active_healthy.store(false, Ordering::Relaxed);
+                        tracing::warn!(upstream = %this.name, endpoint = %endpoint.addr, "Health check failed; endpoint marked unhealthy.");
+                    } else if !healthy && ok && *count >= hc.healthy_threshold {
+                        endpoint.active_healthy.store(true, Ordering::Relaxed);
+                        tracing::info!(upstream = %this.name, endpoint = %endpoint.addr, "Health check passed; endpoint healthy again.");
+                    }
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(hc.interval) => {}
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn breaker_opens_then_half_opens() {
+        let b = CircuitBreaker::new(CircuitBreakerConfig {
+            failure_threshold: 2,
+            open_for: Duration::from_millis(30),
+        });
+        assert!(b.allow());
+        assert!(!b.on_failure());
+        assert!(b.on_failure());
+        assert!(!b.allow(), "open");
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(b.allow(), "one trial");
+        assert!(!b.allow(), "only one trial at a time");
+        b.on_success();
+        assert!(b.allow());
+        assert_eq!(b.state_name(), "closed");
+    }
+}
