@@ -1,1 +1,342 @@
-//! Shared telemetry set-up.
+//! Shared telemetry set-up for every Vantage binary: OTLP traces, JSON logs, Prometheus metrics.
+//!
+//! One call at the top of `main` installs a global `tracing` subscriber that
+//! - writes JSON log lines to stdout (`timestamp`, `level`, `service`, `target`, `message`,
+//!   `trace_id`, `span_id`, `span`, `fields`), filtered by `RUST_LOG` (default `info`);
+//! - turns `tracing` spans into OpenTelemetry spans and exports them over OTLP (gRPC or
+//!   HTTP/protobuf) when an endpoint is configured;
+//! - bridges the `log` crate (Pingora logs through it) into the same pipeline.
+//!
+//! # How to use
+//!
+//! ```no_run
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     // Before any runtime exists is fine: export runs on its own thread and runtime.
+//!     let telemetry = observability::init("orders", env!("CARGO_PKG_VERSION"))?;
+//!     tracing::info!(port = 8080, "Listening.");
+//!     // … run the service until shutdown …
+//!     telemetry.shutdown(); // flushes queued spans; dropping `telemetry` does the same
+//!     Ok(())
+//! }
+//! ```
+//!
+//! Then, per boundary:
+//! - HTTP server: [`http_server::HttpServerLayer`] (feature `axum`) or, outside axum,
+//!   [`http_trace::server_span`] + [`http_trace::record_status`].
+//! - HTTP client: [`http_trace::client_span`] + [`propagation::inject_http`].
+//! - RabbitMQ (feature `amqp`): `amqp::publish_span` / `amqp::process_span` and the header helpers.
+//! - Outbox rows: store [`propagation::to_carrier`]`(&`[`propagation::current_context`]`())`, restore with
+//!   [`propagation::from_carrier`].
+//! - Metrics: [`metrics::MetricsRegistry`], [`metrics::HttpServerMetrics`], [`metrics::MessagingMetrics`].
+//! - Anything that might hold a secret goes through [`redact`] before it becomes a field.
+//!
+//! # Configuration (standard OpenTelemetry variables)
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `OTEL_EXPORTER_OTLP_ENDPOINT` | unset: no export | collector base URL; `/v1/traces` is appended for HTTP |
+//! | `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` | unset | full traces URL, used as-is; wins over the above |
+//! | `OTEL_EXPORTER_OTLP_PROTOCOL` (`_TRACES_PROTOCOL`) | `grpc` | `grpc` or `http/protobuf` |
+//! | `OTEL_TRACES_EXPORTER` | `otlp` | `none` turns export off |
+//! | `OTEL_SERVICE_NAME` | the `service_name` argument | overrides `service.name` |
+//! | `OTEL_RESOURCE_ATTRIBUTES` | none | `k=v,k2=v2`, percent-decoded |
+//! | `OTEL_TRACES_SAMPLER` / `_ARG` | `parentbased_traceidratio` / `1.0` | also `always_on`, `always_off`, `traceidratio`, `parentbased_always_on`, `parentbased_always_off` |
+//! | `OTEL_PROPAGATORS` | `tracecontext,baggage` | also `b3` (single header), `b3multi`, `none` |
+//! | `OTEL_SDK_DISABLED` | `false` | `true`: JSON logs only, no spans, no ids |
+//! | `RUST_LOG` | `info` | log filter (`EnvFilter` syntax); does not affect which spans are traced |
+//!
+//! Without an endpoint spans are still created (so logs carry trace ids and context still
+//! propagates), just not exported. Invalid values fail `init` with every problem listed.
+
+mod env;
+mod export;
+mod logs;
+
+pub mod http_trace;
+pub mod metrics;
+pub mod propagation;
+pub mod redact;
+
+#[cfg(feature = "amqp")]
+pub mod amqp;
+#[cfg(feature = "axum")]
+pub mod http_server;
+
+use std::fmt;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry_sdk::resource::TelemetryResourceDetector;
+use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
+use opentelemetry_sdk::Resource;
+use opentelemetry_semantic_conventions::attribute as semconv;
+use tracing::Dispatch;
+use tracing_log::AsLog as _;
+use tracing_subscriber::filter::{filter_fn, EnvFilter};
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::Layer as _;
+
+pub use env::{EnvError, EnvSource, ProcessEnv, Protocol};
+pub use opentelemetry;
+pub use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// The semantic-conventions schema every span and resource follows (1.42.0).
+pub const SEMCONV_SCHEMA_URL: &str = opentelemetry_semantic_conventions::SCHEMA_URL;
+
+/// Spans waiting for export before new ones are dropped (SDK default 2048). A gateway burst at
+/// sampling 1.0 fills 2048 within a single schedule delay.
+pub const MAX_QUEUE_SPANS: usize = 16_384;
+
+/// How often queued spans are exported (SDK default 5 s): traces should show up in Jaeger
+/// while the SRE is still looking.
+pub const EXPORT_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Identifies this process among replicas of the same service (`service.instance.id`).
+static INSTANCE_ID: LazyLock<String> = LazyLock::new(|| uuid::Uuid::new_v4().to_string());
+
+/// Why telemetry could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    /// One or more variables are invalid; every one is listed.
+    #[error("invalid telemetry configuration: {}", join(.0))]
+    InvalidEnv(Vec<EnvError>),
+    /// The OTLP exporter rejected its configuration.
+    #[error("failed to build the OTLP span exporter")]
+    Exporter(#[source] opentelemetry_otlp::ExporterBuildError),
+    /// The exporter's runtime could not start (thread or reactor creation failed).
+    #[error("failed to start the telemetry export runtime")]
+    Runtime(#[source] std::io::Error),
+    /// `init` was already called, or something else installed a global subscriber.
+    #[error("a global tracing subscriber is already installed")]
+    AlreadyInitialized,
+}
+
+fn join(errors: &[EnvError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Handle to the installed telemetry. Keep it alive for the life of the process.
+///
+/// [`Telemetry::shutdown`] (or dropping it) exports every queued span, waiting up to 5 s.
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+    service_name: String,
+    propagator: Arc<dyn opentelemetry::propagation::TextMapPropagator + Send + Sync>,
+    exporting: Option<Protocol>,
+}
+
+impl fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Telemetry")
+            .field("service_name", &self.service_name)
+            .field("tracing", &self.provider.is_some())
+            .field("exporting", &self.exporting)
+            .finish()
+    }
+}
+
+// === impl Telemetry ===
+
+impl Telemetry {
+    /// The resolved `service.name` (after `OTEL_SERVICE_NAME` / `OTEL_RESOURCE_ATTRIBUTES`).
+    pub fn service_name(&self) -> &str {
+        &self.service_name
+    }
+
+    /// This process's `service.instance.id`.
+    pub fn instance_id(&self) -> &str {
+        &INSTANCE_ID
+    }
+
+    /// The OTLP protocol spans are exported with, or `None` when they are not exported.
+    pub fn exporting(&self) -> Option<Protocol> {
+        self.exporting
+    }
+
+    /// Exports every span ended so far, now. Blocks; meant for tests and before `exec`.
+    pub fn force_flush(&self) {
+        if let Some(provider) = &self.provider {
+            if let Err(error) = provider.force_flush() {
+                tracing::warn!(%error, "Failed to flush spans.");
+            }
+        }
+    }
+
+    /// Exports queued spans and stops the exporter. Blocks up to 5 s.
+    pub fn shutdown(mut self) {
+        self.shutdown_inner();
+    }
+
+    fn shutdown_inner(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            if let Err(error) = provider.shutdown_with_timeout(Duration::from_secs(5)) {
+                tracing::warn!(%error, "Failed to flush spans at shutdown.");
+            }
+        }
+    }
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        self.shutdown_inner();
+    }
+}
+
+/// Sets up telemetry for `service_name` from the process environment. Call once, first thing in `main`.
+///
+/// Works with or without a Tokio runtime running.
+pub fn init(service_name: &str, service_version: &str) -> Result<Telemetry, InitError> {
+    init_with_env(service_name, service_version, &ProcessEnv)
+}
+
+/// [`init`] reading variables from `env` instead of the process environment.
+pub fn init_with_env(
+    service_name: &str,
+    service_version: &str,
+    env: &dyn EnvSource,
+) -> Result<Telemetry, InitError> {
+    let (telemetry, dispatch) = build(service_name, service_version, env, std::io::stdout)?;
+    tracing::dispatcher::set_global_default(dispatch).map_err(|_| InitError::AlreadyInitialized)?;
+    // Forward `log` records at the levels the filter can let through, no lower: formatting
+    // Pingora's debug! lines only to drop them costs throughput.
+    let max_level = tracing::level_filters::LevelFilter::current().as_log();
+    if let Err(error) = tracing_log::LogTracer::builder()
+        .with_max_level(max_level)
+        .init()
+    {
+        tracing::warn!(%error, "A `log` logger is already installed; `log` records will not reach the JSON log.");
+    }
+    propagation::install(Arc::clone(&telemetry.propagator));
+    opentelemetry::global::set_text_map_propagator(SharedPropagator(Arc::clone(
+        &telemetry.propagator,
+    )));
+    if let Some(provider) = &telemetry.provider {
+        opentelemetry::global::set_tracer_provider(provider.clone());
+    }
+    Ok(telemetry)
+}
+
+/// Builds the telemetry pipeline without installing anything globally.
+///
+/// For tests and embedding: run code under the returned dispatcher with
+/// `tracing::dispatcher::with_default`, and pass any [`MakeWriter`] for the JSON log lines.
+/// Propagation helpers keep using the process-wide propagators (see [`propagation`]).
+pub fn build<W>(
+    service_name: &str,
+    service_version: &str,
+    env: &dyn EnvSource,
+    log_writer: W,
+) -> Result<(Telemetry, Dispatch), InitError>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let settings = env::Settings::from_env(service_name, env).map_err(InitError::InvalidEnv)?;
+    let propagator = propagation::build(&settings.propagators);
+
+    let provider = if settings.sdk_disabled {
+        None
+    } else {
+        let resource = resource(&settings, service_version);
+        let mut builder = SdkTracerProvider::builder()
+            .with_sampler(settings.sampler.clone())
+            .with_resource(resource);
+        if let Some(export) = &settings.export {
+            let exporter = export::OwnedRuntimeExporter::new(export)?;
+            let config = BatchConfigBuilder::default()
+                .with_max_queue_size(MAX_QUEUE_SPANS)
+                .with_scheduled_delay(EXPORT_INTERVAL)
+                .build();
+            builder = builder.with_span_processor(
+                BatchSpanProcessor::builder(exporter)
+                    .with_batch_config(config)
+                    .build(),
+            );
+        }
+        Some(builder.build())
+    };
+
+    let otel_layer = provider.as_ref().map(|provider| {
+        let scope = InstrumentationScope::builder("observability")
+            .with_version(env!("CARGO_PKG_VERSION"))
+            .with_schema_url(SEMCONV_SCHEMA_URL)
+            .build();
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer_with_scope(scope))
+            .with_tracked_inactivity(false)
+            // Spans at INFO and above become OpenTelemetry spans whatever RUST_LOG says, so turning
+            // logs down never breaks traces; only WARN/ERROR events are copied onto spans.
+            .with_filter(filter_fn(|meta| {
+                if meta.is_span() {
+                    *meta.level() <= tracing::Level::INFO
+                } else {
+                    *meta.level() <= tracing::Level::WARN
+                }
+            }))
+    });
+    let log_layer = logs::JsonLogLayer::new(settings.service_name.clone(), log_writer).with_filter(
+        EnvFilter::try_new(&settings.log_filter)
+            .unwrap_or_else(|_| EnvFilter::new(env::DEFAULT_LOG_FILTER)),
+    );
+    let subscriber = tracing_subscriber::registry()
+        .with(otel_layer)
+        .with(log_layer);
+
+    let telemetry = Telemetry {
+        provider,
+        service_name: settings.service_name,
+        propagator,
+        exporting: settings.export.map(|e| e.protocol),
+    };
+    Ok((telemetry, Dispatch::new(subscriber)))
+}
+
+fn resource(settings: &env::Settings, service_version: &str) -> Resource {
+    let defaults = [
+        KeyValue::new(semconv::SERVICE_VERSION, service_version.to_owned()),
+        KeyValue::new(semconv::SERVICE_INSTANCE_ID, INSTANCE_ID.clone()),
+    ];
+    // The operator's OTEL_RESOURCE_ATTRIBUTES override our defaults; service.name is resolved last.
+    let from_env = settings
+        .resource_attributes
+        .iter()
+        .map(|(k, v)| KeyValue::new(k.clone(), v.clone()));
+    Resource::builder_empty()
+        .with_detector(Box::new(TelemetryResourceDetector))
+        .with_attributes(defaults)
+        .with_attributes(from_env)
+        .with_service_name(settings.service_name.clone())
+        .build()
+}
+
+/// Lets the process-wide propagator also serve `opentelemetry::global` users.
+#[derive(Debug)]
+struct SharedPropagator(Arc<dyn opentelemetry::propagation::TextMapPropagator + Send + Sync>);
+
+impl opentelemetry::propagation::TextMapPropagator for SharedPropagator {
+    fn inject_context(
+        &self,
+        cx: &opentelemetry::Context,
+        injector: &mut dyn opentelemetry::propagation::Injector,
+    ) {
+        self.0.inject_context(cx, injector);
+    }
+
+    fn extract_with_context(
+        &self,
+        cx: &opentelemetry::Context,
+        extractor: &dyn opentelemetry::propagation::Extractor,
+    ) -> opentelemetry::Context {
+        self.0.extract_with_context(cx, extractor)
+    }
+
+    fn fields(&self) -> opentelemetry::propagation::text_map_propagator::FieldIter<'_> {
+        self.0.fields()
+    }
+}

@@ -1,0 +1,238 @@
+//! Moving trace context across process boundaries: HTTP headers, outbox rows, AMQP headers.
+//!
+//! The formats come from `OTEL_PROPAGATORS` (read by [`crate::init`]); before `init`, or when it
+//! was never called (unit tests), W3C `tracecontext` + `baggage` are used.
+
+mod b3;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, LazyLock, OnceLock};
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use opentelemetry::propagation::{
+    Extractor, Injector, TextMapCompositePropagator, TextMapPropagator,
+};
+use opentelemetry::Context;
+use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+use crate::env::PropagatorKind;
+
+type Shared = Arc<dyn TextMapPropagator + Send + Sync>;
+
+static INSTALLED: OnceLock<Shared> = OnceLock::new();
+static FALLBACK: LazyLock<Shared> =
+    LazyLock::new(|| build(&[PropagatorKind::TraceContext, PropagatorKind::Baggage]));
+
+pub(crate) fn build(kinds: &[PropagatorKind]) -> Shared {
+    let parts: Vec<Box<dyn TextMapPropagator + Send + Sync>> = kinds
+        .iter()
+        .map(|kind| -> Box<dyn TextMapPropagator + Send + Sync> {
+            match kind {
+                PropagatorKind::TraceContext => Box::new(TraceContextPropagator::new()),
+                PropagatorKind::Baggage => Box::new(BaggagePropagator::new()),
+                PropagatorKind::B3Single => Box::new(b3::B3Propagator::new(b3::B3Encoding::Single)),
+                PropagatorKind::B3Multi => Box::new(b3::B3Propagator::new(b3::B3Encoding::Multi)),
+            }
+        })
+        .collect();
+    Arc::new(TextMapCompositePropagator::new(parts))
+}
+
+/// Makes `propagator` the process-wide one. Only the first call wins (`init` runs once).
+pub(crate) fn install(propagator: Shared) {
+    let _ = INSTALLED.set(propagator);
+}
+
+fn propagator() -> &'static Shared {
+    INSTALLED.get().unwrap_or(&FALLBACK)
+}
+
+/// The context sent by the caller in `headers` (`traceparent`, `tracestate`, `baggage`, `b3` …).
+///
+/// Use it as the parent of the SERVER span: `span.set_parent(extract_http(req.headers()))`.
+/// Returns an empty context when the headers carry none or carry garbage.
+pub fn extract_http(headers: &HeaderMap) -> Context {
+    propagator().extract(&HeaderExtractor(headers))
+}
+
+/// Writes `cx` into outgoing request headers, replacing any propagation headers already there
+/// (an incoming `traceparent` must never leak upstream unchanged).
+pub fn inject_http(cx: &Context, headers: &mut HeaderMap) {
+    for field in propagator().fields() {
+        if let Ok(name) = HeaderName::from_bytes(field.as_bytes()) {
+            headers.remove(name);
+        }
+    }
+    propagator().inject_context(cx, &mut HeaderInjector(headers));
+}
+
+/// The OpenTelemetry context of the current `tracing` span.
+///
+/// Empty when there is no current span or telemetry is disabled.
+pub fn current_context() -> Context {
+    tracing::Span::current().context()
+}
+
+/// `cx` as plain key/value pairs, for places that store or send text: outbox rows, AMQP headers.
+///
+/// Keys are lower-case (`traceparent`, `tracestate`, `baggage`); empty when `cx` has no valid span.
+pub fn to_carrier(cx: &Context) -> BTreeMap<String, String> {
+    let mut carrier = MapCarrier(BTreeMap::new());
+    propagator().inject_context(cx, &mut carrier);
+    carrier.0
+}
+
+/// The inverse of [`to_carrier`]. Keys are matched case-insensitively.
+pub fn from_carrier(carrier: &BTreeMap<String, String>) -> Context {
+    let lower: BTreeMap<String, String> = carrier
+        .iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+        .collect();
+    propagator().extract(&MapCarrier(lower))
+}
+
+struct HeaderExtractor<'a>(&'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(HeaderName::as_str).collect()
+    }
+}
+
+struct HeaderInjector<'a>(&'a mut HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(key.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+struct MapCarrier(BTreeMap<String, String>);
+
+impl Extractor for MapCarrier {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(&key.to_ascii_lowercase()).map(String::as_str)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(String::as_str).collect()
+    }
+}
+
+impl Injector for MapCarrier {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(key.to_ascii_lowercase(), value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::baggage::BaggageExt as _;
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+    };
+    use opentelemetry::KeyValue;
+
+    use super::*;
+
+    const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn http_extract_then_inject_keeps_trace_and_baggage() {
+        let mut incoming = HeaderMap::new();
+        incoming.insert("traceparent", HeaderValue::from_static(TRACEPARENT));
+        incoming.insert("baggage", HeaderValue::from_static("tenant=acme"));
+        let cx = extract_http(&incoming);
+        assert!(cx.span().span_context().is_remote());
+        assert_eq!(
+            cx.span().span_context().trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(
+            cx.baggage().get("tenant").map(|v| v.to_string()),
+            Some("acme".into())
+        );
+
+        let mut outgoing = HeaderMap::new();
+        outgoing.insert("traceparent", HeaderValue::from_static("00-stale-stale-00"));
+        inject_http(&cx, &mut outgoing);
+        assert_eq!(outgoing.get_all("traceparent").iter().count(), 1);
+        assert_eq!(outgoing["traceparent"], TRACEPARENT);
+        assert_eq!(outgoing["baggage"], "tenant=acme");
+    }
+
+    #[test]
+    fn garbage_traceparent_gives_an_empty_context() {
+        let mut incoming = HeaderMap::new();
+        incoming.insert("traceparent", HeaderValue::from_static("00-zzzz-0000-01"));
+        assert!(!extract_http(&incoming).span().span_context().is_valid());
+    }
+
+    #[test]
+    fn carrier_round_trip_preserves_trace_state() {
+        let sc = SpanContext::new(
+            TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").unwrap(),
+            SpanId::from_hex("b7ad6b7169203331").unwrap(),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::from_key_value([("vantage", "1")]).unwrap(),
+        );
+        let cx = Context::new()
+            .with_remote_span_context(sc.clone())
+            .with_baggage([KeyValue::new("k", "v")]);
+        let carrier = to_carrier(&cx);
+        assert_eq!(
+            carrier.keys().map(String::as_str).collect::<Vec<_>>(),
+            vec!["baggage", "traceparent", "tracestate"]
+        );
+        let mut upper = BTreeMap::new();
+        for (k, v) in carrier {
+            upper.insert(k.to_ascii_uppercase(), v);
+        }
+        let back = from_carrier(&upper);
+        assert_eq!(back.span().span_context().trace_id(), sc.trace_id());
+        assert_eq!(back.span().span_context().span_id(), sc.span_id());
+        assert_eq!(
+            back.span().span_context().trace_state().get("vantage"),
+            Some("1")
+        );
+        assert_eq!(
+            back.baggage().get("k").map(|v| v.to_string()),
+            Some("v".into())
+        );
+    }
+
+    #[test]
+    fn empty_context_gives_an_empty_carrier() {
+        assert!(to_carrier(&Context::new()).is_empty());
+    }
+
+    #[test]
+    fn composite_with_b3_reads_either_format() {
+        let p = build(&[PropagatorKind::TraceContext, PropagatorKind::B3Single]);
+        let mut carrier = std::collections::HashMap::new();
+        carrier.insert(
+            "b3".to_owned(),
+            "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1".to_owned(),
+        );
+        let cx = p.extract(&carrier);
+        assert!(cx.span().span_context().is_valid());
+        let mut out = std::collections::HashMap::new();
+        p.inject_context(&cx, &mut out);
+        assert_eq!(
+            out.get("traceparent").map(String::as_str),
+            Some(TRACEPARENT)
+        );
+        assert!(out.contains_key("b3"));
+    }
+}
