@@ -148,7 +148,10 @@ async fn serve(
         "--config".to_owned(),
         gateway_config.display().to_string(),
     ];
-    let env = vec![("OTEL_SERVICE_NAME".to_owned(), "gateway".to_owned())];
+    let mut env = vec![("OTEL_SERVICE_NAME".to_owned(), "gateway".to_owned())];
+    if let Some(token) = &dirs.admin_token {
+        env.push((ADMIN_TOKEN_ENV.to_owned(), token.clone()));
+    }
     sup.spawn("gateway", &binaries.gateway, &args, &env)?;
     let url = format!("{}/readyz", config.admin_url());
     let took = sup
@@ -214,6 +217,13 @@ fn print_banner(config: &Config, dirs: &RunDirs) {
              (e.g. `docker compose up -d jaeger`)"
         ),
     }
+    if dirs.admin_token.is_some() {
+        println!(
+            "  metrics   curl -H \"Authorization: Bearer $(cat {})\" {}/metrics",
+            dirs.admin_token_file.display(),
+            config.admin_url()
+        );
+    }
     println!("  logs      {}", dirs.logs.display());
     println!();
 }
@@ -255,7 +265,14 @@ struct RunDirs {
     root: PathBuf,
     logs: PathBuf,
     data: PathBuf,
+    /// A per-run admin token for the gateway's /metrics and /config, generated when
+    /// `VANTAGE_ADMIN_TOKEN` is not set. Written to a 0600 file, never printed.
+    admin_token: Option<String>,
+    admin_token_file: PathBuf,
 }
+
+/// The variable the example gateway config names in `admin.token_env`.
+const ADMIN_TOKEN_ENV: &str = "VANTAGE_ADMIN_TOKEN";
 
 impl RunDirs {
     fn prepare(run_dir: &Path, fresh: bool) -> Result<Self, StackError> {
@@ -275,8 +292,38 @@ impl RunDirs {
             std::fs::create_dir_all(dir)
                 .map_err(StackError::io(format!("creating {}", dir.display())))?;
         }
-        Ok(RunDirs { root, logs, data })
+        let admin_token_file = root.join("admin-token");
+        let admin_token = match std::env::var(ADMIN_TOKEN_ENV) {
+            Ok(set) if !set.is_empty() => None,
+            _ => {
+                let token = uuid::Uuid::new_v4().simple().to_string();
+                write_private(&admin_token_file, &token)?;
+                Some(token)
+            }
+        };
+        Ok(RunDirs {
+            root,
+            logs,
+            data,
+            admin_token,
+            admin_token_file,
+        })
     }
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &Path, contents: &str) -> Result<(), StackError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(StackError::io(format!("creating {}", path.display())))?;
+    f.write_all(contents.as_bytes())
+        .map_err(StackError::io(format!("writing {}", path.display())))
 }
 
 fn write_gateway_config(

@@ -1,0 +1,421 @@
+//! The stack as a user runs it: the real `stack` binary starting the real services and
+//! gateway against the real RabbitMQ at `AMQP_URL`, then `loadgen` or `--demo` against it.
+//!
+//! Each test gets its own ports, run directory (databases, logs) and queue prefix, so
+//! tests and parallel runs never share state. Without a broker the tests fail and say
+//! how to start one; they never skip.
+
+use std::io::Read as _;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// Debug builds on a shared 2-core machine start slowly; this is the ceiling, not the norm.
+const START_TIMEOUT: Duration = Duration::from_secs(240);
+const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .expect("services/stack sits two levels below the workspace root")
+        .to_path_buf()
+}
+
+/// Builds every binary of the workspace once per test process and returns their directory.
+fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = workspace_root();
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--bins", "--quiet"])
+            .current_dir(&root)
+            .status()
+            .expect("running cargo build --bins");
+        assert!(status.success(), "cargo build --bins failed: {status}");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("target"));
+        target.join("debug")
+    })
+}
+
+fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| DEFAULT_AMQP_URL.to_owned())
+}
+
+/// Fails the test, with how to start a broker, when none answers at AMQP_URL.
+fn require_broker() {
+    if let Err(e) = stack::preflight::check_broker(&amqp_url()) {
+        panic!("these tests need RabbitMQ: {e}");
+    }
+}
+
+/// A unique name for queues and directories of one test.
+fn unique(tag: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "stacktest-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// Ports for one stack: seven consecutive ones for the services plus gateway and admin.
+#[derive(Debug, Clone, Copy)]
+struct Ports {
+    base: u16,
+    gateway: u16,
+    admin: u16,
+}
+
+impl Ports {
+    /// Finds ports that are free right now. Tests in this process pick under a lock
+    /// and from a process-specific start, so they do not hand out the same range.
+    fn free() -> Ports {
+        static NEXT: Mutex<Option<u16>> = Mutex::new(None);
+        let mut next = NEXT.lock().unwrap();
+        let mut base = next.unwrap_or(20_000 + (std::process::id() % 3_000) as u16 * 10);
+        loop {
+            if base > 60_000 {
+                base = 20_000;
+            }
+            let range: Vec<u16> = (base..base + 9).collect();
+            if range.iter().all(|p| port_is_free(*p)) {
+                *next = Some(base + 10);
+                return Ports {
+                    base,
+                    gateway: base + 7,
+                    admin: base + 8,
+                };
+            }
+            base += 10;
+        }
+    }
+
+    fn all(&self) -> Vec<u16> {
+        (self.base..self.base + 7)
+            .chain([self.gateway, self.admin])
+            .collect()
+    }
+}
+
+fn port_is_free(port: u16) -> bool {
+    TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).is_ok()
+}
+
+/// A `stack` process under test, with its output captured to files. Dropping it stops
+/// the stack (and so its children) if the test did not already.
+struct Stack {
+    child: Option<Child>,
+    ports: Ports,
+    dir: PathBuf,
+}
+
+impl Stack {
+    fn start(extra: &[&str], env: &[(&str, &str)]) -> Stack {
+        let ports = Ports::free();
+        let name = unique("run");
+        let dir = std::env::temp_dir().join(&name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let stdout = std::fs::File::create(dir.join("stdout.txt")).unwrap();
+        let stderr = std::fs::File::create(dir.join("stderr.txt")).unwrap();
+        let child = Command::new(bin_dir().join("stack"))
+            .arg("--no-build")
+            .args(["--base-port", &ports.base.to_string()])
+            .args(["--gateway-addr", &format!("127.0.0.1:{}", ports.gateway)])
+            .args(["--admin-addr", &format!("127.0.0.1:{}", ports.admin)])
+            .args(["--run-dir", &dir.join("run").display().to_string()])
+            .args(["--queue-prefix", &name])
+            .args(["--ready-timeout-secs", &START_TIMEOUT.as_secs().to_string()])
+            .args([
+                "--gateway-config",
+                &workspace_root()
+                    .join("gateway/config/example.yaml")
+                    .display()
+                    .to_string(),
+            ])
+            .args(extra)
+            .env("AMQP_URL", amqp_url())
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .expect("starting the stack binary");
+        Stack {
+            child: Some(child),
+            ports,
+            dir,
+        }
+    }
+
+    fn gateway_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ports.gateway)
+    }
+
+    fn stdout(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stdout.txt")).unwrap_or_default()
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr.txt")).unwrap_or_default()
+    }
+
+    /// Everything worth seeing when a test fails: the stack's output and each child's log tail.
+    fn report(&self) -> String {
+        let mut out = format!(
+            "--- stack stdout ---\n{}\n--- stack stderr ---\n{}\n",
+            self.stdout(),
+            self.stderr()
+        );
+        let logs = self.dir.join("run").join("logs");
+        if let Ok(entries) = std::fs::read_dir(&logs) {
+            for entry in entries.flatten() {
+                let mut text = String::new();
+                if let Ok(mut f) = std::fs::File::open(entry.path()) {
+                    let _ = f.read_to_string(&mut text);
+                }
+                let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                out.push_str(&format!(
+                    "--- {} (last lines) ---\n",
+                    entry.path().display()
+                ));
+                for line in tail.into_iter().rev() {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+        }
+        out
+    }
+
+    /// Waits until the stack says it is up; fails with its output if it exits first.
+    fn wait_up(&mut self) {
+        let started = Instant::now();
+        while started.elapsed() < START_TIMEOUT {
+            if self.stdout().contains("Vantage is up.") {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "stack exited ({status}) before it was up\n{}",
+                    self.report()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        panic!("stack not up after {START_TIMEOUT:?}\n{}", self.report());
+    }
+
+    /// Waits for the stack to exit on its own.
+    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                self.child = None;
+                return status;
+            }
+            if started.elapsed() > timeout {
+                panic!("stack still running after {timeout:?}\n{}", self.report());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// SIGTERM, as `docker stop` or a service manager would send it.
+    fn terminate(&mut self) -> ExitStatus {
+        let pid = self.child.as_ref().unwrap().id();
+        kill(Pid::from_raw(pid as i32), Signal::SIGTERM).unwrap();
+        self.wait_exit(Duration::from_secs(60))
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[test]
+fn stack_carries_loadgen_traffic_and_every_order_becomes_final() {
+    require_broker();
+    let mut stack = Stack::start(&[], &[]);
+    stack.wait_up();
+    let up = stack.stdout();
+    assert!(
+        up.contains(&stack.gateway_url()),
+        "banner names the gateway URL\n{up}"
+    );
+    assert!(
+        up.contains("admin@vantage.local"),
+        "banner names the admin account\n{up}"
+    );
+
+    let summary_path = stack.dir.join("summary.json");
+    let out = Command::new(bin_dir().join("loadgen"))
+        .args(["--gateway-url", &stack.gateway_url()])
+        .args(["--vus", "4", "--iterations", "120", "--weights", "50,25,25"])
+        .args(["--settle-timeout", "90s", "--no-progress"])
+        .args(["--summary-json", &summary_path.display().to_string()])
+        .output()
+        .expect("running loadgen");
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    let why = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "loadgen failed ({})\n{table}\n{why}\n{}",
+        out.status,
+        stack.report()
+    );
+
+    let summary: loadgen::Summary =
+        serde_json::from_slice(&std::fs::read(&summary_path).unwrap()).unwrap();
+    assert!(summary.requests >= 200, "a few hundred requests\n{table}");
+    assert_eq!(summary.errors, 0, "no unexpected errors\n{table}");
+    assert_eq!(summary.setup_failures, 0, "{table}");
+    assert!(summary.orders.placed >= 10, "checkouts happened\n{table}");
+    assert_eq!(summary.orders.unsettled, 0, "every order is final\n{table}");
+    let finals: u64 = summary
+        .orders
+        .by_status
+        .iter()
+        .filter(|(status, _)| *status == "SHIPPED" || status.starts_with("CANCELLED"))
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(finals, summary.orders.placed, "{table}");
+    assert!(
+        summary
+            .orders
+            .by_status
+            .get("SHIPPED")
+            .copied()
+            .unwrap_or(0)
+            > 0,
+        "tok_visa orders ship\n{table}"
+    );
+    for route in [
+        "POST /api/cart/checkout",
+        "GET /api/products",
+        "GET /api/orders/{id}",
+    ] {
+        assert!(
+            summary
+                .routes
+                .iter()
+                .any(|r| r.route == route && r.requests > 0),
+            "{route} was exercised\n{table}"
+        );
+    }
+
+    let status = stack.terminate();
+    assert!(
+        status.success(),
+        "SIGTERM is a clean stop: {status}\n{}",
+        stack.report()
+    );
+    assert!(
+        stack.stdout().contains("stack: stopped"),
+        "{}",
+        stack.report()
+    );
+    for port in stack.ports.all() {
+        assert!(
+            port_is_free(port),
+            "port {port} released after stop\n{}",
+            stack.report()
+        );
+    }
+}
+
+#[test]
+fn stack_demo_ships_one_order_and_exits_zero() {
+    require_broker();
+    let mut stack = Stack::start(&["--demo", "--demo-timeout-secs", "90"], &[]);
+    let status = stack.wait_exit(START_TIMEOUT + Duration::from_secs(120));
+    let out = stack.stdout();
+    assert!(
+        status.success(),
+        "demo failed ({status})\n{}",
+        stack.report()
+    );
+    assert!(out.contains("final status SHIPPED"), "{out}");
+    for expected in ["PENDING", "PAID", "SHIPPED"] {
+        assert!(out.contains(expected), "timeline shows {expected}\n{out}");
+    }
+    let trace_id = out
+        .lines()
+        .find_map(|l| l.strip_prefix("demo: trace id "))
+        .unwrap_or_else(|| panic!("no trace id printed\n{out}"));
+    assert_eq!(trace_id.len(), 32, "{trace_id}");
+    assert!(
+        trace_id.chars().all(|c| c.is_ascii_hexdigit()),
+        "{trace_id}"
+    );
+    for port in stack.ports.all() {
+        assert!(port_is_free(port), "port {port} released after the demo");
+    }
+}
+
+#[test]
+fn stack_without_rabbitmq_says_how_to_start_one() {
+    let closed = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let url = format!("amqp://guest:guest@127.0.0.1:{closed}/%2f");
+    let out = Command::new(bin_dir().join("stack"))
+        .args(["--no-build", "--amqp-url", &url])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains(&format!("127.0.0.1:{closed}")), "{stderr}");
+    assert!(stderr.contains("rabbitmq-server -detached"), "{stderr}");
+    assert!(stderr.contains("docker compose up -d rabbitmq"), "{stderr}");
+    assert!(
+        !stderr.contains("guest:guest"),
+        "no credentials in output: {stderr}"
+    );
+}
+
+#[test]
+fn stack_names_the_port_that_is_taken() {
+    require_broker();
+    let ports = Ports::free();
+    let _held = TcpListener::bind(("127.0.0.1", ports.base + 2)).unwrap();
+    let out = Command::new(bin_dir().join("stack"))
+        .arg("--no-build")
+        .args(["--base-port", &ports.base.to_string()])
+        .args(["--gateway-addr", &format!("127.0.0.1:{}", ports.gateway)])
+        .args(["--admin-addr", &format!("127.0.0.1:{}", ports.admin)])
+        .env("AMQP_URL", amqp_url())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.contains(&format!("port {} (cart) is already in use", ports.base + 2)),
+        "{stderr}"
+    );
+}
