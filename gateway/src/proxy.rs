@@ -116,16 +116,29 @@ fn upstream_error_kind(e: &Error) -> &'static str {
 
 impl Gateway {
     /// Framing checks that guard against request smuggling (pingora#945): several
-    /// Content-Length values, or Content-Length together with Transfer-Encoding.
-    fn check_framing(req: &RequestHeader) -> std::result::Result<(), GatewayError> {
+    /// Content-Length values, or Content-Length together with Transfer-Encoding. Pingora's
+    /// HTTP/1 parser drops Content-Length when Transfer-Encoding is present (RFC 9112 allows
+    /// that), so the raw header block is consulted to refuse such requests outright.
+    fn check_framing(session: &Session) -> std::result::Result<(), GatewayError> {
+        let req = session.req_header();
         let lengths: Vec<_> = req.headers.get_all(header::CONTENT_LENGTH).iter().collect();
         if lengths.len() > 1 || lengths.iter().any(|v| v.as_bytes().contains(&b',')) {
             return Err(GatewayError::BadFraming("several Content-Length values"));
         }
-        if !lengths.is_empty() && req.headers.contains_key(header::TRANSFER_ENCODING) {
-            return Err(GatewayError::BadFraming(
-                "both Content-Length and Transfer-Encoding",
-            ));
+        if req.headers.contains_key(header::TRANSFER_ENCODING) {
+            let raw_has_length = !lengths.is_empty()
+                || session.as_downstream().as_http1().is_some_and(|h1| {
+                    h1.get_headers_raw_bytes()
+                        .split(|b| *b == b'\n')
+                        .any(|line| {
+                            line.len() >= 15 && line[..15].eq_ignore_ascii_case(b"content-length:")
+                        })
+                });
+            if raw_has_length {
+                return Err(GatewayError::BadFraming(
+                    "both Content-Length and Transfer-Encoding",
+                ));
+            }
         }
         if let Some(v) = lengths.first() {
             if v.to_str()
@@ -249,7 +262,7 @@ impl Gateway {
         ctx: &mut RequestCtx,
     ) -> std::result::Result<(), GatewayError> {
         let runtime = ctx.runtime.clone().expect("runtime set");
-        Self::check_framing(session.req_header())?;
+        Self::check_framing(session)?;
 
         // Identity headers come only from the gateway: strip whatever the client sent, on every
         // route, authenticated or not.

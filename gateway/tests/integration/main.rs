@@ -1,0 +1,11 @@
+#![allow(unreachable_pub)] // test-only helpers shared between modules
+//! Integration tests: the real `gateway` binary on ephemeral ports in front of real HTTP
+//! upstreams and a JWKS server, driven over real TCP.
+
+mod admin;
+mod auth;
+mod common;
+mod ratelimit;
+mod reload;
+mod resilience;
+mod routing;

@@ -1,0 +1,160 @@
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::*;
+
+fn routes_to(upstream: &str, a: &Upstream, b: &Upstream) -> String {
+    format!(
+        "upstreams:\n  a: {{endpoints: [\"{}\"]}}\n  b: {{endpoints: [\"{}\"]}}\nroutes:\n  - {{name: all, match: {{path_prefix: /}}, upstream: {upstream}, auth: none}}\n",
+        a.addr, b.addr
+    )
+}
+
+async fn served_by(gw: &Gateway, path: &str) -> String {
+    let v: Value = client()
+        .get(gw.url(path))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["upstream"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_good_file_change_is_swapped_in_without_dropping_requests() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let gw = Gateway::start(&routes_to("a", &a, &b)).await;
+    assert_eq!(served_by(&gw, "/x").await, "a");
+
+    // A slow request is in flight across the reload.
+    let url = gw.url("/slow/1500");
+    let in_flight = tokio::spawn(async move { client().get(url).send().await.unwrap().status() });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gw.rewrite_config(&routes_to("b", &a, &b));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while served_by(&gw, "/x").await != "b" {
+        assert!(
+            Instant::now() < deadline,
+            "reload not applied; log:\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        in_flight.await.unwrap(),
+        200,
+        "the in-flight request was dropped by the reload"
+    );
+    assert!(gw
+        .metrics()
+        .await
+        .contains("gateway_config_reloads_total{result=\"applied\"} 1"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_config_is_rejected_with_every_error_and_the_old_one_keeps_serving() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let gw = Gateway::start(&routes_to("a", &a, &b)).await;
+    let broken = format!(
+        "upstreams:\n  a: {{endpoints: [\"{}\"], load_balancing: random}}\nroutes:\n  - {{name: all, match: {{path_prefix: /}}, upstream: nowhere, auth: none}}\n",
+        a.addr
+    );
+    gw.rewrite_config(&broken);
+    gw.sighup();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !gw.log().contains("Config rejected") {
+        assert!(
+            Instant::now() < deadline,
+            "rejection not logged:\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = gw.log();
+    assert!(
+        log.contains("upstreams.a.load_balancing"),
+        "first error missing:\n{log}"
+    );
+    assert!(
+        log.contains("routes[0] \\\"all\\\".upstream"),
+        "second error missing:\n{log}"
+    );
+    assert_eq!(
+        served_by(&gw, "/x").await,
+        "a",
+        "the old config must keep serving"
+    );
+    assert!(gw
+        .metrics()
+        .await
+        .contains("gateway_config_reloads_total{result=\"rejected\"}"));
+
+    // Fixing the file is picked up by SIGHUP too.
+    gw.rewrite_config(&routes_to("b", &a, &b));
+    gw.sighup();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while served_by(&gw, "/x").await != "b" {
+        assert!(Instant::now() < deadline, "fixed config not applied");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[test]
+fn validate_passes_the_shipped_configs_and_lists_every_error_of_a_broken_one() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/example.yaml");
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["validate", example])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "example config invalid: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
+
+    let dir = temp_dir("validate");
+    let bad = dir.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "listeners: {admin: \"0.0.0.0:9901\"}\n\
+         upstreams:\n  u: {endpoints: [\"not-an-address\"], connect_timeout_ms: 0}\n\
+         issuers:\n  i: {issuer: x, algorithms: [HS256], jwks_url: \"ftp://x\"}\n\
+         rate_limits:\n  r: {key: [cookie], rate: 10, per: fortnight}\n\
+         routes:\n  - {name: a, match: {path_prefix: /a}, upstream: missing, auth: required, rate_limits: [nope]}\n  - {name: b, match: {path_regex: \"(\"}, upstream: u, auth: maybe}\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["validate"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for location in [
+        "listeners.admin",
+        "upstreams.u.endpoints[0]",
+        "upstreams.u.connect_timeout_ms",
+        "issuers.i.algorithms[0]",
+        "issuers.i.jwks_url",
+        "rate_limits.r.key[0]",
+        "rate_limits.r.per",
+        "routes[0] \"a\".upstream",
+        "routes[0] \"a\".rate_limits[0]",
+        "routes[1] \"b\".match.path_regex",
+        "routes[1] \"b\".auth",
+    ] {
+        assert!(
+            stderr.contains(location),
+            "missing error at {location}:\n{stderr}"
+        );
+    }
+    // Binding nothing: validating a config whose ports are taken still works.
+    let _ = std::fs::remove_dir_all(dir);
+}
