@@ -373,6 +373,10 @@ impl ShopClient {
 
     /// Polls an order every `every` until it reaches a final status or `deadline` passes.
     /// Returns the last order seen, final or not.
+    ///
+    /// The orders read model is fed by events, so right after checkout the order may not
+    /// exist yet: a 404 here means "not yet" (recorded, not counted as an error) until the
+    /// deadline, when it is returned as the error it then is.
     pub async fn wait_final(
         &self,
         trace: &Trace,
@@ -380,10 +384,22 @@ impl ShopClient {
         every: Duration,
         deadline: Instant,
     ) -> Result<Order, ApiError> {
+        let path = format!("/api/orders/{id}");
         loop {
-            let order = self.order(trace, id).await?;
-            if is_final(&order.status) || Instant::now() + every > deadline {
-                return Ok(order);
+            let last_try = Instant::now() + every > deadline;
+            let tolerated: &[u16] = if last_try { &[] } else { &[404] };
+            match self
+                .send(Route::Order, &path, trace, None, None, tolerated)
+                .await
+            {
+                Ok(v) => {
+                    let order: Order = decode(Route::Order, v)?;
+                    if is_final(&order.status) || last_try {
+                        return Ok(order);
+                    }
+                }
+                Err(e) if !last_try && e.status() == Some(StatusCode::NOT_FOUND) => {}
+                Err(e) => return Err(e),
             }
             tokio::time::sleep(every).await;
         }
@@ -396,6 +412,21 @@ impl ShopClient {
         trace: &Trace,
         body: Option<Value>,
         idempotency_key: Option<&str>,
+    ) -> Result<Value, ApiError> {
+        self.send(route, path, trace, body, idempotency_key, &[])
+            .await
+    }
+
+    /// Sends one request and records it; `tolerated` statuses are recorded but are not
+    /// errors in the statistics (the caller still gets them as `Err`).
+    async fn send(
+        &self,
+        route: Route,
+        path: &str,
+        trace: &Trace,
+        body: Option<Value>,
+        idempotency_key: Option<&str>,
+        tolerated: &[u16],
     ) -> Result<Value, ApiError> {
         let traceparent = trace.traceparent(&mut rand::rng());
         let mut req = self
@@ -432,7 +463,12 @@ impl ShopClient {
             }
         };
         if let Some(r) = &self.recorder {
-            r.record(route, Some(status.as_u16()), elapsed);
+            let code = status.as_u16();
+            if tolerated.contains(&code) {
+                r.record_tolerated(route, code, elapsed);
+            } else {
+                r.record(route, Some(code), elapsed);
+            }
         }
         if !status.is_success() {
             let body = String::from_utf8_lossy(&bytes);

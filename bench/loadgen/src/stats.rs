@@ -48,7 +48,16 @@ impl Recorder {
 
     /// Records one request.
     pub fn record(&self, route: Route, status: Option<u16>, elapsed: Duration) {
-        let error = self.is_error(status);
+        self.add(route, status, elapsed, self.is_error(status));
+    }
+
+    /// Records a response whose status the caller expected at this point (e.g. a 404
+    /// while an order is not in the read model yet): counted, never an error.
+    pub fn record_tolerated(&self, route: Route, status: u16, elapsed: Duration) {
+        self.add(route, Some(status), elapsed, false);
+    }
+
+    fn add(&self, route: Route, status: Option<u16>, elapsed: Duration, error: bool) {
         self.requests.fetch_add(1, Ordering::Relaxed);
         if error {
             self.errors.fetch_add(1, Ordering::Relaxed);
@@ -148,10 +157,12 @@ mod tests {
         r.record(Route::Products, Some(429), Duration::from_millis(1));
         r.record(Route::Products, Some(503), Duration::from_millis(9));
         r.record(Route::Checkout, None, Duration::from_millis(3));
-        assert_eq!(r.requests(), 4);
+        r.record_tolerated(Route::Order, 404, Duration::from_millis(1));
+        assert_eq!(r.requests(), 5);
         assert_eq!(r.errors(), 2);
         let (rows, totals) = r.routes();
-        assert_eq!(rows.len(), 2);
+        assert_eq!(rows.len(), 3);
+        assert_eq!(totals.get("404"), Some(&1));
         let products = rows
             .iter()
             .find(|row| row.route == "GET /api/products")

@@ -246,6 +246,14 @@ fn service_env(
         ("AMQP_URL".to_owned(), config.amqp_url.clone()),
         ("OTEL_SERVICE_NAME".to_owned(), svc.name.to_owned()),
     ];
+    // Where each service finds the others over HTTP (e.g. cart reads prices from
+    // INVENTORY_URL). Every service gets all of them; each reads only what it calls.
+    for other in &config.services {
+        env.push((
+            format!("{}_URL", other.name.to_uppercase()),
+            format!("http://{}", other.addr),
+        ));
+    }
     if let Some(prefix) = &config.queue_prefix {
         env.push(("SHOP_QUEUE_PREFIX".to_owned(), prefix.clone()));
     }

@@ -93,6 +93,12 @@ fn compose_runs_every_service_from_the_one_dockerfile_after_rabbitmq_is_healthy(
             svc.get("ports").is_none(),
             "{name} is not published to the host"
         );
+        let url_var = format!("{}_URL", name.to_uppercase());
+        assert_eq!(
+            str_of(&services["cart"], &["environment", &url_var]),
+            Some(format!("http://{name}:{port}").as_str()),
+            "services reach {name} by its compose hostname"
+        );
         assert_eq!(
             str_of(&services["gateway"], &["depends_on", name, "condition"]),
             Some("service_healthy"),

@@ -273,7 +273,10 @@ fn stack_carries_loadgen_traffic_and_every_order_becomes_final() {
     let summary_path = stack.dir.join("summary.json");
     let out = Command::new(bin_dir().join("loadgen"))
         .args(["--gateway-url", &stack.gateway_url()])
-        .args(["--vus", "4", "--iterations", "120", "--weights", "50,25,25"])
+        // The example policy allows 20 req/s per user and 50 anonymous req/s per IP; at
+        // 15 iterations/s over 4 users the run stays under both, so any 429 is a real error.
+        .args(["--vus", "4", "--iterations", "120", "--rate", "15"])
+        .args(["--weights", "50,25,25"])
         .args(["--settle-timeout", "90s", "--no-progress"])
         .args(["--summary-json", &summary_path.display().to_string()])
         .output()
