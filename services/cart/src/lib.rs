@@ -1,0 +1,61 @@
+//! cart: each user's cart, and checkout, which starts the order saga by writing `order.placed`
+//! to the outbox in the same transaction that empties the cart.
+//!
+//! # How to use
+//!
+//! Run the `cart` binary (default `127.0.0.1:7003`). It looks products up at `INVENTORY_URL`
+//! (default `http://127.0.0.1:7002`) when they are added, and keeps the price it saw then.
+
+pub mod config;
+pub mod domain;
+mod http;
+
+use std::sync::Arc;
+
+use service_kit::{Kit, KitError};
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+pub use http::router;
+
+pub const MIGRATIONS: &str = "
+CREATE TABLE IF NOT EXISTS cart_items (
+    user_id     TEXT NOT NULL,
+    product_id  TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    quantity    INTEGER NOT NULL CHECK (quantity > 0),
+    price_cents INTEGER NOT NULL,
+    currency    TEXT NOT NULL,
+    added_at    TEXT NOT NULL,
+    PRIMARY KEY (user_id, product_id)
+);
+CREATE TABLE IF NOT EXISTS checkouts (
+    user_id         TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    order_id        TEXT NOT NULL,
+    created_at      TEXT NOT NULL,
+    PRIMARY KEY (user_id, idempotency_key)
+);
+";
+
+#[derive(Clone)]
+pub struct AppState {
+    pub db: messaging::Db,
+    pub notifier: messaging::OutboxNotifier,
+    pub http: reqwest::Client,
+    pub config: Arc<Config>,
+}
+
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), KitError> {
+    let kit = Kit::start("cart", config.base.clone(), MIGRATIONS, shutdown).await?;
+    let state = AppState {
+        db: kit.db.clone(),
+        notifier: kit.notifier.clone(),
+        http: reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(5))
+            .build()
+            .map_err(|e| KitError::Serve(std::io::Error::other(e)))?,
+        config: Arc::new(config),
+    };
+    kit.serve(router(state)).await
+}

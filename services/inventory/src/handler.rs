@@ -1,0 +1,107 @@
+use messaging::events::{
+    OrderCancelled, OrderPlaced, PaymentFailed, PaymentSucceeded, StockCommitted, StockRejected,
+    StockReleased, StockReserved,
+};
+use messaging::{outbox, Handler, HandlerError, Incoming};
+use rusqlite::Transaction;
+
+use crate::domain::{self, Reservation};
+
+/// Reacts to the saga's events.
+pub struct InventoryHandler {
+    failure_rate: f64,
+}
+
+impl InventoryHandler {
+    pub fn new(failure_rate: f64) -> Self {
+        Self { failure_rate }
+    }
+}
+
+impl Handler for InventoryHandler {
+    fn apply(
+        &self,
+        tx: &Transaction<'_>,
+        msg: &Incoming,
+        _prepared: Option<serde_json::Value>,
+    ) -> Result<(), HandlerError> {
+        let ev = &msg.event;
+        let trace = &msg.trace;
+        if ev.is::<OrderPlaced>() {
+            if self.failure_rate > 0.0 && rand::random::<f64>() < self.failure_rate {
+                return Err(HandlerError::Transient(
+                    "injected failure (INVENTORY_FAILURE_RATE)".into(),
+                ));
+            }
+            let placed: OrderPlaced = ev.decode()?;
+            match domain::reserve(tx, &placed.order_id, &placed.items)? {
+                Reservation::Reserved => {
+                    outbox::enqueue(
+                        tx,
+                        "inventory",
+                        &StockReserved {
+                            order_id: placed.order_id.clone(),
+                            items: placed.items,
+                        },
+                        trace,
+                    )?;
+                    tracing::info!(order_id = %placed.order_id, "Reserved stock.");
+                }
+                Reservation::Rejected { product_id, reason } => {
+                    outbox::enqueue(
+                        tx,
+                        "inventory",
+                        &StockRejected {
+                            order_id: placed.order_id.clone(),
+                            reason: reason.to_owned(),
+                            product_id: Some(product_id),
+                        },
+                        trace,
+                    )?;
+                    tracing::info!(order_id = %placed.order_id, reason, "Rejected a reservation.");
+                }
+                Reservation::AlreadyDecided => {}
+            }
+        } else if ev.is::<PaymentSucceeded>() {
+            let paid: PaymentSucceeded = ev.decode()?;
+            if domain::settle(tx, &paid.order_id, "COMMITTED")? > 0 {
+                outbox::enqueue(
+                    tx,
+                    "inventory",
+                    &StockCommitted {
+                        order_id: paid.order_id,
+                    },
+                    trace,
+                )?;
+            }
+        } else if ev.is::<PaymentFailed>() {
+            let failed: PaymentFailed = ev.decode()?;
+            release(tx, &failed.order_id, "payment_failed", trace)?;
+        } else if ev.is::<OrderCancelled>() {
+            let cancelled: OrderCancelled = ev.decode()?;
+            release(tx, &cancelled.order_id, &cancelled.reason, trace)?;
+        }
+        Ok(())
+    }
+}
+
+fn release(
+    tx: &Transaction<'_>,
+    order_id: &str,
+    reason: &str,
+    trace: &messaging::TraceContext,
+) -> Result<(), HandlerError> {
+    if domain::settle(tx, order_id, "RELEASED")? > 0 {
+        outbox::enqueue(
+            tx,
+            "inventory",
+            &StockReleased {
+                order_id: order_id.to_owned(),
+                reason: reason.to_owned(),
+            },
+            trace,
+        )?;
+        tracing::info!(order_id, reason, "Released stock.");
+    }
+    Ok(())
+}

@@ -1,0 +1,21 @@
+//! Run with `cargo run --bin inventory` (env: see `inventory::Config`).
+
+use service_kit::ProcessEnv;
+
+/// Exit code for a configuration error (sysexits `EX_USAGE`).
+const EX_USAGE: i32 = 64;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    service_kit::init_plain_tracing();
+    let config = match inventory::Config::from_env(&ProcessEnv) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("inventory: {e}");
+            std::process::exit(EX_USAGE);
+        }
+    };
+    let shutdown = service_kit::shutdown_on_signals();
+    inventory::run(config, shutdown).await?;
+    Ok(())
+}

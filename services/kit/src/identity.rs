@@ -1,0 +1,80 @@
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use messaging::TraceContext;
+
+use crate::AppError;
+
+/// The caller, as the gateway forwards it after verifying the JWT: `x-user-id` (the token's
+/// `sub`) and `x-user-scopes` (space-separated). Services bind loopback and trust these headers.
+/// Missing `x-user-id` → 401.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub user_id: String,
+    pub scopes: Vec<String>,
+}
+
+impl Identity {
+    pub fn is_admin(&self) -> bool {
+        self.scopes.iter().any(|s| s == "admin")
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Identity {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, AppError> {
+        let header = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+        };
+        let user_id = header("x-user-id")
+            .ok_or(AppError::Unauthorized)?
+            .to_owned();
+        let scopes = header("x-user-scopes")
+            .map(|s| s.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default();
+        Ok(Identity { user_id, scopes })
+    }
+}
+
+/// An [`Identity`] with the `admin` scope; 401 without identity, 403 without the scope.
+#[derive(Debug, Clone)]
+pub struct Admin(pub Identity);
+
+impl<S: Send + Sync> FromRequestParts<S> for Admin {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        let id = Identity::from_request_parts(parts, state).await?;
+        if !id.is_admin() {
+            return Err(AppError::Forbidden);
+        }
+        Ok(Admin(id))
+    }
+}
+
+/// The request's W3C trace context, to store on outbox rows.
+#[derive(Debug, Clone, Default)]
+pub struct Trace(pub TraceContext);
+
+impl<S: Send + Sync> FromRequestParts<S> for Trace {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let from_span = TraceContext::from_current_span();
+        if from_span.traceparent.is_some() {
+            return Ok(Trace(from_span));
+        }
+        Ok(Trace(TraceContext::from_lookup(|k| {
+            parts
+                .headers
+                .get(k)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        })))
+    }
+}

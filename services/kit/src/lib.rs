@@ -1,0 +1,44 @@
+//! What every shop service repeats, written once: env config, SQLite + migrations, the
+//! `/healthz` `/readyz` `/metrics` router, one problem+json error type, gateway identity headers,
+//! and graceful shutdown.
+//!
+//! # How to use
+//!
+//! ```text
+//! let config = BaseConfig::from_env(&ProcessEnv, "orders", 7004)?;     // main
+//! let mut kit = Kit::start("orders", config, MIGRATIONS).await?;       // db, relay, metrics
+//! kit.consume("orders", &["order.#", "stock.#"], Arc::new(handler));   // consumers
+//! kit.serve(api_router, shutdown_on_signals()).await?;                 // until SIGINT/SIGTERM
+//! ```
+
+pub mod config;
+mod error;
+mod health;
+mod identity;
+mod runtime;
+mod shutdown;
+
+pub use config::{BaseConfig, ConfigErrors, Env, EnvParser, ProcessEnv};
+pub use error::{AppError, Body, Query};
+pub use health::Health;
+pub use identity::{Admin, Identity, Trace};
+pub use runtime::{Kit, KitError};
+pub use shutdown::shutdown_on_signals;
+
+/// Installs a plain JSON `tracing` subscriber filtered by `RUST_LOG` (default `info`).
+/// Used until every binary calls `observability::init`.
+pub fn init_plain_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .try_init();
+}
+
+/// Seconds since the Unix epoch, as RFC 3339 text (what every table stores).
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}

@@ -1,0 +1,184 @@
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use messaging::{
+    AmqpConfig, BrokerStatus, Consumer, ConsumerConfig, Db, Handler, MessagingMetrics,
+    OutboxNotifier, Relay, Topology,
+};
+use prometheus_client::registry::Registry;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::health::{track, HttpMetrics};
+use crate::{BaseConfig, Health};
+
+/// Why a service could not start or serve.
+#[derive(Debug, thiserror::Error)]
+pub enum KitError {
+    #[error("cannot create the database directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot open the database: {0}")]
+    Db(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Messaging(#[from] messaging::MessagingError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server error: {0}")]
+    Serve(std::io::Error),
+}
+
+/// How long `serve` waits for background tasks after the HTTP server has drained.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// A running service's shared parts: database, outbox relay, metrics, background tasks.
+pub struct Kit {
+    pub service: &'static str,
+    pub config: BaseConfig,
+    pub db: Db,
+    pub amqp: AmqpConfig,
+    pub metrics: MessagingMetrics,
+    pub registry: Registry,
+    /// Wake the relay after committing outbox rows outside a consumer.
+    pub notifier: OutboxNotifier,
+    pub shutdown: CancellationToken,
+    brokers: Vec<(String, BrokerStatus)>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Kit {
+    /// Opens the database (creating its directory), applies the messaging tables and
+    /// `migrations`, and starts the outbox relay.
+    pub async fn start(
+        service: &'static str,
+        config: BaseConfig,
+        migrations: &'static str,
+        shutdown: CancellationToken,
+    ) -> Result<Self, KitError> {
+        if let Some(dir) = config
+            .database_path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(dir).map_err(|source| KitError::DataDir {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
+        let db = Db::open(&config.database_path)?;
+        messaging::migrate(&db).await?;
+        db.call(move |c| c.execute_batch(migrations)).await?;
+        let amqp = AmqpConfig {
+            url: config.amqp_url.clone(),
+            topology: Topology::new(config.queue_prefix.clone()),
+            connection_name: format!("{}{service}", config.queue_prefix),
+        };
+        let mut registry = Registry::with_prefix("");
+        let metrics = MessagingMetrics::default();
+        metrics.register(&mut registry);
+        let (relay, notifier) = Relay::new(amqp.clone(), db.clone(), metrics.clone());
+        let brokers = vec![("relay".to_owned(), relay.status())];
+        let tasks = vec![tokio::spawn(relay.run(shutdown.clone()))];
+        Ok(Self {
+            service,
+            config,
+            db,
+            amqp,
+            metrics,
+            registry,
+            notifier,
+            shutdown,
+            brokers,
+            tasks,
+        })
+    }
+
+    /// Starts a consumer on queue `<prefix><name>` bound to `bindings`.
+    pub fn consume<H: Handler>(&mut self, name: &str, bindings: &[&str], handler: Arc<H>) {
+        self.consume_with(
+            ConsumerConfig::new(self.amqp.clone(), name, bindings),
+            handler,
+        );
+    }
+
+    /// Starts a consumer with explicit settings (prefetch, delivery limit).
+    pub fn consume_with<H: Handler>(&mut self, config: ConsumerConfig, handler: Arc<H>) {
+        let name = config.name.clone();
+        let consumer = Consumer::new(
+            config,
+            self.db.clone(),
+            handler,
+            Some(self.notifier.clone()),
+            self.metrics.clone(),
+        );
+        self.brokers
+            .push((format!("consumer:{name}"), consumer.status()));
+        self.tasks
+            .push(tokio::spawn(consumer.run(self.shutdown.clone())));
+    }
+
+    /// Spawns a background task; it must return once the token is cancelled.
+    pub fn spawn<F, Fut>(&mut self, task: F)
+    where
+        F: FnOnce(CancellationToken) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.push(tokio::spawn(task(self.shutdown.clone())));
+    }
+
+    /// Binds `LISTEN_ADDR` and serves until shutdown.
+    pub async fn serve(self, api: Router) -> Result<(), KitError> {
+        let addr = self.config.listen_addr;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| KitError::Bind { addr, source })?;
+        self.serve_on(listener, api).await
+    }
+
+    /// Serves `api` plus the health routes on `listener` until shutdown, then waits (bounded)
+    /// for the relay, consumers and other tasks to stop.
+    pub async fn serve_on(
+        mut self,
+        listener: tokio::net::TcpListener,
+        api: Router,
+    ) -> Result<(), KitError> {
+        let http = HttpMetrics::new(&mut self.registry);
+        let health = Health {
+            db: self.db.clone(),
+            brokers: self.brokers.clone(),
+            registry: Arc::new(self.registry),
+        };
+        let app = api
+            .merge(health.router())
+            .layer(axum::middleware::from_fn_with_state(http, track));
+        let addr = listener.local_addr().map_err(KitError::Serve)?;
+        tracing::info!(service = self.service, %addr, "Listening.");
+        let shutdown = self.shutdown.clone();
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .await;
+        shutdown.cancel();
+        let drain = futures_join(self.tasks);
+        if tokio::time::timeout(DRAIN, drain).await.is_err() {
+            tracing::warn!(
+                service = self.service,
+                "Background tasks did not stop in time."
+            );
+        }
+        tracing::info!(service = self.service, "Stopped.");
+        served.map_err(KitError::Serve)
+    }
+}
+
+async fn futures_join(tasks: Vec<JoinHandle<()>>) {
+    for t in tasks {
+        let _ = t.await;
+    }
+}

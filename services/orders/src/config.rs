@@ -1,0 +1,28 @@
+use std::time::Duration;
+
+use service_kit::{BaseConfig, ConfigErrors, Env, EnvParser};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub base: BaseConfig,
+    /// `ORDERS_PAYMENT_TIMEOUT_SECS`, default 30: an order not PAID this long after it was
+    /// placed is cancelled (`timeout`). Fractions allowed (`0.5`).
+    pub payment_timeout: Duration,
+}
+
+impl Config {
+    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigErrors> {
+        let mut p = EnvParser::new(env);
+        let base = BaseConfig::parse(&mut p, "orders", 7004);
+        let secs: f64 = p.parse("ORDERS_PAYMENT_TIMEOUT_SECS", 30.0);
+        if !(secs > 0.0 && secs.is_finite()) {
+            p.error(format!(
+                "ORDERS_PAYMENT_TIMEOUT_SECS={secs}: must be positive"
+            ));
+        }
+        p.finish().map(|()| Config {
+            base,
+            payment_timeout: Duration::from_secs_f64(secs.max(0.001)),
+        })
+    }
+}

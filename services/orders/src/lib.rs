@@ -1,0 +1,75 @@
+//! orders: follows every saga event and owns each order's state. Event-sourced: the order is
+//! the fold of its stored events (`order_events`); `orders_view` is the CQRS read model,
+//! projected in the same transaction. Owns the payment timeout.
+//!
+//! # How to use
+//!
+//! Run the `orders` binary (default `127.0.0.1:7004`). `ORDERS_PAYMENT_TIMEOUT_SECS` (default
+//! 30) cancels orders not PAID in time with reason `timeout`.
+
+pub mod config;
+pub mod domain;
+mod handler;
+mod http;
+pub mod store;
+mod timeout;
+
+use std::sync::Arc;
+
+use service_kit::{Kit, KitError};
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+pub use handler::OrdersHandler;
+pub use http::router;
+
+pub const MIGRATIONS: &str = "
+CREATE TABLE IF NOT EXISTS order_events (
+    order_id TEXT NOT NULL,
+    seq      INTEGER NOT NULL,
+    type     TEXT NOT NULL,
+    data     TEXT NOT NULL,
+    at       TEXT NOT NULL,
+    PRIMARY KEY (order_id, seq)
+);
+CREATE TABLE IF NOT EXISTS orders_view (
+    id          TEXT PRIMARY KEY,
+    user_id     TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    items       TEXT NOT NULL,
+    total_cents INTEGER NOT NULL,
+    currency    TEXT NOT NULL,
+    history     TEXT NOT NULL,
+    placed_at   TEXT NOT NULL,
+    deadline_ms INTEGER NOT NULL,
+    version     INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS orders_view_user ON orders_view (user_id, placed_at);
+CREATE INDEX IF NOT EXISTS orders_view_open ON orders_view (deadline_ms)
+    WHERE status IN ('PENDING', 'STOCK_RESERVED');
+";
+
+#[derive(Clone)]
+pub struct AppState {
+    pub db: messaging::Db,
+}
+
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), KitError> {
+    let mut kit = Kit::start("orders", config.base.clone(), MIGRATIONS, shutdown).await?;
+    kit.consume(
+        "orders",
+        &[
+            "order.placed",
+            "stock.reserved",
+            "stock.rejected",
+            "payment.succeeded",
+            "payment.failed",
+            "shipment.scheduled",
+        ],
+        Arc::new(OrdersHandler::new(config.payment_timeout)),
+    );
+    let (db, notifier) = (kit.db.clone(), kit.notifier.clone());
+    kit.spawn(move |shutdown| timeout::run(db, notifier, shutdown));
+    let state = AppState { db: kit.db.clone() };
+    kit.serve(router(state)).await
+}

@@ -1,0 +1,28 @@
+use std::time::Duration;
+
+use service_kit::{BaseConfig, ConfigErrors, Env, EnvParser};
+
+use crate::provider::ProviderConfig;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub base: BaseConfig,
+    pub provider: ProviderConfig,
+}
+
+impl Config {
+    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigErrors> {
+        let mut p = EnvParser::new(env);
+        let base = BaseConfig::parse(&mut p, "payment", 7005);
+        let provider = ProviderConfig {
+            decline_rate: p.rate("PAYMENT_DECLINE_RATE"),
+            latency: Duration::from_millis(p.parse("PAYMENT_LATENCY_MS", 0)),
+            attempts: p.parse("PAYMENT_RETRY_ATTEMPTS", 3),
+            retry_base: Duration::from_millis(p.parse("PAYMENT_RETRY_BASE_MS", 50)),
+        };
+        if provider.attempts == 0 {
+            p.error("PAYMENT_RETRY_ATTEMPTS=0: must be at least 1".into());
+        }
+        p.finish().map(|()| Config { base, provider })
+    }
+}

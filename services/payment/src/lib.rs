@@ -1,0 +1,69 @@
+//! payment: a simulated card provider. Charges an order once its stock is reserved, refunds a
+//! charge whose order was cancelled, and never charges an order twice.
+//!
+//! # How to use
+//!
+//! Run the `payment` binary (default `127.0.0.1:7005`). Test tokens: `tok_visa` succeeds,
+//! `tok_declined` is declined, `tok_error` fails transiently (retried with back-off, then
+//! fails with `provider_error`). Fault flags: `PAYMENT_DECLINE_RATE` (0..1) declines that share
+//! of otherwise good charges, `PAYMENT_LATENCY_MS` delays every provider call.
+
+pub mod config;
+pub mod domain;
+mod handler;
+mod http;
+pub mod provider;
+
+use std::sync::Arc;
+
+use service_kit::{Kit, KitError};
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+pub use handler::PaymentHandler;
+pub use http::router;
+
+pub const MIGRATIONS: &str = "
+CREATE TABLE IF NOT EXISTS payment_intents (
+    order_id     TEXT PRIMARY KEY,
+    user_id      TEXT NOT NULL,
+    token        TEXT NOT NULL,
+    amount_cents INTEGER NOT NULL,
+    currency     TEXT NOT NULL,
+    created_at   TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS payments (
+    id           TEXT PRIMARY KEY,
+    order_id     TEXT NOT NULL UNIQUE,
+    user_id      TEXT NOT NULL,
+    status       TEXT NOT NULL CHECK (status IN ('SUCCEEDED', 'DECLINED', 'FAILED', 'REFUNDED')),
+    amount_cents INTEGER NOT NULL,
+    currency     TEXT NOT NULL,
+    attempts     INTEGER NOT NULL,
+    reason       TEXT,
+    created_at   TEXT NOT NULL,
+    updated_at   TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cancelled_orders (
+    order_id TEXT PRIMARY KEY,
+    reason   TEXT NOT NULL,
+    at       TEXT NOT NULL
+);
+";
+
+#[derive(Clone)]
+pub struct AppState {
+    pub db: messaging::Db,
+}
+
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), KitError> {
+    let mut kit = Kit::start("payment", config.base.clone(), MIGRATIONS, shutdown).await?;
+    let handler = PaymentHandler::new(kit.db.clone(), config.provider.clone());
+    kit.consume(
+        "payment",
+        &["order.placed", "stock.reserved", "order.cancelled"],
+        Arc::new(handler),
+    );
+    let state = AppState { db: kit.db.clone() };
+    kit.serve(router(state)).await
+}

@@ -1,0 +1,102 @@
+//! users: accounts, password login and ES256 token signing for the shop.
+//!
+//! # How to use
+//!
+//! Run the `users` binary (default `127.0.0.1:7001`). The gateway verifies tokens against
+//! `GET /.well-known/jwks.json`. Endpoints: `POST /api/users/register`, `POST /api/users/login`,
+//! `GET /api/users/me`, and (admin) `POST /api/users/keys/rotate`.
+
+pub mod config;
+mod http;
+pub mod keys;
+pub mod passwords;
+
+use std::sync::Arc;
+
+use service_kit::{Kit, KitError};
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+pub use http::router;
+
+/// Tables of this service (the messaging tables are added by the kit).
+pub const MIGRATIONS: &str = "
+CREATE TABLE IF NOT EXISTS users (
+    id            TEXT PRIMARY KEY,
+    email         TEXT NOT NULL UNIQUE,
+    name          TEXT NOT NULL,
+    password_hash TEXT NOT NULL,
+    scope         TEXT NOT NULL,
+    created_at    TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS signing_keys (
+    kid        TEXT PRIMARY KEY,
+    pkcs8      BLOB NOT NULL,
+    x          TEXT NOT NULL,
+    y          TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    retired_at INTEGER
+);
+";
+
+/// Shared by the HTTP handlers.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: messaging::Db,
+    pub config: Arc<Config>,
+}
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Kit(#[from] KitError),
+    #[error("cannot prepare signing keys: {0}")]
+    Keys(#[from] keys::KeyError),
+    #[error("cannot create the admin account: {0}")]
+    Admin(String),
+}
+
+/// Starts the service and serves until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
+    let kit = Kit::start("users", config.base.clone(), MIGRATIONS, shutdown).await?;
+    let state = AppState {
+        db: kit.db.clone(),
+        config: Arc::new(config),
+    };
+    state.db.call(keys::ensure_active).await?;
+    ensure_admin(&state).await?;
+    kit.serve(router(state)).await?;
+    Ok(())
+}
+
+/// Creates (or refreshes the password and scope of) the admin account from
+/// `SHOP_ADMIN_EMAIL` / `SHOP_ADMIN_PASSWORD`, when both are set.
+pub async fn ensure_admin(state: &AppState) -> Result<(), StartError> {
+    let (Some(email), Some(password)) = (
+        state.config.admin_email.clone(),
+        state.config.admin_password.clone(),
+    ) else {
+        return Ok(());
+    };
+    let params = state.config.argon2.clone();
+    let hash = tokio::task::spawn_blocking(move || passwords::hash(&params, &password))
+        .await
+        .map_err(|e| StartError::Admin(e.to_string()))?
+        .map_err(|e| StartError::Admin(e.to_string()))?;
+    let email = email.trim().to_lowercase();
+    state
+        .db
+        .call(move |c| {
+            c.execute(
+                "INSERT INTO users (id, email, name, password_hash, scope, created_at)
+                 VALUES (?1, ?2, 'Admin', ?3, 'shop admin', ?4)
+                 ON CONFLICT (email) DO UPDATE SET password_hash = excluded.password_hash, scope = 'shop admin'",
+                rusqlite::params![uuid::Uuid::new_v4().to_string(), email, hash, service_kit::now_rfc3339()],
+            )
+        })
+        .await
+        .map_err(|e| StartError::Admin(e.to_string()))?;
+    tracing::info!("Admin account ready.");
+    Ok(())
+}
