@@ -39,6 +39,10 @@ pub(crate) struct RequestCtx {
     /// Internal error detail for the log (never sent to the client).
     pub(crate) error_detail: Option<String>,
     pub(crate) counted_inflight: bool,
+    /// The SERVER span of this request (continues an incoming traceparent).
+    pub(crate) span: tracing::Span,
+    /// The CLIENT span of the current upstream attempt.
+    pub(crate) attempt_span: Option<tracing::Span>,
 }
 
 impl RequestCtx {
@@ -66,6 +70,8 @@ impl RequestCtx {
             error_type: None,
             error_detail: None,
             counted_inflight: false,
+            span: tracing::Span::none(),
+            attempt_span: None,
         }
     }
 

@@ -58,8 +58,8 @@ pub enum StartError {
     Runtime(std::io::Error),
 }
 
-/// Loads `config_path`, binds the listeners and serves until SIGINT/SIGTERM. Does not return on
-/// success (Pingora exits the process after a graceful shutdown).
+/// Loads `config_path`, binds the listeners and serves until SIGINT/SIGTERM, then drains
+/// in-flight requests and returns (so the caller can flush telemetry).
 pub fn run(config_path: &Path) -> Result<(), StartError> {
     let config = Config::load(config_path)?;
     for (which, addr) in [
@@ -127,6 +127,7 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
 
     tracing::info!(public = %config.listeners.public, admin = %config.listeners.admin, routes = config.routes.len(), "Gateway listening.");
     // Keep the background runtime alive for the life of the process.
-    let _background = background;
-    server.run_forever()
+    server.run(pingora_core::server::RunArgs::default());
+    background.shutdown_timeout(std::time::Duration::from_secs(1));
+    Ok(())
 }

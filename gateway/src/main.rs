@@ -55,8 +55,16 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config } => {
-            init_logging();
-            match gateway::run(&config) {
+            let telemetry = match observability::init("gateway", env!("CARGO_PKG_VERSION")) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("gateway: telemetry set-up failed: {e}");
+                    return ExitCode::from(EX_CONFIG);
+                }
+            };
+            let result = gateway::run(&config);
+            telemetry.shutdown();
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(gateway::StartError::Config(errors)) => {
                     eprintln!("{}: {} error(s)", config.display(), errors.0.len());
@@ -72,17 +80,4 @@ fn main() -> ExitCode {
             }
         }
     }
-}
-
-fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let _ = tracing_log::LogTracer::init();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
-        .with_current_span(false)
-        .with_env_filter(filter)
-        .with_writer(std::io::stdout)
-        .try_init();
 }

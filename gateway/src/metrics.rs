@@ -82,11 +82,7 @@ pub(crate) struct ReloadLabels {
     pub(crate) result: &'static str,
 }
 
-/// The exemplar attached to a histogram observation.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct TraceExemplar {
-    pub(crate) trace_id: String,
-}
+use observability::metrics::TraceExemplar;
 
 /// Every gateway metric.
 pub(crate) struct Metrics {

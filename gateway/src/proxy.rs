@@ -15,6 +15,9 @@ use pingora_core::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
+use observability::http_trace::{self, ServerRequest, Side};
+use observability::OpenTelemetrySpanExt as _;
+
 use crate::auth::jwt::{bearer_token, has_scopes};
 use crate::auth::{AuthOutcome, Reject};
 use crate::config::AuthPolicy;
@@ -152,6 +155,49 @@ impl Gateway {
         Ok(())
     }
 
+    /// Puts every decision on the SERVER span (attribute names in docs/observability.md).
+    fn record_decisions_on_span(&self, ctx: &RequestCtx, status: u16) {
+        let span = &ctx.span;
+        span.set_attribute("vantage.request_id", ctx.request_id.clone());
+        span.set_attribute("vantage.route", ctx.route_name().to_string());
+        if let Some(route) = &ctx.route {
+            span.set_attribute("vantage.upstream", route.upstream.name.clone());
+        }
+        span.set_attribute("vantage.upstream.attempts", i64::from(ctx.attempts));
+        span.set_attribute("vantage.auth.result", ctx.auth.result);
+        if !ctx.auth.reason.is_empty() {
+            span.set_attribute("vantage.auth.reason", ctx.auth.reason);
+        }
+        if let Some(issuer) = &ctx.auth.issuer {
+            span.set_attribute("vantage.auth.issuer", issuer.clone());
+        }
+        if let Some(sub) = &ctx.auth.subject {
+            span.set_attribute("enduser.id", sub.clone());
+        }
+        if let Some(d) = ctx
+            .limits
+            .iter()
+            .find(|d| !d.allowed)
+            .or_else(|| ctx.limits.last())
+        {
+            span.set_attribute("vantage.ratelimit.policy", d.policy.clone());
+            span.set_attribute(
+                "vantage.ratelimit.result",
+                if d.allowed { "allowed" } else { "limited" },
+            );
+            span.set_attribute("vantage.ratelimit.remaining", i64::from(d.remaining));
+            if let Some(tier) = &d.tier {
+                span.set_attribute("vantage.ratelimit.tier", tier.clone());
+            }
+        }
+        if let Ok(code) = http::StatusCode::from_u16(status) {
+            http_trace::record_status(span, code, Side::Server);
+        }
+        if let Some(error_type) = ctx.error_type {
+            http_trace::record_error(span, error_type);
+        }
+    }
+
     async fn authenticate(
         &self,
         session: &mut Session,
@@ -280,6 +326,11 @@ impl Gateway {
             .route_for(host.as_deref(), req.uri.path(), &req.method)
             .cloned()
             .ok_or(GatewayError::NoRoute)?;
+        http_trace::set_route(
+            &ctx.span,
+            &req.method,
+            &crate::routing::template(&route.config),
+        );
         ctx.route = Some(Arc::clone(&route));
 
         let declared = req
@@ -316,6 +367,16 @@ impl ProxyHttp for Gateway {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip().to_string())
             .unwrap_or_else(|| "unknown".to_string());
+        {
+            let req = session.req_header();
+            let mut server_req =
+                ServerRequest::new(&req.method, &req.uri, req.version, &req.headers);
+            server_req.client_address = session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip());
+            ctx.span = http_trace::server_span(&server_req);
+        }
         let incoming = session
             .req_header()
             .headers
@@ -357,7 +418,7 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let route = ctx.route.clone().expect("route set before proxying");
@@ -380,6 +441,11 @@ impl ProxyHttp for Gateway {
             .inc();
         ctx.inflight = Some(endpoint.track());
         ctx.endpoint = Some(Arc::clone(&endpoint));
+        let req = session.req_header();
+        let url = format!("http://{}{}", endpoint.addr, req.uri.path());
+        let attempt = http_trace::client_span(&ctx.span, &req.method, &url, ctx.attempts - 1);
+        attempt.set_attribute("vantage.upstream", upstream.name.clone());
+        ctx.attempt_span = Some(attempt);
         let cfg = &upstream.config;
         let mut peer = HttpPeer::new(endpoint.addr, false, String::new());
         peer.options.connection_timeout = Some(cfg.connect_timeout);
@@ -411,6 +477,19 @@ impl ProxyHttp for Gateway {
         if let Some(host) = session.req_header().headers.get(header::HOST).cloned() {
             let _ = upstream_request.insert_header("x-forwarded-host", host);
         }
+        // Continue the trace upstream as a child of this attempt's CLIENT span.
+        if let Some(attempt) = &ctx.attempt_span {
+            let mut carrier = http::HeaderMap::new();
+            observability::propagation::inject_http(&attempt.context(), &mut carrier);
+            if !carrier.is_empty() {
+                for name in ["traceparent", "tracestate", "baggage", "b3"] {
+                    upstream_request.remove_header(name);
+                }
+                for (name, value) in carrier.iter() {
+                    let _ = upstream_request.insert_header(name.clone(), value.clone());
+                }
+            }
+        }
         Ok(())
     }
 
@@ -422,6 +501,9 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         let status = upstream_response.status.as_u16();
         ctx.upstream_status = Some(status);
+        if let Some(attempt) = &ctx.attempt_span {
+            http_trace::record_status(attempt, upstream_response.status, Side::Client);
+        }
         if let (Some(route), Some(ep)) = (&ctx.route, &ctx.endpoint) {
             if matches!(status, 502..=504) {
                 route.upstream.record_endpoint_failure(ep);
@@ -468,6 +550,9 @@ impl ProxyHttp for Gateway {
             }
             ctx.last_failed = ctx.endpoint.as_ref().map(|ep| ep.addr);
             ctx.upstream_failed = true;
+            if let Some(attempt) = ctx.attempt_span.take() {
+                http_trace::record_error(&attempt, upstream_error_kind(&e));
+            }
             // Nothing reached the upstream, so any method may be retried on another endpoint.
             if ctx.attempts <= upstream.config.retries {
                 e.set_retry(true);
@@ -505,6 +590,9 @@ impl ProxyHttp for Gateway {
             }
             ctx.last_failed = ctx.endpoint.as_ref().map(|ep| ep.addr);
             ctx.upstream_failed = true;
+            if let Some(attempt) = ctx.attempt_span.take() {
+                http_trace::record_error(&attempt, upstream_error_kind(&e));
+            }
             // The request may have reached the upstream: retry only what is safe to repeat.
             let safe = session.req_header().method.is_idempotent()
                 && !session.as_ref().retry_buffer_truncated();
@@ -597,7 +685,11 @@ impl ProxyHttp for Gateway {
                 method: crate::metrics::Method::from_http(&method),
                 status_code: status,
             })
-            .observe(elapsed.as_secs_f64(), None, None);
+            .observe(
+                elapsed.as_secs_f64(),
+                observability::metrics::trace_exemplar_for(&ctx.span),
+                None,
+            );
         if ctx.route.is_some() {
             m.auth_decisions
                 .get_or_create(&AuthLabels {
@@ -617,6 +709,9 @@ impl ProxyHttp for Gateway {
                 .inc();
         }
 
+        self.record_decisions_on_span(ctx, status);
+        ctx.attempt_span = None;
+        let _entered = ctx.span.enter();
         let req = session.req_header();
         tracing::info!(
             target: "access",

@@ -33,6 +33,22 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
+/// The route's path pattern as `http.route` (low cardinality): `/api/cart/*` for a prefix,
+/// the exact path, or the regular expression as written.
+pub(crate) fn template(route: &RouteConfig) -> String {
+    match &route.path {
+        PathMatch::Prefix(p) => format!("{p}/*"),
+        PathMatch::Exact(p) => p.clone(),
+        PathMatch::Regex(re) => {
+            let src = re.as_str();
+            src.strip_prefix("^(?:")
+                .and_then(|s| s.strip_suffix(")$"))
+                .unwrap_or(src)
+                .to_string()
+        }
+    }
+}
+
 /// The host of a request: the `Host` header (or URI authority), lower-cased, port removed.
 pub(crate) fn request_host(header: Option<&str>, uri: &http::Uri) -> Option<String> {
     let raw = header.or_else(|| uri.authority().map(|a| a.as_str()))?;

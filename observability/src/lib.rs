@@ -272,13 +272,16 @@ where
             .with_tracked_inactivity(false)
             // Spans at INFO and above become OpenTelemetry spans whatever RUST_LOG says, so turning
             // logs down never breaks traces; only WARN/ERROR events are copied onto spans.
-            .with_filter(filter_fn(|meta| {
-                if meta.is_span() {
-                    *meta.level() <= tracing::Level::INFO
-                } else {
-                    *meta.level() <= tracing::Level::WARN
-                }
-            }))
+            .with_filter(
+                filter_fn(|meta| {
+                    if meta.is_span() {
+                        *meta.level() <= tracing::Level::INFO
+                    } else {
+                        *meta.level() <= tracing::Level::WARN
+                    }
+                })
+                .with_max_level_hint(tracing::Level::INFO),
+            )
     });
     let log_layer = logs::JsonLogLayer::new(settings.service_name.clone(), log_writer).with_filter(
         EnvFilter::try_new(&settings.log_filter)

@@ -153,13 +153,13 @@ impl HttpServerMetrics {
         };
         registry.register_with_unit(
             "http_server_request_duration",
-            "Duration of HTTP server requests.",
+            "Duration of HTTP server requests",
             Unit::Seconds,
             metrics.request_duration.clone(),
         );
         registry.register(
             "http_server_active_requests",
-            "Number of active HTTP server requests.",
+            "Number of active HTTP server requests",
             metrics.active_requests.clone(),
         );
         metrics
@@ -215,24 +215,24 @@ impl MessagingMetrics {
         };
         registry.register_with_unit(
             "messaging_client_operation_duration",
-            "Duration of messaging operations initiated by a producer or consumer client.",
+            "Duration of messaging operations initiated by a producer or consumer client",
             Unit::Seconds,
             metrics.operation_duration.clone(),
         );
         registry.register_with_unit(
             "messaging_process_duration",
-            "Duration of processing operations.",
+            "Duration of processing operations",
             Unit::Seconds,
             metrics.process_duration.clone(),
         );
         registry.register(
             "messaging_client_sent_messages",
-            "Number of messages producer attempted to send to the broker.",
+            "Number of messages the producer attempted to send to the broker",
             metrics.sent_messages.clone(),
         );
         registry.register(
             "messaging_client_consumed_messages",
-            "Number of messages that were delivered to the application.",
+            "Number of messages that were delivered to the application",
             metrics.consumed_messages.clone(),
         );
         metrics

@@ -234,19 +234,24 @@ impl Gateway {
     /// Starts the real `gateway` binary with `body` (YAML without `listeners`/`server`) on free
     /// ports and waits until it is ready.
     pub async fn start(body: &str) -> Gateway {
-        let gw = Self::spawn(body);
+        Self::start_with_env(body, &[]).await
+    }
+
+    /// Like [`Gateway::start`] with extra environment variables (e.g. OTEL_*).
+    pub async fn start_with_env(body: &str, env: &[(&str, &str)]) -> Gateway {
+        let gw = Self::spawn(body, env);
         gw.wait_ready().await;
         gw
     }
 
     /// Starts the gateway and waits only for liveness (`/healthz`), not readiness.
     pub async fn start_live(body: &str) -> Gateway {
-        let gw = Self::spawn(body);
+        let gw = Self::spawn(body, &[]);
         gw.wait_for("/healthz").await;
         gw
     }
 
-    fn spawn(body: &str) -> Gateway {
+    fn spawn(body: &str, env: &[(&str, &str)]) -> Gateway {
         let public: SocketAddr = format!("127.0.0.1:{}", test_support::free_port())
             .parse()
             .unwrap();
@@ -263,6 +268,7 @@ impl Gateway {
             .arg(&config_path)
             .env("VANTAGE_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()

@@ -9,3 +9,4 @@ mod ratelimit;
 mod reload;
 mod resilience;
 mod routing;
+mod tracing;

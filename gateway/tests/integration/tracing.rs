@@ -1,0 +1,202 @@
+//! The gateway's spans, checked at a real OTLP receiver.
+
+use std::time::Duration;
+
+use test_support::{OtlpReceiver, SpanKind};
+
+use crate::common::*;
+
+const INCOMING_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn server_and_client_spans_carry_decisions_and_continue_the_trace() {
+    let receiver = OtlpReceiver::start();
+    let keys = Keys::generate();
+    let jwks = JwksServer::start(keys.jwks()).await;
+    let good = Upstream::start("good").await;
+    let dead = format!("127.0.0.1:{}", test_support::free_port());
+    let body = format!(
+        "{}upstreams:\n  api: {{endpoints: [\"{dead}\", \"{}\"], retries: 1, passive_ejection: {{consecutive_failures: 100}}}}\nrate_limits:\n  tight: {{key: [claim:sub], rate: 1, per: minute, burst: 1}}\nroutes:\n  - {{name: secure, match: {{path_prefix: /api/secure}}, upstream: api, auth: required, scopes: [shop], rate_limits: [tight]}}\n",
+        issuer_yaml(&jwks.url),
+        good.addr
+    );
+    let endpoint = receiver.grpc_endpoint();
+    let gw = Gateway::start_with_env(
+        &body,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ],
+    )
+    .await;
+    let token = sign_es(&keys.es, "es-1", &claims("user-7", "shop"));
+    let c = client();
+
+    // 1. Allowed, continuing the caller's trace; the first attempt hits a dead endpoint.
+    let mut statuses = Vec::new();
+    for _ in 0..1 {
+        let r = c
+            .get(gw.url("/api/secure/items"))
+            .bearer_auth(&token)
+            .header(
+                "traceparent",
+                format!("00-{INCOMING_TRACE}-00f067aa0ba902b7-01"),
+            )
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+        let echo: serde_json::Value = r.json().await.unwrap();
+        let tp = echo["headers"]["traceparent"]
+            .as_str()
+            .expect("traceparent injected upstream")
+            .to_string();
+        assert!(
+            tp.contains(INCOMING_TRACE),
+            "upstream got another trace: {tp}"
+        );
+        assert!(
+            !tp.contains("00f067aa0ba902b7"),
+            "the caller's span id was passed through unchanged"
+        );
+    }
+    assert_eq!(statuses, vec![200]);
+    // 2. Rate limited (same user again). 3. Invalid token.
+    let limited = c
+        .get(gw.url("/api/secure/items"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(limited.status(), 429);
+    let bad = c
+        .get(gw.url("/api/secure/items"))
+        .bearer_auth("not.a.jwt")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 401);
+
+    let spans = receiver
+        .wait_for(
+            |s| s.iter().filter(|s| s.kind() == SpanKind::Server).count() >= 3,
+            Duration::from_secs(15),
+        )
+        .await
+        .unwrap();
+    let servers: Vec<_> = spans
+        .iter()
+        .filter(|s| s.kind() == SpanKind::Server)
+        .collect();
+    for s in &servers {
+        assert_eq!(s.service_name, "gateway");
+        assert_eq!(s.name(), "GET /api/secure/*");
+        assert_eq!(s.attr_str("http.route").as_deref(), Some("/api/secure/*"));
+        assert_eq!(s.attr_str("vantage.route").as_deref(), Some("secure"));
+        assert_eq!(s.attr_str("url.path").as_deref(), Some("/api/secure/items"));
+        assert!(s.attr("client.address").is_some());
+        assert!(!s.contains_text(&token), "bearer token in a span");
+        assert!(!s.contains_text("not.a.jwt"), "bearer token in a span");
+    }
+    let allowed = servers
+        .iter()
+        .find(|s| s.trace_id() == INCOMING_TRACE)
+        .expect("the caller's trace was continued");
+    assert_eq!(
+        allowed.parent_span_id().as_deref(),
+        Some("00f067aa0ba902b7")
+    );
+    assert_eq!(
+        allowed.attr_str("vantage.auth.result").as_deref(),
+        Some("allowed")
+    );
+    assert_eq!(
+        allowed.attr_str("vantage.auth.issuer").as_deref(),
+        Some("test")
+    );
+    assert_eq!(allowed.attr_str("enduser.id").as_deref(), Some("user-7"));
+    assert_eq!(
+        allowed.attr_str("vantage.ratelimit.policy").as_deref(),
+        Some("tight")
+    );
+    assert_eq!(
+        allowed.attr_str("vantage.ratelimit.result").as_deref(),
+        Some("allowed")
+    );
+    assert_eq!(
+        allowed
+            .attr("vantage.ratelimit.remaining")
+            .and_then(|v| v.as_i64()),
+        Some(0)
+    );
+    assert_eq!(
+        allowed
+            .attr("http.response.status_code")
+            .and_then(|v| v.as_i64()),
+        Some(200)
+    );
+
+    // One CLIENT span per attempt: the failed one and the retry, both children of the server span.
+    let attempts: Vec<_> = spans
+        .iter()
+        .filter(|s| s.kind() == SpanKind::Client && s.parent_span_id() == Some(allowed.span_id()))
+        .collect();
+    assert_eq!(attempts.len(), 2, "expected a failed attempt and a retry");
+    assert!(attempts
+        .iter()
+        .any(|a| a.is_error() && a.attr_str("error.type").as_deref() == Some("connect_refused")));
+    assert!(attempts
+        .iter()
+        .any(|a| a.attr("http.request.resend_count").and_then(|v| v.as_i64()) == Some(1)));
+
+    let limited = servers
+        .iter()
+        .find(|s| s.attr_str("vantage.ratelimit.result").as_deref() == Some("limited"))
+        .expect("429 span");
+    assert_eq!(
+        limited
+            .attr("http.response.status_code")
+            .and_then(|v| v.as_i64()),
+        Some(429)
+    );
+    assert_eq!(
+        limited.attr_str("error.type").as_deref(),
+        Some("rate-limited")
+    );
+    let denied = servers
+        .iter()
+        .find(|s| s.attr_str("vantage.auth.result").as_deref() == Some("denied"))
+        .expect("401 span");
+    assert_eq!(
+        denied.attr_str("vantage.auth.reason").as_deref(),
+        Some("malformed")
+    );
+    assert_eq!(
+        denied
+            .attr("http.response.status_code")
+            .and_then(|v| v.as_i64()),
+        Some(401)
+    );
+
+    // Counters say why too, and the duration histogram carries a trace exemplar.
+    let m = gw.metrics().await;
+    assert!(m.contains("gateway_auth_decisions_total{route=\"secure\",result=\"denied\",reason=\"malformed\"} 1"), "{m}");
+    assert!(m.contains(
+        "gateway_ratelimit_decisions_total{route=\"secure\",policy=\"tight\",result=\"limited\"} 1"
+    ));
+    assert!(
+        m.contains(&format!("# {{trace_id=\"{INCOMING_TRACE}\"}}")),
+        "no exemplar with the trace id:\n{m}"
+    );
+
+    // The access log line of the request carries its trace id.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let log = gw.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("\"target\":\"access\"") && l.contains(INCOMING_TRACE));
+    assert!(
+        line.is_some(),
+        "no access log line with the trace id:\n{log}"
+    );
+}
