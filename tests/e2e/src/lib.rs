@@ -1,1 +1,449 @@
+//! Harness for end-to-end tests: builds the real binaries, starts every shop service and the
+//! gateway on free ports with their own databases and queue prefix, and stops them on drop.
+//!
+//! # How to use
+//!
+//! ```text
+//! let stack = Stack::start(&[("orders", "ORDERS_PAYMENT_TIMEOUT_SECS", "1")]).await;
+//! let token = stack.login(ADMIN_EMAIL, ADMIN_PASSWORD).await;
+//! let (status, body) = stack.api.get("/api/products", None).await;
+//! stack.stop().await; // or drop it: processes are killed either way
+//! ```
+//!
+//! Needs RabbitMQ at `AMQP_URL` (default `amqp://guest:guest@127.0.0.1:5672/%2f`); fails with
+//! instructions when it is not there.
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+pub const SERVICES: [&str; 7] = [
+    "users",
+    "inventory",
+    "cart",
+    "orders",
+    "payment",
+    "shipping",
+    "audit",
+];
+pub const ADMIN_EMAIL: &str = "admin@e2e.test";
+pub const ADMIN_PASSWORD: &str = "admin-password-e2e";
+const GATEWAY_ADMIN_TOKEN: &str = "e2e-admin-token";
+
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// Builds every binary once per test process and returns the directory holding them.
+pub fn binaries() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = workspace_root();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(&root).args(["build", "--quiet"]);
+        for b in SERVICES.iter().chain(&["gateway"]) {
+            cmd.args(["--bin", b]);
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(
+            status.success(),
+            "cargo build of the service binaries failed"
+        );
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| root.join("target"));
+        target.join("debug")
+    })
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn require_broker() {
+    let url = amqp_url();
+    let conn = tokio::time::timeout(
+        Duration::from_secs(5),
+        lapin::Connection::connect(&url, lapin::ConnectionProperties::default()),
+    )
+    .await;
+    match conn {
+        Ok(Ok(c)) => {
+            let _ = c.close(200, "ok".into()).await;
+        }
+        other => panic!(
+            "RabbitMQ is not reachable at AMQP_URL: {:?}. Start one with `rabbitmq-server -detached` \
+             (or point AMQP_URL at a running broker).",
+            other.map(|r| r.err())
+        ),
+    }
+}
+
+struct Process {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+/// JSON-over-HTTP client for the gateway.
+pub struct Api {
+    pub http: reqwest::Client,
+    pub base: String,
+}
+
+impl Api {
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, Value, reqwest::header::HeaderMap) {
+        let mut req = self.http.request(method, format!("{}{}", self.base, path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.unwrap_or_else(|e| panic!("{path}: {e}"));
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap();
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, value, headers)
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
+        let (s, v, _) = self
+            .send(reqwest::Method::GET, path, token, None, &[])
+            .await;
+        (s, v)
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (StatusCode, Value) {
+        let (s, v, _) = self
+            .send(reqwest::Method::POST, path, token, Some(&body), &[])
+            .await;
+        (s, v)
+    }
+
+    pub async fn post_with(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: Value,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, Value, reqwest::header::HeaderMap) {
+        self.send(reqwest::Method::POST, path, token, Some(&body), headers)
+            .await
+    }
+
+    pub async fn put(&self, path: &str, token: Option<&str>, body: Value) -> (StatusCode, Value) {
+        let (s, v, _) = self
+            .send(reqwest::Method::PUT, path, token, Some(&body), &[])
+            .await;
+        (s, v)
+    }
+
+    pub async fn delete(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
+        let (s, v, _) = self
+            .send(reqwest::Method::DELETE, path, token, None, &[])
+            .await;
+        (s, v)
+    }
+}
+
+/// A running shop: seven services and the gateway.
+pub struct Stack {
+    pub api: Api,
+    /// Service name → `127.0.0.1:port`, for assertions on internal state.
+    pub addrs: HashMap<&'static str, String>,
+    pub prefix: String,
+    processes: Vec<Process>,
+    dir: tempfile::TempDir,
+}
+
+impl Stack {
+    /// Starts everything; `extra_env` is `(service, variable, value)`.
+    pub async fn start(extra_env: &[(&str, &str, &str)]) -> Stack {
+        require_broker().await;
+        let bin = binaries();
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = format!("e2e-{}.", uuid::Uuid::new_v4().simple());
+        let addrs: HashMap<&'static str, String> = SERVICES
+            .iter()
+            .map(|s| (*s, format!("127.0.0.1:{}", free_port())))
+            .collect();
+        let mut stack = Stack {
+            api: Api {
+                http: reqwest::Client::new(),
+                base: String::new(),
+            },
+            addrs: addrs.clone(),
+            prefix: prefix.clone(),
+            processes: Vec::new(),
+            dir,
+        };
+        for svc in SERVICES {
+            let mut env: Vec<(String, String)> = vec![
+                ("LISTEN_ADDR".into(), addrs[svc].clone()),
+                (
+                    "DATABASE_PATH".into(),
+                    stack
+                        .dir
+                        .path()
+                        .join(format!("data/{svc}.db"))
+                        .display()
+                        .to_string(),
+                ),
+                ("AMQP_URL".into(), amqp_url()),
+                ("SHOP_QUEUE_PREFIX".into(), prefix.clone()),
+                (
+                    "INVENTORY_URL".into(),
+                    format!("http://{}", addrs["inventory"]),
+                ),
+                ("SHOP_ADMIN_EMAIL".into(), ADMIN_EMAIL.into()),
+                ("SHOP_ADMIN_PASSWORD".into(), ADMIN_PASSWORD.into()),
+                // Debug builds hash slowly; the cost is not what these tests check.
+                ("USERS_ARGON2_MEMORY_KIB".into(), "1024".into()),
+                ("USERS_ARGON2_ITERATIONS".into(), "1".into()),
+                ("PAYMENT_RETRY_BASE_MS".into(), "20".into()),
+                ("RUST_LOG".into(), "info".into()),
+            ];
+            for (s, k, v) in extra_env {
+                if *s == svc {
+                    env.push(((*k).into(), (*v).into()));
+                }
+            }
+            stack.spawn(svc, &bin.join(svc), &[], &env);
+        }
+        for svc in SERVICES {
+            let url = format!("http://{}/readyz", addrs[svc]);
+            stack.wait_for(svc, &url, Duration::from_secs(30)).await;
+        }
+        let gateway_port = free_port();
+        let config = stack.gateway_config(gateway_port, free_port());
+        let config_path = stack.dir.path().join("gateway.yaml");
+        std::fs::write(&config_path, config).unwrap();
+        stack.spawn(
+            "gateway",
+            &bin.join("gateway"),
+            &["run", "--config", &config_path.display().to_string()],
+            &[
+                ("VANTAGE_ADMIN_TOKEN".into(), GATEWAY_ADMIN_TOKEN.into()),
+                ("RUST_LOG".into(), "info".into()),
+            ],
+        );
+        stack.api.base = format!("http://127.0.0.1:{gateway_port}");
+        let url = format!("{}/api/products", stack.api.base);
+        stack
+            .wait_for("gateway", &url, Duration::from_secs(30))
+            .await;
+        stack
+    }
+
+    /// The example gateway policy, pointed at this stack's ports.
+    fn gateway_config(&self, public: u16, admin: u16) -> String {
+        let example = std::fs::read_to_string(workspace_root().join("gateway/config/example.yaml"))
+            .expect("gateway/config/example.yaml");
+        let mut config = example
+            .replace("\"0.0.0.0:8080\"", &format!("\"127.0.0.1:{public}\""))
+            .replace("\"127.0.0.1:9901\"", &format!("\"127.0.0.1:{admin}\""));
+        for (i, svc) in SERVICES.iter().enumerate() {
+            config = config.replace(&format!("127.0.0.1:{}", 7001 + i), &self.addrs[svc]);
+        }
+        config
+    }
+
+    fn spawn(&mut self, name: &str, bin: &Path, args: &[&str], env: &[(String, String)]) {
+        let log = self.dir.path().join(format!("{name}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(bin)
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+        self.processes.push(Process {
+            name: name.to_owned(),
+            child,
+            log,
+        });
+    }
+
+    async fn wait_for(&mut self, name: &str, url: &str, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            if let Ok(r) = self.api.http.get(url).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            let exited = self
+                .processes
+                .iter_mut()
+                .find(|p| p.name == name)
+                .and_then(|p| p.child.try_wait().ok().flatten());
+            if exited.is_some() || start.elapsed() > timeout {
+                panic!(
+                    "{name} did not become ready at {url} ({exited:?}); log:\n{}",
+                    self.log(name)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The last part of a process's log, for failure messages.
+    pub fn log(&self, name: &str) -> String {
+        let Some(p) = self.processes.iter().find(|p| p.name == name) else {
+            return String::new();
+        };
+        let text = std::fs::read_to_string(&p.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> String {
+        let (s, body) = self
+            .api
+            .post(
+                "/api/users/login",
+                None,
+                serde_json::json!({"email": email, "password": password}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "login {email}: {body}");
+        body["access_token"].as_str().unwrap().to_owned()
+    }
+
+    /// Registers a fresh user and returns `(user id, token)`.
+    pub async fn new_user(&self, name: &str) -> (String, String) {
+        let email = format!("{name}-{}@e2e.test", uuid::Uuid::new_v4().simple());
+        let (s, body) = self
+            .api
+            .post(
+                "/api/users/register",
+                None,
+                serde_json::json!({"email": email, "password": "pa55word!", "name": name}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "register: {body}");
+        let token = self.login(&email, "pa55word!").await;
+        (body["id"].as_str().unwrap().to_owned(), token)
+    }
+
+    /// Calls a service directly (bypassing the gateway) as the admin, for internal state.
+    pub async fn internal_admin_get(&self, service: &str, path: &str) -> Value {
+        let resp = self
+            .api
+            .http
+            .get(format!("http://{}{}", self.addrs[service], path))
+            .header("x-user-id", "e2e-admin")
+            .header("x-user-scopes", "shop admin")
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            resp.status().is_success(),
+            "{service}{path}: {}",
+            resp.status()
+        );
+        resp.json().await.unwrap()
+    }
+
+    /// Polls `GET path` until `done(body)` or the timeout; returns the last body.
+    pub async fn poll(
+        &self,
+        path: &str,
+        token: &str,
+        timeout: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let start = Instant::now();
+        loop {
+            let (s, body) = self.api.get(path, Some(token)).await;
+            if s.is_success() && done(&body) {
+                return body;
+            }
+            if start.elapsed() > timeout {
+                panic!(
+                    "timed out after {timeout:?} polling {path}: last {s} {body}\norders log:\n{}\npayment log:\n{}",
+                    self.log("orders"),
+                    self.log("payment")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    }
+
+    /// Stops the processes and deletes this stack's queues and exchanges.
+    pub async fn stop(mut self) {
+        self.kill();
+        let Ok(conn) =
+            lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await
+        else {
+            return;
+        };
+        if let Ok(ch) = conn.create_channel().await {
+            let topology = messaging::Topology::new(self.prefix.clone());
+            let _ = topology
+                .delete(
+                    &ch,
+                    &["inventory", "orders", "payment", "shipping", "audit"],
+                )
+                .await;
+        }
+        let _ = conn.close(200, "ok".into()).await;
+    }
+
+    fn kill(&mut self) {
+        for p in &mut self.processes {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+        self.processes.clear();
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The `sub` and `scope` claims of a token (read without verifying; the gateway verifies).
+pub fn claims(token: &str) -> Value {
+    let payload = token.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
