@@ -239,3 +239,125 @@ fn dashboards_are_well_formed_and_provisioned() {
         .unwrap();
     assert!(dir.join(home).is_file(), "home dashboard {home} exists");
 }
+
+/// What the gateway config says about one route: how it matches and whether it needs a token.
+struct GatewayRoute {
+    name: String,
+    exact: Option<String>,
+    prefix: Option<String>,
+    regex: Option<regex::Regex>,
+    methods: Option<Vec<String>>,
+    auth: String,
+}
+
+impl GatewayRoute {
+    fn matches(&self, method: &str, path: &str) -> bool {
+        let path_ok = self.exact.as_deref() == Some(path)
+            || self.prefix.as_deref().is_some_and(|p| path.starts_with(p))
+            || self.regex.as_ref().is_some_and(|r| r.is_match(path));
+        let method_ok = self
+            .methods
+            .as_ref()
+            .is_none_or(|ms| ms.iter().any(|m| m.eq_ignore_ascii_case(method)));
+        path_ok && method_ok
+    }
+}
+
+fn gateway_routes() -> Vec<GatewayRoute> {
+    let gw = yaml("gateway/config/example.yaml");
+    gw["routes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let m = &r["match"];
+            GatewayRoute {
+                name: r["name"].as_str().unwrap().to_owned(),
+                exact: m["path_exact"].as_str().map(str::to_owned),
+                prefix: m["path_prefix"].as_str().map(str::to_owned),
+                regex: m["path_regex"]
+                    .as_str()
+                    .map(|p| regex::Regex::new(&format!("^{p}$")).unwrap()),
+                methods: m["methods"]
+                    .as_sequence()
+                    .map(|ms| ms.iter().map(|v| v.as_str().unwrap().to_owned()).collect()),
+                auth: r["auth"].as_str().unwrap_or("required").to_owned(),
+            }
+        })
+        .collect()
+}
+
+/// Every `$ref` in `v`, as JSON-pointer-ish paths.
+fn refs(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Mapping(m) => {
+            for (k, v) in m {
+                if k.as_str() == Some("$ref") {
+                    out.push(v.as_str().unwrap().to_owned());
+                } else {
+                    refs(v, out);
+                }
+            }
+        }
+        Value::Sequence(s) => s.iter().for_each(|v| refs(v, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn openapi_matches_what_the_gateway_routes_and_protects() {
+    let api = yaml("docs/openapi.yaml");
+    assert!(str_of(&api, &["openapi"]).unwrap().starts_with("3.1"));
+
+    let mut all = Vec::new();
+    refs(&api, &mut all);
+    assert!(!all.is_empty());
+    for r in &all {
+        let mut cur = &api;
+        for part in r.strip_prefix("#/").unwrap().split('/') {
+            cur = cur
+                .get(part)
+                .unwrap_or_else(|| panic!("{r} does not resolve"));
+        }
+    }
+
+    let routes = gateway_routes();
+    let globally_secured = api
+        .get("security")
+        .and_then(Value::as_sequence)
+        .is_some_and(|s| !s.is_empty());
+    let mut operations = 0;
+    for (path, item) in api["paths"].as_mapping().unwrap() {
+        let path = path.as_str().unwrap();
+        // A concrete path the way a client would send it.
+        let concrete = regex::Regex::new(r"\{[^}]+\}")
+            .unwrap()
+            .replace_all(path, "x-1")
+            .into_owned();
+        for (method, op) in item.as_mapping().unwrap() {
+            let method = method.as_str().unwrap();
+            if !["get", "post", "put", "delete", "patch"].contains(&method) {
+                continue;
+            }
+            operations += 1;
+            let route = routes
+                .iter()
+                .find(|r| r.matches(method, &concrete))
+                .unwrap_or_else(|| panic!("{method} {path} is documented but not routed"));
+            let public = match op.get("security").and_then(Value::as_sequence) {
+                Some(s) => s.is_empty(),
+                None => !globally_secured,
+            };
+            let expected = if public { "none" } else { "required" };
+            assert_eq!(
+                route.auth, expected,
+                "{method} {path}: the OpenAPI document and route {} disagree on auth",
+                route.name
+            );
+        }
+    }
+    assert!(
+        operations >= 16,
+        "every public operation is documented ({operations})"
+    );
+}

@@ -133,7 +133,7 @@ impl Stack {
             .args(["--gateway-addr", &format!("127.0.0.1:{}", ports.gateway)])
             .args(["--admin-addr", &format!("127.0.0.1:{}", ports.admin)])
             .args(["--run-dir", &dir.join("run").display().to_string()])
-            .args(["--queue-prefix", &name])
+            .args(["--queue-prefix", &format!("{name}.")])
             .args(["--ready-timeout-secs", &START_TIMEOUT.as_secs().to_string()])
             .args([
                 "--gateway-config",
