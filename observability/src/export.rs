@@ -35,6 +35,11 @@ impl OwnedRuntimeExporter {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("otel-export")
+            // The export path (tonic, hyper, h2, reqwest) must not feed telemetry back into the
+            // pipeline it is draining; its failures reach the log through the batch processor.
+            .on_thread_start(|| {
+                std::mem::forget(tracing::dispatcher::set_default(&tracing::Dispatch::none()))
+            })
             .enable_all()
             .build()
             .map_err(InitError::Runtime)?;

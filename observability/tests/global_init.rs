@@ -26,7 +26,11 @@ fn init_reads_the_environment_logs_json_bridges_log_and_exports() {
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.http_endpoint())
         .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
         .env("OTEL_SERVICE_NAME", "global-test")
-        .env("RUST_LOG", "info")
+        // The export path's own crates at TRACE: none of it may reach the log (or the traces).
+        .env(
+            "RUST_LOG",
+            "info,h2=trace,hyper=trace,hyper_util=trace,reqwest=trace,tonic=trace,tower=trace",
+        )
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -74,6 +78,19 @@ fn init_reads_the_environment_logs_json_bridges_log_and_exports() {
     assert!(
         !stdout.contains("hidden at debug"),
         "RUST_LOG=info must hide debug lines:\n{stdout}"
+    );
+    let feedback: Vec<_> = lines
+        .iter()
+        .filter_map(|l| l["target"].as_str())
+        .filter(|t| {
+            ["h2", "hyper", "reqwest", "tonic", "tower"]
+                .iter()
+                .any(|c| t.starts_with(c))
+        })
+        .collect();
+    assert!(
+        feedback.is_empty(),
+        "the exporter logged about itself: {feedback:?}"
     );
 }
 
