@@ -114,8 +114,9 @@ pub enum LoadBalancing {
 /// A named pool of upstream endpoints.
 #[derive(Debug, Clone, Serialize)]
 pub struct UpstreamConfig {
-    /// `host:port` addresses.
-    pub endpoints: Vec<SocketAddr>,
+    /// `host:port` addresses. Host names are resolved when the config is loaded (at start and
+    /// on every reload), not per request.
+    pub endpoints: Vec<String>,
     /// Default `round_robin`.
     pub load_balancing: LoadBalancing,
     /// TCP connect timeout; on expiry the client gets 504. Default 1000 ms.

@@ -63,17 +63,32 @@ impl Runtime {
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
-        let key_loads = issuers.values().map(|k: &Arc<IssuerKeys>| {
-            let stop = stop.clone();
-            async move { k.start(stop, INITIAL_KEY_WAIT).await }
-        });
-        futures_join_all(key_loads).await;
+        // Issuers load in turn; each waits at most INITIAL_KEY_WAIT for its JWKS.
+        for keys in issuers.values() {
+            keys.start(stop.clone(), INITIAL_KEY_WAIT).await;
+        }
 
-        let upstreams: BTreeMap<String, Arc<Upstream>> = config
-            .upstreams
-            .iter()
-            .map(|(n, c)| (n.clone(), Upstream::new(n.clone(), c.clone())))
-            .collect();
+        let mut upstreams: BTreeMap<String, Arc<Upstream>> = BTreeMap::new();
+        for (name, cfg) in &config.upstreams {
+            let mut addresses = Vec::new();
+            for (i, endpoint) in cfg.endpoints.iter().enumerate() {
+                match resolve(endpoint).await {
+                    Ok(addr) => addresses.push(addr),
+                    Err(message) => errors.push(ConfigError {
+                        location: format!("upstreams.{name}.endpoints[{i}]"),
+                        message,
+                    }),
+                }
+            }
+            upstreams.insert(
+                name.clone(),
+                Upstream::new(name.clone(), cfg.clone(), addresses),
+            );
+        }
+        if !errors.is_empty() {
+            stop.cancel();
+            return Err(ConfigErrors(errors));
+        }
         for u in upstreams.values() {
             u.start_health_checks(background, stop.clone());
         }
@@ -153,11 +168,21 @@ impl Runtime {
     }
 }
 
-async fn futures_join_all<F: std::future::Future<Output = ()>>(futs: impl Iterator<Item = F>) {
-    let handles: Vec<_> = futs.collect();
-    for f in handles {
-        f.await;
+/// Resolves `host:port`, preferring IPv4.
+async fn resolve(endpoint: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(addr) = endpoint.parse() {
+        return Ok(addr);
     }
+    let addrs: Vec<_> = tokio::net::lookup_host(endpoint)
+        .await
+        .map_err(|e| format!("cannot resolve {endpoint:?}: {e}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{endpoint:?} resolves to no address"))
 }
 
 /// What the proxy, the admin endpoints and the reloader share.

@@ -160,11 +160,15 @@ pub(crate) struct Upstream {
 }
 
 impl Upstream {
-    pub(crate) fn new(name: String, config: UpstreamConfig) -> Arc<Self> {
-        let endpoints = config
-            .endpoints
-            .iter()
-            .map(|a| Arc::new(Endpoint::new(*a)))
+    /// A pool over `addresses`, the resolved `config.endpoints`.
+    pub(crate) fn new(
+        name: String,
+        config: UpstreamConfig,
+        addresses: Vec<SocketAddr>,
+    ) -> Arc<Self> {
+        let endpoints = addresses
+            .into_iter()
+            .map(|a| Arc::new(Endpoint::new(a)))
             .collect();
         let breaker = CircuitBreaker::new(config.circuit_breaker.clone());
         Arc::new(Upstream {

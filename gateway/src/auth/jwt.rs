@@ -93,7 +93,9 @@ impl Authenticator {
         token: &str,
         allowed: &[String],
     ) -> Result<Arc<Identity>, (Reject, Option<String>)> {
-        if let Some(hit) = self.cache.lock().get(token).cloned() {
+        // Bind first: a guard in the `if let` scrutinee would be held through the block.
+        let cached = self.cache.lock().get(token).cloned();
+        if let Some(hit) = cached {
             if !allowed.is_empty() && !allowed.contains(&hit.issuer) {
                 return Err((Reject::WrongIssuer, Some(hit.issuer.clone())));
             }

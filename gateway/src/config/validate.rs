@@ -253,6 +253,28 @@ fn addr(errs: &mut Errors, loc: &str, s: &str) -> SocketAddr {
     })
 }
 
+/// `host:port` with a valid port and a non-empty host (names are resolved at load, not here,
+/// so `gateway validate` works anywhere).
+fn host_port(errs: &mut Errors, loc: &str, s: &str) -> String {
+    if s.parse::<SocketAddr>().is_ok() {
+        return s.to_string();
+    }
+    let ok = s.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty()
+            && port.parse::<u16>().is_ok_and(|p| p > 0)
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+    });
+    if !ok {
+        errs.push(
+            loc,
+            format!("{s:?} is not host:port like 127.0.0.1:7001 or users:7001"),
+        );
+    }
+    s.to_string()
+}
+
 fn positive(errs: &mut Errors, loc: &str, v: Option<u64>, default: u64) -> u64 {
     let v = v.unwrap_or(default);
     if v == 0 {
@@ -281,7 +303,7 @@ fn upstream(errs: &mut Errors, loc: &str, raw: RawUpstream) -> UpstreamConfig {
     let endpoints = endpoints
         .iter()
         .enumerate()
-        .map(|(i, e)| addr(errs, &format!("{loc}.endpoints[{i}]"), e))
+        .map(|(i, e)| host_port(errs, &format!("{loc}.endpoints[{i}]"), e))
         .collect();
     let load_balancing = match load_balancing.as_deref().unwrap_or("round_robin") {
         "round_robin" => LoadBalancing::RoundRobin,

@@ -300,3 +300,82 @@ async fn jwks_outage_keeps_the_last_good_keys() {
     assert_ne!(fresh, token);
     assert_eq!(get(&gw, "/secure", Some(&fresh)).await.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn file_keys_work_and_cached_tokens_still_expire() {
+    let keys = Keys::generate();
+    let up = Upstream::start("api").await;
+    let dir = temp_dir("filekeys");
+    std::fs::write(dir.join("jwks.json"), keys.jwks().to_string()).unwrap();
+    // A PEM public key for the second issuer, derived from the same JWK.
+    let pem = ec_public_pem(&keys.es2_jwk);
+    std::fs::write(dir.join("es2.pem"), pem).unwrap();
+    let body = format!(
+        "issuers:\n  file:\n    issuer: test-issuer\n    audiences: [test-api]\n    algorithms: [ES256]\n    jwks_file: {}\n    leeway_secs: 0\n  pem:\n    issuer: pem-issuer\n    audiences: [test-api]\n    algorithms: [ES256]\n    pem_file: {}\n    pem_kid: es-2\n    leeway_secs: 0\nupstreams:\n  api: {{endpoints: [\"localhost:{}\"]}}\nroutes:\n  - {{name: file-only, match: {{path_prefix: /file}}, upstream: api, auth: required, issuers: [file]}}\n  - {{name: any, match: {{path_prefix: /any}}, upstream: api, auth: required}}\n",
+        dir.join("jwks.json").display(),
+        dir.join("es2.pem").display(),
+        up.addr.port()
+    );
+    let gw = Gateway::start(&body).await;
+    let mut short = claims("u1", "");
+    short["exp"] = (now() + 2).into();
+    let token = sign_es(&keys.es, "es-1", &short);
+    assert_eq!(
+        get(&gw, "/file", Some(&token)).await.status(),
+        200,
+        "JWKS file key"
+    );
+    assert_eq!(
+        get(&gw, "/file", Some(&token)).await.status(),
+        200,
+        "served from the cache"
+    );
+    let mut pem_claims = claims("u2", "");
+    pem_claims["iss"] = "pem-issuer".into();
+    let pem_token = sign_es(&keys.es2, "es-2", &pem_claims);
+    assert_eq!(
+        get(&gw, "/any", Some(&pem_token)).await.status(),
+        200,
+        "PEM file key"
+    );
+    assert_eq!(
+        get(&gw, "/file", Some(&pem_token)).await.status(),
+        401,
+        "issuer not allowed on this route"
+    );
+    // The cached token expires like any other: exp is checked on every hit.
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let r = get(&gw, "/file", Some(&token)).await;
+    assert_eq!(r.status(), 401);
+    assert!(r.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .contains("expired"));
+    drop(gw);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// SubjectPublicKeyInfo PEM for a P-256 JWK (fixed DER prefix + uncompressed point).
+fn ec_public_pem(jwk: &jsonwebtoken::jwk::Jwk) -> String {
+    use base64::Engine;
+    let jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(ec) = &jwk.algorithm else {
+        panic!("not EC")
+    };
+    let b64u = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut der = vec![
+        0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08,
+        0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00, 0x04,
+    ];
+    der.extend(b64u.decode(&ec.x).unwrap());
+    der.extend(b64u.decode(&ec.y).unwrap());
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = body
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+        lines.join("\n")
+    )
+}
