@@ -361,3 +361,48 @@ fn openapi_matches_what_the_gateway_routes_and_protects() {
         "every public operation is documented ({operations})"
     );
 }
+
+#[test]
+fn the_gateway_container_runs_the_compose_policy_pointing_at_compose_hosts() {
+    let services = compose_services();
+    let gateway = &services["gateway"];
+    let mounts: Vec<&str> = gateway["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let config_mount = "./gateway/config/compose.yaml:/etc/vantage/gateway.yaml:ro";
+    assert!(mounts.contains(&config_mount), "{mounts:?}");
+    let command: Vec<&str> = gateway["command"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(command, ["run", "--config", "/etc/vantage/gateway.yaml"]);
+
+    let policy = yaml("gateway/config/compose.yaml");
+    assert_eq!(
+        str_of(&policy, &["listeners", "admin"]),
+        Some("0.0.0.0:9901")
+    );
+    assert_eq!(
+        str_of(&policy, &["listeners", "public"]),
+        Some("0.0.0.0:8080")
+    );
+    for (i, name) in SERVICES.iter().enumerate() {
+        let endpoints = &policy["upstreams"][*name]["endpoints"];
+        let expected = format!("{name}:{}", DEFAULT_BASE_PORT + i as u16);
+        assert_eq!(endpoints.as_sequence().map(|e| e.len()), Some(1), "{name}");
+        assert_eq!(endpoints[0].as_str(), Some(expected.as_str()));
+        assert!(services.contains_key(*name));
+    }
+    let jwks = policy["issuers"]
+        .as_mapping()
+        .unwrap()
+        .values()
+        .filter_map(|i| i["jwks_url"].as_str())
+        .collect::<Vec<_>>();
+    assert_eq!(jwks, ["http://users:7001/.well-known/jwks.json"]);
+}
