@@ -55,13 +55,13 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl AdminApp {
-    fn authorized(&self, session: &ServerSession) -> Result<(), Response<Vec<u8>>> {
+    fn authorized(&self, session: &ServerSession) -> Result<(), Box<Response<Vec<u8>>>> {
         let Some(expected) = &self.shared.admin_token else {
-            return Err(problem(
+            return Err(Box::new(problem(
                 StatusCode::FORBIDDEN,
                 "admin-token-unset",
                 "No admin token is configured; set the environment variable named by admin.token_env.",
-            ));
+            )));
         };
         let presented = session
             .req_header()
@@ -72,11 +72,11 @@ impl AdminApp {
             .map(str::trim);
         match presented {
             Some(t) if constant_time_eq(t.as_bytes(), expected.as_bytes()) => Ok(()),
-            _ => Err(problem(
+            _ => Err(Box::new(problem(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
                 "A valid admin bearer token is required.",
-            )),
+            ))),
         }
     }
 }
@@ -117,7 +117,7 @@ impl ServeHttp for AdminApp {
             }
             "/metrics" => {
                 if let Err(resp) = self.authorized(session) {
-                    return resp;
+                    return *resp;
                 }
                 runtime.update_gauges(&self.shared.metrics);
                 respond(
@@ -128,7 +128,7 @@ impl ServeHttp for AdminApp {
             }
             "/config" => {
                 if let Err(resp) = self.authorized(session) {
-                    return resp;
+                    return *resp;
                 }
                 let mut body = runtime.config.redacted_json();
                 if let Some(obj) = body.as_object_mut() {

@@ -394,7 +394,7 @@ fn ser_regex<S: serde::Serializer>(r: &Regex, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(r.as_str())
 }
 
-fn ser_redacted_url<S: serde::Serializer>(u: &String, s: S) -> Result<S::Ok, S::Error> {
+fn ser_redacted_url<S: serde::Serializer>(u: &str, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&redact_url(u))
 }
 
