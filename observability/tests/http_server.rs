@@ -127,7 +127,29 @@ async fn requests_get_server_spans_metrics_and_exemplars() {
     assert!(spans.iter().all(|s| !s.contains_text("top-secret")));
 
     // OpenMetrics with the trace of the request as the bucket's exemplar.
-    assert!(metrics.ends_with("# EOF\n"), "{metrics}");
+    let parsed =
+        test_support::parse_openmetrics(&metrics).unwrap_or_else(|e| panic!("{e}\n{metrics}"));
+    let family = &parsed.families["http_server_request_duration_seconds"];
+    assert_eq!(
+        (family.kind.as_str(), family.unit.as_deref()),
+        ("histogram", Some("seconds"))
+    );
+    let exemplar_traces: Vec<_> = parsed
+        .with_exemplars()
+        .filter(|s| s.labels.get("http_route").map(String::as_str) == Some("/orders/{id}"))
+        .map(|s| s.exemplar.as_ref().unwrap().labels["trace_id"].clone())
+        .collect();
+    assert_eq!(exemplar_traces, vec![order.trace_id()]);
+    assert_eq!(
+        parsed.value(
+            "http_server_request_duration_seconds_count",
+            &[
+                ("http_route", "/boom"),
+                ("http_response_status_code", "500")
+            ]
+        ),
+        Some(1.0)
+    );
     let exemplar = format!("# {{trace_id=\"{}\"}}", order.trace_id());
     let bucket = metrics
         .lines()

@@ -18,12 +18,18 @@
 //!
 //! test_support::require_rabbitmq(&test_support::amqp_url())?; // fails (never skips) without a broker
 //! let queue = test_support::unique_name("orders-test");
+//!
+//! # let body = String::new();
+//! // GET /metrics, then:
+//! let metrics = test_support::parse_openmetrics(&body)?;
+//! assert!(metrics.with_exemplars().any(|s| s.name == "http_server_request_duration_seconds_bucket"));
 //! # Ok(()) }
 //! ```
 //!
 //! Kept small on purpose: every integration test compiles it.
 
 mod http;
+mod openmetrics;
 mod otlp;
 mod rabbitmq;
 
@@ -31,6 +37,7 @@ use std::net::{Ipv4Addr, TcpListener};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use http::wait_http_ok;
+pub use openmetrics::{parse_openmetrics, Exemplar, Family, Labels, OpenMetrics, Sample};
 pub use otlp::{AttrValue, OtlpReceiver, ReceivedSpan, SpanKind};
 pub use rabbitmq::{amqp_url, require_rabbitmq, DEFAULT_AMQP_URL};
 
