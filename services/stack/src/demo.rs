@@ -22,7 +22,11 @@ pub struct DemoReport {
 /// Registers, logs in, browses, adds to cart, checks out and polls the order until it is
 /// final or `timeout` passes. Every request carries a traceparent of the same trace.
 /// Succeeds only when the order is SHIPPED.
-pub async fn run(gateway_url: &str, timeout: Duration) -> Result<DemoReport, StackError> {
+pub async fn run(
+    gateway_url: &str,
+    timeout: Duration,
+    traces_exported: bool,
+) -> Result<DemoReport, StackError> {
     let trace = Trace::random(&mut rand::rng());
     let trace_id = trace.trace_id();
     println!("demo: one shopper, one trace: {trace_id}");
@@ -106,6 +110,9 @@ pub async fn run(gateway_url: &str, timeout: Duration) -> Result<DemoReport, Sta
         order.total_cents
     );
     println!("demo: trace id {trace_id}");
+    if traces_exported {
+        println!("demo: in Jaeger: http://localhost:16686/trace/{trace_id}");
+    }
 
     if order.status == "SHIPPED" {
         Ok(DemoReport { trace_id, order })

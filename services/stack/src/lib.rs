@@ -168,7 +168,7 @@ async fn serve(
     if config.demo {
         let url = config.gateway_url();
         tokio::select! {
-            r = demo::run(&url, config.demo_timeout) => r.map(|_| Outcome::DemoPassed),
+            r = demo::run(&url, config.demo_timeout, config.otlp_endpoint.is_some()) => r.map(|_| Outcome::DemoPassed),
             e = sup.first_exit() => Err(e),
         }
     } else {

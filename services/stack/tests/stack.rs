@@ -77,15 +77,19 @@ struct Ports {
 }
 
 impl Ports {
-    /// Finds ports that are free right now. Tests in this process pick under a lock
-    /// and from a process-specific start, so they do not hand out the same range.
+    /// Finds ports that are free right now. Tests in this process pick under a lock and
+    /// from a process-specific start, so they do not hand out the same range; the ranges
+    /// stay below Linux's ephemeral ports (32768+), which other tests' clients and
+    /// `bind(0)` servers take at random.
     fn free() -> Ports {
+        const LOW: u16 = 20_000;
+        const HIGH: u16 = 32_000;
         static NEXT: Mutex<Option<u16>> = Mutex::new(None);
         let mut next = NEXT.lock().unwrap();
-        let mut base = next.unwrap_or(20_000 + (std::process::id() % 3_000) as u16 * 10);
+        let mut base = next.unwrap_or(LOW + (std::process::id() % 1_200) as u16 * 10);
         loop {
-            if base > 60_000 {
-                base = 20_000;
+            if base + 10 > HIGH {
+                base = LOW;
             }
             let range: Vec<u16> = (base..base + 9).collect();
             if range.iter().all(|p| port_is_free(*p)) {
