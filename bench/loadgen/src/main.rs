@@ -22,6 +22,12 @@ async fn main() -> anyhow::Result<ExitCode> {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
         }
+        eprintln!("loadgen: stopping; waiting for placed orders (Ctrl-C again to quit now)");
+        tokio::spawn(async {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        });
     };
     let summary = loadgen::run(&config, shutdown).await;
 

@@ -45,7 +45,7 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> Summary
     let vus: Vec<_> = (0..config.vus)
         .map(|_| tokio::spawn(virtual_user(shared.clone())))
         .collect();
-    let all_done = futures_join(vus);
+    let all_done = join_all(vus);
     tokio::pin!(all_done);
     let outcomes = tokio::select! {
         outcomes = &mut all_done => outcomes,
@@ -97,7 +97,7 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> Summary
 }
 
 /// Waits for every task; a panicked virtual user contributes nothing (and is reported).
-async fn futures_join(
+async fn join_all(
     tasks: Vec<tokio::task::JoinHandle<Vec<OrderOutcome>>>,
 ) -> Vec<Vec<OrderOutcome>> {
     let mut out = Vec::with_capacity(tasks.len());

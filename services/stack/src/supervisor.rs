@@ -142,28 +142,14 @@ impl Supervisor {
         }
     }
 
-    /// Stops every child, the most recently started first (the gateway before the
-    /// services it routes to): SIGTERM, then SIGKILL for any still running after `grace`.
+    /// Stops every child: first the most recently started one (the gateway, so it stops
+    /// taking requests before its upstreams go), then all the others at once. Each gets
+    /// SIGTERM, then SIGKILL if it is still running after `grace`.
     pub async fn stop_all(&mut self, grace: Duration) {
-        while let Some(mut p) = self.procs.pop() {
-            if let Ok(Some(_)) = p.child.try_wait() {
-                continue;
-            }
-            if let Some(pid) = p.child.id().and_then(|id| i32::try_from(id).ok()) {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-            }
-            match tokio::time::timeout(grace, p.child.wait()).await {
-                Ok(_) => {}
-                Err(_) => {
-                    eprintln!(
-                        "stack: {} did not stop within {}s; killing it",
-                        p.name,
-                        grace.as_secs()
-                    );
-                    let _ = p.child.kill().await;
-                }
-            }
+        if let Some(last) = self.procs.pop() {
+            stop_group(vec![last], grace).await;
         }
+        stop_group(std::mem::take(&mut self.procs), grace).await;
     }
 
     fn check_one(&mut self, name: &str) -> Result<Option<Exited>, StackError> {
@@ -191,6 +177,32 @@ impl Supervisor {
             name: exited.name,
             status: exited.status,
             log: exited.log,
+        }
+    }
+}
+
+/// SIGTERM to every running process of `procs`, then waits for all of them together,
+/// killing those still running at the deadline.
+async fn stop_group(mut procs: Vec<Proc>, grace: Duration) {
+    for p in &mut procs {
+        if let Ok(None) = p.child.try_wait() {
+            if let Some(pid) = p.child.id().and_then(|id| i32::try_from(id).ok()) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            }
+        }
+    }
+    let deadline = tokio::time::Instant::now() + grace;
+    for p in &mut procs {
+        if tokio::time::timeout_at(deadline, p.child.wait())
+            .await
+            .is_err()
+        {
+            eprintln!(
+                "stack: {} did not stop within {}s; killing it",
+                p.name,
+                grace.as_secs()
+            );
+            let _ = p.child.kill().await;
         }
     }
 }
@@ -280,6 +292,32 @@ mod tests {
         assert!(
             started.elapsed() < Duration::from_secs(5),
             "SIGTERM stops sleep at once"
+        );
+        assert!(sup.procs.is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_others_stop_together_after_the_last_started() {
+        let dir = scratch("together");
+        let mut sup = Supervisor::new(dir.clone());
+        let sh = Path::new("/bin/sh");
+        // Each takes 300 ms to stop after SIGTERM; stopping them one by one would take 1.2 s.
+        let slow = "trap 'sleep 0.3; exit 0' TERM; while :; do sleep 0.05; done";
+        for name in ["a", "b", "c", "last"] {
+            sup.spawn(name, sh, &["-c".into(), slow.into()], &[])
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let started = Instant::now();
+        sup.stop_all(Duration::from_secs(5)).await;
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(600),
+            "last, then the rest: {took:?}"
+        );
+        assert!(
+            took < Duration::from_millis(1100),
+            "the rest in parallel: {took:?}"
         );
         assert!(sup.procs.is_empty());
     }
