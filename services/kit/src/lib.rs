@@ -25,18 +25,7 @@ pub use identity::{Admin, Identity, Trace};
 pub use runtime::{Kit, KitError};
 pub use shutdown::shutdown_on_signals;
 
-/// Installs a plain JSON `tracing` subscriber filtered by `RUST_LOG` (default `info`).
-/// Used until every binary calls `observability::init`.
-pub fn init_plain_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(filter)
-        .try_init();
-}
-
-/// Seconds since the Unix epoch, as RFC 3339 text (what every table stores).
+/// Now, as RFC 3339 text (what every table stores).
 pub fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)

@@ -7,11 +7,11 @@ use messaging::{
     AmqpConfig, BrokerStatus, Consumer, ConsumerConfig, Db, Handler, MessagingMetrics,
     OutboxNotifier, Relay, Topology,
 };
-use prometheus_client::registry::Registry;
+use observability::http_server::HttpServerLayer;
+use observability::metrics::{HttpServerMetrics, MetricsRegistry};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::health::{track, HttpMetrics};
 use crate::{BaseConfig, Health};
 
 /// Why a service could not start or serve.
@@ -45,7 +45,8 @@ pub struct Kit {
     pub db: Db,
     pub amqp: AmqpConfig,
     pub metrics: MessagingMetrics,
-    pub registry: Registry,
+    /// Register service metrics here; `/metrics` renders it.
+    pub registry: MetricsRegistry,
     /// Wake the relay after committing outbox rows outside a consumer.
     pub notifier: OutboxNotifier,
     pub shutdown: CancellationToken,
@@ -80,9 +81,9 @@ impl Kit {
             topology: Topology::new(config.queue_prefix.clone()),
             connection_name: format!("{}{service}", config.queue_prefix),
         };
-        let mut registry = Registry::with_prefix("");
+        let registry = MetricsRegistry::new();
         let metrics = MessagingMetrics::default();
-        metrics.register(&mut registry);
+        registry.with_registry(|r| metrics.register(r));
         let (relay, notifier) = Relay::new(amqp.clone(), db.clone(), metrics.clone());
         let brokers = vec![("relay".to_owned(), relay.status())];
         let tasks = vec![tokio::spawn(relay.run(shutdown.clone()))];
@@ -145,19 +146,18 @@ impl Kit {
     /// Serves `api` plus the health routes on `listener` until shutdown, then waits (bounded)
     /// for the relay, consumers and other tasks to stop.
     pub async fn serve_on(
-        mut self,
+        self,
         listener: tokio::net::TcpListener,
         api: Router,
     ) -> Result<(), KitError> {
-        let http = HttpMetrics::new(&mut self.registry);
+        let http = HttpServerMetrics::new(&self.registry);
         let health = Health {
             db: self.db.clone(),
             brokers: self.brokers.clone(),
-            registry: Arc::new(self.registry),
+            registry: self.registry.clone(),
         };
-        let app = api
-            .merge(health.router())
-            .layer(axum::middleware::from_fn_with_state(http, track));
+        // SERVER spans and request metrics for the API; probes and scrapes stay untraced.
+        let app = api.layer(HttpServerLayer::new(http)).merge(health.router());
         let addr = listener.local_addr().map_err(KitError::Serve)?;
         tracing::info!(service = self.service, %addr, "Listening.");
         let shutdown = self.shutdown.clone();

@@ -212,11 +212,15 @@ impl<H: Handler> Consumer<H> {
         shutdown: &CancellationToken,
     ) -> Result<(), MessagingError> {
         let name = self.config.name.as_str();
-        let trace = TraceContext::from_amqp_headers(delivery.properties.headers().as_ref());
+        let queue = self.config.amqp.topology.queue(name);
+        let span = trace_context::consumer_span(&queue, &delivery);
+        let received = TraceContext::from_amqp_headers(delivery.properties.headers().as_ref());
         let event: CloudEvent = match serde_json::from_slice(&delivery.data) {
             Ok(e) => e,
             Err(error) => {
-                warn!(consumer = name, %error, "Unparseable message; dead-lettering it.");
+                span.in_scope(
+                    || warn!(consumer = name, %error, "Unparseable message; dead-lettering it."),
+                );
                 self.metrics.consumed(name, "dead_lettered");
                 delivery
                     .reject(BasicRejectOptions { requeue: false })
@@ -230,17 +234,28 @@ impl<H: Handler> Consumer<H> {
             .as_ref()
             .map(|m| m.as_str().to_owned())
             .unwrap_or_else(|| event.id.clone());
-        let span = trace_context::consumer_span(name, event.routing_key(), &message_id, &trace);
         let msg = Incoming {
             event,
-            trace,
+            trace: trace_context::handler_context(&span, received),
             redelivered: delivery.redelivered,
         };
         let outcome = self
             .process(&message_id, msg, shutdown)
             .instrument(span.clone())
             .await;
-        let _entered = span.enter();
+        self.settle(&delivery, &message_id, outcome)
+            .instrument(span)
+            .await
+    }
+
+    /// Acks, nacks or rejects the delivery according to the outcome.
+    async fn settle(
+        &self,
+        delivery: &Delivery,
+        message_id: &str,
+        outcome: Option<Result<Outcome, HandlerError>>,
+    ) -> Result<(), MessagingError> {
+        let name = self.config.name.as_str();
         match outcome {
             None => Ok(()), // shutting down mid-prepare: leave unacked
             Some(Ok(Outcome::Processed)) => {
@@ -248,21 +263,18 @@ impl<H: Handler> Consumer<H> {
                 if let Some(n) = &self.notifier {
                     n.wake();
                 }
-                drop(_entered);
                 delivery.ack(BasicAckOptions::default()).await?;
                 Ok(())
             }
             Some(Ok(Outcome::Duplicate)) => {
                 self.metrics.consumed(name, "duplicate");
                 debug!(consumer = name, %message_id, "Duplicate delivery; already handled.");
-                drop(_entered);
                 delivery.ack(BasicAckOptions::default()).await?;
                 Ok(())
             }
             Some(Err(HandlerError::Permanent(reason))) => {
                 self.metrics.consumed(name, "dead_lettered");
                 warn!(consumer = name, %message_id, %reason, "Message can never be handled; dead-lettering it.");
-                drop(_entered);
                 delivery
                     .reject(BasicRejectOptions { requeue: false })
                     .await?;
@@ -271,7 +283,6 @@ impl<H: Handler> Consumer<H> {
             Some(Err(error)) => {
                 self.metrics.consumed(name, "retried");
                 warn!(consumer = name, %message_id, %error, "Handler failed; returning the message to the queue.");
-                drop(_entered);
                 delivery
                     .nack(BasicNackOptions {
                         requeue: true,

@@ -111,8 +111,13 @@ impl Relay {
             }
             let mut pending = Vec::with_capacity(rows.len());
             for row in rows {
-                let span =
-                    trace_context::producer_span(&row.routing_key, &row.event_id, &row.trace);
+                let span = trace_context::producer_span(
+                    &exchange,
+                    &row.routing_key,
+                    &row.event_id,
+                    &row.trace,
+                );
+                let headers = trace_context::publish_headers(&span, &row.trace);
                 let confirm = ch
                     .basic_publish(
                         exchange.as_str().into(),
@@ -122,7 +127,7 @@ impl Relay {
                             ..Default::default()
                         },
                         &row.payload,
-                        properties(&row),
+                        properties(&row, headers),
                     )
                     .instrument(span)
                     .await?;
@@ -167,11 +172,11 @@ impl Relay {
     }
 }
 
-fn properties(row: &OutboxRow) -> BasicProperties {
+fn properties(row: &OutboxRow, headers: lapin::types::FieldTable) -> BasicProperties {
     BasicProperties::default()
         .with_message_id(row.event_id.as_str().into())
         .with_content_type(crate::CONTENT_TYPE.into())
         .with_type(row.routing_key.as_str().into())
         .with_delivery_mode(2)
-        .with_headers(row.trace.to_amqp_headers())
+        .with_headers(headers)
 }

@@ -1,14 +1,17 @@
 //! Every seam where trace context crosses a process boundary, in one place.
 //!
-//! Today the context is kept as data: HTTP `traceparent`/`tracestate`/`baggage` headers are read
-//! into a [`TraceContext`], stored on the outbox row, copied into the AMQP headers by the relay
-//! and read back by the consumer, which hands it to the handler so the events it emits continue
-//! the same trace. Wiring OpenTelemetry in means changing only the functions below
-//! (`from_current_span`, `producer_span`, `consumer_span`).
+//! The context is kept as data ([`TraceContext`]: `traceparent`/`tracestate`/`baggage`) so it
+//! can be stored on outbox rows. With `observability::init` installed, spans come from the
+//! `observability` crate: the relay opens a PRODUCER span whose parent is the row's stored
+//! context and publishes *that* span's context in the AMQP headers; the consumer opens a
+//! CONSUMER span whose parent is the producer's context (and links to it), and hands the
+//! CONSUMER span's context to the handler so the events it emits continue the trace. Without
+//! telemetry (tests, tools) the stored context travels unchanged.
 
 use std::collections::BTreeMap;
 
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use observability::{amqp, propagation};
 
 /// W3C trace context (plus baggage) as it travels between services.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -32,24 +35,32 @@ impl TraceContext {
         }
     }
 
-    /// The context of the current span. Without an OpenTelemetry layer there is none.
+    /// The context of the current span; empty without an OpenTelemetry layer.
     pub fn from_current_span() -> Self {
-        Self::default()
+        let carrier = propagation::to_carrier(&propagation::current_context());
+        Self::from_lookup(|k| carrier.get(k).cloned())
+    }
+
+    /// The context of `span`; empty without an OpenTelemetry layer.
+    pub fn from_span(span: &tracing::Span) -> Self {
+        span.in_scope(Self::from_current_span)
+    }
+
+    fn to_carrier(&self) -> BTreeMap<String, String> {
+        KEYS.iter()
+            .zip([&self.traceparent, &self.tracestate, &self.baggage])
+            .filter_map(|(k, v)| v.as_ref().map(|v| ((*k).to_owned(), v.clone())))
+            .collect()
     }
 
     /// AMQP headers carrying this context.
     pub fn to_amqp_headers(&self) -> FieldTable {
         let mut table = FieldTable::default();
-        for (key, value) in KEYS
-            .iter()
-            .zip([&self.traceparent, &self.tracestate, &self.baggage])
-        {
-            if let Some(v) = value {
-                table.insert(
-                    ShortString::from(*key),
-                    AMQPValue::LongString(LongString::from(v.as_str())),
-                );
-            }
+        for (key, value) in self.to_carrier() {
+            table.insert(
+                ShortString::from(key),
+                AMQPValue::LongString(LongString::from(value)),
+            );
         }
         table
     }
@@ -62,11 +73,11 @@ impl TraceContext {
                     .iter()
                     .filter_map(|(k, v)| match v {
                         AMQPValue::LongString(s) => Some((
-                            k.as_str().to_owned(),
+                            k.as_str().to_ascii_lowercase(),
                             String::from_utf8_lossy(s.as_bytes()).into_owned(),
                         )),
                         AMQPValue::ShortString(s) => {
-                            Some((k.as_str().to_owned(), s.as_str().to_owned()))
+                            Some((k.as_str().to_ascii_lowercase(), s.as_str().to_owned()))
                         }
                         _ => None,
                     })
@@ -98,34 +109,37 @@ fn is_valid_traceparent(v: &str) -> bool {
         && hex(parts[3], 2)
 }
 
-/// Span around one publish (PRODUCER). The stored context is recorded as a field.
-pub fn producer_span(routing_key: &str, event_id: &str, ctx: &TraceContext) -> tracing::Span {
-    tracing::info_span!(
-        "publish",
-        otel.kind = "producer",
-        messaging.system = "rabbitmq",
-        messaging.destination.name = routing_key,
-        messaging.message.id = event_id,
-        trace_id = ctx.trace_id().unwrap_or(""),
-    )
+/// PRODUCER span for publishing an outbox row; its parent is the context stored with the row.
+pub fn producer_span(
+    exchange: &str,
+    routing_key: &str,
+    event_id: &str,
+    stored: &TraceContext,
+) -> tracing::Span {
+    let parent = propagation::from_carrier(&stored.to_carrier());
+    amqp::publish_span_with_parent(&parent, exchange, routing_key, Some(event_id))
 }
 
-/// Span around one delivery (CONSUMER), continuing the producer's context.
-pub fn consumer_span(
-    consumer: &str,
-    routing_key: &str,
-    message_id: &str,
-    ctx: &TraceContext,
-) -> tracing::Span {
-    tracing::info_span!(
-        "process",
-        otel.kind = "consumer",
-        messaging.system = "rabbitmq",
-        messaging.consumer.group.name = consumer,
-        messaging.destination.name = routing_key,
-        messaging.message.id = message_id,
-        trace_id = ctx.trace_id().unwrap_or(""),
-    )
+/// Headers to publish with: the PRODUCER span's context when telemetry is on, otherwise the
+/// stored context unchanged.
+pub fn publish_headers(span: &tracing::Span, stored: &TraceContext) -> FieldTable {
+    amqp::headers_for(span, stored.to_amqp_headers())
+}
+
+/// CONSUMER span for one delivery: parent = the producer's context, plus a link to it.
+pub fn consumer_span(queue: &str, delivery: &lapin::message::Delivery) -> tracing::Span {
+    amqp::process_span(&amqp::Delivery::from_lapin(queue, delivery))
+}
+
+/// The context a handler continues: the CONSUMER span's when telemetry is on, otherwise what
+/// the producer sent.
+pub fn handler_context(span: &tracing::Span, received: TraceContext) -> TraceContext {
+    let own = TraceContext::from_span(span);
+    if own.traceparent.is_some() {
+        own
+    } else {
+        received
+    }
 }
 
 #[cfg(test)]

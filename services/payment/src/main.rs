@@ -7,7 +7,7 @@ const EX_USAGE: i32 = 64;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    service_kit::init_plain_tracing();
+    let telemetry = observability::init("payment", env!("CARGO_PKG_VERSION"))?;
     let config = match payment::Config::from_env(&ProcessEnv) {
         Ok(c) => c,
         Err(e) => {
@@ -16,6 +16,8 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let shutdown = service_kit::shutdown_on_signals();
-    payment::run(config, shutdown).await?;
+    let result = payment::run(config, shutdown).await;
+    telemetry.shutdown();
+    result?;
     Ok(())
 }

@@ -183,12 +183,18 @@ async fn the_order_saga_end_to_end_through_the_gateway() {
     let (s, cart) = api.get("/api/cart", Some(&alice)).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(cart["total_cents"], 2 * 1200 + 2500);
+    // The client starts a trace; every event of the saga must continue it.
+    let trace_id = uuid::Uuid::new_v4().simple().to_string();
+    let traceparent = format!(
+        "00-{trace_id}-{}-01",
+        &uuid::Uuid::new_v4().simple().to_string()[..16]
+    );
     let (s, first, _) = api
         .post_with(
             "/api/cart/checkout",
             Some(&alice),
             json!({"payment_token": "tok_visa"}),
-            &[("idempotency-key", "k-1")],
+            &[("idempotency-key", "k-1"), ("traceparent", &traceparent)],
         )
         .await;
     assert_eq!(s, StatusCode::ACCEPTED, "{first}");
@@ -310,6 +316,16 @@ async fn the_order_saga_end_to_end_through_the_gateway() {
     )
     .await;
     assert!(!types.contains("shop.order.cancelled.v1"), "{types:?}");
+    let (_, events) = api
+        .get(&format!("/api/audit/events?order_id={happy}"), Some(&admin))
+        .await;
+    for e in events.as_array().unwrap() {
+        assert_eq!(
+            e["trace_id"],
+            trace_id.as_str(),
+            "every event continues the checkout's trace: {e}"
+        );
+    }
     audit_types(
         &stack,
         &admin,
