@@ -59,7 +59,7 @@ pub struct AppState {
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), KitError> {
     let mut kit = Kit::start("audit", config.base.clone(), MIGRATIONS, shutdown).await?;
-    kit.consume("audit", &["#"], Arc::new(AuditHandler));
+    kit.consume("audit", Arc::new(AuditHandler))?;
     let state = AppState { db: kit.db.clone() };
     kit.serve(router(state)).await
 }

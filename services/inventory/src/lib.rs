@@ -54,14 +54,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), KitE
     kit.db.call(domain::seed).await?;
     kit.consume(
         "inventory",
-        &[
-            "order.placed",
-            "payment.succeeded",
-            "payment.failed",
-            "order.cancelled",
-        ],
         Arc::new(InventoryHandler::new(config.failure_rate)),
-    );
+    )?;
     let state = AppState { db: kit.db.clone() };
     kit.serve(router(state)).await
 }

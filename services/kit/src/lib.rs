@@ -7,7 +7,7 @@
 //! ```text
 //! let config = BaseConfig::from_env(&ProcessEnv, "orders", 7004)?;     // main
 //! let mut kit = Kit::start("orders", config, MIGRATIONS).await?;       // db, relay, metrics
-//! kit.consume("orders", &["order.#", "stock.#"], Arc::new(handler));   // consumers
+//! kit.consume("orders", Arc::new(handler))?;                          // bindings from SUBSCRIPTIONS
 //! kit.serve(api_router, shutdown_on_signals()).await?;                 // until SIGINT/SIGTERM
 //! ```
 

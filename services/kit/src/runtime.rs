@@ -31,6 +31,8 @@ pub enum KitError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("consumer {0:?} is not in messaging::events::SUBSCRIPTIONS")]
+    UnknownConsumer(String),
     #[error("server error: {0}")]
     Serve(std::io::Error),
 }
@@ -80,6 +82,7 @@ impl Kit {
             url: config.amqp_url.clone(),
             topology: Topology::new(config.queue_prefix.clone()),
             connection_name: format!("{}{service}", config.queue_prefix),
+            subscriptions: messaging::events::SUBSCRIPTIONS,
         };
         let registry = MetricsRegistry::new();
         let metrics = MessagingMetrics::default();
@@ -101,12 +104,16 @@ impl Kit {
         })
     }
 
-    /// Starts a consumer on queue `<prefix><name>` bound to `bindings`.
-    pub fn consume<H: Handler>(&mut self, name: &str, bindings: &[&str], handler: Arc<H>) {
+    /// Starts a consumer on queue `<prefix><name>`, bound as
+    /// [`SUBSCRIPTIONS`](messaging::events::SUBSCRIPTIONS) says.
+    pub fn consume<H: Handler>(&mut self, name: &str, handler: Arc<H>) -> Result<(), KitError> {
+        let bindings = messaging::events::subscription(name)
+            .ok_or_else(|| KitError::UnknownConsumer(name.to_owned()))?;
         self.consume_with(
             ConsumerConfig::new(self.amqp.clone(), name, bindings),
             handler,
         );
+        Ok(())
     }
 
     /// Starts a consumer with explicit settings (prefetch, delivery limit).

@@ -15,7 +15,14 @@ pub struct AmqpConfig {
     pub topology: Topology,
     /// Name shown in the broker's connection list (`rabbitmqctl list_connections client_properties`).
     pub connection_name: String,
+    /// Consumer queues the relay declares before publishing: `(consumer, routing keys)`.
+    /// Services pass [`events::SUBSCRIPTIONS`](crate::events::SUBSCRIPTIONS); empty declares none.
+    pub subscriptions: &'static [(&'static str, &'static [&'static str])],
 }
+
+/// Returns (nack + requeue) a quorum queue allows before dead-lettering. Every declaration of
+/// a queue must use the same value, or the broker refuses the redeclaration.
+pub const DEFAULT_DELIVERY_LIMIT: u32 = 5;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -36,7 +36,7 @@ impl ConsumerConfig {
             name: name.to_owned(),
             bindings: bindings.iter().map(|s| (*s).to_owned()).collect(),
             prefetch: 16,
-            delivery_limit: 5,
+            delivery_limit: crate::DEFAULT_DELIVERY_LIMIT,
         }
     }
 }

@@ -15,6 +15,49 @@ pub trait Event: Serialize + DeserializeOwned {
     fn subject(&self) -> String;
 }
 
+/// Who consumes what: the one subscription map, `(consumer, routing keys)`.
+///
+/// Every service's relay declares all of these queues before it publishes, so an event
+/// published before one of its consumers ever started is still routed to that consumer's
+/// queue (a queue that does not exist yet receives nothing, and `mandatory` only catches
+/// events that reach no queue at all).
+pub const SUBSCRIPTIONS: &[(&str, &[&str])] = &[
+    (
+        "inventory",
+        &[
+            "order.placed",
+            "payment.succeeded",
+            "payment.failed",
+            "order.cancelled",
+        ],
+    ),
+    (
+        "orders",
+        &[
+            "order.placed",
+            "stock.reserved",
+            "stock.rejected",
+            "payment.succeeded",
+            "payment.failed",
+            "shipment.scheduled",
+        ],
+    ),
+    (
+        "payment",
+        &["order.placed", "stock.reserved", "order.cancelled"],
+    ),
+    ("shipping", &["payment.succeeded", "order.cancelled"]),
+    ("audit", &["#"]),
+];
+
+/// The routing keys `consumer` is bound to, if it is in [`SUBSCRIPTIONS`].
+pub fn subscription(consumer: &str) -> Option<&'static [&'static str]> {
+    SUBSCRIPTIONS
+        .iter()
+        .find(|(name, _)| *name == consumer)
+        .map(|(_, keys)| *keys)
+}
+
 /// One order line, priced when it was added to the cart.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OrderLine {

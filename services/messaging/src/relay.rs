@@ -92,6 +92,12 @@ impl Relay {
         let ch = conn.create_channel().await?;
         ch.confirm_select(ConfirmSelectOptions::default()).await?;
         self.amqp.topology.declare_exchange(&ch).await?;
+        for (consumer, keys) in self.amqp.subscriptions {
+            self.amqp
+                .topology
+                .declare_consumer(&ch, consumer, keys, crate::DEFAULT_DELIVERY_LIMIT)
+                .await?;
+        }
         self.status.set(true);
         *attempt = 0;
         info!("Outbox relay connected.");

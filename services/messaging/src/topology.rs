@@ -57,7 +57,7 @@ impl Topology {
         &self,
         ch: &Channel,
         consumer: &str,
-        bindings: &[String],
+        bindings: &[impl AsRef<str>],
         delivery_limit: u32,
     ) -> Result<(), lapin::Error> {
         self.declare_exchange(ch).await?;
@@ -108,7 +108,7 @@ impl Topology {
             ch.queue_bind(
                 queue.as_str().into(),
                 self.exchange().as_str().into(),
-                key.as_str().into(),
+                key.as_ref().into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )

@@ -67,6 +67,7 @@ async fn fixture() -> Fixture {
             url: amqp_url(),
             topology: Topology::new(prefix.clone()),
             connection_name: prefix,
+            subscriptions: &[],
         },
         db,
         _dir: dir,
@@ -523,4 +524,61 @@ async fn a_consumer_killed_before_ack_gets_the_message_again_and_the_effect_happ
     )
     .await;
     fx.cleanup().await;
+}
+
+static SUBSCRIPTIONS: &[(&str, &[&str])] = &[("svc", &["test.#"]), ("other", &["#"])];
+
+#[tokio::test]
+async fn an_event_published_before_its_consumer_ever_started_waits_in_its_queue() {
+    let mut fx = fixture().await;
+    fx.amqp.subscriptions = SUBSCRIPTIONS;
+    let ev = event("early", "ok");
+    {
+        let ev = ev.clone();
+        fx.db
+            .call(move |c| outbox::enqueue_event(c, &ev, &TraceContext::default()))
+            .await
+            .unwrap();
+    }
+    // No consumer has declared anything: the relay declares every subscribed queue itself.
+    let (relay, _notifier) = Relay::new(fx.amqp.clone(), fx.db.clone(), fx.metrics.clone());
+    tokio::spawn(relay.run(fx.shutdown.clone()));
+    let id = ev.id.clone();
+    eventually("outbox row published", Duration::from_secs(10), || {
+        let (id, db) = (id.clone(), fx.db.clone());
+        async move {
+            db.call(move |c| outbox::sent_at(c, &id))
+                .await
+                .unwrap()
+                .is_some()
+        }
+    })
+    .await;
+    let conn = broker().await;
+    let ch = conn.create_channel().await.unwrap();
+    for queue in ["svc", "other"] {
+        let got = ch
+            .basic_get(
+                fx.amqp.topology.queue(queue).as_str().into(),
+                BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("the event waits in {queue}"));
+        assert_eq!(
+            got.delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .unwrap()
+                .as_str(),
+            ev.id
+        );
+    }
+    fx.shutdown.cancel();
+    fx.amqp
+        .topology
+        .delete(&ch, &["svc", "other"])
+        .await
+        .unwrap();
 }

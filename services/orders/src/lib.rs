@@ -58,16 +58,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), KitE
     let mut kit = Kit::start("orders", config.base.clone(), MIGRATIONS, shutdown).await?;
     kit.consume(
         "orders",
-        &[
-            "order.placed",
-            "stock.reserved",
-            "stock.rejected",
-            "payment.succeeded",
-            "payment.failed",
-            "shipment.scheduled",
-        ],
         Arc::new(OrdersHandler::new(config.payment_timeout)),
-    );
+    )?;
     let (db, notifier) = (kit.db.clone(), kit.notifier.clone());
     kit.spawn(move |shutdown| timeout::run(db, notifier, shutdown));
     let state = AppState { db: kit.db.clone() };

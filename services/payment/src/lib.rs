@@ -59,11 +59,7 @@ pub struct AppState {
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), KitError> {
     let mut kit = Kit::start("payment", config.base.clone(), MIGRATIONS, shutdown).await?;
     let handler = PaymentHandler::new(kit.db.clone(), config.provider.clone());
-    kit.consume(
-        "payment",
-        &["order.placed", "stock.reserved", "order.cancelled"],
-        Arc::new(handler),
-    );
+    kit.consume("payment", Arc::new(handler))?;
     let state = AppState { db: kit.db.clone() };
     kit.serve(router(state)).await
 }

@@ -63,11 +63,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), KitE
     let mut kit = Kit::start("shipping", config.base.clone(), MIGRATIONS, shutdown).await?;
     kit.consume(
         "shipping",
-        &["payment.succeeded", "order.cancelled"],
         Arc::new(ShippingHandler {
             delay: config.consumer_delay,
         }),
-    );
+    )?;
     let state = AppState { db: kit.db.clone() };
     kit.serve(router(state)).await
 }
