@@ -1,12 +1,10 @@
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use messaging::{BrokerStatus, Db};
 use observability::metrics::{MetricsRegistry, OPENMETRICS_CONTENT_TYPE};
-
-use crate::AppError;
 
 /// What `/readyz` checks and `/metrics` renders.
 #[derive(Clone)]
@@ -31,7 +29,8 @@ impl Health {
     }
 }
 
-async fn readyz(State(h): State<Health>) -> Result<impl IntoResponse, AppError> {
+/// 200 `{"status":"ready"}`, or 503 problem+json naming what is down (component names only).
+async fn readyz(State(h): State<Health>) -> Response {
     let mut down: Vec<String> = h
         .brokers
         .iter()
@@ -42,10 +41,21 @@ async fn readyz(State(h): State<Health>) -> Result<impl IntoResponse, AppError> 
         down.push("database".to_owned());
     }
     if down.is_empty() {
-        Ok(axum::Json(serde_json::json!({"status": "ready"})))
-    } else {
-        Err(AppError::Unavailable(down.join(", ")))
+        return axum::Json(serde_json::json!({"status": "ready"})).into_response();
     }
+    let body = serde_json::json!({
+        "type": "about:blank",
+        "title": "Service Unavailable",
+        "status": 503,
+        "detail": format!("not ready: {}", down.join(", ")),
+        "failing": down,
+    });
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::CONTENT_TYPE, "application/problem+json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 async fn metrics(State(h): State<Health>) -> Response {
