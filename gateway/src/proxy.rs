@@ -33,6 +33,13 @@ pub(crate) struct Gateway {
     pub(crate) shared: Arc<Shared>,
 }
 
+/// A random (v4) UUID from the thread-local generator: no `getrandom` syscall per request.
+fn new_request_id() -> String {
+    uuid::Builder::from_random_bytes(rand::random())
+        .into_uuid()
+        .to_string()
+}
+
 /// Wraps a [`GatewayError`] so Pingora carries it to `fail_to_proxy`.
 fn reject(err: GatewayError) -> Box<Error> {
     Error::because(
@@ -384,7 +391,7 @@ impl ProxyHttp for Gateway {
             .and_then(|v| v.to_str().ok())
             .filter(|v| valid_request_id(v))
             .map(str::to_string);
-        ctx.request_id = incoming.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        ctx.request_id = incoming.unwrap_or_else(|| new_request_id());
         let _ = session
             .req_header_mut()
             .insert_header("x-request-id", ctx.request_id.as_str());
@@ -620,7 +627,7 @@ impl ProxyHttp for Gateway {
             ctx.error_detail = Some(e.to_string());
         }
         if ctx.request_id.is_empty() {
-            ctx.request_id = uuid::Uuid::new_v4().to_string();
+            ctx.request_id = new_request_id();
         }
         let status = err.status();
         if session.response_written().is_none() {
