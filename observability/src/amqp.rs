@@ -106,20 +106,16 @@ pub fn publish_span_with_parent(
         otel.name = %format!("publish {name}"),
         otel.kind = "producer",
         otel.status_code = Empty,
+        { semconv::MESSAGING_SYSTEM } = SYSTEM,
+        { semconv::MESSAGING_OPERATION_NAME } = "publish",
+        // Semantic conventions 1.42 call this operation type `send` (formerly `publish`).
+        { semconv::MESSAGING_OPERATION_TYPE } = "send",
+        { semconv::MESSAGING_DESTINATION_NAME } = exchange,
+        { semconv::MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY } = routing_key,
+        { semconv::MESSAGING_MESSAGE_ID } = message_id,
+        { semconv::ERROR_TYPE } = Empty,
     );
     let _ = span.set_parent(parent.clone());
-    span.set_attribute(semconv::MESSAGING_SYSTEM, SYSTEM);
-    span.set_attribute(semconv::MESSAGING_OPERATION_NAME, "publish");
-    // Semantic conventions 1.42 call this operation type `send` (formerly `publish`).
-    span.set_attribute(semconv::MESSAGING_OPERATION_TYPE, "send");
-    span.set_attribute(semconv::MESSAGING_DESTINATION_NAME, exchange.to_owned());
-    span.set_attribute(
-        semconv::MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY,
-        routing_key.to_owned(),
-    );
-    if let Some(id) = message_id {
-        span.set_attribute(semconv::MESSAGING_MESSAGE_ID, id.to_owned());
-    }
     span
 }
 
@@ -166,35 +162,28 @@ pub fn process_span(delivery: &Delivery<'_>) -> tracing::Span {
         otel.name = %format!("process {}", delivery.queue),
         otel.kind = "consumer",
         otel.status_code = Empty,
+        { semconv::MESSAGING_SYSTEM } = SYSTEM,
+        { semconv::MESSAGING_OPERATION_NAME } = "process",
+        { semconv::MESSAGING_OPERATION_TYPE } = "process",
+        { semconv::MESSAGING_DESTINATION_NAME } = delivery.exchange,
+        { semconv::MESSAGING_DESTINATION_SUBSCRIPTION_NAME } = delivery.queue,
+        { semconv::MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY } = delivery.routing_key,
+        { semconv::MESSAGING_RABBITMQ_MESSAGE_DELIVERY_TAG } = delivery.delivery_tag as i64,
+        { semconv::MESSAGING_MESSAGE_ID } = delivery.message_id,
+        { semconv::ERROR_TYPE } = Empty,
     );
     let producer_span = producer.span().span_context().clone();
     let _ = span.set_parent(producer);
     if producer_span.is_valid() {
         span.add_link(producer_span);
     }
-    span.set_attribute(semconv::MESSAGING_SYSTEM, SYSTEM);
-    span.set_attribute(semconv::MESSAGING_OPERATION_NAME, "process");
-    span.set_attribute(semconv::MESSAGING_OPERATION_TYPE, "process");
-    span.set_attribute(
-        semconv::MESSAGING_DESTINATION_NAME,
-        delivery.exchange.to_owned(),
-    );
-    span.set_attribute(
-        semconv::MESSAGING_DESTINATION_SUBSCRIPTION_NAME,
-        delivery.queue.to_owned(),
-    );
-    span.set_attribute(
-        semconv::MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY,
-        delivery.routing_key.to_owned(),
-    );
-    span.set_attribute(
-        semconv::MESSAGING_RABBITMQ_MESSAGE_DELIVERY_TAG,
-        delivery.delivery_tag as i64,
-    );
-    if let Some(id) = delivery.message_id {
-        span.set_attribute(semconv::MESSAGING_MESSAGE_ID, id.to_owned());
-    }
     span
+}
+
+/// Marks a PRODUCER or CONSUMER span failed with `error_type` (`nack`, `timeout`, `handler`, …).
+pub fn record_error(span: &tracing::Span, error_type: &str) {
+    span.record(semconv::ERROR_TYPE, error_type);
+    span.set_status(opentelemetry::trace::Status::error(error_type.to_owned()));
 }
 
 #[cfg(test)]

@@ -110,6 +110,20 @@ fn protocol_version(version: Version) -> Option<&'static str> {
 /// The span is never a child of whatever `tracing` span happens to be current: a server span's
 /// parent is the remote caller.
 pub fn server_span(req: &ServerRequest<'_>) -> tracing::Span {
+    let method = method_label(req.method);
+    let query = req.uri.query().map(redact::redact_query);
+    let host = req
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or(req.uri.host())
+        .and_then(|h| h.parse::<http::uri::Authority>().ok());
+    let user_agent = req
+        .headers
+        .get(http::header::USER_AGENT)
+        .and_then(|h| h.to_str().ok());
+    // Every attribute is a declared field, recorded in one pass when the span is created:
+    // `set_attribute` per key costs a subscriber lookup and a lock each, per request.
     let span = tracing::info_span!(
         target: "observability::http",
         parent: None,
@@ -117,55 +131,28 @@ pub fn server_span(req: &ServerRequest<'_>) -> tracing::Span {
         otel.name = %span_name(req.method, req.route),
         otel.kind = "server",
         otel.status_code = Empty,
+        { semconv::HTTP_REQUEST_METHOD } = method,
+        { semconv::HTTP_REQUEST_METHOD_ORIGINAL } = (method == "_OTHER").then(|| req.method.as_str()),
+        { semconv::URL_PATH } = req.uri.path(),
+        { semconv::URL_QUERY } = query.as_deref(),
+        { semconv::URL_SCHEME } = req.scheme,
+        { semconv::HTTP_ROUTE } = req.route,
+        { semconv::SERVER_ADDRESS } = host.as_ref().map(|a| a.host()),
+        { semconv::SERVER_PORT } = host.as_ref().and_then(|a| a.port_u16()).map(i64::from),
+        { semconv::CLIENT_ADDRESS } = req.client_address.map(|ip| ip.to_string()),
+        { semconv::USER_AGENT_ORIGINAL } = user_agent,
+        { semconv::NETWORK_PROTOCOL_VERSION } = protocol_version(req.version),
+        { semconv::HTTP_RESPONSE_STATUS_CODE } = Empty,
+        { semconv::ERROR_TYPE } = Empty,
     );
     let _ = span.set_parent(propagation::extract_http(req.headers));
-
-    span.set_attribute(semconv::HTTP_REQUEST_METHOD, method_label(req.method));
-    if method_label(req.method) == "_OTHER" {
-        span.set_attribute(
-            semconv::HTTP_REQUEST_METHOD_ORIGINAL,
-            req.method.as_str().to_owned(),
-        );
-    }
-    span.set_attribute(semconv::URL_PATH, req.uri.path().to_owned());
-    if let Some(query) = req.uri.query() {
-        span.set_attribute(semconv::URL_QUERY, redact::redact_query(query));
-    }
-    span.set_attribute(semconv::URL_SCHEME, req.scheme.to_owned());
-    if let Some(route) = req.route {
-        span.set_attribute(semconv::HTTP_ROUTE, route.to_owned());
-    }
-    let host = req
-        .headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or(req.uri.host());
-    if let Some(authority) = host.and_then(|h| h.parse::<http::uri::Authority>().ok()) {
-        span.set_attribute(semconv::SERVER_ADDRESS, authority.host().to_owned());
-        if let Some(port) = authority.port_u16() {
-            span.set_attribute(semconv::SERVER_PORT, i64::from(port));
-        }
-    }
-    if let Some(client) = req.client_address {
-        span.set_attribute(semconv::CLIENT_ADDRESS, client.to_string());
-    }
-    if let Some(agent) = req
-        .headers
-        .get(http::header::USER_AGENT)
-        .and_then(|h| h.to_str().ok())
-    {
-        span.set_attribute(semconv::USER_AGENT_ORIGINAL, agent.to_owned());
-    }
-    if let Some(version) = protocol_version(req.version) {
-        span.set_attribute(semconv::NETWORK_PROTOCOL_VERSION, version);
-    }
     span
 }
 
 /// Names `span` `{method} {route}` and sets `http.route`, once routing has matched.
 pub fn set_route(span: &tracing::Span, method: &Method, route: &str) {
     span.record("otel.name", span_name(method, Some(route)).as_str());
-    span.set_attribute(semconv::HTTP_ROUTE, route.to_owned());
+    set_str(span, semconv::HTTP_ROUTE, route);
 }
 
 /// A CLIENT span for one attempt to call `url`, child of `parent`.
@@ -179,47 +166,62 @@ pub fn client_span(
     url: &str,
     resend_count: u32,
 ) -> tracing::Span {
-    let span = tracing::info_span!(
+    let uri = url.parse::<Uri>().ok();
+    let port = uri.as_ref().map(|uri| {
+        let default_port = if uri.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        };
+        i64::from(uri.port_u16().unwrap_or(default_port))
+    });
+    let full = match uri.as_ref().and_then(Uri::query) {
+        Some(query) => format!(
+            "{}?{}",
+            url.split('?').next().unwrap_or(url),
+            redact::redact_query(query)
+        ),
+        None => url.to_owned(),
+    };
+    tracing::info_span!(
         target: "observability::http",
         parent: parent,
         "HTTP client request",
         otel.name = %span_name(method, None),
         otel.kind = "client",
         otel.status_code = Empty,
-    );
-    span.set_attribute(semconv::HTTP_REQUEST_METHOD, method_label(method));
-    if let Ok(uri) = url.parse::<Uri>() {
-        if let Some(host) = uri.host() {
-            span.set_attribute(semconv::SERVER_ADDRESS, host.to_owned());
-        }
-        let default_port = if uri.scheme_str() == Some("https") {
-            443
-        } else {
-            80
-        };
-        span.set_attribute(
-            semconv::SERVER_PORT,
-            i64::from(uri.port_u16().unwrap_or(default_port)),
-        );
-        let full = match uri.query() {
-            Some(query) => format!(
-                "{}?{}",
-                url.split('?').next().unwrap_or(url),
-                redact::redact_query(query)
-            ),
-            None => url.to_owned(),
-        };
-        span.set_attribute(semconv::URL_FULL, redact::redact_url_credentials(&full));
+        { semconv::HTTP_REQUEST_METHOD } = method_label(method),
+        { semconv::SERVER_ADDRESS } = uri.as_ref().and_then(Uri::host),
+        { semconv::SERVER_PORT } = port,
+        { semconv::URL_FULL } = redact::redact_url_credentials(&full),
+        { semconv::HTTP_REQUEST_RESEND_COUNT } = (resend_count > 0).then_some(i64::from(resend_count)),
+        { semconv::HTTP_RESPONSE_STATUS_CODE } = Empty,
+        { semconv::ERROR_TYPE } = Empty,
+    )
+}
+
+/// Records `key` through the span's declared field when it has one (cheap), else as an attribute
+/// (works on spans created elsewhere).
+fn set_str(span: &tracing::Span, key: &'static str, value: &str) {
+    if span.has_field(key) {
+        span.record(key, value);
+    } else {
+        span.set_attribute(key, value.to_owned());
     }
-    if resend_count > 0 {
-        span.set_attribute(semconv::HTTP_REQUEST_RESEND_COUNT, i64::from(resend_count));
+}
+
+fn set_i64(span: &tracing::Span, key: &'static str, value: i64) {
+    if span.has_field(key) {
+        span.record(key, value);
+    } else {
+        span.set_attribute(key, value);
     }
-    span
 }
 
 /// Sets `http.response.status_code`; for errors (see [`Side`]) also `error.type` and an ERROR status.
 pub fn record_status(span: &tracing::Span, status: StatusCode, side: Side) {
-    span.set_attribute(
+    set_i64(
+        span,
         semconv::HTTP_RESPONSE_STATUS_CODE,
         i64::from(status.as_u16()),
     );
@@ -228,7 +230,7 @@ pub fn record_status(span: &tracing::Span, status: StatusCode, side: Side) {
         Side::Client => status.is_client_error() || status.is_server_error(),
     };
     if failed {
-        span.set_attribute(semconv::ERROR_TYPE, status.as_str().to_owned());
+        set_str(span, semconv::ERROR_TYPE, status.as_str());
         span.set_status(Status::error(""));
     }
 }
@@ -236,7 +238,7 @@ pub fn record_status(span: &tracing::Span, status: StatusCode, side: Side) {
 /// Marks `span` failed with `error_type`, a low-cardinality class such as `timeout`,
 /// `connection_refused` or an error type name — never a message containing user data.
 pub fn record_error(span: &tracing::Span, error_type: &str) {
-    span.set_attribute(semconv::ERROR_TYPE, error_type.to_owned());
+    set_str(span, semconv::ERROR_TYPE, error_type);
     span.set_status(Status::error(error_type.to_owned()));
 }
 

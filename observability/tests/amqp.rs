@@ -150,7 +150,10 @@ async fn the_trace_crosses_the_broker_and_the_outbox() {
         .unwrap()
         .unwrap()
         .unwrap();
-    amqp::process_span(&Delivery::from_lapin(&queue, &delivery)).in_scope(|| {});
+    // … whose handler fails.
+    let failed = amqp::process_span(&Delivery::from_lapin(&queue, &delivery));
+    amqp::record_error(&failed, "handler");
+    drop(failed);
     delivery
         .acker
         .ack(BasicAckOptions::default())
@@ -208,6 +211,10 @@ async fn the_trace_crosses_the_broker_and_the_outbox() {
     assert_eq!(relayed.parent_span_id(), Some(handled.span_id()));
     assert_eq!(paid.parent_span_id(), Some(relayed.span_id()));
     assert_eq!(paid.links(), vec![(relayed.trace_id(), relayed.span_id())]);
+    assert!(paid.is_error());
+    assert_eq!(paid.attr_str("error.type").as_deref(), Some("handler"));
+    assert!(!handled.is_error());
+    assert_eq!(handled.attr("error.type"), None);
 
     // Names and attributes per the messaging conventions.
     assert_eq!(placed.name(), format!("publish {exchange}"));
