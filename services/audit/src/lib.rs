@@ -11,7 +11,7 @@ mod http;
 use std::sync::Arc;
 
 use messaging::{Handler, HandlerError, Incoming};
-use rusqlite::{params, Connection, Transaction};
+use rusqlite::{params, Connection};
 use serde::Serialize;
 use service_kit::{BaseConfig, ConfigErrors, Env, EnvParser, Kit, KitError};
 use tokio_util::sync::CancellationToken;
@@ -73,7 +73,7 @@ pub struct AuditHandler;
 impl Handler for AuditHandler {
     fn apply(
         &self,
-        tx: &Transaction<'_>,
+        tx: &Connection,
         msg: &Incoming,
         _prepared: Option<serde_json::Value>,
     ) -> Result<(), HandlerError> {

@@ -3,7 +3,7 @@ use messaging::events::{
     StockReleased, StockReserved,
 };
 use messaging::{outbox, Handler, HandlerError, Incoming};
-use rusqlite::Transaction;
+use rusqlite::Connection;
 
 use crate::domain::{self, Reservation};
 
@@ -21,7 +21,7 @@ impl InventoryHandler {
 impl Handler for InventoryHandler {
     fn apply(
         &self,
-        tx: &Transaction<'_>,
+        tx: &Connection,
         msg: &Incoming,
         _prepared: Option<serde_json::Value>,
     ) -> Result<(), HandlerError> {
@@ -86,7 +86,7 @@ impl Handler for InventoryHandler {
 }
 
 fn release(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     order_id: &str,
     reason: &str,
     trace: &messaging::TraceContext,

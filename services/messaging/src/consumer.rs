@@ -1,6 +1,6 @@
 use std::sync::Arc;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
@@ -23,8 +23,11 @@ pub struct ConsumerConfig {
     pub name: String,
     /// Routing keys bound to the queue (`#` for everything).
     pub bindings: Vec<String>,
-    /// Unacked deliveries the broker may push at once. Default 16.
+    /// Unacked deliveries the broker may push at once. Default 64.
     pub prefetch: u16,
+    /// Deliveries already received that are handled in one SQLite transaction (each in its own
+    /// savepoint, so one failure does not undo the others). Default 64; 1 disables batching.
+    pub max_batch: usize,
     /// Returns (nack with requeue) allowed before the message is dead-lettered. Default 5.
     pub delivery_limit: u32,
 }
@@ -35,7 +38,8 @@ impl ConsumerConfig {
             amqp,
             name: name.to_owned(),
             bindings: bindings.iter().map(|s| (*s).to_owned()).collect(),
-            prefetch: 16,
+            prefetch: 64,
+            max_batch: 64,
             delivery_limit: crate::DEFAULT_DELIVERY_LIMIT,
         }
     }
@@ -82,10 +86,18 @@ pub trait Handler: Send + Sync + 'static {
         Ok(None)
     }
 
-    /// The effect, inside the transaction that also writes the inbox row (and any outbox rows).
+    /// True when [`prepare`](Self::prepare) does real work for `event` (reads state, calls out,
+    /// waits). The consumer then commits the messages before it first, so `prepare` sees their
+    /// effects exactly as if every message had its own transaction. Default: false.
+    fn prepares(&self, _event: &CloudEvent) -> bool {
+        false
+    }
+
+    /// The effect, inside the transaction (a savepoint of it) that also writes the inbox row;
+    /// write outbox rows through `conn` too. An error rolls back this message's writes only.
     fn apply(
         &self,
-        tx: &rusqlite::Transaction<'_>,
+        conn: &rusqlite::Connection,
         msg: &Incoming,
         prepared: Option<serde_json::Value>,
     ) -> Result<(), HandlerError>;
@@ -187,65 +199,156 @@ impl<H: Handler> Consumer<H> {
         *attempt = 0;
         info!(consumer = %cfg.name, %queue, "Consumer attached.");
         loop {
-            let delivery = tokio::select! {
+            let first = tokio::select! {
                 _ = shutdown.cancelled() => {
                     let _ = conn.close(200, "shutdown".into()).await;
                     return Ok(());
                 }
                 d = deliveries.next() => d,
             };
-            match delivery {
-                Some(Ok(delivery)) => self.handle(delivery, shutdown).await?,
-                Some(Err(e)) => return Err(e.into()),
-                None => {
-                    return Err(MessagingError::Amqp(lapin::Error::from(
-                        lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed),
-                    )))
+            let mut batch = vec![delivered(first)?];
+            // Take whatever the broker already pushed (up to prefetch) without waiting.
+            while batch.len() < cfg.max_batch.max(1) {
+                match deliveries.next().now_or_never() {
+                    Some(d) => batch.push(delivered(d)?),
+                    None => break,
                 }
             }
+            self.handle_batch(batch, shutdown).await?;
         }
     }
 
-    async fn handle(
+    async fn handle_batch(
         &self,
-        delivery: Delivery,
+        batch: Vec<Delivery>,
         shutdown: &CancellationToken,
     ) -> Result<(), MessagingError> {
         let name = self.config.name.as_str();
         let queue = self.config.amqp.topology.queue(name);
-        let span = trace_context::consumer_span(&queue, &delivery);
-        let received = TraceContext::from_amqp_headers(delivery.properties.headers().as_ref());
-        let event: CloudEvent = match serde_json::from_slice(&delivery.data) {
-            Ok(e) => e,
-            Err(error) => {
-                span.in_scope(
-                    || warn!(consumer = name, %error, "Unparseable message; dead-lettering it."),
-                );
-                self.metrics.consumed(name, "dead_lettered");
-                delivery
-                    .reject(BasicRejectOptions { requeue: false })
-                    .await?;
+        let mut items = Vec::with_capacity(batch.len());
+        for delivery in batch {
+            let span = trace_context::consumer_span(&queue, &delivery);
+            let received = TraceContext::from_amqp_headers(delivery.properties.headers().as_ref());
+            let event: CloudEvent = match serde_json::from_slice(&delivery.data) {
+                Ok(e) => e,
+                Err(error) => {
+                    span.in_scope(|| {
+                        warn!(consumer = name, %error, "Unparseable message; dead-lettering it.")
+                    });
+                    self.metrics.consumed(name, "dead_lettered");
+                    delivery
+                        .reject(BasicRejectOptions { requeue: false })
+                        .await?;
+                    continue;
+                }
+            };
+            let message_id = delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|m| m.as_str().to_owned())
+                .unwrap_or_else(|| event.id.clone());
+            let msg = Incoming {
+                event,
+                trace: trace_context::handler_context(&span, received),
+                redelivered: delivery.redelivered,
+            };
+            items.push((delivery, span, message_id, msg));
+        }
+        if items.is_empty() {
+            return Ok(());
+        }
+
+        // Skip `prepare` (which may call outside systems) for messages already handled.
+        let ids: Vec<String> = items.iter().map(|(_, _, id, _)| id.clone()).collect();
+        let consumer = self.config.name.clone();
+        let seen = self
+            .db
+            .call(move |c| {
+                ids.iter()
+                    .map(|id| inbox::seen(c, &consumer, id))
+                    .collect::<Result<Vec<bool>, _>>()
+            })
+            .await;
+        let seen = match seen {
+            Ok(s) => s,
+            Err(e) => {
+                let e = HandlerError::from(e);
+                for (delivery, span, id, _) in &items {
+                    let failed = Some(Err(HandlerError::Transient(e.to_string())));
+                    self.settle(delivery, id, failed)
+                        .instrument(span.clone())
+                        .await?;
+                }
                 return Ok(());
             }
         };
-        let message_id = delivery
-            .properties
-            .message_id()
-            .as_ref()
-            .map(|m| m.as_str().to_owned())
-            .unwrap_or_else(|| event.id.clone());
-        let msg = Incoming {
-            event,
-            trace: trace_context::handler_context(&span, received),
-            redelivered: delivery.redelivered,
-        };
-        let outcome = self
-            .process(&message_id, msg, shutdown)
-            .instrument(span.clone())
+
+        let mut work = Vec::with_capacity(items.len());
+        let mut outcomes: Vec<Option<Result<Outcome, HandlerError>>> =
+            Vec::with_capacity(items.len());
+        for ((_, span, id, msg), seen) in items.iter().zip(seen) {
+            if seen {
+                outcomes.push(Some(Ok(Outcome::Duplicate)));
+                continue;
+            }
+            if self.handler.prepares(&msg.event) && !work.is_empty() {
+                self.flush(&mut work, &mut outcomes).await;
+            }
+            let prepared = tokio::select! {
+                // Shutting down: leave the rest unacked; the broker redelivers them.
+                _ = shutdown.cancelled() => { outcomes.push(None); continue; }
+                p = self.handler.prepare(msg).instrument(span.clone()) => p,
+            };
+            match prepared {
+                Ok(p) => {
+                    work.push((outcomes.len(), id.clone(), msg.clone(), p, span.clone()));
+                    outcomes.push(Some(Ok(Outcome::Processed)));
+                }
+                Err(e) => outcomes.push(Some(Err(e))),
+            }
+        }
+        self.flush(&mut work, &mut outcomes).await;
+
+        for ((delivery, span, id, _), outcome) in items.iter().zip(outcomes) {
+            self.settle(delivery, id, outcome)
+                .instrument(span.clone())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Commits the prepared messages in one transaction and records each one's outcome.
+    async fn flush(
+        &self,
+        work: &mut Vec<Work>,
+        outcomes: &mut [Option<Result<Outcome, HandlerError>>],
+    ) {
+        if work.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(work);
+        let indexes: Vec<usize> = batch.iter().map(|w| w.0).collect();
+        let handler = self.handler.clone();
+        let consumer = self.config.name.clone();
+        let applied = self
+            .db
+            .call(move |c| apply_all(c, &consumer, handler.as_ref(), batch))
             .await;
-        self.settle(&delivery, &message_id, outcome)
-            .instrument(span)
-            .await
+        match applied {
+            Ok(results) => {
+                for (index, result) in results {
+                    outcomes[index] = Some(result);
+                }
+            }
+            // The transaction did not commit: none of these messages happened.
+            Err(e) => {
+                for index in indexes {
+                    outcomes[index] =
+                        Some(Err(HandlerError::Transient(format!("commit failed: {e}"))));
+                }
+            }
+        }
     }
 
     /// Acks, nacks or rejects the delivery according to the outcome.
@@ -293,47 +396,59 @@ impl<H: Handler> Consumer<H> {
             }
         }
     }
+}
 
-    /// `None` when shutdown interrupted the handler before anything was committed.
-    async fn process(
-        &self,
-        message_id: &str,
-        msg: Incoming,
-        shutdown: &CancellationToken,
-    ) -> Option<Result<Outcome, HandlerError>> {
-        let name = self.config.name.clone();
-        let id = message_id.to_owned();
-        let seen = {
-            let (name, id) = (name.clone(), id.clone());
-            self.db.call(move |c| inbox::seen(c, &name, &id)).await
-        };
-        match seen {
-            Ok(true) => return Some(Ok(Outcome::Duplicate)),
-            Ok(false) => {}
-            Err(e) => return Some(Err(e.into())),
-        }
-        let prepared = tokio::select! {
-            _ = shutdown.cancelled() => return None,
-            p = self.handler.prepare(&msg) => p,
-        };
-        let prepared = match prepared {
-            Ok(p) => p,
-            Err(e) => return Some(Err(e)),
-        };
-        let handler = self.handler.clone();
-        let result = self
-            .db
-            .call(move |c| {
-                let tx = c.transaction()?;
-                if !inbox::claim(&tx, &name, &id, &msg.event.ty)? {
-                    tx.commit()?;
-                    return Ok(Outcome::Duplicate);
-                }
-                handler.apply(&tx, &msg, prepared)?;
-                tx.commit()?;
-                Ok(Outcome::Processed)
-            })
-            .await;
-        Some(result)
+/// One prepared message: (index in the batch, message id, message, prepared data, span).
+type Work = (
+    usize,
+    String,
+    Incoming,
+    Option<serde_json::Value>,
+    tracing::Span,
+);
+
+/// The next delivery, or why there is none.
+fn delivered(d: Option<Result<Delivery, lapin::Error>>) -> Result<Delivery, MessagingError> {
+    match d {
+        Some(Ok(d)) => Ok(d),
+        Some(Err(e)) => Err(e.into()),
+        None => Err(MessagingError::Amqp(lapin::Error::from(
+            lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed),
+        ))),
     }
+}
+
+/// Applies each prepared message in its own savepoint of one transaction, with its inbox row.
+/// Returns each message's outcome by index; `Err` only when the transaction itself failed.
+fn apply_all<H: Handler>(
+    c: &mut rusqlite::Connection,
+    consumer: &str,
+    handler: &H,
+    work: Vec<(
+        usize,
+        String,
+        Incoming,
+        Option<serde_json::Value>,
+        tracing::Span,
+    )>,
+) -> Result<Vec<(usize, Result<Outcome, HandlerError>)>, rusqlite::Error> {
+    let mut tx = c.transaction()?;
+    let mut results = Vec::with_capacity(work.len());
+    for (index, message_id, msg, prepared, span) in work {
+        let _entered = span.enter();
+        let sp = tx.savepoint()?;
+        let result = match inbox::claim(&sp, consumer, &message_id, &msg.event.ty) {
+            Ok(false) => Ok(Outcome::Duplicate),
+            Ok(true) => handler
+                .apply(&sp, &msg, prepared)
+                .map(|()| Outcome::Processed),
+            Err(e) => Err(e.into()),
+        };
+        if result.is_ok() {
+            sp.commit()?;
+        } // else: dropping the savepoint rolls this message back
+        results.push((index, result));
+    }
+    tx.commit()?;
+    Ok(results)
 }

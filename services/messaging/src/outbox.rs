@@ -24,8 +24,8 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_unsent ON outbox (next_attempt_ms) WHERE sent_at IS NULL;
 ";
 
-/// Writes `data` as a CloudEvent row in the caller's transaction (pass the `Transaction`; it
-/// derefs to `Connection`). Nothing is published unless that transaction commits.
+/// Writes `data` as a CloudEvent row in the caller's transaction (pass the `Transaction`, which
+/// derefs to `Connection`, or a handler's `conn`). Nothing is published unless it commits.
 pub fn enqueue<E: Event>(
     conn: &Connection,
     source: &str,

@@ -13,7 +13,7 @@ use messaging::{
     outbox, AmqpConfig, CloudEvent, Consumer, ConsumerConfig, Db, Handler, HandlerError, Incoming,
     MessagingMetrics, Relay, Topology, TraceContext,
 };
-use rusqlite::Transaction;
+
 use tokio_util::sync::CancellationToken;
 
 fn amqp_url() -> String {
@@ -153,7 +153,7 @@ struct Recorder {
 impl Handler for Recorder {
     fn apply(
         &self,
-        tx: &Transaction<'_>,
+        tx: &rusqlite::Connection,
         msg: &Incoming,
         _prepared: Option<serde_json::Value>,
     ) -> Result<(), HandlerError> {
@@ -446,7 +446,7 @@ struct SlowFirst {
 impl Handler for SlowFirst {
     fn apply(
         &self,
-        tx: &Transaction<'_>,
+        tx: &rusqlite::Connection,
         msg: &Incoming,
         prepared: Option<serde_json::Value>,
     ) -> Result<(), HandlerError> {

@@ -4,7 +4,7 @@ use messaging::events::{
     OrderPlaced, PaymentFailed, PaymentSucceeded, ShipmentScheduled, StockRejected, StockReserved,
 };
 use messaging::{Handler, HandlerError, Incoming};
-use rusqlite::Transaction;
+use rusqlite::Connection;
 
 use crate::domain::Fact;
 use crate::store::{self, StoreError};
@@ -23,7 +23,7 @@ impl OrdersHandler {
 impl Handler for OrdersHandler {
     fn apply(
         &self,
-        tx: &Transaction<'_>,
+        tx: &Connection,
         msg: &Incoming,
         _prepared: Option<serde_json::Value>,
     ) -> Result<(), HandlerError> {

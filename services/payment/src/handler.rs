@@ -1,6 +1,6 @@
 use messaging::events::{OrderCancelled, OrderPlaced, StockReserved};
 use messaging::{Db, Handler, HandlerError, Incoming};
-use rusqlite::Transaction;
+use rusqlite::Connection;
 
 use crate::domain::{self, PaymentError};
 use crate::provider::{self, ChargeOutcome, ProviderConfig};
@@ -25,6 +25,10 @@ fn map(e: PaymentError) -> HandlerError {
 
 #[async_trait::async_trait]
 impl Handler for PaymentHandler {
+    fn prepares(&self, event: &messaging::CloudEvent) -> bool {
+        event.is::<StockReserved>()
+    }
+
     /// Calls the provider for `stock.reserved`, unless the order is already paid or cancelled.
     async fn prepare(&self, msg: &Incoming) -> Result<Option<serde_json::Value>, HandlerError> {
         if !msg.event.is::<StockReserved>() {
@@ -56,7 +60,7 @@ impl Handler for PaymentHandler {
 
     fn apply(
         &self,
-        tx: &Transaction<'_>,
+        tx: &Connection,
         msg: &Incoming,
         prepared: Option<serde_json::Value>,
     ) -> Result<(), HandlerError> {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use messaging::events::{OrderCancelled, PaymentSucceeded, ShipmentScheduled};
 use messaging::{outbox, Handler, HandlerError, Incoming};
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use service_kit::{BaseConfig, ConfigErrors, Env, EnvParser, Kit, KitError};
 use tokio_util::sync::CancellationToken;
@@ -144,6 +144,10 @@ pub struct ShippingHandler {
 
 #[async_trait::async_trait]
 impl Handler for ShippingHandler {
+    fn prepares(&self, event: &messaging::CloudEvent) -> bool {
+        event.is::<PaymentSucceeded>() && !self.delay.is_zero()
+    }
+
     async fn prepare(&self, msg: &Incoming) -> Result<Option<serde_json::Value>, HandlerError> {
         if msg.event.is::<PaymentSucceeded>() && !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
@@ -153,7 +157,7 @@ impl Handler for ShippingHandler {
 
     fn apply(
         &self,
-        tx: &Transaction<'_>,
+        tx: &Connection,
         msg: &Incoming,
         _prepared: Option<serde_json::Value>,
     ) -> Result<(), HandlerError> {
