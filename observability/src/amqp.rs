@@ -124,10 +124,15 @@ pub fn publish_span_with_parent(
 pub struct Delivery<'a> {
     /// The queue the delivery came from.
     pub queue: &'a str,
+    /// The exchange it was published to (`""` for the default exchange).
     pub exchange: &'a str,
+    /// `messaging.rabbitmq.destination.routing_key`.
     pub routing_key: &'a str,
+    /// The `message_id` property, if the producer set one.
     pub message_id: Option<&'a str>,
+    /// `messaging.rabbitmq.message.delivery_tag`.
     pub delivery_tag: u64,
+    /// The message headers, where the producer's trace context is.
     pub headers: Option<&'a FieldTable>,
 }
 

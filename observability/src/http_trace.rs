@@ -1,6 +1,6 @@
 //! HTTP SERVER and CLIENT spans with the semantic-convention attributes, framework-free.
 //!
-//! The axum layer ([`crate::http_server`]) uses these; the gateway calls them directly from its
+//! The axum layer (`http_server`, feature `axum`) uses these; the gateway calls them directly from its
 //! Pingora phases, keeping the returned span in its per-request `CTX`:
 //!
 //! ```
@@ -30,9 +30,13 @@ use crate::redact;
 /// What the SERVER span is created from.
 #[derive(Clone, Copy, Debug)]
 pub struct ServerRequest<'a> {
+    /// Recorded as `http.request.method` (unknown methods as `_OTHER`).
     pub method: &'a Method,
+    /// The request target: `url.path`, and `url.query` after redaction.
     pub uri: &'a Uri,
+    /// `network.protocol.version`.
     pub version: Version,
+    /// Read for propagation (`traceparent`, …), `Host` and `User-Agent` only; never recorded.
     pub headers: &'a HeaderMap,
     /// `http` or `https`. Default `http`.
     pub scheme: &'a str,

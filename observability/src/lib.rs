@@ -21,7 +21,7 @@
 //! ```
 //!
 //! Then, per boundary:
-//! - HTTP server: [`http_server::HttpServerLayer`] (feature `axum`) or, outside axum,
+//! - HTTP server: `http_server::HttpServerLayer` (feature `axum`) or, outside axum,
 //!   [`http_trace::server_span`] + [`http_trace::record_status`].
 //! - HTTP client: [`http_trace::client_span`] + [`propagation::inject_http`].
 //! - RabbitMQ (feature `amqp`): `amqp::publish_span` / `amqp::process_span` and the header helpers.

@@ -130,6 +130,7 @@ pub struct HttpServerLabels {
     pub http_request_method: String,
     /// The route template (`/orders/{id}`), never the raw path; empty when nothing matched.
     pub http_route: String,
+    /// The response status (500 when the service itself failed before producing one).
     pub http_response_status_code: u16,
     /// Set for failures: the status code as text for 5xx, or an error class.
     pub error_type: Option<String>,
