@@ -26,6 +26,7 @@ fn init_reads_the_environment_logs_json_bridges_log_and_exports() {
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.http_endpoint())
         .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
         .env("OTEL_SERVICE_NAME", "global-test")
+        .env("OTEL_PROPAGATORS", "tracecontext,baggage,b3")
         // The export path's own crates at TRACE: none of it may reach the log (or the traces).
         .env(
             "RUST_LOG",
@@ -115,5 +116,29 @@ fn child_process() {
         log::debug!("hidden at debug");
         tracing::info!(answer = 42, "from tracing");
     });
+
+    // OTEL_PROPAGATORS reached the process-wide propagator: B3 in, both formats out.
+    let mut incoming = http::HeaderMap::new();
+    incoming.insert(
+        "b3",
+        http::HeaderValue::from_static("80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"),
+    );
+    let cx = observability::propagation::extract_http(&incoming);
+    assert_eq!(
+        cx.span().span_context().trace_id().to_string(),
+        "80f198ee56343ba864fe8b2a57d3eff7"
+    );
+    let mut outgoing = http::HeaderMap::new();
+    observability::propagation::inject_http(&cx, &mut outgoing);
+    assert_eq!(
+        outgoing["traceparent"],
+        "00-80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-01"
+    );
+    assert_eq!(
+        outgoing["b3"],
+        "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"
+    );
     telemetry.shutdown();
 }
+
+use opentelemetry::trace::TraceContextExt as _;
