@@ -111,8 +111,8 @@ impl<'a> EnvParser<'a> {
     }
 }
 
-/// What every service reads.
-#[derive(Debug, Clone)]
+/// What every service reads. Its `Debug` hides the broker URL's credentials.
+#[derive(Clone)]
 pub struct BaseConfig {
     /// `LISTEN_ADDR`, default `127.0.0.1:<default port>`. Services trust gateway headers, so they
     /// bind loopback.
@@ -123,6 +123,17 @@ pub struct BaseConfig {
     pub amqp_url: String,
     /// `SHOP_QUEUE_PREFIX`, default empty: prepended to every exchange and queue name.
     pub queue_prefix: String,
+}
+
+impl fmt::Debug for BaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BaseConfig")
+            .field("listen_addr", &self.listen_addr)
+            .field("database_path", &self.database_path)
+            .field("amqp_url", &messaging::redact_url(&self.amqp_url))
+            .field("queue_prefix", &self.queue_prefix)
+            .finish()
+    }
 }
 
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -160,6 +171,7 @@ mod tests {
         assert_eq!(c.listen_addr.to_string(), "127.0.0.1:7004");
         assert_eq!(c.database_path, PathBuf::from("data/orders.db"));
         assert_eq!(c.queue_prefix, "");
+        assert!(format!("{c:?}").contains("amqp://***@127.0.0.1"), "{c:?}");
 
         let env: HashMap<&str, &str> = [("LISTEN_ADDR", "nope"), ("X_RATE", "2")]
             .into_iter()

@@ -6,8 +6,9 @@ use lapin::{Connection, ConnectionProperties};
 
 use crate::{MessagingError, Topology};
 
-/// Where the broker is and how names are prefixed. Inert data; cheap to clone.
-#[derive(Debug, Clone)]
+/// Where the broker is and how names are prefixed. Inert data; cheap to clone. Its `Debug`
+/// hides the URL's credentials.
+#[derive(Clone)]
 pub struct AmqpConfig {
     /// `amqp://user:pass@host:port/vhost`. Never logged: it may hold a password.
     pub url: String,
@@ -23,6 +24,26 @@ pub struct AmqpConfig {
 /// Returns (nack + requeue) a quorum queue allows before dead-lettering. Every declaration of
 /// a queue must use the same value, or the broker refuses the redeclaration.
 pub const DEFAULT_DELIVERY_LIMIT: u32 = 5;
+
+impl std::fmt::Debug for AmqpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpConfig")
+            .field("url", &redact_url(&self.url))
+            .field("topology", &self.topology)
+            .field("connection_name", &self.connection_name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `amqp://user:pass@host/vhost` → `amqp://***@host/vhost`, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -55,4 +76,26 @@ impl BrokerStatus {
 /// Exponential back-off between reconnect attempts: 100 ms doubling up to 5 s.
 pub(crate) fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(100u64.saturating_mul(1 << attempt.min(6))).min(Duration::from_secs(5))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_never_shows_credentials() {
+        let c = AmqpConfig {
+            url: "amqp://app:s3cret@broker:5672/%2f".into(),
+            topology: Topology::default(),
+            connection_name: "x".into(),
+            subscriptions: &[],
+        };
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("app:"),
+            "{shown}"
+        );
+        assert!(shown.contains("amqp://***@broker:5672/%2f"), "{shown}");
+        assert_eq!(redact_url("amqp://localhost"), "amqp://localhost");
+    }
 }

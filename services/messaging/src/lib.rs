@@ -34,7 +34,7 @@ mod relay;
 mod topology;
 pub mod trace_context;
 
-pub use broker::{AmqpConfig, BrokerStatus, DEFAULT_DELIVERY_LIMIT};
+pub use broker::{redact_url, AmqpConfig, BrokerStatus, DEFAULT_DELIVERY_LIMIT};
 pub use consumer::{Consumer, ConsumerConfig, Handler, HandlerError, Incoming};
 pub use db::Db;
 pub use envelope::{CloudEvent, CONTENT_TYPE};

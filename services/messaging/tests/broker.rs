@@ -33,16 +33,9 @@ async fn broker() -> Connection {
         other => panic!(
             "RabbitMQ is not reachable at AMQP_URL ({}): {:?}. Start one with `rabbitmq-server -detached` \
              (or point AMQP_URL at a running broker).",
-            redact(&url),
+            messaging::redact_url(&url),
             other.map(|r| r.err()),
         ),
-    }
-}
-
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(a)) if a > s => format!("{}://***@{}", &url[..s], &url[a + 1..]),
-        _ => url.to_owned(),
     }
 }
 
