@@ -180,6 +180,23 @@ async fn the_order_saga_end_to_end_through_the_gateway() {
     assert_eq!(s, StatusCode::BAD_REQUEST, "empty cart: {body}");
     add(&stack, &alice, &mug, 2).await;
     add(&stack, &alice, &tee, 1).await;
+    add(&stack, &alice, &lamp, 1).await;
+    let (s, _) = api
+        .delete(&format!("/api/cart/items/{lamp}"), Some(&alice))
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = api
+        .delete(&format!("/api/cart/items/{lamp}"), Some(&alice))
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, body) = api
+        .post(
+            "/api/cart/items",
+            Some(&alice),
+            json!({"product_id": mug, "quantity": 0}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
     let (s, cart) = api.get("/api/cart", Some(&alice)).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(cart["total_cents"], 2 * 1200 + 2500);
