@@ -127,6 +127,8 @@ fn join(errors: &[EnvError]) -> String {
 /// [`Telemetry::shutdown`] (or dropping it) exports every queued span, waiting up to 5 s.
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
+    /// Keeps the log writer thread alive; dropping it flushes the lines still queued.
+    log_guard: Option<tracing_appender::non_blocking::WorkerGuard>,
     service_name: String,
     propagator: Arc<dyn opentelemetry::propagation::TextMapPropagator + Send + Sync>,
     exporting: Option<Protocol>,
@@ -180,6 +182,8 @@ impl Telemetry {
                 tracing::warn!(%error, "Failed to flush spans at shutdown.");
             }
         }
+        // Last: the lines logged above still reach stdout.
+        drop(self.log_guard.take());
     }
 }
 
@@ -188,6 +192,9 @@ impl Drop for Telemetry {
         self.shutdown_inner();
     }
 }
+
+/// Log lines queued for the writer thread before loggers wait.
+const LOG_QUEUE_LINES: usize = 65_536;
 
 /// Sets up telemetry for `service_name` from the process environment. Call once, first thing in `main`.
 ///
@@ -202,7 +209,19 @@ pub fn init_with_env(
     service_version: &str,
     env: &dyn EnvSource,
 ) -> Result<Telemetry, InitError> {
-    let (telemetry, dispatch) = build(service_name, service_version, env, std::io::stdout)?;
+    // Log lines are formatted on the calling thread and written by a dedicated thread that
+    // batches them (one write per burst instead of one per line). Never lossy: when the queue
+    // is full, callers wait rather than drop lines.
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .thread_name("log-writer")
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stdout(),
+        ));
+    let (mut telemetry, dispatch) = build(service_name, service_version, env, writer)?;
+    telemetry.log_guard = Some(guard);
     tracing::dispatcher::set_global_default(dispatch).map_err(|_| InitError::AlreadyInitialized)?;
     // Forward `log` records at the levels the filter can let through, no lower: formatting
     // Pingora's debug! lines only to drop them costs throughput.
@@ -293,6 +312,7 @@ where
 
     let telemetry = Telemetry {
         provider,
+        log_guard: None,
         service_name: settings.service_name,
         propagator,
         exporting: settings.export.map(|e| e.protocol),
