@@ -66,11 +66,13 @@ NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 for c in openssl python3 taskset curl; do command -v "$c" >/dev/null || die "missing: $c"; done
 [ "$(nproc)" -ge 2 ] || say "warning: fewer than 2 CPUs; the pinning below shares one core"
 
-if [ "${BUILD:-0}" = 1 ] || [ ! -x "$GATEWAY" ]; then
-  say "building the release gateway (cargo build --release -p gateway) ..."
-  (cd "$ROOT" && cargo build --release -p gateway) >&2
+BARE="$ROOT/target/release/examples/bare_proxy"
+if [ "${BUILD:-0}" = 1 ] || [ ! -x "$GATEWAY" ] || [ ! -x "$BARE" ]; then
+  say "building the release gateway and the bare Pingora proxy (cargo build --release -p gateway --bins --examples) ..."
+  (cd "$ROOT" && cargo build --release -p gateway --bins --examples) >&2
 fi
 [ -x "$GATEWAY" ] || die "no $GATEWAY"
+[ -x "$BARE" ] || die "no $BARE"
 
 if [ "$TRACING" = auto ]; then
   if grep -q 'observability::init' "$ROOT/gateway/src/main.rs"; then TRACING=on; else TRACING=off; fi
@@ -301,6 +303,14 @@ one_round() {
   run_wrk direct "http://127.0.0.1:$P_UPSTREAM/" ""
   run_wrk nginx "http://127.0.0.1:$P_NGINX/" "$PID_NGINX_proxy"
 
+  # The floor: Pingora with no policy, no logging, no telemetry (gateway/examples/bare_proxy.rs).
+  taskset -c "$PROXY_CPU" "$BARE" "127.0.0.1:$P_GW" "127.0.0.1:$P_UPSTREAM" >"$WORK/bare.log" 2>&1 &
+  GW_PID=$!
+  PIDS+=("$GW_PID")
+  local b; for b in $(seq 1 50); do curl -fsS -o /dev/null "http://127.0.0.1:$P_GW/" 2>/dev/null && break; sleep 0.1; done
+  run_wrk pingora-bare "http://127.0.0.1:$P_GW/" "$GW_PID"
+  stop_gateway
+
   start_gateway gw-plain "$WORK/gw-plain.yaml"
   curl -fsS "http://127.0.0.1:$P_GW/" | grep -q '"ok"' || die "gw-plain does not proxy"
   run_wrk gw-plain "http://127.0.0.1:$P_GW/" "$GW_PID"
@@ -367,6 +377,7 @@ def med(name, i):
 label = {
     "direct": "upstream direct (reference)",
     "nginx": "nginx keep-alive proxy",
+    "pingora-bare": "bare Pingora proxy (floor)",
     "gw-plain": "gateway, no policy",
     "gw-jwt": "gateway, ES256 JWT + GCRA",
     "gw-trace-off": "gateway, OTEL_SDK_DISABLED=true",
@@ -410,6 +421,9 @@ if "gw-trace-on" in rows:
     checks.append(("  same, by CPU per request (on/off - 1)", cpu("gw-trace-on") / cpu("gw-trace-off") - 1, "<= 0.05", lambda x: x <= 0.05))
 for what, value, target, ok in checks:
     print(f"{what:40s} {value:6.3f}   target {target}   {'MET' if ok(value) else 'MISSED'}")
+if "pingora-bare" in rows:
+    print(f"{'bare Pingora rps / nginx rps':40s} {ratio('pingora-bare', 'nginx'):6.3f}   (the floor: no policy code at all)")
+    print(f"{'gateway no-policy rps / bare Pingora':40s} {ratio('gw-plain', 'pingora-bare'):6.3f}   (what the gateway's own work costs)")
 if sys.argv[2] != "on":
     print("tracing on/off pair: not run (gateway/src/main.rs does not call observability::init yet)")
 bad = [name for name in order if any(r[3] or r[4] for r in rows[name])]
