@@ -20,6 +20,9 @@ pub struct Config {
     /// `USERS_ARGON2_MEMORY_KIB` (default 19456) and `USERS_ARGON2_ITERATIONS` (default 2):
     /// the OWASP argon2id baseline. Tests lower them.
     pub argon2: Argon2Params,
+    /// `USERS_HASH_CONCURRENCY`, default: the number of CPUs. Password hashes computed at once;
+    /// more requests wait their turn.
+    pub hash_concurrency: usize,
 }
 
 impl std::fmt::Debug for Config {
@@ -53,7 +56,14 @@ impl Config {
                 memory_kib: p.parse("USERS_ARGON2_MEMORY_KIB", 19_456),
                 iterations: p.parse("USERS_ARGON2_ITERATIONS", 2),
             },
+            hash_concurrency: p.parse(
+                "USERS_HASH_CONCURRENCY",
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            ),
         };
+        if c.hash_concurrency == 0 {
+            p.error("USERS_HASH_CONCURRENCY=0: must be at least 1".into());
+        }
         if c.token_ttl_secs == 0 {
             p.error("USERS_TOKEN_TTL_SECS=0: must be positive".into());
         }

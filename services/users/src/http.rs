@@ -63,7 +63,8 @@ async fn register(
     }
     let params = s.config.argon2.clone();
     let password = req.password;
-    let hash = tokio::task::spawn_blocking(move || passwords::hash(&params, &password))
+    let hash = s
+        .hash_work(move || passwords::hash(&params, &password))
         .await
         .map_err(AppError::internal)?
         .map_err(AppError::internal)?;
@@ -133,7 +134,8 @@ async fn login(
         Some((_, h, _)) => (h.clone(), true),
         None => (DUMMY_HASH.to_owned(), false),
     };
-    let ok = tokio::task::spawn_blocking(move || passwords::verify(&password, &hash))
+    let ok = s
+        .hash_work(move || passwords::verify(&password, &hash))
         .await
         .map_err(AppError::internal)?;
     let Some((user_id, _, scope)) = user.filter(|_| ok && known) else {

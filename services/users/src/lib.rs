@@ -44,6 +44,31 @@ CREATE TABLE IF NOT EXISTS signing_keys (
 pub struct AppState {
     pub db: messaging::Db,
     pub config: Arc<Config>,
+    /// Caps concurrent argon2 runs: each holds `USERS_ARGON2_MEMORY_KIB` of memory and a core,
+    /// so a burst of logins must queue rather than multiply both (128 at once used ~4.7 GB).
+    pub hashing: Arc<tokio::sync::Semaphore>,
+}
+
+impl AppState {
+    pub fn new(db: messaging::Db, config: Config) -> Self {
+        let permits = config.hash_concurrency.max(1);
+        Self {
+            db,
+            config: Arc::new(config),
+            hashing: Arc::new(tokio::sync::Semaphore::new(permits)),
+        }
+    }
+
+    /// Runs a password hash or verification on a blocking thread, at most
+    /// `USERS_HASH_CONCURRENCY` at a time.
+    pub async fn hash_work<R: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> Result<R, tokio::task::JoinError> {
+        // The semaphore is never closed, so acquiring cannot fail.
+        let _permit = self.hashing.acquire().await.ok();
+        tokio::task::spawn_blocking(f).await
+    }
 }
 
 /// Why the service could not start.
@@ -60,10 +85,7 @@ pub enum StartError {
 /// Starts the service and serves until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
     let kit = Kit::start("users", config.base.clone(), MIGRATIONS, shutdown).await?;
-    let state = AppState {
-        db: kit.db.clone(),
-        config: Arc::new(config),
-    };
+    let state = AppState::new(kit.db.clone(), config);
     state.db.call(keys::ensure_active).await?;
     ensure_admin(&state).await?;
     kit.serve(router(state)).await?;
@@ -80,7 +102,8 @@ pub async fn ensure_admin(state: &AppState) -> Result<(), StartError> {
         return Ok(());
     };
     let params = state.config.argon2.clone();
-    let hash = tokio::task::spawn_blocking(move || passwords::hash(&params, &password))
+    let hash = state
+        .hash_work(move || passwords::hash(&params, &password))
         .await
         .map_err(|e| StartError::Admin(e.to_string()))?
         .map_err(|e| StartError::Admin(e.to_string()))?;
@@ -99,4 +122,42 @@ pub async fn ensure_admin(state: &AppState) -> Result<(), StartError> {
         .map_err(|e| StartError::Admin(e.to_string()))?;
     tracing::info!("Admin account ready.");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn password_work_never_exceeds_the_concurrency_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = messaging::Db::open(&dir.path().join("u.db")).unwrap();
+        let env: std::collections::HashMap<&str, &str> =
+            [("USERS_HASH_CONCURRENCY", "2")].into_iter().collect();
+        let state = AppState::new(db, Config::from_env(&env).unwrap());
+        let (now, max) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let (state, now, max) = (state.clone(), now.clone(), max.clone());
+                tokio::spawn(async move {
+                    state
+                        .hash_work(move || {
+                            let running = now.fetch_add(1, Ordering::SeqCst) + 1;
+                            max.fetch_max(running, Ordering::SeqCst);
+                            std::thread::sleep(Duration::from_millis(20));
+                            now.fetch_sub(1, Ordering::SeqCst);
+                        })
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(max.load(Ordering::SeqCst), 2);
+    }
 }
