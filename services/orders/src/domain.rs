@@ -14,6 +14,9 @@ pub enum OrderEvent {
         currency: String,
         /// Unix ms after which an unpaid order is cancelled.
         deadline_ms: i64,
+        /// The checkout's W3C traceparent, so a timeout cancellation continues its trace.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        traceparent: Option<String>,
     },
     StockReserved,
     Paid {
@@ -82,6 +85,8 @@ pub struct Order {
     pub history: Vec<HistoryEntry>,
     #[serde(skip)]
     pub deadline_ms: i64,
+    #[serde(skip)]
+    pub traceparent: Option<String>,
     /// Number of events folded.
     #[serde(skip)]
     pub version: i64,
@@ -102,6 +107,7 @@ pub fn fold<'a>(
                     total_cents,
                     currency,
                     deadline_ms,
+                    traceparent,
                 },
                 None,
             ) => {
@@ -118,6 +124,7 @@ pub fn fold<'a>(
                         reason: None,
                     }],
                     deadline_ms: *deadline_ms,
+                    traceparent: traceparent.clone(),
                     version: 0,
                 });
             }
@@ -154,6 +161,7 @@ pub enum Fact {
         total_cents: i64,
         currency: String,
         deadline_ms: i64,
+        traceparent: Option<String>,
     },
     StockReserved,
     StockRejected {
@@ -189,12 +197,14 @@ pub fn decide(order: Option<&Order>, fact: Fact) -> Result<Vec<OrderEvent>, Unkn
                 total_cents,
                 currency,
                 deadline_ms,
+                traceparent,
             } => Ok(vec![OrderEvent::Placed {
                 user_id,
                 items,
                 total_cents,
                 currency,
                 deadline_ms,
+                traceparent,
             }]),
             _ => Err(UnknownOrder),
         };
@@ -254,6 +264,7 @@ mod tests {
             total_cents: 10,
             currency: "EUR".into(),
             deadline_ms: 0,
+            traceparent: None,
         }
     }
 

@@ -40,6 +40,7 @@ impl Handler for OrdersHandler {
                     total_cents: p.total_cents,
                     currency: p.currency,
                     deadline_ms,
+                    traceparent: msg.trace.traceparent.clone(),
                 },
             )
         } else if ev.is::<StockReserved>() {

@@ -187,6 +187,7 @@ mod tests {
             total_cents: 5,
             currency: "EUR".into(),
             deadline_ms: 10,
+            traceparent: None,
         };
         handle(&c, "o1", placed.clone(), &t).unwrap();
         handle(&c, "o1", Fact::StockReserved, &t).unwrap();

@@ -24,7 +24,13 @@ pub(crate) async fn run(db: Db, notifier: OutboxNotifier, shutdown: Cancellation
                 let mut cancelled = 0;
                 for id in ids {
                     let tx = c.transaction()?;
-                    store::handle(&tx, &id, Fact::DeadlinePassed, &TraceContext::default())?;
+                    // Continue the checkout's trace, so the cancellation shows up in it.
+                    let trace = TraceContext::from_lookup(|k| {
+                        (k == "traceparent")
+                            .then(|| store::load(&tx, &id).ok().flatten()?.traceparent)
+                            .flatten()
+                    });
+                    store::handle(&tx, &id, Fact::DeadlinePassed, &trace)?;
                     tx.commit()?;
                     cancelled += 1;
                 }

@@ -400,7 +400,18 @@ async fn an_unpaid_order_times_out_and_the_late_payment_is_refunded() {
     let before = stock(&stack, &mug).await;
 
     add(&stack, &carol, &mug, 3).await;
-    let id = checkout(&stack, &carol, "tok_visa").await;
+    let trace_id = uuid::Uuid::new_v4().simple().to_string();
+    let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    let (s, body, _) = api
+        .post_with(
+            "/api/cart/checkout",
+            Some(&carol),
+            json!({"payment_token": "tok_visa"}),
+            &[("traceparent", &traceparent)],
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+    let id = body["order_id"].as_str().unwrap().to_owned();
     let order = final_order(&stack, &carol, &id).await;
     assert_eq!(order["status"], "CANCELLED", "{order}");
     assert_eq!(
@@ -434,6 +445,13 @@ async fn an_unpaid_order_times_out_and_the_late_payment_is_refunded() {
     .await;
     assert!(!types.contains("shop.shipment.scheduled.v1"), "{types:?}");
     assert!(!types.contains("shop.stock.committed.v1"), "{types:?}");
+    // Even the cancellation decided by the timeout sweeper continues the checkout's trace.
+    let (_, events) = api
+        .get(&format!("/api/audit/events?order_id={id}"), Some(&admin))
+        .await;
+    for e in events.as_array().unwrap() {
+        assert_eq!(e["trace_id"], trace_id.as_str(), "{e}");
+    }
     let (_, sh) = api
         .get(&format!("/api/shipments?order_id={id}"), Some(&carol))
         .await;
