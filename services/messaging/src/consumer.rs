@@ -147,10 +147,9 @@ impl<H: Handler> Consumer<H> {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut attempt = 0u32;
         loop {
-            let result = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                r = self.run_connected(&shutdown, &mut attempt) => r,
-            };
+            // Not raced against `shutdown` here: run_connected watches it and closes the
+            // channel and connection cleanly.
+            let result = self.run_connected(&shutdown, &mut attempt).await;
             self.status.set(false);
             match result {
                 Ok(()) => break,
@@ -176,7 +175,11 @@ impl<H: Handler> Consumer<H> {
         attempt: &mut u32,
     ) -> Result<(), MessagingError> {
         let cfg = &self.config;
-        let conn = cfg.amqp.connect(&format!("consumer-{}", cfg.name)).await?;
+        let role = format!("consumer-{}", cfg.name);
+        let conn = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            c = cfg.amqp.connect(&role) => c?,
+        };
         let ch = conn.create_channel().await?;
         cfg.amqp
             .topology
@@ -201,6 +204,7 @@ impl<H: Handler> Consumer<H> {
         loop {
             let first = tokio::select! {
                 _ = shutdown.cancelled() => {
+                    let _ = ch.close(200, "shutdown".into()).await;
                     let _ = conn.close(200, "shutdown".into()).await;
                     return Ok(());
                 }

@@ -60,10 +60,9 @@ impl Relay {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut attempt = 0u32;
         loop {
-            let result = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                r = self.run_connected(&shutdown, &mut attempt) => r,
-            };
+            // Not raced against `shutdown` here: run_connected watches it and closes the
+            // channel and connection cleanly.
+            let result = self.run_connected(&shutdown, &mut attempt).await;
             self.status.set(false);
             match result {
                 Ok(()) => break,
@@ -88,7 +87,10 @@ impl Relay {
         shutdown: &CancellationToken,
         attempt: &mut u32,
     ) -> Result<(), MessagingError> {
-        let conn = self.amqp.connect("relay").await?;
+        let conn = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            c = self.amqp.connect("relay") => c?,
+        };
         let ch = conn.create_channel().await?;
         ch.confirm_select(ConfirmSelectOptions::default()).await?;
         self.amqp.topology.declare_exchange(&ch).await?;
@@ -107,7 +109,8 @@ impl Relay {
             if rows.is_empty() {
                 tokio::select! {
                     _ = shutdown.cancelled() => {
-                        let _ = conn.close(200, "shutdown".into()).await;
+                        let _ = ch.close(200, "shutdown".into()).await;
+                    let _ = conn.close(200, "shutdown".into()).await;
                         return Ok(());
                     }
                     _ = self.notifier.0.notified() => {}

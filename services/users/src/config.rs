@@ -20,8 +20,8 @@ pub struct Config {
     /// `USERS_ARGON2_MEMORY_KIB` (default 19456) and `USERS_ARGON2_ITERATIONS` (default 2):
     /// the OWASP argon2id baseline. Tests lower them.
     pub argon2: Argon2Params,
-    /// `USERS_HASH_CONCURRENCY`, default: the number of CPUs. Password hashes computed at once;
-    /// more requests wait their turn.
+    /// `USERS_HASH_CONCURRENCY`, default: the number of CPUs. Threads computing password
+    /// hashes; more requests wait their turn.
     pub hash_concurrency: usize,
 }
 

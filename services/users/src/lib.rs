@@ -44,30 +44,86 @@ CREATE TABLE IF NOT EXISTS signing_keys (
 pub struct AppState {
     pub db: messaging::Db,
     pub config: Arc<Config>,
-    /// Caps concurrent argon2 runs: each holds `USERS_ARGON2_MEMORY_KIB` of memory and a core,
-    /// so a burst of logins must queue rather than multiply both (128 at once used ~4.7 GB).
-    pub hashing: Arc<tokio::sync::Semaphore>,
+    /// Where password hashing runs. See [`HashPool`].
+    pub hashing: HashPool,
 }
 
 impl AppState {
     pub fn new(db: messaging::Db, config: Config) -> Self {
-        let permits = config.hash_concurrency.max(1);
+        let hashing = HashPool::new(config.hash_concurrency.max(1));
         Self {
             db,
             config: Arc::new(config),
-            hashing: Arc::new(tokio::sync::Semaphore::new(permits)),
+            hashing,
         }
     }
 
-    /// Runs a password hash or verification on a blocking thread, at most
-    /// `USERS_HASH_CONCURRENCY` at a time.
+    /// Runs a password hash or verification on the hashing pool.
     pub async fn hash_work<R: Send + 'static>(
         &self,
         f: impl FnOnce() -> R + Send + 'static,
-    ) -> Result<R, tokio::task::JoinError> {
-        // The semaphore is never closed, so acquiring cannot fail.
-        let _permit = self.hashing.acquire().await.ok();
-        tokio::task::spawn_blocking(f).await
+    ) -> Result<R, HashPoolGone> {
+        self.hashing.run(f).await
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A fixed set of threads for argon2 work.
+///
+/// Each argon2id run allocates `USERS_ARGON2_MEMORY_KIB` (19 MiB by default), and the
+/// allocator keeps that memory in the arena of whichever thread ran it. On Tokio's blocking pool
+/// (hundreds of threads) a login burst left ~2 GB resident and ran 128 hashes at once; on
+/// `USERS_HASH_CONCURRENCY` dedicated threads both the memory and the CPU taken are bounded, and
+/// further requests queue.
+#[derive(Clone)]
+pub struct HashPool {
+    jobs: std::sync::mpsc::SyncSender<Job>,
+}
+
+/// The pool's threads are gone (only after a panic inside a job).
+#[derive(Debug, thiserror::Error)]
+#[error("the password hashing pool is gone")]
+pub struct HashPoolGone;
+
+impl HashPool {
+    pub fn new(threads: usize) -> Self {
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<Job>(1024);
+        let queue = Arc::new(std::sync::Mutex::new(queue));
+        for i in 0..threads {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("argon2-{i}"))
+                .spawn(move || loop {
+                    let job = match queue.lock() {
+                        Ok(q) => q.recv(),
+                        Err(_) => return,
+                    };
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return, // every sender dropped: the service is stopping
+                    }
+                })
+                .expect("spawn a hashing thread");
+        }
+        Self { jobs }
+    }
+
+    pub async fn run<R: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> Result<R, HashPoolGone> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let jobs = self.jobs.clone();
+        let job: Job = Box::new(move || {
+            let _ = tx.send(f());
+        });
+        // `send` blocks only while 1024 jobs are queued.
+        tokio::task::spawn_blocking(move || jobs.send(job))
+            .await
+            .map_err(|_| HashPoolGone)?
+            .map_err(|_| HashPoolGone)?;
+        rx.await.map_err(|_| HashPoolGone)
     }
 }
 
