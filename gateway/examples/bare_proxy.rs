@@ -22,8 +22,16 @@ impl ProxyHttp for Bare {
 
     fn new_ctx(&self) {}
 
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> pingora_core::Result<Box<HttpPeer>> {
-        Ok(Box::new(HttpPeer::new(self.upstream.as_str(), false, String::new())))
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut (),
+    ) -> pingora_core::Result<Box<HttpPeer>> {
+        Ok(Box::new(HttpPeer::new(
+            self.upstream.as_str(),
+            false,
+            String::new(),
+        )))
     }
 }
 
@@ -31,7 +39,10 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let listen = args.next().unwrap_or_else(|| "127.0.0.1:18084".into());
     let upstream = args.next().unwrap_or_else(|| "127.0.0.1:18081".into());
-    let conf = ServerConf { threads: 1, ..ServerConf::default() };
+    let conf = ServerConf {
+        threads: 1,
+        ..ServerConf::default()
+    };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let mut proxy = pingora_proxy::http_proxy_service(&server.configuration, Bare { upstream });

@@ -11,11 +11,13 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+/// Labels of the request-duration histogram: the semantic-convention names mapped to Prometheus
+/// (as the services use), plus the gateway's route name.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct RequestLabels {
     pub(crate) route: String,
-    pub(crate) method: Method,
-    pub(crate) status_code: u16,
+    pub(crate) http_request_method: Method,
+    pub(crate) http_response_status_code: u16,
 }
 
 /// HTTP method, bounded: anything unusual is `_OTHER` (as in the HTTP semantic conventions).

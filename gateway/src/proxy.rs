@@ -689,8 +689,8 @@ impl ProxyHttp for Gateway {
         m.request_duration
             .get_or_create(&RequestLabels {
                 route: route_name.clone(),
-                method: crate::metrics::Method::from_http(&method),
-                status_code: status,
+                http_request_method: crate::metrics::Method::from_http(&method),
+                http_response_status_code: status,
             })
             .observe(
                 elapsed.as_secs_f64(),

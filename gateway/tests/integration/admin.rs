@@ -58,18 +58,29 @@ async fn admin_needs_the_token_beyond_health_and_redacts_the_config() {
     );
 
     c.get(gw.url("/x")).send().await.unwrap();
-    let m = c
-        .get(gw.admin_url("/metrics"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(m.status(), 200);
-    assert!(m.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("application/openmetrics-text"));
-    let text = m.text().await.unwrap();
+    // The request is counted in its logging phase, just after the response went out: poll.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let text = loop {
+        let m = c
+            .get(gw.admin_url("/metrics"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(m.status(), 200);
+        let content_type = m.headers()["content-type"].to_str().unwrap().to_string();
+        assert!(
+            content_type.starts_with("application/openmetrics-text"),
+            "{content_type}"
+        );
+        let text = m.text().await.unwrap();
+        if text.contains("http_server_request_duration_seconds_bucket{")
+            || std::time::Instant::now() > deadline
+        {
+            break text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     assert!(text.trim_end().ends_with("# EOF"));
     assert!(
         text.contains("http_server_request_duration_seconds_bucket{"),

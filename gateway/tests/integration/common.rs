@@ -327,6 +327,19 @@ impl Gateway {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// The log, polled until it contains `needle` (lines are written by a background thread)
+    /// or 3 s passed.
+    pub async fn log_containing(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let log = self.log();
+            if log.contains(needle) || Instant::now() > deadline {
+                return log;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Replaces the policy file body (the listeners stay).
     pub fn rewrite_config(&self, body: &str) {
         let tmp = self.dir.join("gateway.yaml.tmp");
@@ -355,6 +368,19 @@ impl Gateway {
             .nth(1)
             .and_then(|c| c.parse().ok())
             .unwrap_or(0)
+    }
+
+    /// `/metrics`, polled until it contains `needle` (requests are counted in their logging
+    /// phase, just after the response went out) or 3 s passed.
+    pub async fn metrics_containing(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let m = self.metrics().await;
+            if m.contains(needle) || Instant::now() > deadline {
+                return m;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub async fn metrics(&self) -> String {

@@ -47,7 +47,9 @@ async fn a_burst_admits_exactly_the_quota_and_429s_carry_the_draft_headers() {
         .starts_with("\"burst\";r=0;t="));
     let p: Value = r.json().await.unwrap();
     assert_eq!(p["type"], "https://vantage.dev/problems/rate-limited");
-    let m = gw.metrics().await;
+    let m = gw
+        .metrics_containing("gateway_ratelimit_decisions_total{route=\"all\",policy=\"burst\",result=\"limited\"} 5")
+        .await;
     assert!(m.contains("gateway_ratelimit_decisions_total{route=\"all\",policy=\"burst\",result=\"allowed\"} 5"), "{m}");
     assert!(m.contains(
         "gateway_ratelimit_decisions_total{route=\"all\",policy=\"burst\",result=\"limited\"} 5"

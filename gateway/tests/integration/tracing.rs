@@ -179,7 +179,7 @@ async fn server_and_client_spans_carry_decisions_and_continue_the_trace() {
     );
 
     // Counters say why too, and the duration histogram carries a trace exemplar.
-    let m = gw.metrics().await;
+    let m = gw.metrics_containing("result=\"limited\"} 1").await;
     assert!(m.contains("gateway_auth_decisions_total{route=\"secure\",result=\"denied\",reason=\"malformed\"} 1"), "{m}");
     assert!(m.contains(
         "gateway_ratelimit_decisions_total{route=\"secure\",policy=\"tight\",result=\"limited\"} 1"
@@ -190,8 +190,7 @@ async fn server_and_client_spans_carry_decisions_and_continue_the_trace() {
     );
 
     // The access log line of the request carries its trace id.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let log = gw.log();
+    let log = gw.log_containing(INCOMING_TRACE).await;
     let line = log
         .lines()
         .find(|l| l.contains("\"target\":\"access\"") && l.contains(INCOMING_TRACE));
