@@ -123,6 +123,16 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// What kind of failure this is, without per-request details (ids, bodies): failures
+    /// with the same kind are the same problem.
+    pub fn kind(&self) -> String {
+        match self {
+            ApiError::Transport { route, .. } => format!("{route}: transport"),
+            ApiError::Status { route, status, .. } => format!("{route}: {}", status.as_u16()),
+            ApiError::Decode { route, .. } => format!("{route}: decode"),
+        }
+    }
+
     /// The HTTP status, when the server answered.
     pub fn status(&self) -> Option<StatusCode> {
         match self {
@@ -376,7 +386,8 @@ impl ShopClient {
     ///
     /// The orders read model is fed by events, so right after checkout the order may not
     /// exist yet: a 404 here means "not yet" (recorded, not counted as an error) until the
-    /// deadline, when it is returned as the error it then is.
+    /// deadline, when it is returned as the error it then is. A 429 (the polling itself
+    /// ran into the caller's rate limit) is treated the same way, after a longer pause.
     pub async fn wait_final(
         &self,
         trace: &Trace,
@@ -387,7 +398,8 @@ impl ShopClient {
         let path = format!("/api/orders/{id}");
         loop {
             let last_try = Instant::now() + every > deadline;
-            let tolerated: &[u16] = if last_try { &[] } else { &[404] };
+            let tolerated: &[u16] = if last_try { &[] } else { &[404, 429] };
+            let mut pause = every;
             match self
                 .send(Route::Order, &path, trace, None, None, tolerated)
                 .await
@@ -399,9 +411,13 @@ impl ShopClient {
                     }
                 }
                 Err(e) if !last_try && e.status() == Some(StatusCode::NOT_FOUND) => {}
+                Err(e) if !last_try && e.status() == Some(StatusCode::TOO_MANY_REQUESTS) => {
+                    pause = every.max(Duration::from_secs(1));
+                }
                 Err(e) => return Err(e),
             }
-            tokio::time::sleep(every).await;
+            let pause = pause.min(deadline.saturating_duration_since(Instant::now()));
+            tokio::time::sleep(pause).await;
         }
     }
 

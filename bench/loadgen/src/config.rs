@@ -34,9 +34,11 @@ pub struct Options {
     #[arg(long)]
     pub iterations: Option<u64>,
 
-    /// Target iterations per second over all virtual users (default: as fast as they go).
-    #[arg(long)]
-    pub rate: Option<f64>,
+    /// Target iterations per second over all virtual users; 0 runs them as fast as they go.
+    /// The default stays within the example gateway policy (50 anonymous requests/s per
+    /// client IP, 20 requests/s per user), so 429s mean something changed.
+    #[arg(long, default_value_t = 20.0)]
+    pub rate: f64,
 
     /// Task weights `browse,cart,checkout`.
     #[arg(long, default_value = "70,20,10", value_parser = parse_weights)]
@@ -160,11 +162,13 @@ impl TryFrom<&Options> for Config {
         if duration.is_some_and(|d| d.is_zero()) {
             errors.push("--duration must be positive".to_owned());
         }
-        let pace = match rate {
-            None => None,
-            Some(r) if r.is_finite() && *r > 0.0 => Some(Duration::from_secs_f64(1.0 / r)),
-            Some(r) => {
-                errors.push(format!("--rate must be a positive number, got {r}"));
+        let pace = match *rate {
+            0.0 => None,
+            r if r.is_finite() && r > 0.0 => Some(Duration::from_secs_f64(1.0 / r)),
+            r => {
+                errors.push(format!(
+                    "--rate must be 0 (unpaced) or a positive number, got {r}"
+                ));
                 None
             }
         };
@@ -270,14 +274,14 @@ mod tests {
     }
 
     #[test]
-    fn defaults_run_for_thirty_seconds() {
+    fn defaults_run_for_thirty_seconds_at_twenty_per_second() {
         let c = Config::try_from(&opts(&[])).unwrap();
         assert_eq!(c.duration, Some(Duration::from_secs(30)));
         assert_eq!(c.iterations, None);
-        assert_eq!(c.pace, None);
-        let c = Config::try_from(&opts(&["--iterations", "50", "--rate", "20"])).unwrap();
+        assert_eq!(c.pace, Some(Duration::from_millis(50)), "20 iterations/s");
+        let c = Config::try_from(&opts(&["--iterations", "50", "--rate", "0"])).unwrap();
         assert_eq!(c.duration, None);
-        assert_eq!(c.pace, Some(Duration::from_millis(50)));
+        assert_eq!(c.pace, None, "unpaced");
     }
 
     #[test]

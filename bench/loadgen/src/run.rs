@@ -70,7 +70,13 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> Summary
         }
         *orders.by_status.entry(outcome.label).or_default() += 1;
     }
-    let sample_errors = shared.sample_errors.lock().expect("lock poisoned").clone();
+    let sample_errors = shared
+        .sample_errors
+        .lock()
+        .expect("lock poisoned")
+        .iter()
+        .map(|(_, message)| message.clone())
+        .collect();
     Summary {
         gateway_url: config.gateway_url.clone(),
         vus: config.vus,
@@ -124,7 +130,8 @@ struct Shared {
     /// When the next iteration may start, for --rate.
     next_slot: Mutex<Instant>,
     setup_failures: AtomicU64,
-    sample_errors: Mutex<Vec<String>>,
+    /// (kind, first message) of each kind of failure seen.
+    sample_errors: Mutex<Vec<(String, String)>>,
 }
 
 impl Shared {
@@ -171,11 +178,13 @@ impl Shared {
         true
     }
 
+    /// Keeps the first message of each kind of failure (route and status), so one
+    /// problem repeated a thousand times is one line, and different problems all show.
     fn note_error(&self, error: &ApiError) {
         let mut samples = self.sample_errors.lock().expect("lock poisoned");
-        let text = error.to_string();
-        if samples.len() < SAMPLE_ERRORS && !samples.contains(&text) {
-            samples.push(text);
+        let kind = error.kind();
+        if samples.len() < SAMPLE_ERRORS && !samples.iter().any(|(k, _)| *k == kind) {
+            samples.push((kind, error.to_string()));
         }
     }
 }

@@ -30,6 +30,9 @@ struct Shop {
     orders: Arc<Mutex<HashMap<String, Instant>>>,
     /// Answer `GET /api/products/{id}` with 500, to exercise error accounting.
     broken_product: bool,
+    /// Answer the first poll of each order with 429, as a rate-limited gateway would.
+    throttle_first_poll: bool,
+    polled: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Shop {
@@ -126,6 +129,9 @@ fn router(shop: Shop) -> Router {
             "/api/orders/{id}",
             get(|State(s): State<Shop>, h: HeaderMap, Path(id): Path<String>| async move {
                 s.note("order", &h, json!(id));
+                if s.throttle_first_poll && s.polled.lock().unwrap().insert(id.clone()) {
+                    return Err(StatusCode::TOO_MANY_REQUESTS);
+                }
                 let placed = s.orders.lock().unwrap().get(&id).copied();
                 // The read model lags: unknown for 100 ms, PENDING until 300 ms, then final.
                 match placed.map(|t| t.elapsed()) {
@@ -167,7 +173,16 @@ async fn checkouts_are_one_trace_each_and_every_order_settles() {
     let url = serve(shop.clone()).await;
     let cfg = config(
         &url,
-        &["--vus", "4", "--iterations", "40", "--weights", "0,0,1"],
+        &[
+            "--vus",
+            "4",
+            "--iterations",
+            "40",
+            "--rate",
+            "0",
+            "--weights",
+            "0,0,1",
+        ],
     );
     let summary = loadgen::run(&cfg, std::future::pending()).await;
 
@@ -270,7 +285,13 @@ async fn server_errors_count_and_fail_the_run() {
         summary.problems(0.5).is_empty(),
         "10 of 26 requests is under 50%"
     );
-    assert!(!summary.sample_errors.is_empty());
+    assert_eq!(
+        summary.sample_errors.len(),
+        1,
+        "ten failures of one kind are one sample: {:?}",
+        summary.sample_errors
+    );
+    assert!(summary.sample_errors[0].contains("500"));
 }
 
 #[tokio::test]
@@ -296,4 +317,26 @@ async fn shutdown_stops_early_and_still_settles() {
     assert!(summary.orders.placed > 0);
     assert_eq!(summary.orders.unsettled, 0);
     assert_eq!(summary.errors, 0);
+}
+
+#[tokio::test]
+async fn polling_backs_off_on_429_and_still_settles() {
+    let shop = Shop {
+        throttle_first_poll: true,
+        ..Shop::default()
+    };
+    let url = serve(shop.clone()).await;
+    let cfg = config(
+        &url,
+        &["--vus", "2", "--iterations", "4", "--weights", "0,0,1"],
+    );
+    let summary = loadgen::run(&cfg, std::future::pending()).await;
+    assert_eq!(summary.orders.placed, 4);
+    assert_eq!(summary.orders.unsettled, 0, "{}", summary.table());
+    assert_eq!(summary.errors, 0, "throttled polls are not load errors");
+    assert_eq!(
+        summary.statuses.get("429"),
+        Some(&4),
+        "but they are counted"
+    );
 }
