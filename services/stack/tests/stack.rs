@@ -383,6 +383,70 @@ fn stack_demo_ships_one_order_and_exits_zero() {
 }
 
 #[test]
+fn the_demo_trace_id_is_the_trace_every_hop_exports() {
+    require_broker();
+    let receiver = test_support::OtlpReceiver::start();
+    let endpoint = receiver.grpc_endpoint();
+    let mut stack = Stack::start(
+        &["--demo", "--demo-timeout-secs", "90"],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_TRACES_SAMPLER", "parentbased_always_on"),
+        ],
+    );
+    let status = stack.wait_exit(START_TIMEOUT + Duration::from_secs(120));
+    let out = stack.stdout();
+    assert!(
+        status.success(),
+        "demo failed ({status})\n{}",
+        stack.report()
+    );
+    assert!(
+        out.contains("traces    OTLP to"),
+        "the banner says where traces go\n{out}"
+    );
+    let trace_id = out
+        .lines()
+        .find_map(|l| l.strip_prefix("demo: trace id "))
+        .unwrap_or_else(|| panic!("no trace id printed\n{out}"))
+        .to_owned();
+    assert!(
+        out.contains(&format!("http://localhost:16686/trace/{trace_id}")),
+        "{out}"
+    );
+
+    // Every process has stopped (and so flushed) by now; the saga's consumers ran
+    // under the same trace, carried through the outbox and the AMQP headers.
+    let expected = [
+        "gateway",
+        "users",
+        "inventory",
+        "cart",
+        "orders",
+        "payment",
+        "shipping",
+        "audit",
+    ];
+    let found = receiver.wait_for_blocking(
+        |spans| {
+            expected.iter().all(|svc| {
+                spans
+                    .iter()
+                    .any(|s| s.service_name == *svc && s.trace_id() == trace_id)
+            })
+        },
+        Duration::from_secs(20),
+    );
+    if let Err(missing) = found {
+        panic!(
+            "trace {trace_id} is not complete: {missing}\n{}",
+            stack.report()
+        );
+    }
+}
+
+#[test]
 fn stack_without_rabbitmq_says_how_to_start_one() {
     let closed = {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
