@@ -404,3 +404,35 @@ fn the_gateway_container_runs_the_compose_policy_pointing_at_compose_hosts() {
         .collect::<Vec<_>>();
     assert_eq!(jwks, ["http://users:7001/.well-known/jwks.json"]);
 }
+
+#[test]
+fn the_dockerfile_builds_once_and_runs_one_binary_unprivileged() {
+    let text = std::fs::read_to_string(root().join("services/Dockerfile")).unwrap();
+    let stages: Vec<&str> = text.split("\nFROM ").skip(1).collect();
+    assert_eq!(stages.len(), 2, "a build stage and a runtime stage");
+    let (build, runtime) = (stages[0], stages[1]);
+    assert!(build.starts_with("rust:"), "{build}");
+    assert!(
+        !build.contains("BIN"),
+        "the build stage must not depend on BIN, so all eight images share it"
+    );
+    assert!(build.contains("cargo build --release --locked --bins"));
+    assert!(runtime.contains("ARG BIN"));
+    assert!(runtime.contains("COPY --from=build /out/${BIN}"));
+    let user = runtime
+        .lines()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("the runtime stage sets USER");
+    assert!(
+        !user.starts_with("root") && !user.starts_with("0"),
+        "runs unprivileged: USER {user}"
+    );
+
+    let ignore = std::fs::read_to_string(root().join(".dockerignore")).unwrap();
+    for excluded in ["/target", "/.stack", "/.git"] {
+        assert!(
+            ignore.lines().any(|l| l.trim() == excluded),
+            "{excluded} stays out of the build context"
+        );
+    }
+}
