@@ -438,10 +438,163 @@ fn the_demo_trace_id_is_the_trace_every_hop_exports() {
         },
         Duration::from_secs(20),
     );
-    if let Err(missing) = found {
-        panic!(
+    let spans = match found {
+        Ok(spans) => spans,
+        Err(missing) => panic!(
             "trace {trace_id} is not complete: {missing}\n{}",
             stack.report()
+        ),
+    };
+    assert_trace_shape(&trace_id, &spans);
+}
+
+/// What an SRE relies on in Jaeger: one connected trace whose async edges go through the broker,
+/// with the expected span kinds and attributes, the gateway's decisions, and no credentials.
+fn assert_trace_shape(trace_id: &str, all: &[test_support::ReceivedSpan]) {
+    use std::collections::HashSet;
+    use test_support::SpanKind;
+
+    let spans: Vec<_> = all.iter().filter(|s| s.trace_id() == trace_id).collect();
+    let ids: HashSet<String> = spans.iter().map(|s| s.span_id()).collect();
+    let kinds_of = |svc: &str| -> HashSet<i32> {
+        spans
+            .iter()
+            .filter(|s| s.service_name == svc)
+            .map(|s| s.kind() as i32)
+            .collect()
+    };
+    let has = |svc: &str, kind: SpanKind| kinds_of(svc).contains(&(kind as i32));
+
+    // Span kinds per hop.
+    assert!(
+        has("gateway", SpanKind::Server) && has("gateway", SpanKind::Client),
+        "gateway SERVER + CLIENT"
+    );
+    assert!(has("cart", SpanKind::Server), "cart takes the checkout");
+    for svc in ["cart", "inventory", "payment"] {
+        assert!(
+            has(svc, SpanKind::Producer),
+            "{svc} publishes through its outbox"
+        );
+    }
+    for svc in ["inventory", "payment", "shipping", "orders"] {
+        assert!(has(svc, SpanKind::Consumer), "{svc} consumes events");
+    }
+
+    // Connected: only the gateway's SERVER spans have a parent outside the trace (the demo
+    // client's own span); every other span's parent was exported too.
+    for s in &spans {
+        let parent = s.parent_span_id();
+        let is_entry = s.service_name == "gateway" && s.kind() as i32 == SpanKind::Server as i32;
+        if !is_entry {
+            let parent = parent
+                .unwrap_or_else(|| panic!("{} span {:?} has no parent", s.service_name, s.name()));
+            assert!(
+                ids.contains(&parent),
+                "{} span {:?} hangs off a span that is not in the trace",
+                s.service_name,
+                s.name()
+            );
+        }
+    }
+
+    // Across the broker: each CONSUMER's parent is a PRODUCER of the trace, and it links to it.
+    let producers: Vec<_> = spans
+        .iter()
+        .filter(|s| s.kind() as i32 == SpanKind::Producer as i32)
+        .collect();
+    for p in &producers {
+        assert_eq!(
+            p.attr_str("messaging.system").as_deref(),
+            Some("rabbitmq"),
+            "{}",
+            p.name()
+        );
+        for key in [
+            "messaging.destination.name",
+            "messaging.rabbitmq.destination.routing_key",
+            "messaging.message.id",
+            "messaging.operation.type",
+        ] {
+            assert!(
+                p.attr(key).is_some(),
+                "PRODUCER {} ({}) lacks {key}",
+                p.name(),
+                p.service_name
+            );
+        }
+    }
+    let producer_ids: HashSet<String> = producers.iter().map(|p| p.span_id()).collect();
+    let consumers: Vec<_> = spans
+        .iter()
+        .filter(|s| s.kind() as i32 == SpanKind::Consumer as i32)
+        .collect();
+    assert!(!consumers.is_empty());
+    for c in &consumers {
+        let parent = c.parent_span_id().unwrap_or_default();
+        assert!(
+            producer_ids.contains(&parent),
+            "CONSUMER {} ({}) is not a child of a PRODUCER",
+            c.name(),
+            c.service_name
+        );
+        assert!(
+            c.links()
+                .iter()
+                .any(|(t, sp)| t == trace_id && *sp == parent),
+            "CONSUMER {} ({}) does not link to its producer",
+            c.name(),
+            c.service_name
+        );
+        assert_eq!(c.attr_str("messaging.system").as_deref(), Some("rabbitmq"));
+    }
+
+    // The gateway's span of an authenticated call carries its decisions.
+    let checkout = spans
+        .iter()
+        .find(|s| {
+            s.service_name == "gateway"
+                && s.kind() as i32 == SpanKind::Server as i32
+                && s.attr_str("http.request.method").as_deref() == Some("POST")
+                && s.attr_str("url.path").as_deref() == Some("/api/cart/checkout")
+        })
+        .expect("the gateway span of the checkout");
+    assert_eq!(checkout.attr_str("vantage.route").as_deref(), Some("cart"));
+    assert_eq!(
+        checkout.attr_str("vantage.auth.result").as_deref(),
+        Some("allowed")
+    );
+    assert!(checkout.attr_str("vantage.auth.issuer").is_some());
+    assert!(checkout.attr_str("enduser.id").is_some());
+    assert_eq!(
+        checkout.attr_str("vantage.ratelimit.result").as_deref(),
+        Some("allowed")
+    );
+    assert!(checkout.attr("vantage.ratelimit.remaining").is_some());
+    for key in [
+        "http.route",
+        "url.scheme",
+        "server.address",
+        "client.address",
+        "network.protocol.version",
+        "http.response.status_code",
+    ] {
+        assert!(checkout.attr(key).is_some(), "gateway span lacks {key}");
+    }
+
+    // No credentials anywhere: every JWT starts with "eyJ" (base64 of `{"`).
+    for s in all {
+        assert!(
+            !s.contains_text("eyJ"),
+            "a token-like value in {} span {:?}",
+            s.service_name,
+            s.name()
+        );
+        assert!(
+            !s.contains_text("Bearer "),
+            "a bearer credential in {} span {:?}",
+            s.service_name,
+            s.name()
         );
     }
 }
