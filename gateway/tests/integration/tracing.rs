@@ -184,9 +184,17 @@ async fn server_and_client_spans_carry_decisions_and_continue_the_trace() {
     assert!(m.contains(
         "gateway_ratelimit_decisions_total{route=\"secure\",policy=\"tight\",result=\"limited\"} 1"
     ));
+    // The whole exposition is valid OpenMetrics, and a duration bucket's exemplar is the trace.
+    let parsed = test_support::parse_openmetrics(&m)
+        .unwrap_or_else(|e| panic!("invalid OpenMetrics: {e}\n{m}"));
+    let exemplar_traces: Vec<String> = parsed
+        .samples_named("http_server_request_duration_seconds_bucket")
+        .filter_map(|s| s.exemplar.as_ref())
+        .filter_map(|e| e.labels.get("trace_id").cloned())
+        .collect();
     assert!(
-        m.contains(&format!("# {{trace_id=\"{INCOMING_TRACE}\"}}")),
-        "no exemplar with the trace id:\n{m}"
+        exemplar_traces.iter().any(|t| t == INCOMING_TRACE),
+        "no exemplar with the trace id: {exemplar_traces:?}"
     );
 
     // The access log line of the request carries its trace id.
