@@ -111,10 +111,25 @@ rss_line() {
     echo "$out"
 }
 
+# Where the CPU goes: user+system ticks of each process, read from /proc.
+procs() {
+    for svc in "${SERVICES[@]}" gateway loadgen; do
+        for pid in $(pgrep -f "^$BIN/$svc( |\$)" || true); do echo "$svc:$pid"; done
+    done
+    for pid in $(pgrep -f "beam.smp.*rabbit" || true); do echo "rabbitmq:$pid"; done
+}
+cpu_ticks() { # name:pid ... → name=ticks ...
+    for p in "$@"; do
+        local pid=${p#*:}
+        [ -r "/proc/$pid/stat" ] || continue
+        echo "${p%%:*}=$(awk '{print $14 + $15}' "/proc/$pid/stat")"
+    done
+}
+
 RESULTS="$RUN/results.md"
 {
-    echo "| offered it/s | placed/s | shipped/s | unsettled | p50 placed→shipped | p99 | broker msg/s | RSS per service |"
-    echo "|---|---|---|---|---|---|---|---|"
+    echo "| offered it/s | placed/s | shipped/s | unsettled | p50 placed→shipped | p99 | broker msg/s | RSS per service | CPU % (of one core) |"
+    echo "|---|---|---|---|---|---|---|---|---|"
 } >"$RESULTS"
 
 for RATE in $RATES; do
@@ -122,6 +137,8 @@ for RATE in $RATES; do
     CONSUMED0=$(counter_sum shop_messages_consumed_total)
     PUBLISHED0=$(counter_sum shop_messages_published_total)
     T0=$(date +%s.%N)
+    "$BIN/loadgen" --help >/dev/null # warm the page cache; the real run starts below
+    CPU0=$(cpu_ticks $(procs | grep -v loadgen))
     "$BIN/loadgen" --gateway-url "http://127.0.0.1:$GATEWAY_PORT" --vus "$VUS" --rate "$RATE" \
         --duration "${DURATION_SECS}s" --weights 0,50,50 --payment-token tok_visa \
         --settle-timeout 30s --max-error-rate 1 --no-progress \
@@ -130,11 +147,22 @@ for RATE in $RATES; do
     CONSUMED1=$(counter_sum shop_messages_consumed_total)
     PUBLISHED1=$(counter_sum shop_messages_published_total)
     RSS=$(rss_line)
+    CPU1=$(cpu_ticks $(procs | grep -v loadgen))
+    CPU=$(python3 - "$CPU0" "$CPU1" "$T0" "$T1" "$(getconf CLK_TCK)" <<'PY'
+import sys
+before = dict(kv.split("=") for kv in sys.argv[1].split())
+after = dict(kv.split("=") for kv in sys.argv[2].split())
+secs = float(sys.argv[4]) - float(sys.argv[3])
+hz = float(sys.argv[5])
+print(" ".join(f"{k}={100 * (int(after[k]) - int(before.get(k, after[k]))) / hz / secs:.0f}"
+               for k in sorted(after, key=lambda k: -(int(after[k]) - int(before.get(k, after[k]))))))
+PY
+)
     python3 - "$RUN/stack/data/audit.db" "$T0" "$T1" "$DURATION_SECS" "$RATE" \
-        "$((CONSUMED1 - CONSUMED0 + PUBLISHED1 - PUBLISHED0))" "$RSS" "$RUN/load-$RATE.json" >>"$RESULTS" <<'PY'
+        "$((CONSUMED1 - CONSUMED0 + PUBLISHED1 - PUBLISHED0))" "$RSS" "$RUN/load-$RATE.json" "$CPU" >>"$RESULTS" <<'PY'
 import json, re, sqlite3, sys
 from datetime import datetime
-db, t0, t1, duration, rate, messages, rss, summary = sys.argv[1:]
+db, t0, t1, duration, rate, messages, rss, summary, cpu = sys.argv[1:]
 t0, t1, duration = float(t0), float(t1), float(duration)
 def ts(s):
     s = re.sub(r"(\.\d{6})\d+", r"\1", s).replace("Z", "+00:00")
@@ -155,7 +183,7 @@ try:
 except Exception:
     unsettled = "?"
 print(f"| {rate} | {len(window) / duration:.0f} | {len(lat) / duration:.0f} | {unsettled} | {pct(0.50)} | {pct(0.99)} "
-      f"| {int(messages) / (t1 - t0):.0f} | {rss.strip()} |")
+      f"| {int(messages) / (t1 - t0):.0f} | {rss.strip()} | {cpu} |")
 PY
     tail -1 "$RESULTS" >&2
     sleep 5 # let queues drain before the next step
