@@ -411,6 +411,9 @@ type Work = (
     tracing::Span,
 );
 
+/// What became of one message of a batch: (index in the batch, outcome).
+type Applied = (usize, Result<Outcome, HandlerError>);
+
 /// The next delivery, or why there is none.
 fn delivered(d: Option<Result<Delivery, lapin::Error>>) -> Result<Delivery, MessagingError> {
     match d {
@@ -435,7 +438,7 @@ fn apply_all<H: Handler>(
         Option<serde_json::Value>,
         tracing::Span,
     )>,
-) -> Result<Vec<(usize, Result<Outcome, HandlerError>)>, rusqlite::Error> {
+) -> Result<Vec<Applied>, rusqlite::Error> {
     let mut tx = c.transaction()?;
     let mut results = Vec::with_capacity(work.len());
     for (index, message_id, msg, prepared, span) in work {
