@@ -3,8 +3,10 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
+use observability::{http_trace, propagation};
 use serde::Deserialize;
 use service_kit::{AppError, Body, Identity, Trace};
+use tracing::Instrument;
 
 use crate::domain::{self, Cart, CartItem, CheckoutError, MAX_QUANTITY};
 use crate::AppState;
@@ -59,14 +61,28 @@ async fn add(
         return Err(AppError::BadRequest("product_id is not a valid id".into()));
     }
     let url = format!("{}/api/products/{}", s.config.inventory_url, req.product_id);
-    let mut call = s.http.get(&url);
-    if let Some(tp) = &trace.traceparent {
-        call = call.header("traceparent", tp);
+    // CLIENT span for the call; its context travels in the request headers. Without an
+    // OpenTelemetry layer the incoming traceparent is passed on as it came.
+    let span = http_trace::client_span(&tracing::Span::current(), &reqwest::Method::GET, &url, 0);
+    let mut headers = reqwest::header::HeaderMap::new();
+    propagation::inject_http(&span.in_scope(propagation::current_context), &mut headers);
+    if headers.is_empty() {
+        if let Some(tp) = trace.traceparent.as_deref().and_then(|t| t.parse().ok()) {
+            headers.insert("traceparent", tp);
+        }
     }
-    let resp = call
+    let resp = s
+        .http
+        .get(&url)
+        .headers(headers)
         .send()
+        .instrument(span.clone())
         .await
-        .map_err(|e| AppError::Unavailable(format!("inventory: {e}")))?;
+        .map_err(|e| {
+            http_trace::record_error(&span, "transport");
+            AppError::Unavailable(format!("inventory: {e}"))
+        })?;
+    http_trace::record_status(&span, resp.status(), http_trace::Side::Client);
     if resp.status() == reqwest::StatusCode::NOT_FOUND {
         return Err(AppError::NotFound("product"));
     }
