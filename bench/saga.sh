@@ -61,6 +61,9 @@ cleanup() {
     for q in $(rabbitmqctl -q list_queues name 2>/dev/null | grep "^${PREFIX//./\\.}" || true); do
         rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true
     done
+    for x in $(rabbitmqctl -q list_exchanges name 2>/dev/null | grep "^${PREFIX//./\\.}" || true); do
+        rabbitmqctl -q eval "rabbit_exchange:delete(rabbit_misc:r(<<\"/\">>, exchange, <<\"$x\">>), false, <<\"saga.sh\">>)." >/dev/null 2>&1 || true
+    done
 }
 trap cleanup EXIT
 
