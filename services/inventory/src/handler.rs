@@ -1,6 +1,6 @@
 use messaging::events::{
-    OrderCancelled, OrderPlaced, PaymentFailed, PaymentSucceeded, StockCommitted, StockRejected,
-    StockReleased, StockReserved,
+    OrderCancelled, OrderPaid, OrderPlaced, StockCommitted, StockRejected, StockReleased,
+    StockReserved,
 };
 use messaging::{outbox, Handler, HandlerError, Incoming};
 use rusqlite::Connection;
@@ -62,8 +62,9 @@ impl Handler for InventoryHandler {
                 }
                 Reservation::AlreadyDecided => {}
             }
-        } else if ev.is::<PaymentSucceeded>() {
-            let paid: PaymentSucceeded = ev.decode()?;
+        } else if ev.is::<OrderPaid>() {
+            // Not payment.succeeded: only orders knows whether the payment beat the timeout.
+            let paid: OrderPaid = ev.decode()?;
             if domain::settle(tx, &paid.order_id, "COMMITTED")? > 0 {
                 outbox::enqueue(
                     tx,
@@ -74,10 +75,9 @@ impl Handler for InventoryHandler {
                     trace,
                 )?;
             }
-        } else if ev.is::<PaymentFailed>() {
-            let failed: PaymentFailed = ev.decode()?;
-            release(tx, &failed.order_id, "payment_failed", trace)?;
         } else if ev.is::<OrderCancelled>() {
+            // Every cancellation (out of stock, payment declined or failed, timeout) comes
+            // through orders, after everything it decided before for this order.
             let cancelled: OrderCancelled = ev.decode()?;
             release(tx, &cancelled.order_id, &cancelled.reason, trace)?;
         }

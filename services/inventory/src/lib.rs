@@ -1,6 +1,6 @@
 //! inventory: the catalogue and its stock. Reserves stock for an order atomically (all lines or
-//! none) on `order.placed`, commits it on `payment.succeeded`, releases it on `payment.failed`
-//! or `order.cancelled`. Invariant: available + reserved + sold only changes through the admin
+//! none) on `order.placed`, commits it on `order.paid` and releases it on `order.cancelled` —
+//! both decided by orders, so a reservation is never committed for a cancelled order. Invariant: available + reserved + sold only changes through the admin
 //! stock endpoint.
 //!
 //! # How to use

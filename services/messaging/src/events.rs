@@ -24,12 +24,7 @@ pub trait Event: Serialize + DeserializeOwned {
 pub const SUBSCRIPTIONS: &[(&str, &[&str])] = &[
     (
         "inventory",
-        &[
-            "order.placed",
-            "payment.succeeded",
-            "payment.failed",
-            "order.cancelled",
-        ],
+        &["order.placed", "order.paid", "order.cancelled"],
     ),
     (
         "orders",
@@ -46,7 +41,7 @@ pub const SUBSCRIPTIONS: &[(&str, &[&str])] = &[
         "payment",
         &["order.placed", "stock.reserved", "order.cancelled"],
     ),
-    ("shipping", &["payment.succeeded", "order.cancelled"]),
+    ("shipping", &["order.paid"]),
     ("audit", &["#"]),
 ];
 
@@ -156,6 +151,20 @@ pub struct ShipmentScheduled {
     pub tracking_number: String,
 }
 event!(ShipmentScheduled, "shipment.scheduled");
+
+/// The order is paid for good: orders accepted `payment.succeeded` before any cancellation.
+/// Inventory commits the reservation and shipping ships only on this event, never on
+/// `payment.succeeded`: orders is the one place where "paid" and "cancelled" are decided, so the
+/// two can never both happen, whatever order events from different producers arrive in.
+/// Producer: orders.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderPaid {
+    pub order_id: String,
+    pub user_id: String,
+    pub payment_id: String,
+    pub amount_cents: i64,
+}
+event!(OrderPaid, "order.paid");
 
 /// The order was cancelled: `out_of_stock`, `payment_declined`, `payment_error` or `timeout`.
 /// Producer: orders.

@@ -1,6 +1,6 @@
 //! The event store and the read model.
 
-use messaging::events::OrderCancelled;
+use messaging::events::{OrderCancelled, OrderPaid};
 use messaging::{outbox, MessagingError, TraceContext};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::json;
@@ -58,6 +58,19 @@ pub fn handle(
     let order = load(conn, order_id)?.ok_or(UnknownOrder)?;
     project(conn, &order)?;
     for ev in &new {
+        if let OrderEvent::Paid { payment_id } = ev {
+            outbox::enqueue(
+                conn,
+                "orders",
+                &OrderPaid {
+                    order_id: order_id.to_owned(),
+                    user_id: order.user_id.clone(),
+                    payment_id: payment_id.clone(),
+                    amount_cents: order.total_cents,
+                },
+                trace,
+            )?;
+        }
         if let OrderEvent::Cancelled { reason } = ev {
             outbox::enqueue(
                 conn,
@@ -217,5 +230,44 @@ mod tests {
             )
             .unwrap();
         assert_eq!(cancelled, 1);
+
+        // A payment that lands after the timeout does not make the order paid: no order.paid,
+        // so inventory never commits and shipping never ships it.
+        handle(
+            &c,
+            "o2",
+            Fact::PaymentSucceeded {
+                payment_id: "late".into(),
+            },
+            &t,
+        )
+        .unwrap();
+        handle(
+            &c,
+            "o1",
+            Fact::PaymentSucceeded {
+                payment_id: "p1".into(),
+            },
+            &t,
+        )
+        .unwrap();
+        handle(
+            &c,
+            "o1",
+            Fact::PaymentSucceeded {
+                payment_id: "p1".into(),
+            },
+            &t,
+        )
+        .unwrap();
+        let paid: Vec<String> = c
+            .prepare("SELECT payload FROM outbox WHERE routing_key = 'order.paid'")
+            .unwrap()
+            .query_map([], |r| r.get::<_, Vec<u8>>(0))
+            .unwrap()
+            .map(|p| String::from_utf8(p.unwrap()).unwrap())
+            .collect();
+        assert_eq!(paid.len(), 1, "{paid:?}");
+        assert!(paid[0].contains("\"o1\""));
     }
 }

@@ -1,5 +1,5 @@
-//! shipping: schedules a delivery with a tracking number once an order is paid, unless the
-//! order was cancelled first.
+//! shipping: schedules a delivery with a tracking number once orders declares the order paid
+//! (`order.paid`, which orders never emits for a cancelled order).
 //!
 //! # How to use
 //!
@@ -11,7 +11,7 @@ mod http;
 use std::sync::Arc;
 use std::time::Duration;
 
-use messaging::events::{OrderCancelled, PaymentSucceeded, ShipmentScheduled};
+use messaging::events::{OrderCancelled, OrderPaid, ShipmentScheduled};
 use messaging::{outbox, Handler, HandlerError, Incoming};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
@@ -38,7 +38,7 @@ CREATE TABLE IF NOT EXISTS cancelled_orders (
 #[derive(Debug, Clone)]
 pub struct Config {
     pub base: BaseConfig,
-    /// `SHIPPING_CONSUMER_DELAY_MS`, default 0: added before handling each `payment.succeeded`.
+    /// `SHIPPING_CONSUMER_DELAY_MS`, default 0: added before handling each `order.paid`.
     pub consumer_delay: Duration,
 }
 
@@ -145,11 +145,11 @@ pub struct ShippingHandler {
 #[async_trait::async_trait]
 impl Handler for ShippingHandler {
     fn prepares(&self, event: &messaging::CloudEvent) -> bool {
-        event.is::<PaymentSucceeded>() && !self.delay.is_zero()
+        event.is::<OrderPaid>() && !self.delay.is_zero()
     }
 
     async fn prepare(&self, msg: &Incoming) -> Result<Option<serde_json::Value>, HandlerError> {
-        if msg.event.is::<PaymentSucceeded>() && !self.delay.is_zero() {
+        if msg.event.is::<OrderPaid>() && !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
         }
         Ok(None)
@@ -162,8 +162,9 @@ impl Handler for ShippingHandler {
         _prepared: Option<serde_json::Value>,
     ) -> Result<(), HandlerError> {
         let ev = &msg.event;
-        if ev.is::<PaymentSucceeded>() {
-            let paid: PaymentSucceeded = ev.decode()?;
+        if ev.is::<OrderPaid>() {
+            // order.paid, not payment.succeeded: orders never emits it for a cancelled order.
+            let paid: OrderPaid = ev.decode()?;
             if let Some(s) = schedule(tx, &paid.order_id, &paid.user_id)? {
                 outbox::enqueue(
                     tx,

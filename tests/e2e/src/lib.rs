@@ -379,6 +379,46 @@ impl Stack {
         resp.json().await.unwrap()
     }
 
+    /// Takes every message out of `<prefix><consumer>.dlq` (bodies as JSON when they parse).
+    pub async fn drain_dead_letters(&self, consumer: &str) -> Vec<Value> {
+        let conn = lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        let queue = messaging::Topology::new(self.prefix.clone()).dead_letter_queue(consumer);
+        let mut out = Vec::new();
+        while let Some(m) = ch
+            .basic_get(
+                queue.as_str().into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap()
+        {
+            out.push(
+                serde_json::from_slice(&m.delivery.data).unwrap_or(Value::String(
+                    String::from_utf8_lossy(&m.delivery.data).into(),
+                )),
+            );
+        }
+        let _ = conn.close(200, "ok".into()).await;
+        out
+    }
+
+    /// A service's `/metrics` text.
+    pub async fn metrics(&self, service: &str) -> String {
+        let url = format!("http://{}/metrics", self.addrs[service]);
+        self.api
+            .http
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Polls `GET path` until `done(body)` or the timeout; returns the last body.
     pub async fn poll(
         &self,
