@@ -162,6 +162,31 @@ impl Gateway {
         Ok(())
     }
 
+    /// Records a failed upstream attempt (metrics, passive ejection, the attempt's span) and
+    /// returns the upstream's retry budget; `None` when no route was chosen.
+    fn record_attempt_failure(&self, ctx: &mut RequestCtx, e: &Error) -> Option<u32> {
+        let route = ctx.route.clone()?;
+        let upstream = &route.upstream;
+        let kind = upstream_error_kind(e);
+        self.shared
+            .metrics
+            .upstream_errors
+            .get_or_create(&UpstreamErrorLabels {
+                upstream: upstream.name.clone(),
+                kind,
+            })
+            .inc();
+        if let Some(ep) = &ctx.endpoint {
+            upstream.record_endpoint_failure(ep);
+        }
+        ctx.last_failed = ctx.endpoint.as_ref().map(|ep| ep.addr);
+        ctx.upstream_failed = true;
+        if let Some(attempt) = ctx.attempt_span.take() {
+            http_trace::record_error(&attempt, kind);
+        }
+        Some(upstream.config.retries)
+    }
+
     /// Puts every decision on the SERVER span (attribute names in docs/observability.md).
     fn record_decisions_on_span(&self, ctx: &RequestCtx, status: u16) {
         let span = &ctx.span;
@@ -391,7 +416,7 @@ impl ProxyHttp for Gateway {
             .and_then(|v| v.to_str().ok())
             .filter(|v| valid_request_id(v))
             .map(str::to_string);
-        ctx.request_id = incoming.unwrap_or_else(|| new_request_id());
+        ctx.request_id = incoming.unwrap_or_else(new_request_id);
         let _ = session
             .req_header_mut()
             .insert_header("x-request-id", ctx.request_id.as_str());
@@ -542,26 +567,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let Some(route) = &ctx.route {
-            let upstream = &route.upstream;
-            self.shared
-                .metrics
-                .upstream_errors
-                .get_or_create(&UpstreamErrorLabels {
-                    upstream: upstream.name.clone(),
-                    kind: upstream_error_kind(&e),
-                })
-                .inc();
-            if let Some(ep) = &ctx.endpoint {
-                upstream.record_endpoint_failure(ep);
-            }
-            ctx.last_failed = ctx.endpoint.as_ref().map(|ep| ep.addr);
-            ctx.upstream_failed = true;
-            if let Some(attempt) = ctx.attempt_span.take() {
-                http_trace::record_error(&attempt, upstream_error_kind(&e));
-            }
+        if let Some(retries) = self.record_attempt_failure(ctx, &e) {
             // Nothing reached the upstream, so any method may be retried on another endpoint.
-            if ctx.attempts <= upstream.config.retries {
+            if ctx.attempts <= retries {
                 e.set_retry(true);
             }
         }
@@ -582,28 +590,11 @@ impl ProxyHttp for Gateway {
             e.set_retry(false);
             return e;
         }
-        if let Some(route) = &ctx.route {
-            let upstream = &route.upstream;
-            self.shared
-                .metrics
-                .upstream_errors
-                .get_or_create(&UpstreamErrorLabels {
-                    upstream: upstream.name.clone(),
-                    kind: upstream_error_kind(&e),
-                })
-                .inc();
-            if let Some(ep) = &ctx.endpoint {
-                upstream.record_endpoint_failure(ep);
-            }
-            ctx.last_failed = ctx.endpoint.as_ref().map(|ep| ep.addr);
-            ctx.upstream_failed = true;
-            if let Some(attempt) = ctx.attempt_span.take() {
-                http_trace::record_error(&attempt, upstream_error_kind(&e));
-            }
+        if let Some(retries) = self.record_attempt_failure(ctx, &e) {
             // The request may have reached the upstream: retry only what is safe to repeat.
             let safe = session.req_header().method.is_idempotent()
                 && !session.as_ref().retry_buffer_truncated();
-            e.set_retry(safe && ctx.attempts <= upstream.config.retries);
+            e.set_retry(safe && ctx.attempts <= retries);
         }
         e
     }

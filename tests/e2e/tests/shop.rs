@@ -375,6 +375,13 @@ async fn the_order_saga_end_to_end_through_the_gateway() {
         let (a, r, s) = stock(&stack, id).await;
         assert_eq!(a + r + s, a0 + r0 + s0, "stock of {id} leaked");
         assert_eq!(r, 0, "nothing left reserved for {id}");
+        // The same counters through the gateway: admin only.
+        let path = format!("/api/products/{id}/stock");
+        let (s_admin, via_gateway) = api.get(&path, Some(&admin)).await;
+        assert_eq!(s_admin, StatusCode::OK, "{via_gateway}");
+        assert_eq!(via_gateway["available"].as_i64(), Some(a));
+        assert_eq!(api.get(&path, Some(&alice)).await.0, StatusCode::FORBIDDEN);
+        assert_eq!(api.get(&path, None).await.0, StatusCode::UNAUTHORIZED);
     }
     assert_eq!(
         stock(&stack, &mug).await.2 - start[0].1 .2,
