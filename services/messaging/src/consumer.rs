@@ -229,6 +229,7 @@ impl<H: Handler> Consumer<H> {
     ) -> Result<(), MessagingError> {
         let name = self.config.name.as_str();
         let queue = self.config.amqp.topology.queue(name);
+        let received_at = std::time::Instant::now();
         let mut items = Vec::with_capacity(batch.len());
         for delivery in batch {
             let span = trace_context::consumer_span(&queue, &delivery);
@@ -280,7 +281,7 @@ impl<H: Handler> Consumer<H> {
                 let e = HandlerError::from(e);
                 for (delivery, span, id, _) in &items {
                     let failed = Some(Err(HandlerError::Transient(e.to_string())));
-                    self.settle(delivery, id, failed)
+                    self.settle(delivery, id, failed, received_at)
                         .instrument(span.clone())
                         .await?;
                 }
@@ -315,7 +316,7 @@ impl<H: Handler> Consumer<H> {
         self.flush(&mut work, &mut outcomes).await;
 
         for ((delivery, span, id, _), outcome) in items.iter().zip(outcomes) {
-            self.settle(delivery, id, outcome)
+            self.settle(delivery, id, outcome, received_at)
                 .instrument(span.clone())
                 .await?;
         }
@@ -361,8 +362,19 @@ impl<H: Handler> Consumer<H> {
         delivery: &Delivery,
         message_id: &str,
         outcome: Option<Result<Outcome, HandlerError>>,
+        received_at: std::time::Instant,
     ) -> Result<(), MessagingError> {
         let name = self.config.name.as_str();
+        let label = match &outcome {
+            None => "shutdown",
+            Some(Ok(Outcome::Processed)) => "processed",
+            Some(Ok(Outcome::Duplicate)) => "duplicate",
+            Some(Err(HandlerError::Permanent(_))) => "dead_lettered",
+            Some(Err(_)) => "retried",
+        };
+        // Runs inside the delivery's CONSUMER span, so the exemplar is its trace.
+        self.metrics
+            .process_took(name, label, received_at.elapsed());
         match outcome {
             None => Ok(()), // shutting down mid-prepare: leave unacked
             Some(Ok(Outcome::Processed)) => {

@@ -105,7 +105,11 @@ impl Relay {
         info!("Outbox relay connected.");
         let exchange = self.amqp.topology.exchange();
         loop {
-            let rows = self.db.call(|c| outbox::due(c, BATCH)).await?;
+            let (rows, backlog) = self
+                .db
+                .call(|c| Ok::<_, rusqlite::Error>((outbox::due(c, BATCH)?, outbox::pending(c)?)))
+                .await?;
+            self.metrics.outbox_backlog.set(backlog);
             if rows.is_empty() {
                 tokio::select! {
                     _ = shutdown.cancelled() => {
@@ -127,6 +131,8 @@ impl Relay {
                     &row.trace,
                 );
                 let headers = trace_context::publish_headers(&span, &row.trace);
+                let exemplar = observability::metrics::trace_exemplar_for(&span);
+                let started = std::time::Instant::now();
                 let confirm = ch
                     .basic_publish(
                         exchange.as_str().into(),
@@ -140,12 +146,20 @@ impl Relay {
                     )
                     .instrument(span)
                     .await?;
-                pending.push((row, confirm));
+                pending.push((row, confirm, started, exemplar));
             }
             let mut sent = Vec::with_capacity(pending.len());
             let mut failed = Vec::new();
-            for (row, confirm) in pending {
-                match confirm.await? {
+            for (row, confirm, started, exemplar) in pending {
+                let confirmation = confirm.await?;
+                let outcome = match &confirmation {
+                    Confirmation::Ack(None) | Confirmation::NotRequested => "confirmed",
+                    Confirmation::Ack(Some(_)) => "returned",
+                    Confirmation::Nack(_) => "nacked",
+                };
+                self.metrics
+                    .publish_took(outcome, started.elapsed(), exemplar);
+                match confirmation {
                     Confirmation::Ack(None) | Confirmation::NotRequested => {
                         self.metrics.published("confirmed");
                         sent.push(row.seq);

@@ -519,6 +519,31 @@ async fn a_failing_inventory_dead_letters_the_order_and_the_timeout_cancels_it()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     assert!(retried >= 5, "retried {retried} times:\n{metrics}");
+    // Durations per delivery carry the trace as an OpenMetrics exemplar; the backlog is exposed.
+    let parsed =
+        test_support::parse_openmetrics(&metrics).unwrap_or_else(|e| panic!("{e}\n{metrics}"));
+    let traced = parsed
+        .samples_named("messaging_process_duration_seconds_bucket")
+        .filter(|s| s.labels.get("outcome").map(String::as_str) == Some("retried"))
+        .filter_map(|s| s.exemplar.as_ref())
+        .any(|e| e.labels.get("trace_id").is_some_and(|t| t.len() == 32));
+    assert!(
+        traced,
+        "no traced exemplar on messaging_process_duration_seconds:\n{metrics}"
+    );
+    assert!(
+        parsed.value("shop_outbox_backlog", &[]).is_some(),
+        "no outbox backlog gauge"
+    );
+    let cart = stack.metrics("cart").await;
+    let cart = test_support::parse_openmetrics(&cart).unwrap_or_else(|e| panic!("{e}\n{cart}"));
+    let confirmed = cart
+        .value(
+            "messaging_client_operation_duration_seconds_count",
+            &[("outcome", "confirmed")],
+        )
+        .unwrap_or(0.0);
+    assert!(confirmed >= 1.0, "cart's publishes are not timed");
 
     let (_, p) = stack
         .api
