@@ -11,6 +11,7 @@ pub mod config;
 pub mod domain;
 mod handler;
 mod http;
+mod outcomes;
 pub mod store;
 mod timeout;
 
@@ -62,6 +63,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), KitE
     )?;
     let (db, notifier) = (kit.db.clone(), kit.notifier.clone());
     kit.spawn(move |shutdown| timeout::run(db, notifier, shutdown));
+    let final_orders = outcomes::Outcomes::default();
+    kit.registry.register(
+        "shop_orders_final",
+        "Orders that reached a final status, by status and cancellation reason",
+        final_orders.clone(),
+    );
+    let db = kit.db.clone();
+    kit.spawn(move |shutdown| outcomes::run(db, final_orders, shutdown));
     let state = AppState { db: kit.db.clone() };
     kit.serve(router(state)).await
 }

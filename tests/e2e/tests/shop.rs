@@ -370,6 +370,31 @@ async fn the_order_saga_end_to_end_through_the_gateway() {
     assert_eq!(stats["counts"]["shop.order.placed.v1"], 4, "{stats}");
     assert!(stats["events_per_sec_last_minute"].as_f64().unwrap() > 0.0);
 
+    // --- saga outcomes on orders' /metrics (refreshed from the read model every 2 s) ---
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = stack.metrics("orders").await;
+        let parsed =
+            test_support::parse_openmetrics(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let shipped = parsed
+            .value("shop_orders_final", &[("status", "SHIPPED")])
+            .unwrap_or(0.0);
+        let out_of_stock = parsed
+            .value(
+                "shop_orders_final",
+                &[("status", "CANCELLED"), ("reason", "out_of_stock")],
+            )
+            .unwrap_or(0.0);
+        if shipped >= 1.0 && out_of_stock >= 1.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "saga outcomes not exported:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
     // --- no stock leaked ---
     for (id, (a0, r0, s0)) in &start {
         let (a, r, s) = stock(&stack, id).await;
