@@ -22,7 +22,7 @@ GATEWAY_PORT=${GATEWAY_PORT:-18080}
 ADMIN_PORT=$((GATEWAY_PORT + 1))
 SERVICES=(users inventory cart orders payment shipping audit)
 
-if ! rabbitmqctl -q status >/dev/null 2>&1 && ! (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
+if ! (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
     echo "saga.sh: RabbitMQ is not reachable; start it with: rabbitmq-server -detached" >&2
     exit 1
 fi

@@ -121,6 +121,8 @@ struct Stack {
     child: Option<Child>,
     ports: Ports,
     dir: PathBuf,
+    /// The queue prefix of this stack, whose queues are deleted on drop.
+    prefix: String,
 }
 
 impl Stack {
@@ -158,6 +160,7 @@ impl Stack {
             child: Some(child),
             ports,
             dir,
+            prefix: format!("{name}."),
         }
     }
 
@@ -249,12 +252,34 @@ impl Drop for Stack {
             let deadline = Instant::now() + Duration::from_secs(30);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
-                    return;
+                    break;
                 }
                 std::thread::sleep(Duration::from_millis(200));
             }
-            let _ = child.kill();
-            let _ = child.wait();
+            if !matches!(child.try_wait(), Ok(Some(_))) {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        delete_queues(&self.prefix);
+    }
+}
+
+/// Deletes the durable queues a stack declared under `prefix`, so test runs do not pile up
+/// quorum queues in the shared broker. Best effort: needs `rabbitmqctl` (no management plugin).
+fn delete_queues(prefix: &str) {
+    let Ok(out) = Command::new("rabbitmqctl")
+        .args(["-q", "list_queues", "name"])
+        .output()
+    else {
+        return;
+    };
+    for name in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = name.trim();
+        if name.starts_with(prefix) {
+            let _ = Command::new("rabbitmqctl")
+                .args(["-q", "delete_queue", name])
+                .output();
         }
     }
 }
