@@ -220,12 +220,16 @@ pub struct Gateway {
     pub log_path: PathBuf,
 }
 
+/// A fresh directory per call. Names must never repeat within a run: a gateway hot-reloads its
+/// policy file, so two tests sharing a directory would swap each other's configs.
 pub fn temp_dir(tag: &str) -> PathBuf {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
     let dir = std::env::temp_dir().join(format!(
         "vantage-gw-{tag}-{}-{}",
         std::process::id(),
-        test_support::free_port()
+        NEXT.fetch_add(1, Ordering::SeqCst)
     ));
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
