@@ -116,7 +116,7 @@ async fn per_user_quotas_follow_the_tier_claim_and_api_keys_get_their_own_bucket
 async fn keyed_state_is_pruned_when_idle() {
     let up = Upstream::start("u").await;
     let body = format!(
-        "upstreams:\n  u: {{endpoints: [\"{}\"]}}\nrate_limits:\n  per_key: {{key: [header:x-api-key], rate: 100, per: second, burst: 1, idle_prune_secs: 1}}\nroutes:\n  - {{name: all, match: {{path_prefix: /}}, upstream: u, auth: none, rate_limits: [per_key]}}\n",
+        "upstreams:\n  u: {{endpoints: [\"{}\"]}}\nrate_limits:\n  per_key: {{key: [header:x-api-key], rate: 1, per: second, burst: 1, idle_prune_secs: 1}}\nroutes:\n  - {{name: all, match: {{path_prefix: /}}, upstream: u, auth: none, rate_limits: [per_key]}}\n",
         up.addr
     );
     let gw = Gateway::start(&body).await;
@@ -140,6 +140,6 @@ async fn keyed_state_is_pruned_when_idle() {
         before > 0,
         "keys should be tracked right after the burst, got {before}"
     );
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
     assert_eq!(tracked(gw.metrics().await), 0, "idle keys were not pruned");
 }
