@@ -10,7 +10,7 @@ use pingora_http::ResponseHeader;
 use crate::auth::Reject;
 
 /// An error answered by the gateway rather than an upstream.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum GatewayError {
     /// No route matches the request.
     #[error("no route matches the request")]

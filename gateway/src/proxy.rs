@@ -60,7 +60,7 @@ fn valid_request_id(v: &str) -> bool {
 /// Classifies a Pingora error into the error we answer with.
 fn classify(e: &Error) -> Option<GatewayError> {
     if let Some(gw) = e.root_cause().downcast_ref::<GatewayError>() {
-        return Some(clone_error(gw));
+        return Some(gw.clone());
     }
     use ErrorType::*;
     let err = match (e.esource(), e.etype()) {
@@ -79,37 +79,6 @@ fn classify(e: &Error) -> Option<GatewayError> {
         _ => GatewayError::Internal,
     };
     Some(err)
-}
-
-fn clone_error(e: &GatewayError) -> GatewayError {
-    match e {
-        GatewayError::NoRoute => GatewayError::NoRoute,
-        GatewayError::BadFraming(w) => GatewayError::BadFraming(w),
-        GatewayError::Unauthorized { reject, realm } => GatewayError::Unauthorized {
-            reject: *reject,
-            realm: realm.clone(),
-        },
-        GatewayError::InsufficientScope { scope, realm } => GatewayError::InsufficientScope {
-            scope: scope.clone(),
-            realm: realm.clone(),
-        },
-        GatewayError::RateLimited {
-            policy,
-            retry_after_secs,
-            fields,
-        } => GatewayError::RateLimited {
-            policy: policy.clone(),
-            retry_after_secs: *retry_after_secs,
-            fields: fields.clone(),
-        },
-        GatewayError::PayloadTooLarge { limit } => GatewayError::PayloadTooLarge { limit: *limit },
-        GatewayError::CircuitOpen(u) => GatewayError::CircuitOpen(u.clone()),
-        GatewayError::NoHealthyEndpoint(u) => GatewayError::NoHealthyEndpoint(u.clone()),
-        GatewayError::UpstreamTimeout => GatewayError::UpstreamTimeout,
-        GatewayError::BadGateway => GatewayError::BadGateway,
-        GatewayError::BadRequest => GatewayError::BadRequest,
-        GatewayError::Internal => GatewayError::Internal,
-    }
 }
 
 fn upstream_error_kind(e: &Error) -> &'static str {
