@@ -10,7 +10,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -77,30 +77,14 @@ struct Ports {
 }
 
 impl Ports {
-    /// Finds ports that are free right now. Tests in this process pick under a lock and
-    /// from a process-specific start, so they do not hand out the same range; the ranges
-    /// stay below Linux's ephemeral ports (32768+), which other tests' clients and
-    /// `bind(0)` servers take at random.
+    /// Nine consecutive ports that are free right now, below the ephemeral range (see
+    /// [`test_support::free_ports`]).
     fn free() -> Ports {
-        const LOW: u16 = 20_000;
-        const HIGH: u16 = 32_000;
-        static NEXT: Mutex<Option<u16>> = Mutex::new(None);
-        let mut next = NEXT.lock().unwrap();
-        let mut base = next.unwrap_or(LOW + (std::process::id() % 1_200) as u16 * 10);
-        loop {
-            if base + 10 > HIGH {
-                base = LOW;
-            }
-            let range: Vec<u16> = (base..base + 9).collect();
-            if range.iter().all(|p| port_is_free(*p)) {
-                *next = Some(base + 10);
-                return Ports {
-                    base,
-                    gateway: base + 7,
-                    admin: base + 8,
-                };
-            }
-            base += 10;
+        let base = test_support::free_ports(9)[0];
+        Ports {
+            base,
+            gateway: base + 7,
+            admin: base + 8,
         }
     }
 
@@ -111,9 +95,6 @@ impl Ports {
     }
 }
 
-fn port_is_free(port: u16) -> bool {
-    TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).is_ok()
-}
 
 /// A `stack` process under test, with its output captured to files. Dropping it stops
 /// the stack (and so its children) if the test did not already.
@@ -371,7 +352,7 @@ fn stack_carries_loadgen_traffic_and_every_order_becomes_final() {
     );
     for port in stack.ports.all() {
         assert!(
-            port_is_free(port),
+            test_support::port_is_free(port),
             "port {port} released after stop\n{}",
             stack.report()
         );
@@ -403,7 +384,7 @@ fn stack_demo_ships_one_order_and_exits_zero() {
         "{trace_id}"
     );
     for port in stack.ports.all() {
-        assert!(port_is_free(port), "port {port} released after the demo");
+        assert!(test_support::port_is_free(port), "port {port} released after the demo");
     }
 }
 

@@ -70,14 +70,6 @@ pub fn binaries() -> &'static Path {
     })
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn require_broker() {
     let url = amqp_url();
     let conn = tokio::time::timeout(
@@ -193,9 +185,14 @@ impl Stack {
         let bin = binaries();
         let dir = tempfile::tempdir().unwrap();
         let prefix = format!("e2e-{}.", uuid::Uuid::new_v4().simple());
+        // Ports below the ephemeral range: a `bind(0)` port could be taken by another test's
+        // service or client before ours binds it, and a readiness probe would then be answered
+        // by someone else's process.
+        let ports = test_support::free_ports(SERVICES.len() as u16 + 2);
         let addrs: HashMap<&'static str, String> = SERVICES
             .iter()
-            .map(|s| (*s, format!("127.0.0.1:{}", free_port())))
+            .zip(&ports)
+            .map(|(s, p)| (*s, format!("127.0.0.1:{p}")))
             .collect();
         let mut stack = Stack {
             api: Api {
@@ -244,8 +241,8 @@ impl Stack {
             let url = format!("http://{}/readyz", addrs[svc]);
             stack.wait_for(svc, &url, Duration::from_secs(30)).await;
         }
-        let gateway_port = free_port();
-        let config = stack.gateway_config(gateway_port, free_port());
+        let (gateway_port, admin_port) = (ports[SERVICES.len()], ports[SERVICES.len() + 1]);
+        let config = stack.gateway_config(gateway_port, admin_port);
         let config_path = stack.dir.path().join("gateway.yaml");
         std::fs::write(&config_path, config).unwrap();
         stack.spawn(
@@ -262,7 +259,21 @@ impl Stack {
         stack
             .wait_for("gateway", &url, Duration::from_secs(30))
             .await;
+        stack.assert_running();
         stack
+    }
+
+    /// Panics with the log of any process that has exited: one that could not bind its port
+    /// would otherwise leave the test talking to whatever else answers there.
+    pub fn assert_running(&mut self) {
+        let exited: Vec<(String, std::process::ExitStatus)> = self
+            .processes
+            .iter_mut()
+            .filter_map(|p| Some((p.name.clone(), p.child.try_wait().ok().flatten()?)))
+            .collect();
+        if let Some((name, status)) = exited.first() {
+            panic!("{name} exited ({status}); log:\n{}", self.log(name));
+        }
     }
 
     /// The example gateway policy, pointed at this stack's ports.
@@ -285,6 +296,9 @@ impl Stack {
             .args(args)
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            // An error that ends a process is one line in its log, not a backtrace that pushes
+            // the cause out of the tail shown in failure messages.
+            .env("RUST_LIB_BACKTRACE", "0")
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())

@@ -35,21 +35,55 @@ mod rabbitmq;
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 pub use http::wait_http_ok;
 pub use openmetrics::{parse_openmetrics, Exemplar, Family, Labels, OpenMetrics, Sample};
 pub use otlp::{AttrValue, OtlpReceiver, ReceivedSpan, SpanKind};
 pub use rabbitmq::{amqp_url, require_rabbitmq, DEFAULT_AMQP_URL};
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
+/// Lowest and highest port handed out by [`free_ports`]: below Linux's ephemeral range
+/// (32768–60999), which outgoing connections and `bind(0)` servers draw from at random.
+const PORT_LOW: u16 = 20_000;
+const PORT_HIGH: u16 = 32_000;
+
+/// `n` consecutive TCP ports on 127.0.0.1 that are free right now.
 ///
-/// Prefer binding `127.0.0.1:0` yourself when the code under test accepts a listener; this is for
-/// binaries that only take a port number.
+/// For binaries that only take a port number; prefer binding `127.0.0.1:0` yourself when the
+/// code under test accepts a listener. Ports come from below the ephemeral range, so a port
+/// handed out here is not taken a moment later by some client's outgoing connection or another
+/// test's `bind(0)`; calls in one process never hand out the same port twice (until the range
+/// wraps), and each process starts at a different point so parallel test binaries rarely meet.
+pub fn free_ports(n: u16) -> Vec<u16> {
+    static NEXT: Mutex<Option<u16>> = Mutex::new(None);
+    assert!(n > 0 && n < 100, "free_ports({n}): ask for 1..100 ports");
+    let mut next = NEXT.lock().unwrap_or_else(|e| e.into_inner());
+    let span = u32::from(PORT_HIGH - PORT_LOW);
+    let mut base = next.unwrap_or(PORT_LOW + (std::process::id() % span) as u16);
+    let mut tried = 0u32;
+    loop {
+        if base + n > PORT_HIGH {
+            base = PORT_LOW;
+        }
+        let ports: Vec<u16> = (base..base + n).collect();
+        if ports.iter().all(|p| port_is_free(*p)) {
+            *next = Some(base + n);
+            return ports;
+        }
+        base += n;
+        tried += u32::from(n);
+        assert!(tried < 2 * span, "no {n} consecutive free ports in {PORT_LOW}..{PORT_HIGH}");
+    }
+}
+
+/// One TCP port on 127.0.0.1 that is free right now; see [`free_ports`].
 pub fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("bind 127.0.0.1:0")
+    free_ports(1)[0]
+}
+
+/// Whether 127.0.0.1:`port` can be bound right now (nothing listens there).
+pub fn port_is_free(port: u16) -> bool {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
 }
 
 /// `prefix` plus a suffix unique to this process and call, for exchange, queue and file names
@@ -82,7 +116,25 @@ mod tests {
     #[test]
     fn free_port_can_be_bound() {
         let port = free_port();
-        assert_ne!(port, 0);
+        assert!((PORT_LOW..PORT_HIGH).contains(&port), "{port}");
         TcpListener::bind((Ipv4Addr::LOCALHOST, port)).expect("port should be free");
+    }
+
+    #[test]
+    fn free_ports_are_consecutive_and_never_handed_out_twice() {
+        let a = free_ports(9);
+        let b = free_ports(9);
+        assert_eq!(a.len(), 9);
+        assert!(a.windows(2).all(|w| w[1] == w[0] + 1), "{a:?}");
+        assert!(a.iter().all(|p| !b.contains(p)), "{a:?} {b:?}");
+    }
+
+    #[test]
+    fn a_taken_port_is_skipped() {
+        let held = TcpListener::bind((Ipv4Addr::LOCALHOST, free_port())).unwrap();
+        let taken = held.local_addr().unwrap().port();
+        for _ in 0..3 {
+            assert!(!free_ports(5).contains(&taken));
+        }
     }
 }
