@@ -95,7 +95,6 @@ impl Ports {
     }
 }
 
-
 /// A `stack` process under test, with its output captured to files. Dropping it stops
 /// the stack (and so its children) if the test did not already.
 struct Stack {
@@ -384,7 +383,10 @@ fn stack_demo_ships_one_order_and_exits_zero() {
         "{trace_id}"
     );
     for port in stack.ports.all() {
-        assert!(test_support::port_is_free(port), "port {port} released after the demo");
+        assert!(
+            test_support::port_is_free(port),
+            "port {port} released after the demo"
+        );
     }
 }
 

@@ -72,7 +72,10 @@ pub fn free_ports(n: u16) -> Vec<u16> {
         }
         base += n;
         tried += u32::from(n);
-        assert!(tried < 2 * span, "no {n} consecutive free ports in {PORT_LOW}..{PORT_HIGH}");
+        assert!(
+            tried < 2 * span,
+            "no {n} consecutive free ports in {PORT_LOW}..{PORT_HIGH}"
+        );
     }
 }
 
