@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use observability::http_span::{ClientSpan, ServerSpan};
+
 use crate::auth::jwt::Identity;
 use crate::auth::AuthOutcome;
 use crate::ratelimit::Decision;
@@ -40,9 +42,9 @@ pub(crate) struct RequestCtx {
     pub(crate) error_detail: Option<String>,
     pub(crate) counted_inflight: bool,
     /// The SERVER span of this request (continues an incoming traceparent).
-    pub(crate) span: tracing::Span,
+    pub(crate) span: ServerSpan,
     /// The CLIENT span of the current upstream attempt.
-    pub(crate) attempt_span: Option<tracing::Span>,
+    pub(crate) attempt_span: Option<ClientSpan>,
 }
 
 impl RequestCtx {
@@ -70,9 +72,16 @@ impl RequestCtx {
             error_type: None,
             error_detail: None,
             counted_inflight: false,
-            span: tracing::Span::none(),
+            span: ServerSpan::none(),
             attempt_span: None,
         }
+    }
+
+    /// The SERVER span's trace and span id (hex), when tracing is on.
+    pub(crate) fn span_ids(&self) -> Option<(String, String)> {
+        let sc = self.span.span_context();
+        sc.is_valid()
+            .then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
     }
 
     /// The route name, or `unmatched`; bounded for metric labels.

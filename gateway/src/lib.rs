@@ -28,6 +28,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use observability::http_span::HttpTracer;
 use pingora_core::apps::http_app::HttpServer;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::Server;
@@ -59,8 +60,9 @@ pub enum StartError {
 }
 
 /// Loads `config_path`, binds the listeners and serves until SIGINT/SIGTERM, then drains
-/// in-flight requests and returns (so the caller can flush telemetry).
-pub fn run(config_path: &Path) -> Result<(), StartError> {
+/// in-flight requests and returns (so the caller can flush telemetry). Request spans come from
+/// `tracer` (`Telemetry::http_tracer()`, or `HttpTracer::disabled()`).
+pub fn run(config_path: &Path, tracer: HttpTracer) -> Result<(), StartError> {
     let config = Config::load(config_path)?;
     for (which, addr) in [
         ("public", config.listeners.public),
@@ -96,6 +98,7 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
         background: handle,
         config_path: config_path.to_path_buf(),
         admin_token,
+        tracer,
     });
     reload::spawn_watcher(Arc::clone(&shared));
 

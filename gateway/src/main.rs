@@ -67,7 +67,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(EX_CONFIG);
                 }
             };
-            let result = gateway::run(&config);
+            let result = gateway::run(&config, telemetry.http_tracer());
             telemetry.shutdown();
             match result {
                 Ok(()) => ExitCode::SUCCESS,

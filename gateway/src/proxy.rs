@@ -15,8 +15,8 @@ use pingora_core::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
-use observability::http_trace::{self, ServerRequest, Side};
-use observability::OpenTelemetrySpanExt as _;
+use observability::http_trace::{ServerRequest, Side};
+use observability::opentelemetry::KeyValue;
 
 use crate::auth::jwt::{bearer_token, has_scopes};
 use crate::auth::{AuthOutcome, Reject};
@@ -150,30 +150,39 @@ impl Gateway {
         }
         ctx.last_failed = ctx.endpoint.as_ref().map(|ep| ep.addr);
         ctx.upstream_failed = true;
-        if let Some(attempt) = ctx.attempt_span.take() {
-            http_trace::record_error(&attempt, kind);
+        if let Some(mut attempt) = ctx.attempt_span.take() {
+            attempt.record_error(kind);
         }
         Some(upstream.config.retries)
     }
 
     /// Puts every decision on the SERVER span (attribute names in docs/observability.md).
-    fn record_decisions_on_span(&self, ctx: &RequestCtx, status: u16) {
-        let span = &ctx.span;
-        span.set_attribute("vantage.request_id", ctx.request_id.clone());
-        span.set_attribute("vantage.route", ctx.route_name().to_string());
-        if let Some(route) = &ctx.route {
-            span.set_attribute("vantage.upstream", route.upstream.name.clone());
+    fn record_decisions_on_span(&self, ctx: &mut RequestCtx, status: u16) {
+        if !ctx.span.is_recording() {
+            return;
         }
-        span.set_attribute("vantage.upstream.attempts", i64::from(ctx.attempts));
-        span.set_attribute("vantage.auth.result", ctx.auth.result);
+        let mut attributes = Vec::with_capacity(12);
+        attributes.push(KeyValue::new("vantage.request_id", ctx.request_id.clone()));
+        attributes.push(KeyValue::new("vantage.route", ctx.route_name().to_string()));
+        if let Some(route) = &ctx.route {
+            attributes.push(KeyValue::new(
+                "vantage.upstream",
+                route.upstream.name.clone(),
+            ));
+        }
+        attributes.push(KeyValue::new(
+            "vantage.upstream.attempts",
+            i64::from(ctx.attempts),
+        ));
+        attributes.push(KeyValue::new("vantage.auth.result", ctx.auth.result));
         if !ctx.auth.reason.is_empty() {
-            span.set_attribute("vantage.auth.reason", ctx.auth.reason);
+            attributes.push(KeyValue::new("vantage.auth.reason", ctx.auth.reason));
         }
         if let Some(issuer) = &ctx.auth.issuer {
-            span.set_attribute("vantage.auth.issuer", issuer.clone());
+            attributes.push(KeyValue::new("vantage.auth.issuer", issuer.clone()));
         }
         if let Some(sub) = &ctx.auth.subject {
-            span.set_attribute("enduser.id", sub.clone());
+            attributes.push(KeyValue::new("enduser.id", sub.clone()));
         }
         if let Some(d) = ctx
             .limits
@@ -181,21 +190,27 @@ impl Gateway {
             .find(|d| !d.allowed)
             .or_else(|| ctx.limits.last())
         {
-            span.set_attribute("vantage.ratelimit.policy", d.policy.clone());
-            span.set_attribute(
+            attributes.push(KeyValue::new("vantage.ratelimit.policy", d.policy.clone()));
+            attributes.push(KeyValue::new(
                 "vantage.ratelimit.result",
                 if d.allowed { "allowed" } else { "limited" },
-            );
-            span.set_attribute("vantage.ratelimit.remaining", i64::from(d.remaining));
+            ));
+            attributes.push(KeyValue::new(
+                "vantage.ratelimit.remaining",
+                i64::from(d.remaining),
+            ));
             if let Some(tier) = &d.tier {
-                span.set_attribute("vantage.ratelimit.tier", tier.clone());
+                attributes.push(KeyValue::new("vantage.ratelimit.tier", tier.clone()));
             }
         }
+        for attribute in attributes {
+            ctx.span.set_attribute(attribute);
+        }
         if let Ok(code) = http::StatusCode::from_u16(status) {
-            http_trace::record_status(span, code, Side::Server);
+            ctx.span.record_status(code, Side::Server);
         }
         if let Some(error_type) = ctx.error_type {
-            http_trace::record_error(span, error_type);
+            ctx.span.record_error(error_type);
         }
     }
 
@@ -327,11 +342,8 @@ impl Gateway {
             .route_for(host.as_deref(), req.uri.path(), &req.method)
             .cloned()
             .ok_or(GatewayError::NoRoute)?;
-        http_trace::set_route(
-            &ctx.span,
-            &req.method,
-            &crate::routing::template(&route.config),
-        );
+        ctx.span
+            .set_route(&req.method, &crate::routing::template(&route.config));
         ctx.route = Some(Arc::clone(&route));
 
         let declared = req
@@ -376,7 +388,7 @@ impl ProxyHttp for Gateway {
                 .client_addr()
                 .and_then(|a| a.as_inet())
                 .map(|a| a.ip());
-            ctx.span = http_trace::server_span(&server_req);
+            ctx.span = self.shared.tracer.server(&server_req);
         }
         let incoming = session
             .req_header()
@@ -444,8 +456,8 @@ impl ProxyHttp for Gateway {
         ctx.endpoint = Some(Arc::clone(&endpoint));
         let req = session.req_header();
         let url = format!("http://{}{}", endpoint.addr, req.uri.path());
-        let attempt = http_trace::client_span(&ctx.span, &req.method, &url, ctx.attempts - 1);
-        attempt.set_attribute("vantage.upstream", upstream.name.clone());
+        let mut attempt = ctx.span.client(&req.method, &url, ctx.attempts - 1);
+        attempt.set_attribute(KeyValue::new("vantage.upstream", upstream.name.clone()));
         ctx.attempt_span = Some(attempt);
         let cfg = &upstream.config;
         let mut peer = HttpPeer::new(endpoint.addr, false, String::new());
@@ -481,7 +493,7 @@ impl ProxyHttp for Gateway {
         // Continue the trace upstream as a child of this attempt's CLIENT span.
         if let Some(attempt) = &ctx.attempt_span {
             let mut carrier = http::HeaderMap::new();
-            observability::propagation::inject_http(&attempt.context(), &mut carrier);
+            attempt.inject(&mut carrier);
             if !carrier.is_empty() {
                 for name in ["traceparent", "tracestate", "baggage", "b3"] {
                     upstream_request.remove_header(name);
@@ -502,8 +514,8 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         let status = upstream_response.status.as_u16();
         ctx.upstream_status = Some(status);
-        if let Some(attempt) = &ctx.attempt_span {
-            http_trace::record_status(attempt, upstream_response.status, Side::Client);
+        if let Some(attempt) = &mut ctx.attempt_span {
+            attempt.record_status(upstream_response.status, Side::Client);
         }
         if let (Some(route), Some(ep)) = (&ctx.route, &ctx.endpoint) {
             if matches!(status, 502..=504) {
@@ -654,7 +666,7 @@ impl ProxyHttp for Gateway {
             })
             .observe(
                 elapsed.as_secs_f64(),
-                observability::metrics::trace_exemplar_for(&ctx.span),
+                observability::metrics::trace_exemplar_of(ctx.span.span_context()),
                 None,
             );
         if ctx.route.is_some() {
@@ -678,10 +690,14 @@ impl ProxyHttp for Gateway {
 
         self.record_decisions_on_span(ctx, status);
         ctx.attempt_span = None;
-        let _entered = ctx.span.enter();
+        // The access line carries the span's ids (it is not logged inside a `tracing` span).
+        let trace = ctx.span_ids();
+        ctx.span.end();
         let req = session.req_header();
         tracing::info!(
             target: "access",
+            trace_id = trace.as_ref().map(|(t, _)| t.as_str()).unwrap_or(""),
+            span_id = trace.as_ref().map(|(_, s)| s.as_str()).unwrap_or(""),
             request_id = %ctx.request_id,
             method = %req.method,
             path = %req.uri.path(),

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use observability::http_span::HttpTracer;
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
@@ -193,6 +194,8 @@ pub(crate) struct Shared {
     pub(crate) config_path: PathBuf,
     /// The admin bearer token, read once from the env var the config names.
     pub(crate) admin_token: Option<String>,
+    /// Starts each request's SERVER span.
+    pub(crate) tracer: HttpTracer,
 }
 
 impl Shared {

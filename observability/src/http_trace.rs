@@ -98,7 +98,7 @@ pub fn span_name(method: &Method, route: Option<&str>) -> String {
     }
 }
 
-fn protocol_version(version: Version) -> Option<&'static str> {
+pub(crate) fn protocol_version(version: Version) -> Option<&'static str> {
     match version {
         Version::HTTP_09 => Some("0.9"),
         Version::HTTP_10 => Some("1.0"),
@@ -109,23 +109,116 @@ fn protocol_version(version: Version) -> Option<&'static str> {
     }
 }
 
+/// The request attributes of a SERVER span, computed once for either kind of span (`tracing`
+/// here, SDK-direct in [`crate::http_span`]).
+pub(crate) struct ServerAttributes<'a> {
+    pub(crate) method: &'static str,
+    /// Only for `_OTHER` methods.
+    pub(crate) method_original: Option<&'a str>,
+    pub(crate) path: &'a str,
+    /// Redacted.
+    pub(crate) query: Option<String>,
+    pub(crate) scheme: &'a str,
+    pub(crate) route: Option<&'a str>,
+    pub(crate) server: Option<http::uri::Authority>,
+    pub(crate) client_address: Option<String>,
+    pub(crate) user_agent: Option<&'a str>,
+    pub(crate) protocol_version: Option<&'static str>,
+}
+
+impl<'a> ServerAttributes<'a> {
+    pub(crate) fn new(req: &ServerRequest<'a>) -> Self {
+        let method = method_label(req.method);
+        Self {
+            method,
+            method_original: (method == "_OTHER").then(|| req.method.as_str()),
+            path: req.uri.path(),
+            query: req.uri.query().map(redact::redact_query),
+            scheme: req.scheme,
+            route: req.route,
+            server: req
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .or(req.uri.host())
+                .and_then(|h| h.parse().ok()),
+            client_address: req.client_address.map(|ip| ip.to_string()),
+            user_agent: req
+                .headers
+                .get(http::header::USER_AGENT)
+                .and_then(|h| h.to_str().ok()),
+            protocol_version: protocol_version(req.version),
+        }
+    }
+
+    pub(crate) fn server_address(&self) -> Option<&str> {
+        self.server.as_ref().map(http::uri::Authority::host)
+    }
+
+    pub(crate) fn server_port(&self) -> Option<i64> {
+        self.server
+            .as_ref()
+            .and_then(http::uri::Authority::port_u16)
+            .map(i64::from)
+    }
+}
+
+/// The attributes of a CLIENT span for one attempt, computed once for either kind of span.
+pub(crate) struct ClientAttributes<'a> {
+    pub(crate) method: &'static str,
+    pub(crate) server_address: Option<String>,
+    pub(crate) server_port: Option<i64>,
+    /// Credentials and secret query values redacted.
+    pub(crate) url_full: String,
+    /// Only for retries (1, 2, …).
+    pub(crate) resend_count: Option<i64>,
+    pub(crate) name_method: &'a Method,
+}
+
+impl<'a> ClientAttributes<'a> {
+    pub(crate) fn new(method: &'a Method, url: &str, resend_count: u32) -> Self {
+        let uri = url.parse::<Uri>().ok();
+        let server_port = uri.as_ref().map(|uri| {
+            let default_port = if uri.scheme_str() == Some("https") {
+                443
+            } else {
+                80
+            };
+            i64::from(uri.port_u16().unwrap_or(default_port))
+        });
+        let full = match uri.as_ref().and_then(Uri::query) {
+            Some(query) => format!(
+                "{}?{}",
+                url.split('?').next().unwrap_or(url),
+                redact::redact_query(query)
+            ),
+            None => url.to_owned(),
+        };
+        Self {
+            method: method_label(method),
+            server_address: uri.as_ref().and_then(Uri::host).map(str::to_owned),
+            server_port,
+            url_full: redact::redact_url_credentials(&full),
+            resend_count: (resend_count > 0).then_some(i64::from(resend_count)),
+            name_method: method,
+        }
+    }
+}
+
+/// Whether `status` marks the span failed on this `side` (5xx for servers, 4xx/5xx for clients).
+pub fn is_error(status: StatusCode, side: Side) -> bool {
+    match side {
+        Side::Server => status.is_server_error(),
+        Side::Client => status.is_client_error() || status.is_server_error(),
+    }
+}
+
 /// A SERVER span for `req`, continuing the trace in its propagation headers (a new root without).
 ///
 /// The span is never a child of whatever `tracing` span happens to be current: a server span's
 /// parent is the remote caller.
 pub fn server_span(req: &ServerRequest<'_>) -> tracing::Span {
-    let method = method_label(req.method);
-    let query = req.uri.query().map(redact::redact_query);
-    let host = req
-        .headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or(req.uri.host())
-        .and_then(|h| h.parse::<http::uri::Authority>().ok());
-    let user_agent = req
-        .headers
-        .get(http::header::USER_AGENT)
-        .and_then(|h| h.to_str().ok());
+    let a = ServerAttributes::new(req);
     // Every attribute is a declared field, recorded in one pass when the span is created:
     // `set_attribute` per key costs a subscriber lookup and a lock each, per request.
     let span = tracing::info_span!(
@@ -135,17 +228,17 @@ pub fn server_span(req: &ServerRequest<'_>) -> tracing::Span {
         otel.name = %span_name(req.method, req.route),
         otel.kind = "server",
         otel.status_code = Empty,
-        { semconv::HTTP_REQUEST_METHOD } = method,
-        { semconv::HTTP_REQUEST_METHOD_ORIGINAL } = (method == "_OTHER").then(|| req.method.as_str()),
-        { semconv::URL_PATH } = req.uri.path(),
-        { semconv::URL_QUERY } = query.as_deref(),
-        { semconv::URL_SCHEME } = req.scheme,
-        { semconv::HTTP_ROUTE } = req.route,
-        { semconv::SERVER_ADDRESS } = host.as_ref().map(|a| a.host()),
-        { semconv::SERVER_PORT } = host.as_ref().and_then(|a| a.port_u16()).map(i64::from),
-        { semconv::CLIENT_ADDRESS } = req.client_address.map(|ip| ip.to_string()),
-        { semconv::USER_AGENT_ORIGINAL } = user_agent,
-        { semconv::NETWORK_PROTOCOL_VERSION } = protocol_version(req.version),
+        { semconv::HTTP_REQUEST_METHOD } = a.method,
+        { semconv::HTTP_REQUEST_METHOD_ORIGINAL } = a.method_original,
+        { semconv::URL_PATH } = a.path,
+        { semconv::URL_QUERY } = a.query.as_deref(),
+        { semconv::URL_SCHEME } = a.scheme,
+        { semconv::HTTP_ROUTE } = a.route,
+        { semconv::SERVER_ADDRESS } = a.server_address(),
+        { semconv::SERVER_PORT } = a.server_port(),
+        { semconv::CLIENT_ADDRESS } = a.client_address.as_deref(),
+        { semconv::USER_AGENT_ORIGINAL } = a.user_agent,
+        { semconv::NETWORK_PROTOCOL_VERSION } = a.protocol_version,
         { semconv::HTTP_RESPONSE_STATUS_CODE } = Empty,
         { semconv::ERROR_TYPE } = Empty,
     );
@@ -170,35 +263,19 @@ pub fn client_span(
     url: &str,
     resend_count: u32,
 ) -> tracing::Span {
-    let uri = url.parse::<Uri>().ok();
-    let port = uri.as_ref().map(|uri| {
-        let default_port = if uri.scheme_str() == Some("https") {
-            443
-        } else {
-            80
-        };
-        i64::from(uri.port_u16().unwrap_or(default_port))
-    });
-    let full = match uri.as_ref().and_then(Uri::query) {
-        Some(query) => format!(
-            "{}?{}",
-            url.split('?').next().unwrap_or(url),
-            redact::redact_query(query)
-        ),
-        None => url.to_owned(),
-    };
+    let a = ClientAttributes::new(method, url, resend_count);
     tracing::info_span!(
         target: "observability::http",
         parent: parent,
         "HTTP client request",
-        otel.name = %span_name(method, None),
+        otel.name = %span_name(a.name_method, None),
         otel.kind = "client",
         otel.status_code = Empty,
-        { semconv::HTTP_REQUEST_METHOD } = method_label(method),
-        { semconv::SERVER_ADDRESS } = uri.as_ref().and_then(Uri::host),
-        { semconv::SERVER_PORT } = port,
-        { semconv::URL_FULL } = redact::redact_url_credentials(&full),
-        { semconv::HTTP_REQUEST_RESEND_COUNT } = (resend_count > 0).then_some(i64::from(resend_count)),
+        { semconv::HTTP_REQUEST_METHOD } = a.method,
+        { semconv::SERVER_ADDRESS } = a.server_address.as_deref(),
+        { semconv::SERVER_PORT } = a.server_port,
+        { semconv::URL_FULL } = a.url_full.as_str(),
+        { semconv::HTTP_REQUEST_RESEND_COUNT } = a.resend_count,
         { semconv::HTTP_RESPONSE_STATUS_CODE } = Empty,
         { semconv::ERROR_TYPE } = Empty,
     )
@@ -229,11 +306,7 @@ pub fn record_status(span: &tracing::Span, status: StatusCode, side: Side) {
         semconv::HTTP_RESPONSE_STATUS_CODE,
         i64::from(status.as_u16()),
     );
-    let failed = match side {
-        Side::Server => status.is_server_error(),
-        Side::Client => status.is_client_error() || status.is_server_error(),
-    };
-    if failed {
+    if is_error(status, side) {
         set_str(span, semconv::ERROR_TYPE, status.as_str());
         span.set_status(Status::error(""));
     }

@@ -52,6 +52,7 @@ mod env;
 mod export;
 mod logs;
 
+pub mod http_span;
 pub mod http_trace;
 pub mod metrics;
 pub mod propagation;
@@ -160,6 +161,16 @@ impl Telemetry {
     /// The OTLP protocol spans are exported with, or `None` when they are not exported.
     pub fn exporting(&self) -> Option<Protocol> {
         self.exporting
+    }
+
+    /// A tracer for [`http_span`]'s SDK-direct HTTP spans, exporting through the same pipeline
+    /// as `tracing` spans; disabled when `OTEL_SDK_DISABLED=true`.
+    pub fn http_tracer(&self) -> http_span::HttpTracer {
+        http_span::HttpTracer::new(
+            self.provider
+                .as_ref()
+                .map(|p| p.tracer_with_scope(instrumentation_scope())),
+        )
     }
 
     /// Exports every span ended so far, now. Blocks; meant for tests and before `exec`.
@@ -282,12 +293,8 @@ where
     };
 
     let otel_layer = provider.as_ref().map(|provider| {
-        let scope = InstrumentationScope::builder("observability")
-            .with_version(env!("CARGO_PKG_VERSION"))
-            .with_schema_url(SEMCONV_SCHEMA_URL)
-            .build();
         tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer_with_scope(scope))
+            .with_tracer(provider.tracer_with_scope(instrumentation_scope()))
             .with_tracked_inactivity(false)
             // Spans at INFO and above become OpenTelemetry spans whatever RUST_LOG says, so turning
             // logs down never breaks traces; only WARN/ERROR events are copied onto spans.
@@ -318,6 +325,14 @@ where
         exporting: settings.export.map(|e| e.protocol),
     };
     Ok((telemetry, Dispatch::new(subscriber)))
+}
+
+/// The scope every span of ours is reported under.
+fn instrumentation_scope() -> InstrumentationScope {
+    InstrumentationScope::builder("observability")
+        .with_version(env!("CARGO_PKG_VERSION"))
+        .with_schema_url(SEMCONV_SCHEMA_URL)
+        .build()
 }
 
 fn resource(settings: &env::Settings, service_version: &str) -> Resource {

@@ -87,7 +87,12 @@ where
                 }
             }
         }
-        let (trace_id, span_id) = ids.unzip();
+        // Code that keeps its span outside `tracing` (SDK-direct HTTP spans) passes the ids as
+        // `trace_id` / `span_id` fields.
+        let (trace_id, span_id) = match ids {
+            Some((t, s)) => (Some(t), Some(s)),
+            None => (visitor.trace_id.take(), visitor.span_id.take()),
+        };
 
         let line = Line {
             timestamp: time::OffsetDateTime::now_utc()
@@ -124,6 +129,8 @@ fn otel_ids(id: &tracing::span::Id, dispatch: &Dispatch) -> Option<(String, Stri
 #[derive(Default)]
 struct FieldVisitor {
     message: Option<String>,
+    trace_id: Option<String>,
+    span_id: Option<String>,
     fields: Map<String, Value>,
 }
 
@@ -135,6 +142,17 @@ impl FieldVisitor {
                 Value::String(s) => s,
                 other => other.to_string(),
             });
+        } else if let (Some(slot), Value::String(id)) = (
+            match name {
+                "trace_id" => Some(&mut self.trace_id),
+                "span_id" => Some(&mut self.span_id),
+                _ => None,
+            },
+            &value,
+        ) {
+            if !id.is_empty() {
+                *slot = Some(id.clone());
+            }
         } else if !name.starts_with("log.") {
             self.fields.insert(name.to_owned(), value);
         }

@@ -69,7 +69,11 @@ pub fn trace_exemplar() -> Option<TraceExemplar> {
 pub fn trace_exemplar_for(span: &tracing::Span) -> Option<TraceExemplar> {
     let cx = span.context();
     let otel_span = cx.span();
-    let sc = otel_span.span_context();
+    trace_exemplar_of(otel_span.span_context())
+}
+
+/// Like [`trace_exemplar`] for a span context (e.g. an [`crate::http_span::ServerSpan`]'s).
+pub fn trace_exemplar_of(sc: &opentelemetry::trace::SpanContext) -> Option<TraceExemplar> {
     (sc.is_valid() && sc.is_sampled()).then(|| TraceExemplar {
         trace_id: sc.trace_id().to_string(),
     })

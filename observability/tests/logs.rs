@@ -154,3 +154,49 @@ fn lines_without_an_exporter_still_carry_trace_ids() {
     assert_eq!(line["trace_id"].as_str().map(str::len), Some(32), "{line}");
     assert_eq!(line["span_id"].as_str().map(str::len), Some(16), "{line}");
 }
+
+#[test]
+fn sdk_direct_http_spans_are_exported_and_their_ids_lead_log_lines_to_them() {
+    let receiver = OtlpReceiver::start();
+    let capture = Capture::default();
+    let (telemetry, dispatch) =
+        observability::build("logs-test", "1", &env(&receiver, "info"), capture.clone()).unwrap();
+    let tracer = telemetry.http_tracer();
+    let req = http::Request::get("/orders/42").body(()).unwrap();
+    let mut server = tracer.server(&observability::http_trace::ServerRequest::new(
+        req.method(),
+        req.uri(),
+        req.version(),
+        req.headers(),
+    ));
+    server.set_route(req.method(), "/orders/{id}");
+    let (trace_id, span_id) = (
+        server.span_context().trace_id().to_string(),
+        server.span_context().span_id().to_string(),
+    );
+    tracing::dispatcher::with_default(&dispatch, || {
+        tracing::info!(trace_id = %trace_id, span_id = %span_id, status = 200, "request");
+    });
+    server.end();
+    telemetry.shutdown();
+    let spans = receiver
+        .wait_for_blocking(
+            |s| s.iter().any(|s| s.name() == "GET /orders/{id}"),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    let span = spans
+        .iter()
+        .find(|s| s.name() == "GET /orders/{id}")
+        .unwrap();
+    assert_eq!(span.trace_id(), trace_id);
+
+    let line = &capture.lines()[0];
+    assert_eq!(line["trace_id"], trace_id.as_str(), "{line}");
+    assert_eq!(line["span_id"], span_id.as_str(), "{line}");
+    assert!(
+        line["fields"].get("trace_id").is_none(),
+        "ids are not repeated as fields: {line}"
+    );
+    assert_eq!(line["fields"]["status"], 200);
+}

@@ -197,13 +197,14 @@ async fn server_and_client_spans_carry_decisions_and_continue_the_trace() {
         "no exemplar with the trace id: {exemplar_traces:?}"
     );
 
-    // The access log line of the request carries its trace id.
+    // The access log line of the request carries its trace and span id, as the top-level keys
+    // every log line uses, so a log search leads to the exact SERVER span.
     let log = gw.log_containing(INCOMING_TRACE).await;
-    let line = log
+    let line: serde_json::Value = log
         .lines()
-        .find(|l| l.contains("\"target\":\"access\"") && l.contains(INCOMING_TRACE));
-    assert!(
-        line.is_some(),
-        "no access log line with the trace id:\n{log}"
-    );
+        .filter(|l| l.contains("\"target\":\"access\"") && l.contains(INCOMING_TRACE))
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no access log line with the trace id:\n{log}"));
+    assert_eq!(line["trace_id"], INCOMING_TRACE, "{line}");
+    assert_eq!(line["span_id"], allowed.span_id().as_str(), "{line}");
 }

@@ -1,0 +1,422 @@
+//! HTTP SERVER and CLIENT spans made directly with the OpenTelemetry SDK, for hot paths.
+//!
+//! [`crate::http_trace`] builds the same spans through `tracing`, which is what a service wants
+//! (its logs and inner spans nest under the request). A proxy that handles tens of thousands of
+//! requests per second per core and keeps its span in a per-request context (Pingora's `CTX`)
+//! pays for that bridge on every attribute; these types skip it: a span is an SDK span owned by
+//! the request, attributes are pushed onto it, and it is exported when it ends. Names,
+//! attributes and error rules are the same as `http_trace`'s, so a trace reads the same whichever
+//! was used.
+//!
+//! ```
+//! use observability::http_span::HttpTracer;
+//! use observability::http_trace::{ServerRequest, Side};
+//!
+//! let tracer = HttpTracer::disabled(); // `telemetry.http_tracer()` in a real binary
+//! let req = http::Request::get("/orders/42").body(()).unwrap();
+//! let mut server = tracer.server(&ServerRequest::new(req.method(), req.uri(), req.version(), req.headers()));
+//! server.set_route(req.method(), "/orders/{id}");
+//! let mut attempt = server.client(req.method(), "http://orders:8080/orders/42", 0);
+//! let mut upstream_headers = http::HeaderMap::new();
+//! attempt.inject(&mut upstream_headers);
+//! attempt.record_status(http::StatusCode::OK, Side::Client);
+//! server.record_status(http::StatusCode::OK, Side::Server);
+//! server.end();
+//! ```
+
+use std::borrow::Cow;
+
+use http::{HeaderMap, Method, StatusCode};
+use opentelemetry::trace::{
+    Span as _, SpanContext, SpanKind, Status, TraceContextExt as _, Tracer as _,
+};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::trace::{SdkTracer, Span};
+use opentelemetry_semantic_conventions::attribute as semconv;
+
+use crate::http_trace::{
+    is_error, span_name, ClientAttributes, ServerAttributes, ServerRequest, Side,
+};
+use crate::propagation;
+
+/// Starts [`ServerSpan`]s; from [`crate::Telemetry::http_tracer`]. Cheap to clone.
+///
+/// Disabled (every span a no-op with an invalid context) when `OTEL_SDK_DISABLED=true`.
+#[derive(Clone, Debug)]
+pub struct HttpTracer {
+    tracer: Option<SdkTracer>,
+}
+
+impl HttpTracer {
+    pub(crate) fn new(tracer: Option<SdkTracer>) -> Self {
+        Self { tracer }
+    }
+
+    /// A tracer whose spans record nothing; for tests and when telemetry is off.
+    pub fn disabled() -> Self {
+        Self { tracer: None }
+    }
+
+    /// A SERVER span for `req`, continuing the trace in its propagation headers (a new root
+    /// without). It ends on [`ServerSpan::end`] or when dropped.
+    pub fn server(&self, req: &ServerRequest<'_>) -> ServerSpan {
+        let parent = propagation::extract_http(req.headers);
+        let Some(tracer) = &self.tracer else {
+            return ServerSpan {
+                span: None,
+                parent,
+                tracer: None,
+            };
+        };
+        let a = ServerAttributes::new(req);
+        let mut attributes = Vec::with_capacity(24);
+        attributes.push(KeyValue::new(semconv::HTTP_REQUEST_METHOD, a.method));
+        if let Some(original) = a.method_original {
+            attributes.push(KeyValue::new(
+                semconv::HTTP_REQUEST_METHOD_ORIGINAL,
+                original.to_owned(),
+            ));
+        }
+        attributes.push(KeyValue::new(semconv::URL_PATH, a.path.to_owned()));
+        if let Some(query) = a.query.clone() {
+            attributes.push(KeyValue::new(semconv::URL_QUERY, query));
+        }
+        attributes.push(KeyValue::new(semconv::URL_SCHEME, a.scheme.to_owned()));
+        if let Some(route) = a.route {
+            attributes.push(KeyValue::new(semconv::HTTP_ROUTE, route.to_owned()));
+        }
+        if let Some(host) = a.server_address() {
+            attributes.push(KeyValue::new(semconv::SERVER_ADDRESS, host.to_owned()));
+        }
+        if let Some(port) = a.server_port() {
+            attributes.push(KeyValue::new(semconv::SERVER_PORT, port));
+        }
+        if let Some(client) = a.client_address {
+            attributes.push(KeyValue::new(semconv::CLIENT_ADDRESS, client));
+        }
+        if let Some(agent) = a.user_agent {
+            attributes.push(KeyValue::new(
+                semconv::USER_AGENT_ORIGINAL,
+                agent.to_owned(),
+            ));
+        }
+        if let Some(version) = a.protocol_version {
+            attributes.push(KeyValue::new(semconv::NETWORK_PROTOCOL_VERSION, version));
+        }
+        let span = tracer
+            .span_builder(span_name(req.method, req.route))
+            .with_kind(SpanKind::Server)
+            .with_attributes(attributes)
+            .start_with_context(tracer, &parent);
+        ServerSpan {
+            span: Some(span),
+            parent,
+            tracer: Some(tracer.clone()),
+        }
+    }
+}
+
+/// The SERVER span of one request. Ends on [`ServerSpan::end`] or drop.
+#[derive(Debug)]
+pub struct ServerSpan {
+    span: Option<Span>,
+    /// The extracted caller context: the span's parent, and the baggage passed on upstream.
+    parent: Context,
+    tracer: Option<SdkTracer>,
+}
+
+impl Default for ServerSpan {
+    fn default() -> Self {
+        Self::none()
+    }
+}
+
+impl ServerSpan {
+    /// A span that records nothing (before a request has started).
+    pub fn none() -> Self {
+        Self {
+            span: None,
+            parent: Context::new(),
+            tracer: None,
+        }
+    }
+
+    /// This span's context; invalid when tracing is off.
+    pub fn span_context(&self) -> &SpanContext {
+        static INVALID: std::sync::LazyLock<SpanContext> =
+            std::sync::LazyLock::new(SpanContext::empty_context);
+        self.span.as_ref().map_or(&INVALID, |s| s.span_context())
+    }
+
+    /// Names the span `{method} {route}` and sets `http.route`, once routing has matched.
+    pub fn set_route(&mut self, method: &Method, route: &str) {
+        if let Some(span) = &mut self.span {
+            span.update_name(span_name(method, Some(route)));
+            span.set_attribute(KeyValue::new(semconv::HTTP_ROUTE, route.to_owned()));
+        }
+    }
+
+    /// Adds one attribute (no-op when tracing is off).
+    pub fn set_attribute(&mut self, attribute: KeyValue) {
+        if let Some(span) = &mut self.span {
+            span.set_attribute(attribute);
+        }
+    }
+
+    /// Whether attributes are kept: skip computing them when not.
+    pub fn is_recording(&self) -> bool {
+        self.span.as_ref().is_some_and(|s| s.is_recording())
+    }
+
+    /// Sets `http.response.status_code`; for 5xx also `error.type` and an ERROR status.
+    pub fn record_status(&mut self, status: StatusCode, side: Side) {
+        if let Some(span) = &mut self.span {
+            record_status(span, status, side);
+        }
+    }
+
+    /// Marks the span failed with a low-cardinality `error.type`.
+    pub fn record_error(&mut self, error_type: &'static str) {
+        if let Some(span) = &mut self.span {
+            record_error(span, error_type);
+        }
+    }
+
+    /// A CLIENT span for one attempt to call `url`, child of this span. `resend_count` is 0 for
+    /// the first attempt and counts retries after it, so retries show as sibling spans.
+    pub fn client(&self, method: &Method, url: &str, resend_count: u32) -> ClientSpan {
+        let (Some(tracer), Some(server)) = (&self.tracer, &self.span) else {
+            return ClientSpan {
+                span: None,
+                inject: self.parent.clone(),
+            };
+        };
+        let a = ClientAttributes::new(method, url, resend_count);
+        let mut attributes = Vec::with_capacity(8);
+        attributes.push(KeyValue::new(semconv::HTTP_REQUEST_METHOD, a.method));
+        if let Some(host) = a.server_address {
+            attributes.push(KeyValue::new(semconv::SERVER_ADDRESS, host));
+        }
+        if let Some(port) = a.server_port {
+            attributes.push(KeyValue::new(semconv::SERVER_PORT, port));
+        }
+        attributes.push(KeyValue::new(semconv::URL_FULL, a.url_full));
+        if let Some(n) = a.resend_count {
+            attributes.push(KeyValue::new(semconv::HTTP_REQUEST_RESEND_COUNT, n));
+        }
+        // The server span is a local parent: `with_remote_span_context` only stores its context
+        // (whose is_remote flag stays false).
+        let parent = Context::new().with_remote_span_context(server.span_context().clone());
+        let span = tracer
+            .span_builder(span_name(method, None))
+            .with_kind(SpanKind::Client)
+            .with_attributes(attributes)
+            .start_with_context(tracer, &parent);
+        let inject = self
+            .parent
+            .with_remote_span_context(span.span_context().clone());
+        ClientSpan {
+            span: Some(span),
+            inject,
+        }
+    }
+
+    /// Ends the span now (later calls do nothing).
+    pub fn end(&mut self) {
+        if let Some(mut span) = self.span.take() {
+            span.end();
+        }
+    }
+}
+
+/// The CLIENT span of one upstream attempt. Ends when dropped.
+#[derive(Debug)]
+pub struct ClientSpan {
+    span: Option<Span>,
+    /// What goes upstream: this span as the parent, plus the caller's baggage.
+    inject: Context,
+}
+
+impl ClientSpan {
+    /// Adds one attribute (no-op when tracing is off).
+    pub fn set_attribute(&mut self, attribute: KeyValue) {
+        if let Some(span) = &mut self.span {
+            span.set_attribute(attribute);
+        }
+    }
+
+    /// Sets `http.response.status_code`; 4xx and 5xx also set `error.type` and an ERROR status.
+    pub fn record_status(&mut self, status: StatusCode, side: Side) {
+        if let Some(span) = &mut self.span {
+            record_status(span, status, side);
+        }
+    }
+
+    /// Marks the attempt failed with a low-cardinality `error.type`.
+    pub fn record_error(&mut self, error_type: &'static str) {
+        if let Some(span) = &mut self.span {
+            record_error(span, error_type);
+        }
+    }
+
+    /// Writes this attempt's context into the upstream request's headers, replacing any
+    /// propagation headers the client sent. With tracing off, the caller's context (if any)
+    /// passes through unchanged.
+    pub fn inject(&self, headers: &mut HeaderMap) {
+        propagation::inject_http(&self.inject, headers);
+    }
+}
+
+fn record_status(span: &mut Span, status: StatusCode, side: Side) {
+    span.set_attribute(KeyValue::new(
+        semconv::HTTP_RESPONSE_STATUS_CODE,
+        i64::from(status.as_u16()),
+    ));
+    if is_error(status, side) {
+        span.set_attribute(KeyValue::new(
+            semconv::ERROR_TYPE,
+            status.as_str().to_owned(),
+        ));
+        span.set_status(Status::error(""));
+    }
+}
+
+fn record_error(span: &mut Span, error_type: &'static str) {
+    span.set_attribute(KeyValue::new(semconv::ERROR_TYPE, error_type));
+    span.set_status(Status::Error {
+        description: Cow::Borrowed(error_type),
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_sdk::error::OTelSdkResult;
+    use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
+
+    /// Keeps exported spans in memory (the SDK's own needs its `testing` feature).
+    #[derive(Clone, Debug, Default)]
+    struct Collect(Arc<Mutex<Vec<SpanData>>>);
+
+    impl SpanExporter for Collect {
+        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+            self.0.lock().unwrap().extend(batch);
+            Ok(())
+        }
+    }
+
+    fn tracer() -> (HttpTracer, Collect, SdkTracerProvider) {
+        let exporter = Collect::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        (
+            HttpTracer::new(Some(provider.tracer("test"))),
+            exporter,
+            provider,
+        )
+    }
+
+    #[test]
+    fn server_and_client_spans_form_one_trace_and_propagate_the_attempt() {
+        let (tracer, exporter, _provider) = tracer();
+        let req = http::Request::get("/orders/42?token=secret&page=2")
+            .header("host", "shop.example:8080")
+            .header(
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            )
+            .body(())
+            .unwrap();
+        let mut server = tracer.server(&ServerRequest::new(
+            req.method(),
+            req.uri(),
+            req.version(),
+            req.headers(),
+        ));
+        server.set_route(req.method(), "/orders/{id}");
+        let mut attempt = server.client(req.method(), "http://10.0.0.7:9000/orders/42", 1);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "traceparent",
+            "00-ffffffffffffffffffffffffffffffff-ffffffffffffffff-01"
+                .parse()
+                .unwrap(),
+        );
+        attempt.inject(&mut headers);
+        attempt.record_status(StatusCode::SERVICE_UNAVAILABLE, Side::Client);
+        drop(attempt);
+        server.record_status(StatusCode::OK, Side::Server);
+        server.end();
+
+        let spans = exporter.0.lock().unwrap().clone();
+        assert_eq!(spans.len(), 2);
+        let (client, server) = (&spans[0], &spans[1]);
+        assert_eq!(server.name, "GET /orders/{id}");
+        assert_eq!(server.span_kind, SpanKind::Server);
+        assert_eq!(
+            server.span_context.trace_id().to_string(),
+            "0af7651916cd43dd8448eb211c80319c"
+        );
+        assert!(server.parent_span_is_remote);
+        assert_eq!(client.span_kind, SpanKind::Client);
+        assert_eq!(client.parent_span_id, server.span_context.span_id());
+        assert!(!client.parent_span_is_remote);
+        let attr = |s: &opentelemetry_sdk::trace::SpanData, k: &str| {
+            s.attributes
+                .iter()
+                .find(|kv| kv.key.as_str() == k)
+                .map(|kv| kv.value.to_string())
+        };
+        assert_eq!(attr(server, "http.route").as_deref(), Some("/orders/{id}"));
+        assert_eq!(
+            attr(server, "server.address").as_deref(),
+            Some("shop.example")
+        );
+        assert!(!attr(server, "url.query").unwrap().contains("secret"));
+        assert_eq!(
+            attr(client, "http.request.resend_count").as_deref(),
+            Some("1")
+        );
+        assert_eq!(attr(client, "error.type").as_deref(), Some("503"));
+        assert_eq!(attr(server, "error.type"), None);
+        let sent = headers["traceparent"].to_str().unwrap();
+        assert_eq!(
+            sent,
+            format!(
+                "00-0af7651916cd43dd8448eb211c80319c-{}-01",
+                client.span_context.span_id()
+            ),
+            "the upstream continues the trace under the attempt, never the client's header"
+        );
+    }
+
+    #[test]
+    fn a_disabled_tracer_passes_the_callers_context_through() {
+        let tracer = HttpTracer::disabled();
+        let req = http::Request::get("/")
+            .header(
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            )
+            .body(())
+            .unwrap();
+        let server = tracer.server(&ServerRequest::new(
+            req.method(),
+            req.uri(),
+            req.version(),
+            req.headers(),
+        ));
+        assert!(!server.span_context().is_valid());
+        let attempt = server.client(req.method(), "http://u/", 0);
+        let mut headers = HeaderMap::new();
+        attempt.inject(&mut headers);
+        assert_eq!(
+            headers["traceparent"],
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        );
+    }
+}
