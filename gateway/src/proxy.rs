@@ -15,6 +15,7 @@ use pingora_core::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
+use observability::http_span::HttpSpan as _;
 use observability::http_trace::{ServerRequest, Side};
 use observability::opentelemetry::KeyValue;
 

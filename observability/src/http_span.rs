@@ -9,7 +9,7 @@
 //! was used.
 //!
 //! ```
-//! use observability::http_span::HttpTracer;
+//! use observability::http_span::{HttpSpan as _, HttpTracer};
 //! use observability::http_trace::{ServerRequest, Side};
 //!
 //! let tracer = HttpTracer::disabled(); // `telemetry.http_tracer()` in a real binary
@@ -156,30 +156,9 @@ impl ServerSpan {
         }
     }
 
-    /// Adds one attribute (no-op when tracing is off).
-    pub fn set_attribute(&mut self, attribute: KeyValue) {
-        if let Some(span) = &mut self.span {
-            span.set_attribute(attribute);
-        }
-    }
-
     /// Whether attributes are kept: skip computing them when not.
     pub fn is_recording(&self) -> bool {
         self.span.as_ref().is_some_and(|s| s.is_recording())
-    }
-
-    /// Sets `http.response.status_code`; for 5xx also `error.type` and an ERROR status.
-    pub fn record_status(&mut self, status: StatusCode, side: Side) {
-        if let Some(span) = &mut self.span {
-            record_status(span, status, side);
-        }
-    }
-
-    /// Marks the span failed with a low-cardinality `error.type`.
-    pub fn record_error(&mut self, error_type: &'static str) {
-        if let Some(span) = &mut self.span {
-            record_error(span, error_type);
-        }
     }
 
     /// A CLIENT span for one attempt to call `url`, child of this span. `resend_count` is 0 for
@@ -238,27 +217,6 @@ pub struct ClientSpan {
 }
 
 impl ClientSpan {
-    /// Adds one attribute (no-op when tracing is off).
-    pub fn set_attribute(&mut self, attribute: KeyValue) {
-        if let Some(span) = &mut self.span {
-            span.set_attribute(attribute);
-        }
-    }
-
-    /// Sets `http.response.status_code`; 4xx and 5xx also set `error.type` and an ERROR status.
-    pub fn record_status(&mut self, status: StatusCode, side: Side) {
-        if let Some(span) = &mut self.span {
-            record_status(span, status, side);
-        }
-    }
-
-    /// Marks the attempt failed with a low-cardinality `error.type`.
-    pub fn record_error(&mut self, error_type: &'static str) {
-        if let Some(span) = &mut self.span {
-            record_error(span, error_type);
-        }
-    }
-
     /// Writes this attempt's context into the upstream request's headers, replacing any
     /// propagation headers the client sent. With tracing off, the caller's context (if any)
     /// passes through unchanged.
@@ -267,25 +225,59 @@ impl ClientSpan {
     }
 }
 
-fn record_status(span: &mut Span, status: StatusCode, side: Side) {
-    span.set_attribute(KeyValue::new(
-        semconv::HTTP_RESPONSE_STATUS_CODE,
-        i64::from(status.as_u16()),
-    ));
-    if is_error(status, side) {
+/// What both HTTP span kinds record; a no-op when tracing is off.
+pub trait HttpSpan {
+    /// The SDK span while it is open.
+    #[doc(hidden)]
+    fn open_span(&mut self) -> Option<&mut Span>;
+
+    /// Adds one attribute.
+    fn set_attribute(&mut self, attribute: KeyValue) {
+        if let Some(span) = self.open_span() {
+            span.set_attribute(attribute);
+        }
+    }
+
+    /// Sets `http.response.status_code`; when it is an error on this `side` (see [`Side`]) also
+    /// `error.type` and an ERROR status.
+    fn record_status(&mut self, status: StatusCode, side: Side) {
+        let Some(span) = self.open_span() else {
+            return;
+        };
         span.set_attribute(KeyValue::new(
-            semconv::ERROR_TYPE,
-            status.as_str().to_owned(),
+            semconv::HTTP_RESPONSE_STATUS_CODE,
+            i64::from(status.as_u16()),
         ));
-        span.set_status(Status::error(""));
+        if is_error(status, side) {
+            span.set_attribute(KeyValue::new(
+                semconv::ERROR_TYPE,
+                status.as_str().to_owned(),
+            ));
+            span.set_status(Status::error(""));
+        }
+    }
+
+    /// Marks the span failed with a low-cardinality `error.type` (`timeout`, `connect_refused`, …).
+    fn record_error(&mut self, error_type: &'static str) {
+        if let Some(span) = self.open_span() {
+            span.set_attribute(KeyValue::new(semconv::ERROR_TYPE, error_type));
+            span.set_status(Status::Error {
+                description: Cow::Borrowed(error_type),
+            });
+        }
     }
 }
 
-fn record_error(span: &mut Span, error_type: &'static str) {
-    span.set_attribute(KeyValue::new(semconv::ERROR_TYPE, error_type));
-    span.set_status(Status::Error {
-        description: Cow::Borrowed(error_type),
-    });
+impl HttpSpan for ServerSpan {
+    fn open_span(&mut self) -> Option<&mut Span> {
+        self.span.as_mut()
+    }
+}
+
+impl HttpSpan for ClientSpan {
+    fn open_span(&mut self) -> Option<&mut Span> {
+        self.span.as_mut()
+    }
 }
 
 #[cfg(test)]
