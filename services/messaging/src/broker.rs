@@ -1,10 +1,13 @@
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::{Connection, ConnectionProperties};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
 
-use crate::{MessagingError, Topology};
+use crate::{MessagingError, MessagingMetrics, Topology};
 
 /// Where the broker is and how names are prefixed. Inert data; cheap to clone. Its `Debug`
 /// hides the URL's credentials.
@@ -76,6 +79,62 @@ impl BrokerStatus {
 /// Exponential back-off between reconnect attempts: 100 ms doubling up to 5 s.
 pub(crate) fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(100u64.saturating_mul(1 << attempt.min(6))).min(Duration::from_secs(5))
+}
+
+/// The reconnect loop every long-running broker task (relay, consumers) runs under.
+pub(crate) struct Reconnect<'a> {
+    /// Names the task in logs (`relay`, `consumer:orders`).
+    pub(crate) task: &'a str,
+    pub(crate) status: &'a BrokerStatus,
+    pub(crate) metrics: &'a MessagingMetrics,
+    /// Failed attempts since the last successful connect; sets the back-off.
+    failures: AtomicU32,
+}
+
+impl<'a> Reconnect<'a> {
+    pub(crate) fn new(
+        task: &'a str,
+        status: &'a BrokerStatus,
+        metrics: &'a MessagingMetrics,
+    ) -> Self {
+        Self {
+            task,
+            status,
+            metrics,
+            failures: AtomicU32::new(0),
+        }
+    }
+
+    /// Call once connected and set up: marks the task up and resets the back-off.
+    pub(crate) fn connected(&self) {
+        self.status.set(true);
+        self.failures.store(0, Ordering::Relaxed);
+    }
+
+    /// Runs `connected_run` until it returns `Ok` (a clean stop, e.g. on shutdown) or `shutdown`
+    /// is cancelled while waiting; after an error, waits with exponential back-off and runs it
+    /// again. `connected_run` is not raced against `shutdown`: it watches the token itself and
+    /// closes its channel and connection cleanly.
+    pub(crate) async fn run<F, Fut>(&self, shutdown: &CancellationToken, mut connected_run: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<(), MessagingError>>,
+    {
+        loop {
+            let result = connected_run().await;
+            self.status.set(false);
+            let Err(error) = result else { break };
+            let delay = backoff(self.failures.fetch_add(1, Ordering::Relaxed));
+            self.metrics.reconnects.inc();
+            warn!(task = self.task, %error, ?delay, "Lost the broker; reconnecting.");
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+        self.status.set(false);
+        debug!(task = self.task, "Stopped.");
+    }
 }
 
 #[cfg(test)]

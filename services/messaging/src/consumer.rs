@@ -9,7 +9,7 @@ use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::broker::backoff;
+use crate::broker::Reconnect;
 use crate::{
     inbox, trace_context, AmqpConfig, BrokerStatus, CloudEvent, Db, MessagingError,
     MessagingMetrics, OutboxNotifier, TraceContext,
@@ -145,34 +145,17 @@ impl<H: Handler> Consumer<H> {
     /// Runs until `shutdown` is cancelled. An in-flight delivery that has not committed is
     /// left unacked, so the broker hands it to the next consumer.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut attempt = 0u32;
-        loop {
-            // Not raced against `shutdown` here: run_connected watches it and closes the
-            // channel and connection cleanly.
-            let result = self.run_connected(&shutdown, &mut attempt).await;
-            self.status.set(false);
-            match result {
-                Ok(()) => break,
-                Err(error) => {
-                    let delay = backoff(attempt);
-                    attempt += 1;
-                    self.metrics.reconnects.inc();
-                    warn!(consumer = %self.config.name, %error, ?delay, "Consumer lost the broker; reconnecting.");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                }
-            }
-        }
-        self.status.set(false);
-        debug!(consumer = %self.config.name, "Consumer stopped.");
+        let task = format!("consumer:{}", self.config.name);
+        let reconnect = Reconnect::new(&task, &self.status, &self.metrics);
+        reconnect
+            .run(&shutdown, || self.run_connected(&shutdown, &reconnect))
+            .await;
     }
 
     async fn run_connected(
         &self,
         shutdown: &CancellationToken,
-        attempt: &mut u32,
+        reconnect: &Reconnect<'_>,
     ) -> Result<(), MessagingError> {
         let cfg = &self.config;
         let role = format!("consumer-{}", cfg.name);
@@ -198,8 +181,7 @@ impl<H: Handler> Consumer<H> {
                 FieldTable::default(),
             )
             .await?;
-        self.status.set(true);
-        *attempt = 0;
+        reconnect.connected();
         info!(consumer = %cfg.name, %queue, "Consumer attached.");
         loop {
             let first = tokio::select! {

@@ -5,9 +5,9 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Confirmation};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{info, warn, Instrument};
 
-use crate::broker::backoff;
+use crate::broker::Reconnect;
 use crate::outbox::{self, OutboxRow};
 use crate::{trace_context, AmqpConfig, BrokerStatus, Db, MessagingError, MessagingMetrics};
 
@@ -58,34 +58,16 @@ impl Relay {
 
     /// Runs until `shutdown` is cancelled, reconnecting whenever the broker goes away.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut attempt = 0u32;
-        loop {
-            // Not raced against `shutdown` here: run_connected watches it and closes the
-            // channel and connection cleanly.
-            let result = self.run_connected(&shutdown, &mut attempt).await;
-            self.status.set(false);
-            match result {
-                Ok(()) => break,
-                Err(error) => {
-                    let delay = backoff(attempt);
-                    attempt += 1;
-                    self.metrics.reconnects.inc();
-                    warn!(%error, ?delay, "Outbox relay lost the broker; reconnecting.");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                }
-            }
-        }
-        self.status.set(false);
-        debug!("Outbox relay stopped.");
+        let reconnect = Reconnect::new("relay", &self.status, &self.metrics);
+        reconnect
+            .run(&shutdown, || self.run_connected(&shutdown, &reconnect))
+            .await;
     }
 
     async fn run_connected(
         &self,
         shutdown: &CancellationToken,
-        attempt: &mut u32,
+        reconnect: &Reconnect<'_>,
     ) -> Result<(), MessagingError> {
         let conn = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -100,8 +82,7 @@ impl Relay {
                 .declare_consumer(&ch, consumer, keys, crate::DEFAULT_DELIVERY_LIMIT)
                 .await?;
         }
-        self.status.set(true);
-        *attempt = 0;
+        reconnect.connected();
         info!("Outbox relay connected.");
         let exchange = self.amqp.topology.exchange();
         loop {
