@@ -27,7 +27,8 @@
 //! - RabbitMQ (feature `amqp`): `amqp::publish_span` / `amqp::process_span` and the header helpers.
 //! - Outbox rows: store [`propagation::to_carrier`]`(&`[`propagation::current_context`]`())`, restore with
 //!   [`propagation::from_carrier`].
-//! - Metrics: [`metrics::MetricsRegistry`], [`metrics::HttpServerMetrics`], [`metrics::MessagingMetrics`].
+//! - Metrics: [`metrics::MetricsRegistry`], [`metrics::HttpServerMetrics`]; the messaging crate's
+//!   `MessagingMetrics` builds on [`metrics::duration_family`] and [`metrics::trace_exemplar`].
 //! - Anything that might hold a secret goes through [`redact`] before it becomes a field.
 //!
 //! # Configuration (standard OpenTelemetry variables)

@@ -16,7 +16,6 @@ use std::time::Duration;
 use opentelemetry::trace::TraceContextExt as _;
 use parking_lot::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -183,98 +182,6 @@ impl HttpServerMetrics {
     }
 }
 
-/// Labels of the messaging metrics.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct MessagingLabels {
-    /// Always `rabbitmq` here.
-    pub messaging_system: String,
-    /// `send` / `publish` / `process` / `settle`.
-    pub messaging_operation_type: String,
-    /// The exchange for publishes, the queue for deliveries.
-    pub messaging_destination_name: String,
-    /// Set for failures (`nack`, `timeout`, an error class).
-    pub error_type: Option<String>,
-}
-
-/// Messaging metrics (semantic conventions 1.42 names, mapped to Prometheus).
-#[derive(Clone, Debug)]
-pub struct MessagingMetrics {
-    /// `messaging_client_operation_duration_seconds`: how long publishes took (incl. confirm).
-    pub operation_duration: DurationFamily<MessagingLabels>,
-    /// `messaging_process_duration_seconds`: how long handling one delivery took.
-    pub process_duration: DurationFamily<MessagingLabels>,
-    /// `messaging_client_sent_messages_total`.
-    pub sent_messages: Family<MessagingLabels, Counter>,
-    /// `messaging_client_consumed_messages_total`.
-    pub consumed_messages: Family<MessagingLabels, Counter>,
-}
-
-impl MessagingMetrics {
-    /// Creates the metrics and registers them in `registry`.
-    pub fn new(registry: &MetricsRegistry) -> Self {
-        let metrics = Self {
-            operation_duration: duration_family(),
-            process_duration: duration_family(),
-            sent_messages: Family::default(),
-            consumed_messages: Family::default(),
-        };
-        registry.register_with_unit(
-            "messaging_client_operation_duration",
-            "Duration of messaging operations initiated by a producer or consumer client",
-            Unit::Seconds,
-            metrics.operation_duration.clone(),
-        );
-        registry.register_with_unit(
-            "messaging_process_duration",
-            "Duration of processing operations",
-            Unit::Seconds,
-            metrics.process_duration.clone(),
-        );
-        registry.register(
-            "messaging_client_sent_messages",
-            "Number of messages the producer attempted to send to the broker",
-            metrics.sent_messages.clone(),
-        );
-        registry.register(
-            "messaging_client_consumed_messages",
-            "Number of messages that were delivered to the application",
-            metrics.consumed_messages.clone(),
-        );
-        metrics
-    }
-
-    /// Records one publish to `exchange`; exemplar from the current span.
-    pub fn record_publish(&self, exchange: &str, duration: Duration, error_type: Option<&str>) {
-        let labels = labels("send", exchange, error_type);
-        self.sent_messages.get_or_create(&labels).inc();
-        self.operation_duration.get_or_create(&labels).observe(
-            duration.as_secs_f64(),
-            trace_exemplar(),
-            None,
-        );
-    }
-
-    /// Records one processed delivery from `queue`; exemplar from the current span.
-    pub fn record_process(&self, queue: &str, duration: Duration, error_type: Option<&str>) {
-        let labels = labels("process", queue, error_type);
-        self.consumed_messages.get_or_create(&labels).inc();
-        self.process_duration.get_or_create(&labels).observe(
-            duration.as_secs_f64(),
-            trace_exemplar(),
-            None,
-        );
-    }
-}
-
-fn labels(operation: &str, destination: &str, error_type: Option<&str>) -> MessagingLabels {
-    MessagingLabels {
-        messaging_system: "rabbitmq".to_owned(),
-        messaging_operation_type: operation.to_owned(),
-        messaging_destination_name: destination.to_owned(),
-        error_type: error_type.map(str::to_owned),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,16 +231,5 @@ mod tests {
     #[test]
     fn no_span_means_no_exemplar() {
         assert_eq!(trace_exemplar(), None);
-    }
-
-    #[test]
-    fn messaging_metrics_count_and_time() {
-        let registry = MetricsRegistry::new();
-        let messaging = MessagingMetrics::new(&registry);
-        messaging.record_publish("orders", Duration::from_millis(2), None);
-        messaging.record_process("payment.orders", Duration::from_millis(8), Some("handler"));
-        let text = registry.encode();
-        assert!(text.contains("messaging_client_sent_messages_total{messaging_system=\"rabbitmq\",messaging_operation_type=\"send\",messaging_destination_name=\"orders\""), "{text}");
-        assert!(text.contains("messaging_process_duration_seconds_count{messaging_system=\"rabbitmq\",messaging_operation_type=\"process\",messaging_destination_name=\"payment.orders\",error_type=\"handler\"} 1"), "{text}");
     }
 }
