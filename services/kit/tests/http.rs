@@ -208,11 +208,7 @@ async fn ready_only_with_the_broker_and_stops_on_shutdown() {
 
 #[tokio::test]
 async fn not_ready_without_the_broker() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = test_support::free_port();
     let (base, _prefix, shutdown, task, _dir) =
         start(format!("amqp://guest:guest@127.0.0.1:{port}/%2f")).await;
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -349,11 +349,7 @@ async fn an_outbox_row_written_while_the_broker_is_down_is_published_when_it_ret
     let fx = fixture().await;
     let ch = declare(&fx, 5).await;
     // A port where nothing listens yet: the relay's broker is "down".
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = test_support::free_port();
     let url = amqp_url();
     let user = &url[..url.rfind('@').unwrap()];
     let vhost = url.rsplit('/').next().unwrap();

@@ -609,10 +609,7 @@ fn assert_trace_shape(trace_id: &str, all: &[test_support::ReceivedSpan]) {
 
 #[test]
 fn stack_without_rabbitmq_says_how_to_start_one() {
-    let closed = {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let closed = test_support::free_port();
     let url = format!("amqp://guest:guest@127.0.0.1:{closed}/%2f");
     let out = Command::new(bin_dir().join("stack"))
         .args(["--no-build", "--amqp-url", &url])

@@ -116,12 +116,8 @@ mod tests {
 
     #[test]
     fn unreachable_broker_fails_with_instructions_and_no_password() {
-        // A port that accepts nothing: bind, then drop.
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        // A port that accepts nothing.
+        let port = crate::free_port();
         let error =
             require_rabbitmq(&format!("amqp://guest:s3cret@127.0.0.1:{port}/%2f")).unwrap_err();
         assert!(error.contains("rabbitmq-server -detached"), "{error}");
