@@ -99,6 +99,15 @@ pub struct ServerSettings {
     pub reload_poll: Duration,
     /// The realm named in `WWW-Authenticate`. Default `vantage`.
     pub realm: String,
+    /// Networks of the proxies in front of the gateway (load balancers, CDNs) whose
+    /// `X-Forwarded-For` / `X-Forwarded-Proto` are believed. Default none: the gateway is the
+    /// edge, the TCP peer is the client, and forwarding headers from clients are discarded.
+    #[serde(serialize_with = "ser_networks")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+fn ser_networks<S: serde::Serializer>(v: &[ipnet::IpNet], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(ToString::to_string))
 }
 
 /// Load-balancing policy of an upstream.

@@ -9,6 +9,7 @@ use observability::http_span::{ClientSpan, ServerSpan};
 
 use crate::auth::jwt::Identity;
 use crate::auth::AuthOutcome;
+use crate::forwarded::ForwardedClient;
 use crate::ratelimit::Decision;
 use crate::state::{Route, Runtime};
 use crate::upstream::{Endpoint, InflightGuard};
@@ -21,7 +22,10 @@ pub(crate) struct RequestCtx {
     /// The configuration generation this request runs under, fixed at its start.
     pub(crate) runtime: Option<Arc<Runtime>>,
     pub(crate) route: Option<Arc<Route>>,
+    /// The client's address (see [`crate::forwarded`]), or `unknown`.
     pub(crate) client_ip: String,
+    /// The client and forwarding headers as resolved from the TCP peer and trusted proxies.
+    pub(crate) forwarded: Option<ForwardedClient>,
     pub(crate) host: Option<String>,
     pub(crate) auth: AuthOutcome,
     pub(crate) identity: Option<Arc<Identity>>,
@@ -55,6 +59,7 @@ impl RequestCtx {
             runtime: None,
             route: None,
             client_ip: String::new(),
+            forwarded: None,
             host: None,
             auth: AuthOutcome {
                 result: "skipped",

@@ -14,6 +14,7 @@ mod admin;
 mod auth;
 pub mod config;
 mod context;
+mod forwarded;
 mod metrics;
 mod problem;
 mod proxy;

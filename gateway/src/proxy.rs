@@ -373,24 +373,30 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        ctx.runtime = Some(self.shared.current.load_full());
+        let runtime = self.shared.current.load_full();
         ctx.counted_inflight = true;
         self.shared.metrics.inflight.inc();
-        ctx.client_ip = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_string())
-            .unwrap_or_else(|| "unknown".to_string());
         {
             let req = session.req_header();
+            let forwarded = session.client_addr().and_then(|a| a.as_inet()).map(|a| {
+                crate::forwarded::resolve(
+                    a.ip(),
+                    req.headers.get_all("x-forwarded-for").iter(),
+                    req.headers.get("x-forwarded-proto"),
+                    &runtime.config.server.trusted_proxies,
+                )
+            });
+            ctx.client_ip = forwarded
+                .as_ref()
+                .map_or_else(|| "unknown".to_string(), |f| f.ip.to_string());
             let mut server_req =
                 ServerRequest::new(&req.method, &req.uri, req.version, &req.headers);
-            server_req.client_address = session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip());
+            server_req.client_address = forwarded.as_ref().map(|f| f.ip);
+            server_req.scheme = forwarded.as_ref().map_or("http", |f| f.proto);
             ctx.span = self.shared.tracer.server(&server_req);
+            ctx.forwarded = forwarded;
         }
+        ctx.runtime = Some(runtime);
         let incoming = session
             .req_header()
             .headers
@@ -484,10 +490,16 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
-        // This gateway is the edge: forwarding headers describe the connection it accepted,
-        // never what the client claims.
-        let _ = upstream_request.insert_header("x-forwarded-for", ctx.client_ip.as_str());
-        let _ = upstream_request.insert_header("x-forwarded-proto", "http");
+        // Forwarding headers describe the connection the gateway accepted, plus what trusted
+        // proxies in front of it vouched for (`server.trusted_proxies`); never what a client claims.
+        let (forwarded_for, proto) = ctx
+            .forwarded
+            .as_ref()
+            .map_or((ctx.client_ip.as_str(), "http"), |f| {
+                (f.forwarded_for.as_str(), f.proto)
+            });
+        let _ = upstream_request.insert_header("x-forwarded-for", forwarded_for);
+        let _ = upstream_request.insert_header("x-forwarded-proto", proto);
         if let Some(host) = session.req_header().headers.get(header::HOST).cloned() {
             let _ = upstream_request.insert_header("x-forwarded-host", host);
         }

@@ -53,6 +53,7 @@ pub(crate) struct RawServer {
     pub(crate) shutdown_timeout_secs: Option<u64>,
     pub(crate) reload_poll_ms: Option<u64>,
     pub(crate) realm: Option<String>,
+    pub(crate) trusted_proxies: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]

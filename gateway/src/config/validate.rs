@@ -64,6 +64,29 @@ pub(super) fn parse(text: &str, base_dir: &Path) -> Result<Config, ConfigErrors>
     }
 }
 
+/// `server.trusted_proxies`: CIDR networks or single addresses; never "everyone".
+fn trusted_networks(errs: &mut Errors, raw: Vec<String>) -> Vec<ipnet::IpNet> {
+    let mut networks = Vec::with_capacity(raw.len());
+    for (i, entry) in raw.iter().enumerate() {
+        let loc = format!("server.trusted_proxies[{i}]");
+        let parsed = entry
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        match parsed {
+            Ok(net) if net.prefix_len() == 0 => errs.push(
+                loc,
+                format!("{entry:?} trusts every address, so any client could choose its own IP; list your proxies' networks"),
+            ),
+            Ok(net) => networks.push(net.trunc()),
+            Err(_) => errs.push(
+                loc,
+                format!("{entry:?} is not an IP address or CIDR network (e.g. 10.0.0.0/8, 2001:db8::/32)"),
+            ),
+        }
+    }
+    networks
+}
+
 fn opt_section<T: DeserializeOwned + Default>(
     errs: &mut Errors,
     loc: &str,
@@ -131,6 +154,7 @@ fn build(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> Config {
         shutdown_timeout_secs,
         reload_poll_ms,
         realm,
+        trusted_proxies,
     } = opt_section(errs, "server", server);
     let workers = workers.unwrap_or_else(|| {
         std::thread::available_parallelism()
@@ -145,6 +169,7 @@ fn build(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> Config {
     if realm.contains('"') || realm.contains('\\') {
         errs.push("server.realm", "must not contain quotes or backslashes");
     }
+    let trusted_proxies = trusted_networks(errs, trusted_proxies.unwrap_or_default());
     let server = ServerSettings {
         workers,
         max_body_bytes,
@@ -152,6 +177,7 @@ fn build(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> Config {
         shutdown_timeout: Duration::from_secs(shutdown_timeout_secs.unwrap_or(10)),
         reload_poll: Duration::from_millis(reload_poll_ms.unwrap_or(1000)),
         realm,
+        trusted_proxies,
     };
 
     let extra: Vec<String> = opt_section(errs, "identity_headers", identity_headers);

@@ -287,9 +287,18 @@ impl Gateway {
         }
     }
 
+    /// The listeners and test server settings, then `body`. A first line `server: {…}` in `body`
+    /// adds its fields to the test server settings.
     pub fn config_text(public: SocketAddr, admin: SocketAddr, body: &str) -> String {
+        let (extra, body) = match body
+            .strip_prefix("server: {")
+            .and_then(|rest| rest.split_once("}\n"))
+        {
+            Some((fields, rest)) => (format!(", {fields}"), rest),
+            None => (String::new(), body),
+        };
         format!(
-            "listeners: {{public: \"{public}\", admin: \"{admin}\"}}\nserver: {{workers: 1, reload_poll_ms: 200, shutdown_timeout_secs: 1}}\n{body}"
+            "listeners: {{public: \"{public}\", admin: \"{admin}\"}}\nserver: {{workers: 1, reload_poll_ms: 200, shutdown_timeout_secs: 1{extra}}}\n{body}"
         )
     }
 

@@ -124,6 +124,7 @@ fn validate_passes_the_shipped_configs_and_lists_every_error_of_a_broken_one() {
     std::fs::write(
         &bad,
         "listeners: {admin: \"0.0.0.0:9901\"}\n\
+         server: {trusted_proxies: [\"10.0.0.0/8\", \"10.0.0.0/33\", \"0.0.0.0/0\"]}\n\
          upstreams:\n  u: {endpoints: [\"not-an-address\"], connect_timeout_ms: 0}\n\
          issuers:\n  i: {issuer: x, algorithms: [HS256], jwks_url: \"ftp://x\"}\n\
          rate_limits:\n  r: {key: [cookie], rate: 10, per: fortnight}\n\
@@ -139,6 +140,8 @@ fn validate_passes_the_shipped_configs_and_lists_every_error_of_a_broken_one() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     for location in [
         "listeners.admin",
+        "server.trusted_proxies[1]",
+        "server.trusted_proxies[2]",
         "upstreams.u.endpoints[0]",
         "upstreams.u.connect_timeout_ms",
         "issuers.i.algorithms[0]",
@@ -155,6 +158,11 @@ fn validate_passes_the_shipped_configs_and_lists_every_error_of_a_broken_one() {
             "missing error at {location}:\n{stderr}"
         );
     }
+    assert!(
+        !stderr.contains("server.trusted_proxies[0]"),
+        "a valid network is not an error:\n{stderr}"
+    );
+    assert!(stderr.contains("trusts every address"), "{stderr}");
     // Binding nothing: validating a config whose ports are taken still works.
     let _ = std::fs::remove_dir_all(dir);
 }

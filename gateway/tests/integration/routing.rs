@@ -91,6 +91,50 @@ async fn routes_by_host_path_and_method_with_rewrites_and_forwarding_headers() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn behind_a_trusted_proxy_the_forwarded_client_is_the_client() {
+    let up = Upstream::start("a").await;
+    // The test client connects from 127.0.0.1: here, that is the load balancer in front.
+    let body = format!(
+        "server: {{trusted_proxies: [127.0.0.1/32, 10.0.0.0/8]}}\n\
+         rate_limits:\n  per_ip: {{key: [client_ip], rate: 1, per: minute, burst: 1}}\n\
+         upstreams:\n  a: {{endpoints: [\"{}\"]}}\n\
+         routes:\n  - {{name: all, match: {{path_prefix: /}}, upstream: a, auth: none, rate_limits: [per_ip]}}\n",
+        up.addr
+    );
+    let gw = Gateway::start(&body).await;
+    let c = client();
+    let get = |xff: &'static str| {
+        c.get(gw.url("/x"))
+            .header("x-forwarded-for", xff)
+            .header("x-forwarded-proto", "https")
+            .send()
+    };
+
+    // A forged first entry is dropped; the trusted 10.0.0.5 hop is skipped; 203.0.113.7 is the client.
+    let r = get("6.6.6.6, 203.0.113.7, 10.0.0.5").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(
+        e["headers"]["x-forwarded-for"],
+        "203.0.113.7, 10.0.0.5, 127.0.0.1"
+    );
+    assert_eq!(e["headers"]["x-forwarded-proto"], "https");
+
+    // Rate limits key on that client: the same client is limited, another one is not.
+    assert_eq!(get("203.0.113.7").await.unwrap().status(), 429);
+    assert_eq!(get("198.51.100.1").await.unwrap().status(), 200);
+
+    // The access log names the resolved client.
+    let log = gw.log_containing("198.51.100.1").await;
+    assert!(
+        log.lines()
+            .any(|l| l.contains("\"target\":\"access\"")
+                && l.contains("\"client_ip\":\"198.51.100.1\"")),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn round_robin_spreads_evenly() {
     let a = Upstream::start("a").await;
     let b = Upstream::start("b").await;
