@@ -263,8 +263,8 @@ impl<H: Handler> Consumer<H> {
                 let e = HandlerError::from(e);
                 for (delivery, span, id, _) in &items {
                     let failed = Some(Err(HandlerError::Transient(e.to_string())));
-                    self.settle(delivery, id, failed, received_at)
-                        .instrument(span.clone())
+                    span.in_scope(|| self.account(id, failed, received_at))
+                        .apply(delivery)
                         .await?;
                 }
                 return Ok(());
@@ -297,10 +297,26 @@ impl<H: Handler> Consumer<H> {
         }
         self.flush(&mut work, &mut outcomes).await;
 
+        // Acks go out as one `multiple` ack per run of acknowledged deliveries, so the broker
+        // settles a run in one step. Anything else (nack, reject, left for redelivery) ends the
+        // run first, so a `multiple` ack never covers it; after a delivery left unsettled at
+        // shutdown, acks are single again for the rest of the batch.
+        let mut run_end: Option<&Delivery> = None;
+        let mut multiple = true;
         for ((delivery, span, id, _), outcome) in items.iter().zip(outcomes) {
-            self.settle(delivery, id, outcome, received_at)
-                .instrument(span.clone())
-                .await?;
+            let settle = span.in_scope(|| self.account(id, outcome, received_at));
+            if settle == Settle::Ack && multiple {
+                run_end = Some(delivery);
+                continue;
+            }
+            if let Some(last) = run_end.take() {
+                last.ack(BasicAckOptions { multiple: true }).await?;
+            }
+            multiple &= settle != Settle::Leave;
+            settle.apply(delivery).await?;
+        }
+        if let Some(last) = run_end {
+            last.ack(BasicAckOptions { multiple: true }).await?;
         }
         Ok(())
     }
@@ -338,14 +354,14 @@ impl<H: Handler> Consumer<H> {
         }
     }
 
-    /// Acks, nacks or rejects the delivery according to the outcome.
-    async fn settle(
+    /// Counts and logs what became of a delivery, and says how to settle it. Call inside the
+    /// delivery's CONSUMER span: the duration's exemplar is its trace.
+    fn account(
         &self,
-        delivery: &Delivery,
         message_id: &str,
         outcome: Option<Result<Outcome, HandlerError>>,
         received_at: std::time::Instant,
-    ) -> Result<(), MessagingError> {
+    ) -> Settle {
         let name = self.config.name.as_str();
         let label = match &outcome {
             None => "shutdown",
@@ -354,45 +370,71 @@ impl<H: Handler> Consumer<H> {
             Some(Err(HandlerError::Permanent(_))) => "dead_lettered",
             Some(Err(_)) => "retried",
         };
-        // Runs inside the delivery's CONSUMER span, so the exemplar is its trace.
         self.metrics
             .process_took(name, label, received_at.elapsed());
         match outcome {
-            None => Ok(()), // shutting down mid-prepare: leave unacked
+            None => Settle::Leave, // shutting down mid-prepare: the broker redelivers it
             Some(Ok(Outcome::Processed)) => {
                 self.metrics.consumed(name, "processed");
                 if let Some(n) = &self.notifier {
                     n.wake();
                 }
-                delivery.ack(BasicAckOptions::default()).await?;
-                Ok(())
+                Settle::Ack
             }
             Some(Ok(Outcome::Duplicate)) => {
                 self.metrics.consumed(name, "duplicate");
                 debug!(consumer = name, %message_id, "Duplicate delivery; already handled.");
-                delivery.ack(BasicAckOptions::default()).await?;
-                Ok(())
+                Settle::Ack
             }
             Some(Err(HandlerError::Permanent(reason))) => {
                 self.metrics.consumed(name, "dead_lettered");
                 warn!(consumer = name, %message_id, %reason, "Message can never be handled; dead-lettering it.");
-                delivery
-                    .reject(BasicRejectOptions { requeue: false })
-                    .await?;
-                Ok(())
+                Settle::DeadLetter
             }
             Some(Err(error)) => {
                 self.metrics.consumed(name, "retried");
                 warn!(consumer = name, %message_id, %error, "Handler failed; returning the message to the queue.");
+                Settle::Requeue
+            }
+        }
+    }
+}
+
+/// How one delivery is settled with the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settle {
+    /// Handled (or already handled): ack.
+    Ack,
+    /// Can never be handled: reject without requeue, so the queue dead-letters it.
+    DeadLetter,
+    /// Failed for now: nack with requeue; counts toward the delivery limit.
+    Requeue,
+    /// Shutting down: leave it unacked; the broker redelivers it to the next consumer.
+    Leave,
+}
+
+impl Settle {
+    async fn apply(self, delivery: &Delivery) -> Result<(), MessagingError> {
+        match self {
+            Settle::Ack => {
+                delivery.ack(BasicAckOptions::default()).await?;
+            }
+            Settle::DeadLetter => {
+                delivery
+                    .reject(BasicRejectOptions { requeue: false })
+                    .await?;
+            }
+            Settle::Requeue => {
                 delivery
                     .nack(BasicNackOptions {
                         requeue: true,
                         ..Default::default()
                     })
                     .await?;
-                Ok(())
             }
+            Settle::Leave => {}
         }
+        Ok(())
     }
 }
 
