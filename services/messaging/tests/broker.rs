@@ -250,26 +250,15 @@ async fn poison_messages_land_in_the_dlq_while_others_flow() {
     let limit = 2;
     let ch = declare(&fx, limit).await;
     let t = fx.amqp.topology.clone();
-    publish_raw(&ch, &t, "garbage-1", b"{not json").await;
+    // Interleaved, so one batch holds handled deliveries on both sides of failing ones: the
+    // consumer's `multiple` acks must never cover a delivery it nacks or rejects.
     let transient = event("never", "transient");
-    publish_raw(
-        &ch,
-        &t,
-        &transient.id,
-        &serde_json::to_vec(&transient).unwrap(),
-    )
-    .await;
     let permanent = event("never", "permanent");
-    publish_raw(
-        &ch,
-        &t,
-        &permanent.id,
-        &serde_json::to_vec(&permanent).unwrap(),
-    )
-    .await;
-    for i in 0..3 {
-        let ok = event(&format!("good-{i}"), "ok");
-        publish_raw(&ch, &t, &ok.id, &serde_json::to_vec(&ok).unwrap()).await;
+    let good: Vec<CloudEvent> = (0..3).map(|i| event(&format!("good-{i}"), "ok")).collect();
+    publish_raw(&ch, &t, &good[0].id, &serde_json::to_vec(&good[0]).unwrap()).await;
+    publish_raw(&ch, &t, "garbage-1", b"{not json").await;
+    for e in [&transient, &good[1], &permanent, &good[2]] {
+        publish_raw(&ch, &t, &e.id, &serde_json::to_vec(e).unwrap()).await;
     }
 
     let handler = Arc::new(Recorder::default());
@@ -306,6 +295,11 @@ async fn poison_messages_land_in_the_dlq_while_others_flow() {
     for i in 0..3 {
         assert_eq!(fx.effects(&format!("good-{i}")).await, 1);
     }
+    assert_eq!(
+        fx.consumed("duplicate"),
+        0,
+        "a handled message was delivered again: its ack was lost"
+    );
     assert_eq!(fx.effects("never").await, 0);
     fx.cleanup().await;
 }
