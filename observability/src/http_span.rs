@@ -41,20 +41,26 @@ use crate::propagation;
 
 /// Starts [`ServerSpan`]s; from [`crate::Telemetry::http_tracer`]. Cheap to clone.
 ///
-/// Disabled (every span a no-op with an invalid context) when `OTEL_SDK_DISABLED=true`.
+/// Disabled (every span a no-op with an invalid context) when `OTEL_SDK_DISABLED=true`. When
+/// spans are not exported (no `OTEL_EXPORTER_OTLP_ENDPOINT`), spans still get ids — log lines
+/// carry them and upstreams continue the trace — but no attributes are computed.
 #[derive(Clone, Debug)]
 pub struct HttpTracer {
     tracer: Option<SdkTracer>,
+    ids_only: bool,
 }
 
 impl HttpTracer {
-    pub(crate) fn new(tracer: Option<SdkTracer>) -> Self {
-        Self { tracer }
+    pub(crate) fn new(tracer: Option<SdkTracer>, ids_only: bool) -> Self {
+        Self { tracer, ids_only }
     }
 
     /// A tracer whose spans record nothing; for tests and when telemetry is off.
     pub fn disabled() -> Self {
-        Self { tracer: None }
+        Self {
+            tracer: None,
+            ids_only: true,
+        }
     }
 
     /// A SERVER span for `req`, continuing the trace in its propagation headers (a new root
@@ -66,8 +72,21 @@ impl HttpTracer {
                 span: None,
                 parent,
                 tracer: None,
+                ids_only: true,
             };
         };
+        if self.ids_only {
+            let span = tracer
+                .span_builder("HTTP")
+                .with_kind(SpanKind::Server)
+                .start_with_context(tracer, &parent);
+            return ServerSpan {
+                span: Some(span),
+                parent,
+                tracer: Some(tracer.clone()),
+                ids_only: true,
+            };
+        }
         let a = ServerAttributes::new(req);
         let mut attributes = Vec::with_capacity(24);
         attributes.push(KeyValue::new(semconv::HTTP_REQUEST_METHOD, a.method));
@@ -112,6 +131,7 @@ impl HttpTracer {
             span: Some(span),
             parent,
             tracer: Some(tracer.clone()),
+            ids_only: false,
         }
     }
 }
@@ -123,6 +143,8 @@ pub struct ServerSpan {
     /// The extracted caller context: the span's parent, and the baggage passed on upstream.
     parent: Context,
     tracer: Option<SdkTracer>,
+    /// Ids and propagation only; no attributes (nothing would export them).
+    ids_only: bool,
 }
 
 impl Default for ServerSpan {
@@ -138,6 +160,7 @@ impl ServerSpan {
             span: None,
             parent: Context::new(),
             tracer: None,
+            ids_only: true,
         }
     }
 
@@ -150,7 +173,7 @@ impl ServerSpan {
 
     /// Names the span `{method} {route}` and sets `http.route`, once routing has matched.
     pub fn set_route(&mut self, method: &Method, route: &str) {
-        if let Some(span) = &mut self.span {
+        if let Some(span) = self.open_span() {
             span.update_name(span_name(method, Some(route)));
             span.set_attribute(KeyValue::new(semconv::HTTP_ROUTE, route.to_owned()));
         }
@@ -158,7 +181,7 @@ impl ServerSpan {
 
     /// Whether attributes are kept: skip computing them when not.
     pub fn is_recording(&self) -> bool {
-        self.span.as_ref().is_some_and(|s| s.is_recording())
+        !self.ids_only && self.span.as_ref().is_some_and(|s| s.is_recording())
     }
 
     /// A CLIENT span for one attempt to call `url`, child of this span. `resend_count` is 0 for
@@ -168,8 +191,26 @@ impl ServerSpan {
             return ClientSpan {
                 span: None,
                 inject: self.parent.clone(),
+                ids_only: true,
             };
         };
+        // The server span is a local parent: `with_remote_span_context` only stores its context
+        // (whose is_remote flag stays false).
+        let parent = Context::new().with_remote_span_context(server.span_context().clone());
+        if self.ids_only {
+            let span = tracer
+                .span_builder("HTTP")
+                .with_kind(SpanKind::Client)
+                .start_with_context(tracer, &parent);
+            let inject = self
+                .parent
+                .with_remote_span_context(span.span_context().clone());
+            return ClientSpan {
+                span: Some(span),
+                inject,
+                ids_only: true,
+            };
+        }
         let a = ClientAttributes::new(method, url, resend_count);
         let mut attributes = Vec::with_capacity(8);
         attributes.push(KeyValue::new(semconv::HTTP_REQUEST_METHOD, a.method));
@@ -183,9 +224,6 @@ impl ServerSpan {
         if let Some(n) = a.resend_count {
             attributes.push(KeyValue::new(semconv::HTTP_REQUEST_RESEND_COUNT, n));
         }
-        // The server span is a local parent: `with_remote_span_context` only stores its context
-        // (whose is_remote flag stays false).
-        let parent = Context::new().with_remote_span_context(server.span_context().clone());
         let span = tracer
             .span_builder(span_name(method, None))
             .with_kind(SpanKind::Client)
@@ -197,6 +235,7 @@ impl ServerSpan {
         ClientSpan {
             span: Some(span),
             inject,
+            ids_only: false,
         }
     }
 
@@ -214,6 +253,7 @@ pub struct ClientSpan {
     span: Option<Span>,
     /// What goes upstream: this span as the parent, plus the caller's baggage.
     inject: Context,
+    ids_only: bool,
 }
 
 impl ClientSpan {
@@ -270,13 +310,13 @@ pub trait HttpSpan {
 
 impl HttpSpan for ServerSpan {
     fn open_span(&mut self) -> Option<&mut Span> {
-        self.span.as_mut()
+        self.span.as_mut().filter(|_| !self.ids_only)
     }
 }
 
 impl HttpSpan for ClientSpan {
     fn open_span(&mut self) -> Option<&mut Span> {
-        self.span.as_mut()
+        self.span.as_mut().filter(|_| !self.ids_only)
     }
 }
 
@@ -306,7 +346,7 @@ mod tests {
             .with_simple_exporter(exporter.clone())
             .build();
         (
-            HttpTracer::new(Some(provider.tracer("test"))),
+            HttpTracer::new(Some(provider.tracer("test")), false),
             exporter,
             provider,
         )
@@ -384,6 +424,52 @@ mod tests {
             ),
             "the upstream continues the trace under the attempt, never the client's header"
         );
+    }
+
+    #[test]
+    fn without_an_exporter_spans_have_ids_and_propagate_but_record_nothing() {
+        let exporter = Collect::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let tracer = HttpTracer::new(Some(provider.tracer("test")), true);
+        let req = http::Request::get("/orders/42")
+            .header(
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            )
+            .body(())
+            .unwrap();
+        let mut server = tracer.server(&ServerRequest::new(
+            req.method(),
+            req.uri(),
+            req.version(),
+            req.headers(),
+        ));
+        assert!(!server.is_recording());
+        assert_eq!(
+            server.span_context().trace_id().to_string(),
+            "0af7651916cd43dd8448eb211c80319c"
+        );
+        server.set_route(req.method(), "/orders/{id}");
+        server.record_status(StatusCode::INTERNAL_SERVER_ERROR, Side::Server);
+        let attempt = server.client(req.method(), "http://u/orders/42", 0);
+        let mut headers = HeaderMap::new();
+        attempt.inject(&mut headers);
+        let sent = headers["traceparent"].to_str().unwrap().to_owned();
+        assert!(
+            sent.starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
+            "{sent}"
+        );
+        assert!(
+            !sent.contains("b7ad6b7169203331"),
+            "a new span id goes upstream: {sent}"
+        );
+        drop(attempt);
+        server.end();
+        for span in exporter.0.lock().unwrap().iter() {
+            assert!(span.attributes.is_empty(), "{:?}", span.attributes);
+        }
     }
 
     #[test]

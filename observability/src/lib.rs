@@ -165,12 +165,14 @@ impl Telemetry {
     }
 
     /// A tracer for [`http_span`]'s SDK-direct HTTP spans, exporting through the same pipeline
-    /// as `tracing` spans; disabled when `OTEL_SDK_DISABLED=true`.
+    /// as `tracing` spans; disabled when `OTEL_SDK_DISABLED=true`, ids and propagation only
+    /// (no attributes) when nothing exports.
     pub fn http_tracer(&self) -> http_span::HttpTracer {
         http_span::HttpTracer::new(
             self.provider
                 .as_ref()
                 .map(|p| p.tracer_with_scope(instrumentation_scope())),
+            self.exporting.is_none(),
         )
     }
 
