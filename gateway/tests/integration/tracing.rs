@@ -15,8 +15,9 @@ async fn server_and_client_spans_carry_decisions_and_continue_the_trace() {
     let jwks = JwksServer::start(keys.jwks()).await;
     let good = Upstream::start("good").await;
     let dead = format!("127.0.0.1:{}", test_support::free_port());
+    // The test client is the trusted load balancer: spans report the client it vouches for.
     let body = format!(
-        "{}upstreams:\n  api: {{endpoints: [\"{dead}\", \"{}\"], retries: 1, passive_ejection: {{consecutive_failures: 100}}}}\nrate_limits:\n  tight: {{key: [claim:sub], rate: 1, per: minute, burst: 1}}\nroutes:\n  - {{name: secure, match: {{path_prefix: /api/secure}}, upstream: api, auth: required, scopes: [shop], rate_limits: [tight]}}\n",
+        "server: {{trusted_proxies: [127.0.0.1/32]}}\n{}upstreams:\n  api: {{endpoints: [\"{dead}\", \"{}\"], retries: 1, passive_ejection: {{consecutive_failures: 100}}}}\nrate_limits:\n  tight: {{key: [claim:sub], rate: 1, per: minute, burst: 1}}\nroutes:\n  - {{name: secure, match: {{path_prefix: /api/secure}}, upstream: api, auth: required, scopes: [shop], rate_limits: [tight]}}\n",
         issuer_yaml(&jwks.url),
         good.addr
     );
@@ -38,6 +39,7 @@ async fn server_and_client_spans_carry_decisions_and_continue_the_trace() {
         let r = c
             .get(gw.url("/api/secure/items"))
             .bearer_auth(&token)
+            .header("x-forwarded-for", "203.0.113.9")
             .header(
                 "traceparent",
                 format!("00-{INCOMING_TRACE}-00f067aa0ba902b7-01"),
@@ -115,6 +117,11 @@ async fn server_and_client_spans_carry_decisions_and_continue_the_trace() {
         Some("test")
     );
     assert_eq!(allowed.attr_str("enduser.id").as_deref(), Some("user-7"));
+    assert_eq!(
+        allowed.attr_str("client.address").as_deref(),
+        Some("203.0.113.9"),
+        "the client behind the trusted proxy"
+    );
     assert_eq!(
         allowed.attr_str("vantage.ratelimit.policy").as_deref(),
         Some("tight")
