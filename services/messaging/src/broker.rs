@@ -50,12 +50,24 @@ pub fn redact_url(url: &str) -> String {
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Largest AMQP frame we ask the broker for, unless the URL says otherwise (`?frame_max=`).
+///
+/// lapin keeps a send and a receive buffer of 32 frames per connection, and RabbitMQ offers
+/// 128 KiB frames: 8 MiB per connection, most of a service's memory. Events are a few KiB; a
+/// larger message is simply split into more frames.
+pub(crate) const FRAME_MAX: u32 = 16 * 1024;
+
 impl AmqpConfig {
     /// Opens a connection, giving up after five seconds.
     pub async fn connect(&self, role: &str) -> Result<Connection, MessagingError> {
+        let mut uri: lapin::uri::AMQPUri = self
+            .url
+            .parse()
+            .map_err(|e: String| MessagingError::InvalidUrl(redact_url(&e)))?;
+        uri.query.frame_max.get_or_insert(FRAME_MAX);
         let props = ConnectionProperties::default()
             .with_connection_name(format!("{}-{role}", self.connection_name).into());
-        tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(&self.url, props))
+        tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect_uri(uri, props))
             .await
             .map_err(|_| MessagingError::ConnectTimeout(CONNECT_TIMEOUT))?
             .map_err(MessagingError::from)

@@ -11,4 +11,7 @@ pub enum MessagingError {
     Nacked,
     #[error("broker connect timed out after {0:?}")]
     ConnectTimeout(std::time::Duration),
+    /// The AMQP URL does not parse (the message never repeats the URL: it may hold a password).
+    #[error("invalid AMQP URL: {0}")]
+    InvalidUrl(String),
 }

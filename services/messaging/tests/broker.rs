@@ -565,3 +565,27 @@ async fn an_event_published_before_its_consumer_ever_started_waits_in_its_queue(
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn connections_ask_for_small_frames_unless_the_url_says_otherwise() {
+    let fx = fixture().await;
+    // lapin keeps 2 × 32 frames of buffer per connection: RabbitMQ's 128 KiB default would be
+    // 8 MiB of every service's memory per connection.
+    let conn = fx.amqp.connect("frames").await.unwrap();
+    assert_eq!(conn.configuration().frame_max(), 16 * 1024);
+    let _ = conn.close(200, "done".into()).await;
+
+    let mut explicit = fx.amqp.clone();
+    let sep = if explicit.url.contains('?') { '&' } else { '?' };
+    explicit.url = format!("{}{sep}frame_max=65536", explicit.url);
+    let conn = explicit.connect("frames").await.unwrap();
+    assert_eq!(conn.configuration().frame_max(), 65536);
+    let _ = conn.close(200, "done".into()).await;
+
+    let mut bad = fx.amqp.clone();
+    bad.url = "amqp://app:s3cret@broker:notaport/%2f".into();
+    let error = bad.connect("frames").await.unwrap_err().to_string();
+    assert!(error.contains("invalid AMQP URL"), "{error}");
+    assert!(!error.contains("s3cret"), "{error}");
+    fx.cleanup().await;
+}
