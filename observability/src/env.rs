@@ -102,6 +102,9 @@ pub(crate) struct Settings {
     pub(crate) propagators: Vec<PropagatorKind>,
     pub(crate) sdk_disabled: bool,
     pub(crate) log_filter: String,
+    /// `OTEL_BSP_MAX_QUEUE_SIZE`: spans queued for export before new ones are dropped. Default
+    /// [`crate::MAX_QUEUE_SPANS`]. The queue's slots are allocated up front (~350 B each).
+    pub(crate) max_queue_spans: usize,
 }
 
 /// Default `RUST_LOG` when unset.
@@ -229,6 +232,21 @@ impl Settings {
             }),
         };
 
+        let max_queue_spans = match var("OTEL_BSP_MAX_QUEUE_SIZE") {
+            None => crate::MAX_QUEUE_SPANS,
+            Some(v) => match v.parse::<usize>() {
+                Ok(n) if (1..=1_048_576).contains(&n) => n,
+                _ => {
+                    errors.push(EnvError {
+                        variable: "OTEL_BSP_MAX_QUEUE_SIZE",
+                        value: v,
+                        reason: "expected a whole number of spans from 1 to 1048576".into(),
+                    });
+                    crate::MAX_QUEUE_SPANS
+                }
+            },
+        };
+
         let log_filter = var("RUST_LOG").unwrap_or_else(|| DEFAULT_LOG_FILTER.to_owned());
         if let Err(error) = tracing_subscriber::EnvFilter::try_new(&log_filter) {
             errors.push(EnvError {
@@ -247,6 +265,7 @@ impl Settings {
                 propagators,
                 sdk_disabled,
                 log_filter,
+                max_queue_spans,
             })
         } else {
             Err(errors)
@@ -388,6 +407,7 @@ mod tests {
         assert_eq!(s.export, None);
         assert!(!s.sdk_disabled);
         assert_eq!(s.log_filter, DEFAULT_LOG_FILTER);
+        assert_eq!(s.max_queue_spans, crate::MAX_QUEUE_SPANS);
         assert_eq!(
             s.propagators,
             vec![PropagatorKind::TraceContext, PropagatorKind::Baggage]
@@ -396,6 +416,20 @@ mod tests {
             format!("{:?}", s.sampler),
             "ParentBased(TraceIdRatioBased(1.0))"
         );
+    }
+
+    #[test]
+    fn the_export_queue_size_is_read_and_checked() {
+        let s = settings(&[("OTEL_BSP_MAX_QUEUE_SIZE", "2048")]).unwrap();
+        assert_eq!(s.max_queue_spans, 2048);
+        for bad in ["0", "-5", "lots", "99999999"] {
+            let errors =
+                match Settings::from_env("x", &HashMap::from([("OTEL_BSP_MAX_QUEUE_SIZE", bad)])) {
+                    Err(errors) => errors,
+                    Ok(_) => panic!("{bad} accepted"),
+                };
+            assert_eq!(errors[0].variable, "OTEL_BSP_MAX_QUEUE_SIZE");
+        }
     }
 
     #[test]

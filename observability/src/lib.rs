@@ -44,6 +44,7 @@
 //! | `OTEL_TRACES_SAMPLER` / `_ARG` | `parentbased_traceidratio` / `1.0` | also `always_on`, `always_off`, `traceidratio`, `parentbased_always_on`, `parentbased_always_off` |
 //! | `OTEL_PROPAGATORS` | `tracecontext,baggage` | also `b3` (single header), `b3multi`, `none` |
 //! | `OTEL_SDK_DISABLED` | `false` | `true`: JSON logs only, no spans, no ids |
+//! | `OTEL_BSP_MAX_QUEUE_SIZE` | `16384` | spans queued for export before new ones are dropped; allocated up front (~350 B each) |
 //! | `RUST_LOG` | `info` | log filter (`EnvFilter` syntax); does not affect which spans are traced |
 //!
 //! Without an endpoint spans are still created (so logs carry trace ids and context still
@@ -88,8 +89,9 @@ pub use tracing_opentelemetry::OpenTelemetrySpanExt;
 /// The semantic-conventions schema every span and resource follows (1.42.0).
 pub const SEMCONV_SCHEMA_URL: &str = opentelemetry_semantic_conventions::SCHEMA_URL;
 
-/// Spans waiting for export before new ones are dropped (SDK default 2048). A gateway burst at
-/// sampling 1.0 fills 2048 within a single schedule delay.
+/// Spans waiting for export before new ones are dropped, unless `OTEL_BSP_MAX_QUEUE_SIZE` says
+/// otherwise (SDK default 2048). A gateway burst at sampling 1.0 fills 2048 within a single
+/// schedule delay. The queue is allocated up front: ~6 MB at this size.
 pub const MAX_QUEUE_SPANS: usize = 16_384;
 
 /// How often queued spans are exported (SDK default 5 s): traces should show up in Jaeger
@@ -283,7 +285,7 @@ where
         if let Some(export) = &settings.export {
             let exporter = export::OwnedRuntimeExporter::new(export)?;
             let config = BatchConfigBuilder::default()
-                .with_max_queue_size(MAX_QUEUE_SPANS)
+                .with_max_queue_size(settings.max_queue_spans)
                 .with_scheduled_delay(EXPORT_INTERVAL)
                 .build();
             builder = builder.with_span_processor(
