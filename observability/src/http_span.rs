@@ -75,55 +75,17 @@ impl HttpTracer {
                 ids_only: true,
             };
         };
-        if self.ids_only {
-            let span = tracer
-                .span_builder("HTTP")
-                .with_kind(SpanKind::Server)
-                .start_with_context(tracer, &parent);
-            return ServerSpan {
-                span: Some(span),
-                parent,
-                tracer: Some(tracer.clone()),
-                ids_only: true,
-            };
-        }
-        let a = ServerAttributes::new(req);
-        let mut attributes = Vec::with_capacity(24);
-        attributes.push(KeyValue::new(semconv::HTTP_REQUEST_METHOD, a.method));
-        if let Some(original) = a.method_original {
-            attributes.push(KeyValue::new(
-                semconv::HTTP_REQUEST_METHOD_ORIGINAL,
-                original.to_owned(),
-            ));
-        }
-        attributes.push(KeyValue::new(semconv::URL_PATH, a.path.to_owned()));
-        if let Some(query) = a.query.clone() {
-            attributes.push(KeyValue::new(semconv::URL_QUERY, query));
-        }
-        attributes.push(KeyValue::new(semconv::URL_SCHEME, a.scheme.to_owned()));
-        if let Some(route) = a.route {
-            attributes.push(KeyValue::new(semconv::HTTP_ROUTE, route.to_owned()));
-        }
-        if let Some(host) = a.server_address() {
-            attributes.push(KeyValue::new(semconv::SERVER_ADDRESS, host.to_owned()));
-        }
-        if let Some(port) = a.server_port() {
-            attributes.push(KeyValue::new(semconv::SERVER_PORT, port));
-        }
-        if let Some(client) = a.client_address {
-            attributes.push(KeyValue::new(semconv::CLIENT_ADDRESS, client));
-        }
-        if let Some(agent) = a.user_agent {
-            attributes.push(KeyValue::new(
-                semconv::USER_AGENT_ORIGINAL,
-                agent.to_owned(),
-            ));
-        }
-        if let Some(version) = a.protocol_version {
-            attributes.push(KeyValue::new(semconv::NETWORK_PROTOCOL_VERSION, version));
-        }
+        // Without an exporter nobody sees names or attributes: ids and propagation only.
+        let (name, attributes) = if self.ids_only {
+            (Cow::Borrowed("HTTP"), Vec::new())
+        } else {
+            (
+                span_name(req.method, req.route).into(),
+                server_attributes(req),
+            )
+        };
         let span = tracer
-            .span_builder(span_name(req.method, req.route))
+            .span_builder(name)
             .with_kind(SpanKind::Server)
             .with_attributes(attributes)
             .start_with_context(tracer, &parent);
@@ -131,9 +93,67 @@ impl HttpTracer {
             span: Some(span),
             parent,
             tracer: Some(tracer.clone()),
-            ids_only: false,
+            ids_only: self.ids_only,
         }
     }
+}
+
+/// The SERVER span's request attributes (semconv HTTP).
+fn server_attributes(req: &ServerRequest<'_>) -> Vec<KeyValue> {
+    let a = ServerAttributes::new(req);
+    let mut attributes = Vec::with_capacity(24);
+    attributes.push(KeyValue::new(semconv::HTTP_REQUEST_METHOD, a.method));
+    if let Some(original) = a.method_original {
+        attributes.push(KeyValue::new(
+            semconv::HTTP_REQUEST_METHOD_ORIGINAL,
+            original.to_owned(),
+        ));
+    }
+    attributes.push(KeyValue::new(semconv::URL_PATH, a.path.to_owned()));
+    if let Some(query) = a.query.clone() {
+        attributes.push(KeyValue::new(semconv::URL_QUERY, query));
+    }
+    attributes.push(KeyValue::new(semconv::URL_SCHEME, a.scheme.to_owned()));
+    if let Some(route) = a.route {
+        attributes.push(KeyValue::new(semconv::HTTP_ROUTE, route.to_owned()));
+    }
+    if let Some(host) = a.server_address() {
+        attributes.push(KeyValue::new(semconv::SERVER_ADDRESS, host.to_owned()));
+    }
+    if let Some(port) = a.server_port() {
+        attributes.push(KeyValue::new(semconv::SERVER_PORT, port));
+    }
+    if let Some(client) = a.client_address {
+        attributes.push(KeyValue::new(semconv::CLIENT_ADDRESS, client));
+    }
+    if let Some(agent) = a.user_agent {
+        attributes.push(KeyValue::new(
+            semconv::USER_AGENT_ORIGINAL,
+            agent.to_owned(),
+        ));
+    }
+    if let Some(version) = a.protocol_version {
+        attributes.push(KeyValue::new(semconv::NETWORK_PROTOCOL_VERSION, version));
+    }
+    attributes
+}
+
+/// A CLIENT span's attributes for one attempt (semconv HTTP).
+fn client_attributes(method: &Method, url: &str, resend_count: u32) -> Vec<KeyValue> {
+    let a = ClientAttributes::new(method, url, resend_count);
+    let mut attributes = Vec::with_capacity(8);
+    attributes.push(KeyValue::new(semconv::HTTP_REQUEST_METHOD, a.method));
+    if let Some(host) = a.server_address {
+        attributes.push(KeyValue::new(semconv::SERVER_ADDRESS, host));
+    }
+    if let Some(port) = a.server_port {
+        attributes.push(KeyValue::new(semconv::SERVER_PORT, port));
+    }
+    attributes.push(KeyValue::new(semconv::URL_FULL, a.url_full));
+    if let Some(n) = a.resend_count {
+        attributes.push(KeyValue::new(semconv::HTTP_REQUEST_RESEND_COUNT, n));
+    }
+    attributes
 }
 
 /// The SERVER span of one request. Ends on [`ServerSpan::end`] or drop.
@@ -197,35 +217,16 @@ impl ServerSpan {
         // The server span is a local parent: `with_remote_span_context` only stores its context
         // (whose is_remote flag stays false).
         let parent = Context::new().with_remote_span_context(server.span_context().clone());
-        if self.ids_only {
-            let span = tracer
-                .span_builder("HTTP")
-                .with_kind(SpanKind::Client)
-                .start_with_context(tracer, &parent);
-            let inject = self
-                .parent
-                .with_remote_span_context(span.span_context().clone());
-            return ClientSpan {
-                span: Some(span),
-                inject,
-                ids_only: true,
-            };
-        }
-        let a = ClientAttributes::new(method, url, resend_count);
-        let mut attributes = Vec::with_capacity(8);
-        attributes.push(KeyValue::new(semconv::HTTP_REQUEST_METHOD, a.method));
-        if let Some(host) = a.server_address {
-            attributes.push(KeyValue::new(semconv::SERVER_ADDRESS, host));
-        }
-        if let Some(port) = a.server_port {
-            attributes.push(KeyValue::new(semconv::SERVER_PORT, port));
-        }
-        attributes.push(KeyValue::new(semconv::URL_FULL, a.url_full));
-        if let Some(n) = a.resend_count {
-            attributes.push(KeyValue::new(semconv::HTTP_REQUEST_RESEND_COUNT, n));
-        }
+        let (name, attributes) = if self.ids_only {
+            (Cow::Borrowed("HTTP"), Vec::new())
+        } else {
+            (
+                span_name(method, None).into(),
+                client_attributes(method, url, resend_count),
+            )
+        };
         let span = tracer
-            .span_builder(span_name(method, None))
+            .span_builder(name)
             .with_kind(SpanKind::Client)
             .with_attributes(attributes)
             .start_with_context(tracer, &parent);
@@ -235,7 +236,7 @@ impl ServerSpan {
         ClientSpan {
             span: Some(span),
             inject,
-            ids_only: false,
+            ids_only: self.ids_only,
         }
     }
 
@@ -340,13 +341,13 @@ mod tests {
         }
     }
 
-    fn tracer() -> (HttpTracer, Collect, SdkTracerProvider) {
+    fn tracer(ids_only: bool) -> (HttpTracer, Collect, SdkTracerProvider) {
         let exporter = Collect::default();
         let provider = SdkTracerProvider::builder()
             .with_simple_exporter(exporter.clone())
             .build();
         (
-            HttpTracer::new(Some(provider.tracer("test")), false),
+            HttpTracer::new(Some(provider.tracer("test")), ids_only),
             exporter,
             provider,
         )
@@ -354,7 +355,7 @@ mod tests {
 
     #[test]
     fn server_and_client_spans_form_one_trace_and_propagate_the_attempt() {
-        let (tracer, exporter, _provider) = tracer();
+        let (tracer, exporter, _provider) = tracer(false);
         let req = http::Request::get("/orders/42?token=secret&page=2")
             .header("host", "shop.example:8080")
             .header(
@@ -428,11 +429,7 @@ mod tests {
 
     #[test]
     fn without_an_exporter_spans_have_ids_and_propagate_but_record_nothing() {
-        let exporter = Collect::default();
-        let provider = SdkTracerProvider::builder()
-            .with_simple_exporter(exporter.clone())
-            .build();
-        let tracer = HttpTracer::new(Some(provider.tracer("test")), true);
+        let (tracer, exporter, _provider) = tracer(true);
         let req = http::Request::get("/orders/42")
             .header(
                 "traceparent",
