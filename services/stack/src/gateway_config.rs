@@ -24,27 +24,34 @@ pub struct Rewritten {
 
 /// Moves every default address in `text` to the address chosen in `config`.
 pub fn rewrite(text: &str, config: &Config) -> Rewritten {
+    let services: Vec<SocketAddr> = config.services.iter().map(|s| s.addr).collect();
+    move_addresses(text, &services, config.gateway_addr, config.admin_addr)
+}
+
+/// Moves every default address in `text`: the services' (`services`, in [`SERVICES`] order), the
+/// public listener's to `gateway` and the admin listener's to `admin`. For harnesses that pick
+/// their own ports; [`rewrite`] does it for a `stack` run.
+pub fn move_addresses(
+    text: &str,
+    services: &[SocketAddr],
+    gateway: SocketAddr,
+    admin: SocketAddr,
+) -> Rewritten {
     let mut pairs: Vec<(String, String)> = Vec::new();
-    for (i, svc) in config.services.iter().enumerate() {
+    for (i, addr) in services.iter().enumerate() {
         let default_port = DEFAULT_BASE_PORT + i as u16;
         for host in ["127.0.0.1", "localhost"] {
-            pairs.push((format!("{host}:{default_port}"), svc.addr.to_string()));
+            pairs.push((format!("{host}:{default_port}"), addr.to_string()));
         }
     }
     for host in ["0.0.0.0", "127.0.0.1", "localhost"] {
         pairs.push((
             format!("{host}:{DEFAULT_GATEWAY_PORT}"),
-            config.gateway_addr.to_string(),
+            gateway.to_string(),
         ));
     }
-    pairs.push((
-        format!("127.0.0.1:{DEFAULT_ADMIN_PORT}"),
-        config.admin_addr.to_string(),
-    ));
-    pairs.push((
-        format!("0.0.0.0:{DEFAULT_ADMIN_PORT}"),
-        config.admin_addr.to_string(),
-    ));
+    pairs.push((format!("127.0.0.1:{DEFAULT_ADMIN_PORT}"), admin.to_string()));
+    pairs.push((format!("0.0.0.0:{DEFAULT_ADMIN_PORT}"), admin.to_string()));
 
     let (text, hits) = replace_all_once(text, &pairs);
     let found = |port: u16| {

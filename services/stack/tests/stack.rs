@@ -426,16 +426,9 @@ fn the_demo_trace_id_is_the_trace_every_hop_exports() {
 
     // Every process has stopped (and so flushed) by now; the saga's consumers ran
     // under the same trace, carried through the outbox and the AMQP headers.
-    let expected = [
-        "gateway",
-        "users",
-        "inventory",
-        "cart",
-        "orders",
-        "payment",
-        "shipping",
-        "audit",
-    ];
+    let expected: Vec<&str> = std::iter::once("gateway")
+        .chain(stack::config::SERVICES)
+        .collect();
     let found = receiver.wait_for_blocking(
         |spans| {
             expected.iter().all(|svc| {

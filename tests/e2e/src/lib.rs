@@ -23,15 +23,8 @@ use base64::Engine;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-pub const SERVICES: [&str; 7] = [
-    "users",
-    "inventory",
-    "cart",
-    "orders",
-    "payment",
-    "shipping",
-    "audit",
-];
+/// Every service, in start order (users first: the gateway reads its JWKS).
+pub use stack::config::SERVICES;
 pub const ADMIN_EMAIL: &str = "admin@e2e.test";
 pub const ADMIN_PASSWORD: &str = "admin-password-e2e";
 const GATEWAY_ADMIN_TOKEN: &str = "e2e-admin-token";
@@ -280,13 +273,19 @@ impl Stack {
     fn gateway_config(&self, public: u16, admin: u16) -> String {
         let example = std::fs::read_to_string(workspace_root().join("gateway/config/example.yaml"))
             .expect("gateway/config/example.yaml");
-        let mut config = example
-            .replace("\"0.0.0.0:8080\"", &format!("\"127.0.0.1:{public}\""))
-            .replace("\"127.0.0.1:9901\"", &format!("\"127.0.0.1:{admin}\""));
-        for (i, svc) in SERVICES.iter().enumerate() {
-            config = config.replace(&format!("127.0.0.1:{}", 7001 + i), &self.addrs[svc]);
-        }
-        config
+        let services: Vec<std::net::SocketAddr> = SERVICES
+            .iter()
+            .map(|svc| self.addrs[svc].parse().expect("service address"))
+            .collect();
+        let local = |port| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let moved =
+            stack::gateway_config::move_addresses(&example, &services, local(public), local(admin));
+        assert!(
+            moved.missing.is_empty(),
+            "example.yaml lost default addresses: {:?}",
+            moved.missing
+        );
+        moved.text
     }
 
     fn spawn(&mut self, name: &str, bin: &Path, args: &[&str], env: &[(String, String)]) {
