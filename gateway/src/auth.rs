@@ -1,11 +1,173 @@
 //! Authentication: bearer tokens verified against configured issuers.
 //!
-//! [`jwt::Authenticator`] is built from the issuers in the config; [`keys`] holds and refreshes
-//! their verification keys. The proxy records every outcome as an [`AuthOutcome`] in the request
-//! context, so logs, spans and metrics say why a request was let in or turned away.
+//! [`check`] decides one request against its route's [`AuthPolicy`] and returns an
+//! [`AuthDecision`]; the proxy records it in the request context, so logs, spans and metrics say
+//! why a request was let in or turned away. [`jwt::Authenticator`] is built from the issuers in
+//! the config; [`keys`] holds and refreshes their verification keys.
 
 pub(crate) mod jwt;
 pub(crate) mod keys;
+
+use std::sync::Arc;
+
+use http::{header, HeaderMap};
+use pingora_http::RequestHeader;
+
+use crate::config::AuthPolicy;
+use crate::problem::GatewayError;
+use jwt::{bearer_token, has_scopes, Authenticator, Identity};
+
+/// Decides whether a request with `headers` may use a route with `policy`. Async only because
+/// a token naming an unknown `kid` may trigger a (single-flight) refresh of its issuer's keys.
+pub(crate) async fn check(
+    policy: &AuthPolicy,
+    headers: &HeaderMap,
+    authenticator: &Authenticator,
+) -> AuthDecision {
+    let AuthPolicy::Required { scopes, issuers } = policy else {
+        return AuthDecision::Skipped;
+    };
+    // Two values are enough to know the header is repeated (which is refused).
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let token = match (values.next(), values.next()) {
+        (None, _) => bearer_token(&[]),
+        (Some(one), None) => bearer_token(&[one.as_bytes()]),
+        (Some(a), Some(b)) => bearer_token(&[a.as_bytes(), b.as_bytes()]),
+    };
+    let token = match token {
+        Ok(Some(t)) => t,
+        Ok(None) => return AuthDecision::denied(Reject::Missing, None),
+        Err(reject) => return AuthDecision::denied(reject, None),
+    };
+    match authenticator.verify(&token, issuers).await {
+        Err((reject, issuer)) => AuthDecision::denied(reject, issuer),
+        Ok(identity) if !has_scopes(&identity.scopes, scopes) => AuthDecision::Forbidden(identity),
+        Ok(identity) => AuthDecision::Allowed(identity),
+    }
+}
+
+/// Tells the upstream who the caller is: `x-user-id` (the token's `sub`) and `x-user-scopes`
+/// (its scopes, space-separated). Whatever the client sent under these names was stripped first.
+pub(crate) fn forward_identity(req: &mut RequestHeader, identity: &Identity) {
+    let _ = req.insert_header("x-user-id", identity.subject.as_str());
+    let _ = req.insert_header("x-user-scopes", identity.scopes.join(" "));
+}
+
+/// What auth decided for one request.
+#[derive(Debug, Clone, Default)]
+pub(crate) enum AuthDecision {
+    /// The route needs no token (or no route matched).
+    #[default]
+    Skipped,
+    /// A valid token with every scope the route requires.
+    Allowed(Arc<Identity>),
+    /// No valid token (401).
+    Denied {
+        /// Why.
+        reject: Reject,
+        /// The issuer's config name, when the token named a known one.
+        issuer: Option<String>,
+    },
+    /// A valid token that lacks a scope the route requires (403).
+    Forbidden(Arc<Identity>),
+}
+
+/// The outcome class: the `result` label of `gateway_auth_decisions_total` and the access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum AuthResult {
+    /// `auth: none`.
+    Skipped,
+    /// Let in.
+    Allowed,
+    /// 401.
+    Denied,
+    /// 403.
+    Forbidden,
+}
+
+impl AuthResult {
+    /// Stable label value.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            AuthResult::Skipped => "skipped",
+            AuthResult::Allowed => "allowed",
+            AuthResult::Denied => "denied",
+            AuthResult::Forbidden => "forbidden",
+        }
+    }
+}
+
+impl AuthDecision {
+    fn denied(reject: Reject, issuer: Option<String>) -> Self {
+        AuthDecision::Denied { reject, issuer }
+    }
+
+    /// The outcome class.
+    pub(crate) fn result(&self) -> AuthResult {
+        match self {
+            AuthDecision::Skipped => AuthResult::Skipped,
+            AuthDecision::Allowed(_) => AuthResult::Allowed,
+            AuthDecision::Denied { .. } => AuthResult::Denied,
+            AuthDecision::Forbidden(_) => AuthResult::Forbidden,
+        }
+    }
+
+    /// Reject code or `insufficient_scope`; empty when allowed or skipped.
+    pub(crate) fn reason(&self) -> &'static str {
+        match self {
+            AuthDecision::Skipped | AuthDecision::Allowed(_) => "",
+            AuthDecision::Denied { reject, .. } => reject.code(),
+            AuthDecision::Forbidden(_) => "insufficient_scope",
+        }
+    }
+
+    /// The verified caller, when the token was valid (allowed or forbidden).
+    pub(crate) fn identity(&self) -> Option<&Arc<Identity>> {
+        match self {
+            AuthDecision::Allowed(id) | AuthDecision::Forbidden(id) => Some(id),
+            _ => None,
+        }
+    }
+
+    /// The identity the request proceeds with: only when allowed.
+    pub(crate) fn admitted(&self) -> Option<&Identity> {
+        match self {
+            AuthDecision::Allowed(id) => Some(id),
+            _ => None,
+        }
+    }
+
+    /// The issuer's config name, when known.
+    pub(crate) fn issuer(&self) -> Option<&str> {
+        match self {
+            AuthDecision::Denied { issuer, .. } => issuer.as_deref(),
+            other => other.identity().map(|id| id.issuer.as_str()),
+        }
+    }
+
+    /// The token's `sub`, when verified.
+    pub(crate) fn subject(&self) -> Option<&str> {
+        self.identity().map(|id| id.subject.as_str())
+    }
+
+    /// The error the client gets, when the decision refuses the request.
+    pub(crate) fn refusal(&self, policy: &AuthPolicy, realm: &str) -> Option<GatewayError> {
+        match self {
+            AuthDecision::Skipped | AuthDecision::Allowed(_) => None,
+            AuthDecision::Denied { reject, .. } => Some(GatewayError::Unauthorized {
+                reject: *reject,
+                realm: realm.to_string(),
+            }),
+            AuthDecision::Forbidden(_) => Some(GatewayError::InsufficientScope {
+                scope: match policy {
+                    AuthPolicy::Required { scopes, .. } => scopes.join(" "),
+                    AuthPolicy::None => String::new(),
+                },
+                realm: realm.to_string(),
+            }),
+        }
+    }
+}
 
 /// Why a token was refused. The code is a stable, low-cardinality label (metrics, spans, logs);
 /// [`Reject::description`] is the `error_description` sent to the client.
@@ -77,17 +239,4 @@ impl Reject {
             Reject::KeysUnavailable => "the issuer's keys are not available",
         }
     }
-}
-
-/// What auth decided for one request; recorded in the request context.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct AuthOutcome {
-    /// `skipped` (route has auth: none), `allowed`, `denied` (401) or `forbidden` (403).
-    pub result: &'static str,
-    /// Reject code or `insufficient_scope`; empty when allowed or skipped.
-    pub reason: &'static str,
-    /// Issuer name from the config, when the token named a known one.
-    pub issuer: Option<String>,
-    /// The token's `sub`, when verified.
-    pub subject: Option<String>,
 }

@@ -1,15 +1,18 @@
 //! Per-request state (Pingora's `CTX`): every decision the gateway makes about a request is
-//! recorded here, so the access log, metrics and spans all tell the same story.
+//! recorded here, grouped by concern, so the access log, metrics and spans all tell the same
+//! story.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
+use http::HeaderMap;
+use ipnet::IpNet;
 use observability::http_span::{ClientSpan, ServerSpan};
 
-use crate::auth::jwt::Identity;
-use crate::auth::AuthOutcome;
+use crate::auth::AuthDecision;
 use crate::forwarded::ForwardedClient;
+use crate::problem::GatewayError;
 use crate::ratelimit::Decision;
 use crate::state::{Route, Runtime};
 use crate::upstream::{Endpoint, InflightGuard};
@@ -21,34 +24,107 @@ pub(crate) struct RequestCtx {
     pub(crate) request_id: String,
     /// The configuration generation this request runs under, fixed at its start.
     pub(crate) runtime: Option<Arc<Runtime>>,
+    /// Who sent it.
+    pub(crate) client: Client,
+    /// The route decision: `None` until matched (and for requests no route matches).
     pub(crate) route: Option<Arc<Route>>,
-    /// The client's address (see [`crate::forwarded`]), or `unknown`.
-    pub(crate) client_ip: String,
-    /// The client and forwarding headers as resolved from the TCP peer and trusted proxies.
-    pub(crate) forwarded: Option<ForwardedClient>,
-    pub(crate) host: Option<String>,
-    pub(crate) auth: AuthOutcome,
-    pub(crate) identity: Option<Arc<Identity>>,
+    /// The auth decision.
+    pub(crate) auth: AuthDecision,
+    /// One decision per rate-limit policy consulted, in order.
     pub(crate) limits: Vec<Decision>,
-    /// Upstream attempts so far (1 = no retry yet).
-    pub(crate) attempts: u32,
-    pub(crate) endpoint: Option<Arc<Endpoint>>,
-    /// The endpoint of the last failed attempt, avoided by the next one.
-    pub(crate) last_failed: Option<SocketAddr>,
-    pub(crate) inflight: Option<InflightGuard>,
+    /// Upstream attempts and what became of them.
+    pub(crate) upstream: Attempts,
+    /// How the request failed, when it did.
+    pub(crate) failure: Option<Failure>,
+    /// Request body bytes seen so far.
     pub(crate) body_bytes: u64,
-    pub(crate) upstream_status: Option<u16>,
-    /// Whether any attempt failed at the transport level on the last try.
-    pub(crate) upstream_failed: bool,
-    /// `error.type` for spans and logs, when the request failed.
-    pub(crate) error_type: Option<&'static str>,
-    /// Internal error detail for the log (never sent to the client).
-    pub(crate) error_detail: Option<String>,
+    /// Whether `gateway_inflight_requests` was incremented for this request.
     pub(crate) counted_inflight: bool,
     /// The SERVER span of this request (continues an incoming traceparent).
     pub(crate) span: ServerSpan,
-    /// The CLIENT span of the current upstream attempt.
-    pub(crate) attempt_span: Option<ClientSpan>,
+}
+
+/// The client as the gateway sees it.
+#[derive(Default)]
+pub(crate) struct Client {
+    /// The client's address (see [`crate::forwarded`]), or `unknown`.
+    pub(crate) ip: String,
+    /// The client and forwarding headers as resolved from the TCP peer and trusted proxies.
+    pub(crate) forwarded: Option<ForwardedClient>,
+    /// The request's host, lower-case without port.
+    pub(crate) host: Option<String>,
+}
+
+impl Client {
+    /// The client of a request from TCP peer `peer` with `headers`, believing forwarding headers
+    /// only from `trusted` proxies.
+    pub(crate) fn resolve(peer: Option<IpAddr>, headers: &HeaderMap, trusted: &[IpNet]) -> Self {
+        let forwarded = peer.map(|ip| {
+            crate::forwarded::resolve(
+                ip,
+                headers.get_all("x-forwarded-for").iter(),
+                headers.get("x-forwarded-proto"),
+                trusted,
+            )
+        });
+        Client {
+            ip: forwarded
+                .as_ref()
+                .map_or_else(|| "unknown".to_string(), |f| f.ip.to_string()),
+            forwarded,
+            host: None,
+        }
+    }
+}
+
+/// The upstream side of a request: every attempt, retries included.
+#[derive(Default)]
+pub(crate) struct Attempts {
+    /// Attempts so far (1 = no retry yet).
+    pub(crate) count: u32,
+    /// The endpoint of the current attempt.
+    pub(crate) endpoint: Option<Arc<Endpoint>>,
+    /// The endpoint of the last failed attempt, avoided by the next one.
+    pub(crate) last_failed: Option<SocketAddr>,
+    /// Counts the current attempt against its endpoint's in-flight requests.
+    pub(crate) inflight: Option<InflightGuard>,
+    /// The status the upstream answered with.
+    pub(crate) status: Option<u16>,
+    /// Whether an attempt failed at the transport level.
+    pub(crate) failed: bool,
+    /// The CLIENT span of the current attempt.
+    pub(crate) span: Option<ClientSpan>,
+}
+
+/// How a request failed.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// The client went away before it could be answered.
+    ClientClosed,
+    /// The gateway answered with this error; `detail` is the internal cause for the log (never
+    /// sent to the client), kept for server-side errors only.
+    Answered {
+        error: GatewayError,
+        detail: Option<String>,
+    },
+}
+
+impl Failure {
+    /// `error.type` for spans and logs.
+    pub(crate) fn error_type(&self) -> &'static str {
+        match self {
+            Failure::ClientClosed => "client_closed",
+            Failure::Answered { error, .. } => error.slug(),
+        }
+    }
+
+    /// The internal cause, for server-side errors.
+    pub(crate) fn detail(&self) -> Option<&str> {
+        match self {
+            Failure::Answered { detail, .. } => detail.as_deref(),
+            Failure::ClientClosed => None,
+        }
+    }
 }
 
 impl RequestCtx {
@@ -57,28 +133,15 @@ impl RequestCtx {
             start: Instant::now(),
             request_id: String::new(),
             runtime: None,
+            client: Client::default(),
             route: None,
-            client_ip: String::new(),
-            forwarded: None,
-            host: None,
-            auth: AuthOutcome {
-                result: "skipped",
-                ..Default::default()
-            },
-            identity: None,
+            auth: AuthDecision::Skipped,
             limits: Vec::new(),
-            attempts: 0,
-            endpoint: None,
-            last_failed: None,
-            inflight: None,
+            upstream: Attempts::default(),
+            failure: None,
             body_bytes: 0,
-            upstream_status: None,
-            upstream_failed: false,
-            error_type: None,
-            error_detail: None,
             counted_inflight: false,
             span: ServerSpan::none(),
-            attempt_span: None,
         }
     }
 
@@ -97,24 +160,8 @@ impl RequestCtx {
             .unwrap_or("unmatched")
     }
 
-    /// `policy:result:remaining` for each rate-limit decision.
-    pub(crate) fn limits_summary(&self) -> String {
-        self.limits
-            .iter()
-            .map(|d| {
-                let tier = d
-                    .tier
-                    .as_deref()
-                    .map(|t| format!("[{t}]"))
-                    .unwrap_or_default();
-                format!(
-                    "{}{tier}:{}:{}",
-                    d.policy,
-                    if d.allowed { "allowed" } else { "limited" },
-                    d.remaining
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(",")
+    /// The upstream name of the matched route.
+    pub(crate) fn upstream_name(&self) -> Option<&str> {
+        self.route.as_ref().map(|r| r.upstream.name.as_str())
     }
 }

@@ -6,23 +6,32 @@
 //! policy file and lists every error. [`run`] is what the binary calls; [`Config`] is the policy
 //! model, documented for security teams in `docs/gateway-config.md`.
 //!
-//! Module map: [`config`] (parse + validate), `routing`, `auth` (JWT, JWKS), `ratelimit`,
-//! `upstream` (pools, health, breaker), `proxy` (Pingora phases), `problem` (error responses),
-//! `admin` (health, metrics, config), `reload` (SIGHUP and file watch), `metrics`.
+//! Module map, in the order a request meets them: `proxy` (the Pingora phases, glue only),
+//! `context` (per-request state), `forwarded` (who the client is), `request_id`, `framing`
+//! (smuggling guards), `routing` (match and rewrite), `auth` (JWT, JWKS), `ratelimit` (GCRA),
+//! `upstream` (pools, health, breaker; `upstream::attempt` for selection, failures and
+//! retries), `upstream_request` (what the upstream receives), `problem` (every error answered,
+//! and `problem::classify`), `access_log` (the access line and the span's decisions),
+//! `metrics`. Around them: [`config`] (parse + validate), `state` (the live configuration),
+//! `reload` (SIGHUP and file watch), `admin` (health, metrics, config).
 
+mod access_log;
 mod admin;
 mod auth;
 pub mod config;
 mod context;
 mod forwarded;
+mod framing;
 mod metrics;
 mod problem;
 mod proxy;
 mod ratelimit;
 mod reload;
+mod request_id;
 mod routing;
 mod state;
 mod upstream;
+mod upstream_request;
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -37,6 +46,7 @@ use pingora_core::services::listening::Service;
 
 pub use auth::Reject;
 pub use config::{Config, ConfigError, ConfigErrors};
+pub use framing::FramingError;
 pub use problem::{GatewayError, PROBLEM_BASE};
 
 /// Why the gateway could not start.
@@ -59,6 +69,9 @@ pub enum StartError {
     #[error("cannot start the background runtime: {0}")]
     Runtime(std::io::Error),
 }
+
+/// How long shutdown waits for each group of background tasks.
+const BACKGROUND_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Loads `config_path`, binds the listeners and serves until SIGINT/SIGTERM, then drains
 /// in-flight requests and returns (so the caller can flush telemetry). Request spans come from
@@ -101,7 +114,8 @@ pub fn run(config_path: &Path, tracer: HttpTracer) -> Result<(), StartError> {
         admin_token,
         tracer,
     });
-    reload::spawn_watcher(Arc::clone(&shared));
+    let stop_watching = tokio_util::sync::CancellationToken::new();
+    let watcher = reload::spawn_watcher(Arc::clone(&shared), stop_watching.clone());
 
     let conf = ServerConf {
         threads: config.server.workers,
@@ -122,7 +136,9 @@ pub fn run(config_path: &Path, tracer: HttpTracer) -> Result<(), StartError> {
     proxy.add_tcp(&config.listeners.public.to_string());
     let mut admin = Service::new(
         "vantage-admin".to_string(),
-        HttpServer::new_app(admin::AdminApp { shared }),
+        HttpServer::new_app(admin::AdminApp {
+            shared: Arc::clone(&shared),
+        }),
     );
     admin.threads = Some(1);
     admin.add_tcp(&config.listeners.admin.to_string());
@@ -130,8 +146,15 @@ pub fn run(config_path: &Path, tracer: HttpTracer) -> Result<(), StartError> {
     server.add_service(admin);
 
     tracing::info!(public = %config.listeners.public, admin = %config.listeners.admin, routes = config.routes.len(), "Gateway listening.");
-    // Keep the background runtime alive for the life of the process.
+    // Pingora owns the signals: this returns once SIGINT/SIGTERM has drained the listeners.
     server.run(pingora_core::server::RunArgs::default());
-    background.shutdown_timeout(std::time::Duration::from_secs(1));
+
+    // Then every background task stops: the reload watcher first (so no new generation starts),
+    // then the running generation's health checks, key refresh and pruning.
+    stop_watching.cancel();
+    let _ =
+        background.block_on(async { tokio::time::timeout(BACKGROUND_STOP_TIMEOUT, watcher).await });
+    shared.current.load().stop();
+    background.shutdown_timeout(BACKGROUND_STOP_TIMEOUT);
     Ok(())
 }

@@ -11,6 +11,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::context::RequestCtx;
+
 /// Labels of the request-duration histogram: the semantic-convention names mapped to Prometheus
 /// (as the services use), plus the gateway's route name.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -177,6 +179,41 @@ impl Metrics {
             inflight,
             ratelimit_keys,
             reloads,
+        }
+    }
+
+    /// Counts a finished request: its duration (with the trace as exemplar), the auth decision
+    /// and every rate-limit decision.
+    pub(crate) fn record_request(&self, ctx: &RequestCtx, method: &http::Method, status: u16) {
+        let route = ctx.route_name();
+        self.request_duration
+            .get_or_create(&RequestLabels {
+                route: route.to_string(),
+                http_request_method: Method::from_http(method),
+                http_response_status_code: status,
+            })
+            .observe(
+                ctx.start.elapsed().as_secs_f64(),
+                observability::metrics::trace_exemplar_of(ctx.span.span_context()),
+                None,
+            );
+        if ctx.route.is_some() {
+            self.auth_decisions
+                .get_or_create(&AuthLabels {
+                    route: route.to_string(),
+                    result: ctx.auth.result().as_str(),
+                    reason: ctx.auth.reason(),
+                })
+                .inc();
+        }
+        for d in &ctx.limits {
+            self.ratelimit_decisions
+                .get_or_create(&LimitLabels {
+                    route: route.to_string(),
+                    policy: d.policy.clone(),
+                    result: d.result(),
+                })
+                .inc();
         }
     }
 

@@ -2,12 +2,16 @@
 //! `application/problem+json` responses (RFC 9457).
 //!
 //! The `type` URIs are stable: clients may branch on them. Bodies never include upstream
-//! responses, addresses, stack traces or token contents.
+//! responses, addresses, stack traces or token contents. How a Pingora error maps onto one of
+//! these is decided in [`classify`].
+
+pub(crate) mod classify;
 
 use bytes::Bytes;
 use pingora_http::ResponseHeader;
 
 use crate::auth::Reject;
+use crate::framing::FramingError;
 
 /// An error answered by the gateway rather than an upstream.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -17,7 +21,7 @@ pub enum GatewayError {
     NoRoute,
     /// Ambiguous or invalid message framing (request smuggling guard).
     #[error("bad request framing: {0}")]
-    BadFraming(&'static str),
+    BadFraming(FramingError),
     /// Bearer token missing or invalid (401).
     #[error("unauthorized: {}", .reject.code())]
     Unauthorized {
@@ -162,6 +166,18 @@ impl GatewayError {
     pub fn is_server_side(&self) -> bool {
         self.status() >= 500
     }
+
+    /// A refusal decided from the request head alone, before any body was read or any
+    /// upstream contacted: the client connection may be kept when the request had no body.
+    pub(crate) fn is_early_refusal(&self) -> bool {
+        matches!(
+            self,
+            GatewayError::NoRoute
+                | GatewayError::Unauthorized { .. }
+                | GatewayError::InsufficientScope { .. }
+                | GatewayError::RateLimited { .. }
+        )
+    }
 }
 
 fn capitalise(s: &str) -> String {
@@ -175,16 +191,35 @@ fn capitalise(s: &str) -> String {
 /// Base of every problem `type`.
 pub const PROBLEM_BASE: &str = "https://vantage.dev/problems/";
 
+/// An `application/problem+json` body: `type` is [`PROBLEM_BASE`] + `slug`.
+pub(crate) fn body(
+    slug: &str,
+    title: &str,
+    status: u16,
+    detail: &str,
+    request_id: Option<&str>,
+) -> Vec<u8> {
+    let mut body = serde_json::json!({
+        "type": format!("{PROBLEM_BASE}{slug}"),
+        "title": title,
+        "status": status,
+        "detail": detail,
+    });
+    if let Some(id) = request_id {
+        body["request_id"] = id.into();
+    }
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
 /// Renders `err` as a complete response: header and `application/problem+json` body.
 pub(crate) fn render(err: &GatewayError, request_id: &str) -> (ResponseHeader, Bytes) {
-    let body = serde_json::json!({
-        "type": format!("{PROBLEM_BASE}{}", err.slug()),
-        "title": err.title(),
-        "status": err.status(),
-        "detail": err.detail(),
-        "request_id": request_id,
-    });
-    let body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+    let body = Bytes::from(body(
+        err.slug(),
+        err.title(),
+        err.status(),
+        &err.detail(),
+        Some(request_id),
+    ));
     let mut resp = ResponseHeader::build(err.status(), Some(6)).expect("valid status");
     let _ = resp.insert_header("content-type", "application/problem+json");
     let _ = resp.insert_header("content-length", body.len().to_string());

@@ -20,6 +20,30 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::jwt::Identity;
 use crate::config::{KeyPart, Quota, Quotas, RateLimitConfig};
+use crate::problem::GatewayError;
+
+/// Counts one request against each of its route's `policies` in order, recording every
+/// decision in `decisions` (they all go into the `RateLimit` fields); stops at the first policy
+/// that refuses, with the 429 to answer.
+pub(crate) fn check(
+    policies: &[Arc<Policy>],
+    input: &KeyInput<'_>,
+    decisions: &mut Vec<Decision>,
+) -> Result<(), GatewayError> {
+    for policy in policies {
+        let decision = policy.check(input);
+        let refused = (!decision.allowed).then(|| decision.retry_after_secs.unwrap_or(1));
+        decisions.push(decision);
+        if let Some(retry_after_secs) = refused {
+            return Err(GatewayError::RateLimited {
+                policy: policy.name.clone(),
+                retry_after_secs,
+                fields: header_values(decisions),
+            });
+        }
+    }
+    Ok(())
+}
 
 type KeyedLimiter =
     RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
@@ -70,6 +94,39 @@ pub(crate) struct Decision {
     pub(crate) window_secs: u64,
     /// Seconds to wait before retrying, when refused.
     pub(crate) retry_after_secs: Option<u64>,
+}
+
+impl Decision {
+    /// `allowed` or `limited`: the `result` label of `gateway_ratelimit_decisions_total`.
+    pub(crate) fn result(&self) -> &'static str {
+        if self.allowed {
+            "allowed"
+        } else {
+            "limited"
+        }
+    }
+}
+
+/// `policy[tier]:result:remaining` for each decision, comma-separated: the access log's
+/// `ratelimit` field.
+pub(crate) fn summary(decisions: &[Decision]) -> String {
+    let mut out = String::new();
+    for (i, d) in decisions.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&d.policy);
+        if let Some(tier) = &d.tier {
+            out.push('[');
+            out.push_str(tier);
+            out.push(']');
+        }
+        out.push(':');
+        out.push_str(d.result());
+        out.push(':');
+        out.push_str(&d.remaining.to_string());
+    }
+    out
 }
 
 /// What a key can be built from.
@@ -299,6 +356,31 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         p.prune();
         assert_eq!(p.tracked_keys(), 0);
+    }
+
+    #[test]
+    fn check_stops_at_the_first_refusing_policy_and_keeps_every_decision() {
+        let (tight, loose) = (policy(1, 60, 1), policy(100, 1, 100));
+        let h = HeaderMap::new();
+        let mut decisions = Vec::new();
+        let both = [Arc::clone(&tight), Arc::clone(&loose)];
+        assert!(check(&both, &input("3.3.3.3", &h), &mut decisions).is_ok());
+        assert_eq!(decisions.len(), 2);
+        decisions.clear();
+        let refused = check(&both, &input("3.3.3.3", &h), &mut decisions).unwrap_err();
+        assert_eq!(decisions.len(), 1, "the loose policy is not consulted");
+        match refused {
+            GatewayError::RateLimited {
+                retry_after_secs,
+                fields,
+                ..
+            } => {
+                assert!((1..=60).contains(&retry_after_secs));
+                assert_eq!(fields.unwrap().1, "\"p\";r=0;t=60");
+            }
+            other => panic!("expected 429, got {other:?}"),
+        }
+        assert_eq!(summary(&decisions), "p:limited:0");
     }
 
     #[test]

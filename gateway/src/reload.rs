@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::config::Config;
 use crate::metrics::ReloadLabels;
 use crate::state::{Runtime, Shared};
@@ -52,8 +54,12 @@ pub(crate) async fn reload(shared: &Arc<Shared>, trigger: &'static str) -> bool 
     }
 }
 
-/// Watches for SIGHUP and file changes on the background runtime, until the process exits.
-pub(crate) fn spawn_watcher(shared: Arc<Shared>) {
+/// Watches for SIGHUP and file changes on the background runtime until `stop` is cancelled;
+/// the returned handle finishes when the watcher has stopped.
+pub(crate) fn spawn_watcher(
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
     let handle = shared.background.clone();
     handle.spawn(async move {
         let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
@@ -82,6 +88,7 @@ pub(crate) fn spawn_watcher(shared: Arc<Shared>) {
                 }
             };
             tokio::select! {
+                _ = stop.cancelled() => break,
                 _ = hup_fired => {
                     last = std::fs::read(&shared.config_path).ok();
                     reload(&shared, "sighup").await;
@@ -95,5 +102,5 @@ pub(crate) fn spawn_watcher(shared: Arc<Shared>) {
                 }
             }
         }
-    });
+    })
 }

@@ -1,5 +1,8 @@
 //! Upstream pools: endpoint selection, active health checks, passive ejection and a circuit
 //! breaker. One [`Upstream`] per named upstream in the config; rebuilt on reload.
+//! [`attempt`] is one request's use of a pool: selection, failures, retries.
+
+pub(crate) mod attempt;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};

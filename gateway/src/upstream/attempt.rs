@@ -1,0 +1,137 @@
+//! One upstream attempt: choosing the endpoint and building the peer, recording how it ended
+//! (metrics, passive ejection, the attempt's CLIENT span), and deciding whether to retry.
+
+use std::time::Duration;
+
+use http::Method;
+use observability::http_span::HttpSpan as _;
+use observability::http_trace::Side;
+use observability::opentelemetry::KeyValue;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::Error;
+use pingora_http::ResponseHeader;
+
+use super::Unavailable;
+use crate::context::RequestCtx;
+use crate::metrics::{Metrics, UpstreamErrorLabels, UpstreamLabels};
+use crate::problem::classify::UpstreamErrorKind;
+use crate::problem::GatewayError;
+
+/// How long an idle upstream connection is kept for reuse.
+const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Starts the next attempt for the request's route: picks an endpoint (avoiding the one that
+/// just failed), opens its CLIENT span and returns the peer to connect to.
+pub(crate) fn begin(
+    ctx: &mut RequestCtx,
+    metrics: &Metrics,
+    method: &Method,
+    path: &str,
+) -> Result<Box<HttpPeer>, GatewayError> {
+    let route = ctx.route.clone().ok_or(GatewayError::Internal)?;
+    let upstream = &route.upstream;
+    ctx.upstream.count += 1;
+    let endpoint = upstream
+        .select(ctx.upstream.last_failed)
+        .map_err(|u| match u {
+            Unavailable::CircuitOpen => GatewayError::CircuitOpen(upstream.name.clone()),
+            Unavailable::NoHealthyEndpoint => {
+                GatewayError::NoHealthyEndpoint(upstream.name.clone())
+            }
+        })?;
+    metrics
+        .upstream_attempts
+        .get_or_create(&UpstreamLabels {
+            upstream: upstream.name.clone(),
+        })
+        .inc();
+    ctx.upstream.inflight = Some(endpoint.track());
+    let url = format!("http://{}{}", endpoint.addr, path);
+    let mut span = ctx.span.client(method, &url, ctx.upstream.count - 1);
+    span.set_attribute(KeyValue::new("vantage.upstream", upstream.name.clone()));
+    ctx.upstream.span = Some(span);
+
+    let cfg = &upstream.config;
+    let mut peer = HttpPeer::new(endpoint.addr, false, String::new());
+    peer.options.connection_timeout = Some(cfg.connect_timeout);
+    peer.options.total_connection_timeout = Some(cfg.connect_timeout);
+    peer.options.read_timeout = Some(cfg.read_timeout);
+    peer.options.write_timeout = Some(cfg.read_timeout);
+    peer.options.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
+    ctx.upstream.endpoint = Some(endpoint);
+    Ok(Box::new(peer))
+}
+
+/// Records a failed attempt (metrics, passive ejection, the attempt's span) and returns the
+/// upstream's retry budget; `None` when no route was chosen.
+pub(crate) fn failed(ctx: &mut RequestCtx, metrics: &Metrics, e: &Error) -> Option<u32> {
+    let route = ctx.route.clone()?;
+    let upstream = &route.upstream;
+    let kind = UpstreamErrorKind::of(e);
+    metrics
+        .upstream_errors
+        .get_or_create(&UpstreamErrorLabels {
+            upstream: upstream.name.clone(),
+            kind: kind.as_str(),
+        })
+        .inc();
+    if let Some(ep) = &ctx.upstream.endpoint {
+        upstream.record_endpoint_failure(ep);
+    }
+    ctx.upstream.last_failed = ctx.upstream.endpoint.as_ref().map(|ep| ep.addr);
+    ctx.upstream.failed = true;
+    if let Some(mut span) = ctx.upstream.span.take() {
+        span.record_error(kind.as_str());
+    }
+    Some(upstream.config.retries)
+}
+
+/// Whether to retry after a connect failure: nothing reached the upstream, so any method may
+/// be retried, within the budget.
+pub(crate) fn retry_after_connect_failure(
+    ctx: &mut RequestCtx,
+    metrics: &Metrics,
+    e: &Error,
+) -> bool {
+    failed(ctx, metrics, e).is_some_and(|retries| ctx.upstream.count <= retries)
+}
+
+/// Whether to retry after a failure mid-exchange: the request may have reached the upstream,
+/// so only what is safe to repeat (`idempotent`, body still buffered), within the budget.
+pub(crate) fn retry_after_proxy_error(
+    ctx: &mut RequestCtx,
+    metrics: &Metrics,
+    e: &Error,
+    idempotent: bool,
+) -> bool {
+    failed(ctx, metrics, e).is_some_and(|retries| idempotent && ctx.upstream.count <= retries)
+}
+
+/// Records the upstream's response head: the attempt's status, and its endpoint's passive
+/// health (502/503/504 count as failures).
+pub(crate) fn responded(ctx: &mut RequestCtx, response: &ResponseHeader) {
+    let status = response.status.as_u16();
+    ctx.upstream.status = Some(status);
+    if let Some(span) = &mut ctx.upstream.span {
+        span.record_status(response.status, Side::Client);
+    }
+    if let (Some(route), Some(ep)) = (&ctx.route, &ctx.upstream.endpoint) {
+        if matches!(status, 502..=504) {
+            route.upstream.record_endpoint_failure(ep);
+        } else {
+            route.upstream.record_endpoint_success(ep);
+        }
+    }
+}
+
+/// Feeds the circuit breaker one outcome per request that reached the upstream, after retries.
+pub(crate) fn finished(ctx: &RequestCtx, e: Option<&Error>) {
+    let Some(route) = ctx.route.as_ref().filter(|_| ctx.upstream.count > 0) else {
+        return;
+    };
+    let failed_upstream = e.is_some_and(|e| e.esource() == &pingora_core::ErrorSource::Upstream)
+        || ctx.upstream.status.is_some_and(|s| matches!(s, 502..=504));
+    if e.is_none() || ctx.upstream.failed || ctx.upstream.status.is_some() {
+        route.upstream.record_request_outcome(!failed_upstream);
+    }
+}
