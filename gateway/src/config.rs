@@ -6,12 +6,15 @@
 //! hot reload logs them and keeps the running config. The fields are documented for security teams
 //! in `docs/gateway-config.md`; `gateway/config/example.yaml` is a commented example.
 
+pub mod defaults;
 mod raw;
+mod suggest;
 mod validate;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
 use http::{HeaderName, Method};
@@ -110,14 +113,95 @@ fn ser_networks<S: serde::Serializer>(v: &[ipnet::IpNet], s: S) -> Result<S::Ok,
     s.collect_seq(v.iter().map(ToString::to_string))
 }
 
-/// Load-balancing policy of an upstream.
+/// A value outside one of the policy file's closed sets; the message lists the set and
+/// suggests the closest spelling.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct UnknownValue(String);
+
+/// Gives a fieldless enum its policy-file spellings: `NAMES`, `name()` and `FromStr`.
+macro_rules! closed_set {
+    ($ty:ident { $($name:literal => $variant:ident),+ $(,)? }) => {
+        impl $ty {
+            /// Every value, as spelled in the policy file.
+            pub const NAMES: &'static [&'static str] = &[$($name),+];
+
+            /// How this value is spelled in the policy file.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $name),+
+                }
+            }
+        }
+
+        impl FromStr for $ty {
+            type Err = UnknownValue;
+
+            fn from_str(s: &str) -> Result<Self, UnknownValue> {
+                match s {
+                    $($name => Ok($ty::$variant),)+
+                    other => Err(UnknownValue(suggest::not_one_of(other, Self::NAMES))),
+                }
+            }
+        }
+    };
+}
+
+/// Load-balancing policy of an upstream (`load_balancing`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LoadBalancing {
-    /// Each healthy endpoint in turn.
+    /// Each healthy endpoint in turn. The default.
     RoundRobin,
     /// The healthy endpoint with the fewest requests in flight (ties broken round-robin).
     LeastConnections,
+}
+
+closed_set!(LoadBalancing {
+    "round_robin" => RoundRobin,
+    "least_connections" => LeastConnections,
+});
+
+/// Whether a route needs a token (`auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// No token needed.
+    None,
+    /// A valid token is needed. The default: a route is protected unless it says otherwise.
+    Required,
+}
+
+closed_set!(AuthMode {
+    "none" => None,
+    "required" => Required,
+});
+
+/// The period of a rate quota (`per`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Per {
+    /// One second.
+    Second,
+    /// One minute.
+    Minute,
+    /// One hour.
+    Hour,
+}
+
+closed_set!(Per {
+    "second" => Second,
+    "minute" => Minute,
+    "hour" => Hour,
+});
+
+impl Per {
+    /// The period's length.
+    pub fn duration(self) -> Duration {
+        Duration::from_secs(match self {
+            Per::Second => 1,
+            Per::Minute => 60,
+            Per::Hour => 3600,
+        })
+    }
 }
 
 /// A named pool of upstream endpoints.
@@ -257,6 +341,44 @@ pub enum KeyPart {
     Claim(String),
     /// A request header, e.g. an API key.
     Header(#[serde(serialize_with = "ser_header_name")] HeaderName),
+}
+
+impl KeyPart {
+    /// The spellings of key parts, for error messages.
+    pub const FORMS: &'static [&'static str] = &["client_ip", "route", "claim:NAME", "header:NAME"];
+}
+
+impl FromStr for KeyPart {
+    type Err = UnknownValue;
+
+    /// `client_ip`, `route`, `claim:NAME` or `header:NAME`.
+    fn from_str(s: &str) -> Result<Self, UnknownValue> {
+        match s.split_once(':') {
+            None if s == "client_ip" => Ok(KeyPart::ClientIp),
+            None if s == "route" => Ok(KeyPart::Route),
+            Some(("claim", "")) => Err(UnknownValue(format!(
+                "{s:?} names no claim; write claim:NAME, e.g. claim:sub"
+            ))),
+            Some(("claim", c)) => Ok(KeyPart::Claim(c.to_string())),
+            Some(("header", h)) => HeaderName::from_str(h)
+                .map(KeyPart::Header)
+                .map_err(|_| UnknownValue(format!("{h:?} is not a valid header name"))),
+            Some((kind, name)) => {
+                let hint = suggest::did_you_mean(kind, ["claim", "header"])
+                    .map(|k| format!("; did you mean \"{k}:{name}\"?"))
+                    .unwrap_or_default();
+                Err(UnknownValue(format!(
+                    "{s:?} is not one of {}{hint}",
+                    Self::FORMS.join(", ")
+                )))
+            }
+            None => Err(UnknownValue(format!(
+                "{s:?} is not one of {}{}",
+                Self::FORMS.join(", "),
+                suggest::hint(s, ["client_ip", "route"])
+            ))),
+        }
+    }
 }
 
 /// A named rate-limit policy.
@@ -419,3 +541,6 @@ pub(crate) fn redact_url(url: &str) -> String {
         Err(_) => "<invalid url>".to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -79,14 +79,14 @@ pub(crate) struct RawHealthCheck {
     pub(crate) unhealthy_threshold: Option<u32>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawPassive {
     pub(crate) consecutive_failures: Option<u32>,
     pub(crate) ejection_secs: Option<u64>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawBreaker {
     pub(crate) failure_threshold: Option<u32>,
