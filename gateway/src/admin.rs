@@ -26,17 +26,9 @@ fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Ve
 }
 
 fn problem(status: StatusCode, slug: &str, detail: &str) -> Response<Vec<u8>> {
-    let body = serde_json::json!({
-        "type": format!("{}{slug}", crate::problem::PROBLEM_BASE),
-        "title": status.canonical_reason().unwrap_or(""),
-        "status": status.as_u16(),
-        "detail": detail,
-    });
-    let mut resp = respond(
-        status,
-        "application/problem+json",
-        serde_json::to_vec(&body).unwrap_or_default(),
-    );
+    let title = status.canonical_reason().unwrap_or("");
+    let body = crate::problem::body(slug, title, status.as_u16(), detail, None);
+    let mut resp = respond(status, "application/problem+json", body);
     if status == StatusCode::UNAUTHORIZED {
         resp.headers_mut().insert(
             "www-authenticate",
