@@ -62,6 +62,10 @@ pub struct Config {
     pub rate_limits: BTreeMap<String, RateLimitConfig>,
     /// Routes, matched in order; the first match wins.
     pub routes: Vec<RouteConfig>,
+    /// Things that are valid but probably not what the author meant (e.g. overlapping routes
+    /// with different protection). `gateway validate` prints them; they never block a load.
+    #[serde(skip)]
+    pub warnings: Vec<ConfigError>,
 }
 
 /// Listener addresses.
@@ -107,6 +111,22 @@ pub struct ServerSettings {
     /// edge, the TCP peer is the client, and forwarding headers from clients are discarded.
     #[serde(serialize_with = "ser_networks")]
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Size and count limits of the request head.
+    pub limits: HeadLimits,
+}
+
+/// Limits on the request head; a request over one is refused before routing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct HeadLimits {
+    /// Longest request target (path and query) in bytes; longer gets 414. Default 8192.
+    pub max_uri_bytes: usize,
+    /// Largest single header field (name + value) in bytes; larger gets 431. Default 8192.
+    pub max_header_bytes: usize,
+    /// Largest header section (request target + every field) in bytes; larger gets 431.
+    /// Default 32768.
+    pub max_request_header_bytes: usize,
+    /// Most header fields; more get 431. Default 100.
+    pub max_headers: usize,
 }
 
 fn ser_networks<S: serde::Serializer>(v: &[ipnet::IpNet], s: S) -> Result<S::Ok, S::Error> {
@@ -391,6 +411,9 @@ pub struct RateLimitConfig {
     /// How often idle, fully replenished keys are pruned. Default 60 s.
     #[serde(serialize_with = "ser_duration")]
     pub idle_prune: Duration,
+    /// `client_ip` keys of IPv6 clients cover this many leading bits (one customer usually
+    /// holds a whole /64, so per-address keys would give each of them 2^64 buckets). Default 64.
+    pub ipv6_prefix_len: u8,
 }
 
 /// One quota for everyone, or a quota chosen by a token claim.
@@ -473,6 +496,9 @@ pub struct RouteConfig {
     pub rate_limits: Vec<String>,
     /// Body limit for this route.
     pub max_body_bytes: u64,
+    /// Accept an encoded slash (`%2F`) in the path, kept encoded; refused (400) otherwise.
+    /// Default `false`.
+    pub allow_encoded_slashes: bool,
 }
 
 impl Config {

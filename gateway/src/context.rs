@@ -26,6 +26,9 @@ pub(crate) struct RequestCtx {
     pub(crate) runtime: Option<Arc<Runtime>>,
     /// Who sent it.
     pub(crate) client: Client,
+    /// The normalised path, when it differs from the request's (see [`crate::normalize`]):
+    /// what the route was chosen on and what the upstream receives.
+    pub(crate) path: Option<String>,
     /// The route decision: `None` until matched (and for requests no route matches).
     pub(crate) route: Option<Arc<Route>>,
     /// The auth decision.
@@ -47,7 +50,9 @@ pub(crate) struct RequestCtx {
 /// The client as the gateway sees it.
 #[derive(Default)]
 pub(crate) struct Client {
-    /// The client's address (see [`crate::forwarded`]), or `unknown`.
+    /// The client's address (see [`crate::forwarded`]), canonical (IPv4-mapped IPv6 as IPv4).
+    pub(crate) addr: Option<IpAddr>,
+    /// [`Client::addr`] as text, or `unknown`.
     pub(crate) ip: String,
     /// The client and forwarding headers as resolved from the TCP peer and trusted proxies.
     pub(crate) forwarded: Option<ForwardedClient>,
@@ -68,6 +73,7 @@ impl Client {
             )
         });
         Client {
+            addr: forwarded.as_ref().map(|f| f.ip),
             ip: forwarded
                 .as_ref()
                 .map_or_else(|| "unknown".to_string(), |f| f.ip.to_string()),
@@ -134,6 +140,7 @@ impl RequestCtx {
             request_id: String::new(),
             runtime: None,
             client: Client::default(),
+            path: None,
             route: None,
             auth: AuthDecision::Skipped,
             limits: Vec::new(),

@@ -33,6 +33,8 @@ pub(crate) fn resolve<'a>(
     forwarded_proto: Option<&HeaderValue>,
     trusted: &[IpNet],
 ) -> ForwardedClient {
+    // One spelling per client: an IPv4 client on a dual-stack socket is its IPv4 address.
+    let peer = peer.to_canonical();
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer) {
         return ForwardedClient {
@@ -76,15 +78,30 @@ pub(crate) fn resolve<'a>(
 
 /// An `X-Forwarded-For` entry: an address, optionally with a port (`203.0.113.7:4711`,
 /// `[2001:db8::1]:443`).
+/// `[2001:db8::1]` without a port too; IPv4-mapped IPv6 (`::ffff:192.0.2.1`) is read as IPv4.
 fn parse_hop(hop: &str) -> Option<IpAddr> {
-    hop.parse::<IpAddr>()
+    let bare = hop.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+    bare.unwrap_or(hop)
+        .parse::<IpAddr>()
         .ok()
         .or_else(|| hop.parse::<SocketAddr>().ok().map(|a| a.ip()))
+        .map(|ip| ip.to_canonical())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_are_canonical_whatever_their_spelling() {
+        assert_eq!(parse_hop("[2001:db8::1]"), "2001:db8::1".parse().ok());
+        assert_eq!(parse_hop("[2001:db8::1]:443"), "2001:db8::1".parse().ok());
+        assert_eq!(parse_hop("192.0.2.1:8080"), "192.0.2.1".parse().ok());
+        assert_eq!(parse_hop("::ffff:192.0.2.1"), "192.0.2.1".parse().ok());
+        let mapped = run("::ffff:127.0.0.1", &[], None, &[]);
+        assert_eq!(mapped.ip.to_string(), "127.0.0.1");
+        assert_eq!(mapped.forwarded_for, "127.0.0.1");
+    }
 
     fn nets(v: &[&str]) -> Vec<IpNet> {
         v.iter().map(|n| n.parse().unwrap()).collect()

@@ -7,8 +7,9 @@
 //! model, documented for security teams in `docs/gateway-config.md`.
 //!
 //! Module map, in the order a request meets them: `proxy` (the Pingora phases, glue only),
-//! `context` (per-request state), `forwarded` (who the client is), `request_id`, `framing`
-//! (smuggling guards), `routing` (match and rewrite), `auth` (JWT, JWKS), `ratelimit` (GCRA),
+//! `context` (per-request state), `forwarded` (who the client is), `request_id`, `request_head`
+//! (limits, gateway-owned headers), `framing` (smuggling guards), `normalize` (one spelling of
+//! every path), `routing` (host, route selection, rewrite), `auth` (JWT, JWKS), `ratelimit` (GCRA),
 //! `upstream` (pools, health, breaker; `upstream::attempt` for selection, failures and
 //! retries), `upstream_request` (what the upstream receives), `problem` (every error answered,
 //! and `problem::classify`), `access_log` (the access line and the span's decisions),
@@ -23,10 +24,12 @@ mod context;
 mod forwarded;
 mod framing;
 mod metrics;
+mod normalize;
 mod problem;
 mod proxy;
 mod ratelimit;
 mod reload;
+mod request_head;
 mod request_id;
 mod routing;
 mod state;
@@ -47,6 +50,7 @@ use pingora_core::services::listening::Service;
 pub use auth::Reject;
 pub use config::{Config, ConfigError, ConfigErrors};
 pub use framing::FramingError;
+pub use normalize::PathError;
 pub use problem::{GatewayError, PROBLEM_BASE};
 
 /// Why the gateway could not start.

@@ -12,6 +12,7 @@ use pingora_http::ResponseHeader;
 
 use crate::auth::Reject;
 use crate::framing::FramingError;
+use crate::normalize::PathError;
 
 /// An error answered by the gateway rather than an upstream.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -22,6 +23,33 @@ pub enum GatewayError {
     /// Ambiguous or invalid message framing (request smuggling guard).
     #[error("bad request framing: {0}")]
     BadFraming(FramingError),
+    /// A path that cannot be normalised safely (400).
+    #[error("bad path: {0}")]
+    BadPath(PathError),
+    /// A path whose `;params` would lead a server that drops them to another route (400).
+    #[error("ambiguous path parameters")]
+    AmbiguousPath,
+    /// Several `Host` headers, or one that disagrees with the request target (400).
+    #[error("bad host: {0}")]
+    BadHost(&'static str),
+    /// A header the policy keys on, sent more than once (400).
+    #[error("header {0} sent more than once")]
+    DuplicateHeader(String),
+    /// The route's path matches but not its method (405).
+    #[error("method not allowed")]
+    MethodNotAllowed {
+        /// The methods the route accepts, for `Allow`.
+        allow: String,
+    },
+    /// The request head is over a size or count limit (431).
+    #[error("request header fields too large: {0}")]
+    HeadersTooLarge(&'static str),
+    /// The request target is longer than `server.max_uri_bytes` (414).
+    #[error("URI longer than {limit} bytes")]
+    UriTooLong {
+        /// The limit in bytes.
+        limit: usize,
+    },
     /// Bearer token missing or invalid (401).
     #[error("unauthorized: {}", .reject.code())]
     Unauthorized {
@@ -79,7 +107,15 @@ impl GatewayError {
     pub fn status(&self) -> u16 {
         match self {
             GatewayError::NoRoute => 404,
-            GatewayError::BadFraming(_) | GatewayError::BadRequest => 400,
+            GatewayError::BadFraming(_)
+            | GatewayError::BadRequest
+            | GatewayError::BadPath(_)
+            | GatewayError::AmbiguousPath
+            | GatewayError::BadHost(_)
+            | GatewayError::DuplicateHeader(_) => 400,
+            GatewayError::MethodNotAllowed { .. } => 405,
+            GatewayError::HeadersTooLarge(_) => 431,
+            GatewayError::UriTooLong { .. } => 414,
             GatewayError::Unauthorized { .. } => 401,
             GatewayError::InsufficientScope { .. } => 403,
             GatewayError::RateLimited { .. } => 429,
@@ -96,6 +132,12 @@ impl GatewayError {
         match self {
             GatewayError::NoRoute => "no-route",
             GatewayError::BadFraming(_) => "bad-framing",
+            GatewayError::BadPath(_) | GatewayError::AmbiguousPath => "bad-path",
+            GatewayError::BadHost(_) => "bad-host",
+            GatewayError::DuplicateHeader(_) => "duplicate-header",
+            GatewayError::MethodNotAllowed { .. } => "method-not-allowed",
+            GatewayError::HeadersTooLarge(_) => "request-header-fields-too-large",
+            GatewayError::UriTooLong { .. } => "uri-too-long",
             GatewayError::BadRequest => "bad-request",
             GatewayError::Unauthorized { .. } => "unauthorized",
             GatewayError::InsufficientScope { .. } => "insufficient-scope",
@@ -112,7 +154,15 @@ impl GatewayError {
     fn title(&self) -> &'static str {
         match self {
             GatewayError::NoRoute => "Not Found",
-            GatewayError::BadFraming(_) | GatewayError::BadRequest => "Bad Request",
+            GatewayError::BadFraming(_)
+            | GatewayError::BadRequest
+            | GatewayError::BadPath(_)
+            | GatewayError::AmbiguousPath
+            | GatewayError::BadHost(_)
+            | GatewayError::DuplicateHeader(_) => "Bad Request",
+            GatewayError::MethodNotAllowed { .. } => "Method Not Allowed",
+            GatewayError::HeadersTooLarge(_) => "Request Header Fields Too Large",
+            GatewayError::UriTooLong { .. } => "URI Too Long",
             GatewayError::Unauthorized { .. } => "Unauthorized",
             GatewayError::InsufficientScope { .. } => "Forbidden",
             GatewayError::RateLimited { .. } => "Too Many Requests",
@@ -131,6 +181,21 @@ impl GatewayError {
         match self {
             GatewayError::NoRoute => "No route matches this method, host and path.".into(),
             GatewayError::BadFraming(why) => format!("The request framing is ambiguous: {why}."),
+            GatewayError::BadPath(why) => format!("The request path is refused: {why}."),
+            GatewayError::AmbiguousPath => {
+                "The request path means different things with and without its ;parameters.".into()
+            }
+            GatewayError::BadHost(why) => format!("The request host is refused: {why}."),
+            GatewayError::DuplicateHeader(name) => {
+                format!("The {name} header must be sent at most once.")
+            }
+            GatewayError::MethodNotAllowed { allow } => {
+                format!("This path accepts only: {allow}.")
+            }
+            GatewayError::HeadersTooLarge(why) => format!("The request head is too large: {why}."),
+            GatewayError::UriTooLong { limit } => {
+                format!("The request target is longer than {limit} bytes.")
+            }
             GatewayError::BadRequest => "The request could not be parsed.".into(),
             GatewayError::Unauthorized { reject, .. } => {
                 format!("{}.", capitalise(reject.description()))
@@ -173,6 +238,7 @@ impl GatewayError {
         matches!(
             self,
             GatewayError::NoRoute
+                | GatewayError::MethodNotAllowed { .. }
                 | GatewayError::Unauthorized { .. }
                 | GatewayError::InsufficientScope { .. }
                 | GatewayError::RateLimited { .. }
@@ -248,6 +314,9 @@ pub(crate) fn render(err: &GatewayError, request_id: &str) -> (ResponseHeader, B
                     "Bearer realm=\"{realm}\", error=\"insufficient_scope\", scope=\"{scope}\""
                 ),
             );
+        }
+        GatewayError::MethodNotAllowed { allow } => {
+            let _ = resp.insert_header("allow", allow.as_str());
         }
         GatewayError::RateLimited {
             retry_after_secs,

@@ -1,11 +1,13 @@
 //! The Pingora `ProxyHttp` implementation: phase glue only. Each phase hands the request to the
-//! module named for the concern — [`framing`], [`routing`], [`auth`], [`ratelimit`],
+//! module named for the concern — [`request_head`], [`framing`], [`normalize`](crate::normalize),
+//! [`routing`], [`auth`], [`ratelimit`],
 //! [`attempt`] (upstream selection, failures, retries), [`upstream_request`] (what the upstream
 //! receives), [`access_log`] — and records what they decide in [`RequestCtx`].
 //!
 //! Errors the gateway answers itself travel as a [`GatewayError`] inside a Pingora error and are
 //! rendered in exactly one place, [`ProxyHttp::fail_to_proxy`].
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -19,12 +21,15 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use observability::http_trace::ServerRequest;
 
 use crate::context::{Client, Failure, RequestCtx};
+use crate::normalize::{normalize, PathError};
 use crate::problem::classify::{classify, reject};
 use crate::problem::{render, GatewayError};
 use crate::ratelimit::{header_values, KeyInput};
 use crate::state::{Runtime, Shared};
 use crate::upstream::attempt;
-use crate::{access_log, auth, framing, ratelimit, request_id, routing, upstream_request};
+use crate::{
+    access_log, auth, framing, ratelimit, request_head, request_id, routing, upstream_request,
+};
 
 /// The gateway's proxy logic.
 pub(crate) struct Gateway {
@@ -32,13 +37,20 @@ pub(crate) struct Gateway {
 }
 
 impl Gateway {
-    /// Everything decided from the request head: framing, route, body limit, auth, limits.
+    /// Everything decided from the request head: limits and gateway-owned headers, framing,
+    /// host, the normalised path, route, body limit, auth, rate limits.
     async fn admit(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
         runtime: &Runtime,
     ) -> std::result::Result<(), GatewayError> {
+        let config = &runtime.config;
+        request_head::check(
+            session.req_header_mut(),
+            &config.server.limits,
+            &config.identity_headers,
+        )?;
         let raw_head = session
             .as_downstream()
             .as_http1()
@@ -52,22 +64,30 @@ impl Gateway {
         framing::check(&session.req_header().headers, raw_head.as_deref())
             .map_err(GatewayError::BadFraming)?;
 
-        // Identity headers come only from the gateway: strip whatever the client sent, on every
-        // route, authenticated or not.
-        for h in &runtime.config.identity_headers {
-            session.req_header_mut().remove_header(h);
-        }
-
         let req = session.req_header();
-        let host = req.headers.get(header::HOST).and_then(|v| v.to_str().ok());
-        ctx.client.host = routing::request_host(host, &req.uri);
-        let route = runtime
-            .route_for(ctx.client.host.as_deref(), req.uri.path(), &req.method)
-            .cloned()
-            .ok_or(GatewayError::NoRoute)?;
+        let absolute = Some(req.raw_path()).filter(|t| !t.starts_with(b"/"));
+        ctx.client.host = routing::request_host(
+            &req.headers,
+            &req.uri,
+            absolute.and_then(routing::target_authority),
+        )?;
+        if !req.raw_path_is_utf8() {
+            return Err(GatewayError::BadPath(PathError::InvalidUtf8));
+        }
+        let normal = normalize(req.uri.path()).map_err(GatewayError::BadPath)?;
+        let encoded_slash = normal.encoded_slash;
+        ctx.path = match normal.path {
+            Cow::Owned(path) => Some(path),
+            Cow::Borrowed(_) => None,
+        };
+        let path = ctx.path.as_deref().unwrap_or(req.uri.path());
+        let route = Arc::clone(runtime.route_for(ctx.client.host.as_deref(), path, &req.method)?);
         ctx.span
             .set_route(&req.method, &routing::template(&route.config));
         ctx.route = Some(Arc::clone(&route));
+        if encoded_slash && !route.config.allow_encoded_slashes {
+            return Err(GatewayError::BadPath(PathError::EncodedSlash));
+        }
 
         let limit = route.config.max_body_bytes;
         if framing::declared_length(&req.headers).is_some_and(|n| n > limit) {
@@ -75,21 +95,15 @@ impl Gateway {
         }
 
         ctx.auth = auth::check(&route.config.auth, &req.headers, &runtime.auth).await;
-        if let Some(refusal) = ctx
-            .auth
-            .refusal(&route.config.auth, &runtime.config.server.realm)
-        {
+        if let Some(refusal) = ctx.auth.refusal(&route.config.auth, &config.server.realm) {
             return Err(refusal);
-        }
-        if let Some(identity) = ctx.auth.admitted() {
-            auth::forward_identity(session.req_header_mut(), identity);
         }
 
         let input = KeyInput {
-            client_ip: &ctx.client.ip,
+            client: ctx.client.addr,
             route: &route.config.name,
             identity: ctx.auth.admitted(),
-            headers: &session.req_header().headers,
+            headers: &req.headers,
         };
         ratelimit::check(&route.limits, &input, &mut ctx.limits)
     }
@@ -120,9 +134,6 @@ impl ProxyHttp for Gateway {
         ctx.span = self.shared.tracer.server(&server_req);
 
         ctx.request_id = request_id::of(&req.headers);
-        let _ = session
-            .req_header_mut()
-            .insert_header("x-request-id", ctx.request_id.as_str());
         ctx.runtime = Some(Arc::clone(&runtime));
 
         match self.admit(session, ctx, &runtime).await {
@@ -157,7 +168,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let req = session.req_header();
-        attempt::begin(ctx, &self.shared.metrics, &req.method, req.uri.path()).map_err(reject)
+        let path = ctx.path.clone();
+        let path = path.as_deref().unwrap_or(req.uri.path());
+        attempt::begin(ctx, &self.shared.metrics, &req.method, path).map_err(reject)
     }
 
     async fn upstream_request_filter(
@@ -166,8 +179,7 @@ impl ProxyHttp for Gateway {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        upstream_request::prepare(session.req_header(), upstream, ctx);
-        Ok(())
+        upstream_request::prepare(session.req_header(), upstream, ctx).map_err(reject)
     }
 
     async fn upstream_response_filter(

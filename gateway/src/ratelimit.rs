@@ -6,6 +6,7 @@
 //! draft-ietf-httpapi-ratelimit-headers-09, and `Retry-After` on 429.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,7 +32,7 @@ pub(crate) fn check(
     decisions: &mut Vec<Decision>,
 ) -> Result<(), GatewayError> {
     for policy in policies {
-        let decision = policy.check(input);
+        let decision = policy.check(input)?;
         let refused = (!decision.allowed).then(|| decision.retry_after_secs.unwrap_or(1));
         decisions.push(decision);
         if let Some(retry_after_secs) = refused {
@@ -131,7 +132,8 @@ pub(crate) fn summary(decisions: &[Decision]) -> String {
 
 /// What a key can be built from.
 pub(crate) struct KeyInput<'a> {
-    pub(crate) client_ip: &'a str,
+    /// The client's canonical address, when known.
+    pub(crate) client: Option<IpAddr>,
     pub(crate) route: &'a str,
     pub(crate) identity: Option<&'a Identity>,
     pub(crate) headers: &'a HeaderMap,
@@ -190,29 +192,57 @@ impl Policy {
         });
     }
 
-    fn key(&self, input: &KeyInput<'_>) -> String {
+    /// The bucket key of a request. A header the key uses must come at most once: keying on
+    /// one copy while the upstream reads another would let a client pick its bucket.
+    fn key(&self, input: &KeyInput<'_>) -> Result<String, GatewayError> {
         let mut key = String::new();
         for (i, part) in self.config.key.iter().enumerate() {
             if i > 0 {
                 key.push('|');
             }
             let value = match part {
-                KeyPart::ClientIp => Some(format!("ip={}", input.client_ip)),
+                KeyPart::ClientIp => None,
                 KeyPart::Route => Some(format!("route={}", input.route)),
                 KeyPart::Claim(c) => input
                     .identity
                     .and_then(|id| id.claim_str(c))
                     .map(|v| format!("{c}={v}")),
-                KeyPart::Header(h) => input
-                    .headers
-                    .get(h)
-                    .and_then(|v| v.to_str().ok())
-                    .map(|v| format!("{}={v}", h.as_str())),
+                KeyPart::Header(h) => {
+                    let mut values = input.headers.get_all(h).iter();
+                    let first = values.next();
+                    if values.next().is_some() {
+                        return Err(GatewayError::DuplicateHeader(h.as_str().to_string()));
+                    }
+                    first
+                        .and_then(|v| v.to_str().ok())
+                        .map(|v| format!("{}={v}", h.as_str()))
+                }
             };
-            // A missing claim or header must not pool every such caller into one bucket.
-            key.push_str(&value.unwrap_or_else(|| format!("ip={}", input.client_ip)));
+            // `client_ip`, and the fallback for a missing claim or header (which must not pool
+            // every such caller into one bucket).
+            match value {
+                Some(v) => key.push_str(&v),
+                None => {
+                    key.push_str("ip=");
+                    key.push_str(&self.client_key(input.client));
+                }
+            }
         }
-        key
+        Ok(key)
+    }
+
+    /// An IPv4 address as is; an IPv6 address as its network of `ipv6_prefix_len` bits.
+    fn client_key(&self, client: Option<IpAddr>) -> String {
+        match client {
+            Some(IpAddr::V6(v6)) if self.config.ipv6_prefix_len < 128 => {
+                match ipnet::Ipv6Net::new(v6, self.config.ipv6_prefix_len) {
+                    Ok(net) => net.trunc().to_string(),
+                    Err(_) => v6.to_string(),
+                }
+            }
+            Some(ip) => ip.to_string(),
+            None => "unknown".to_string(),
+        }
     }
 
     fn tier(&self, input: &KeyInput<'_>) -> &str {
@@ -231,10 +261,10 @@ impl Policy {
     }
 
     /// Counts one request against the policy.
-    pub(crate) fn check(&self, input: &KeyInput<'_>) -> Decision {
+    pub(crate) fn check(&self, input: &KeyInput<'_>) -> Result<Decision, GatewayError> {
         let tier = self.tier(input);
         let limiter = &self.limiters[tier];
-        let key = self.key(input);
+        let key = self.key(input)?;
         let replenish = limiter.replenish();
         let base = Decision {
             policy: self.name.clone(),
@@ -246,7 +276,7 @@ impl Policy {
             window_secs: limiter.window_secs(),
             retry_after_secs: None,
         };
-        match limiter.inner.check_key(&key) {
+        Ok(match limiter.inner.check_key(&key) {
             Ok(snapshot) => {
                 let remaining = snapshot.remaining_burst_capacity();
                 let used = limiter.quota.burst.saturating_sub(remaining);
@@ -267,7 +297,7 @@ impl Policy {
                     ..base
                 }
             }
-        }
+        })
     }
 }
 
@@ -303,6 +333,48 @@ pub(crate) fn header_values(decisions: &[Decision]) -> Option<(String, String)> 
 mod tests {
     use super::*;
 
+    impl Policy {
+        fn check_ok(&self, input: &KeyInput<'_>) -> Decision {
+            self.check(input).unwrap()
+        }
+    }
+
+    #[test]
+    fn ipv6_clients_share_a_bucket_per_64_and_ipv4_is_per_address() {
+        let p = policy(1, 60, 1);
+        let h = HeaderMap::new();
+        assert!(p.check_ok(&input("2001:db8:1:2::1", &h)).allowed);
+        assert!(
+            !p.check_ok(&input("2001:db8:1:2:ffff::9", &h)).allowed,
+            "same /64, same bucket"
+        );
+        assert!(p.check_ok(&input("2001:db8:1:3::1", &h)).allowed);
+        assert_eq!(
+            p.client_key("2001:db8:1:2:3:4:5:6".parse().ok()),
+            "2001:db8:1:2::/64"
+        );
+        assert_eq!(p.client_key("192.0.2.7".parse().ok()), "192.0.2.7");
+    }
+
+    #[test]
+    fn a_key_header_sent_twice_is_refused() {
+        let p = Policy::new(
+            "h".into(),
+            RateLimitConfig {
+                key: vec![KeyPart::Header(http::HeaderName::from_static("x-api-key"))],
+                ..policy(1, 1, 1).config.clone()
+            },
+        );
+        let mut h = HeaderMap::new();
+        h.append("x-api-key", "a".parse().unwrap());
+        assert!(p.check(&input("1.1.1.1", &h)).is_ok());
+        h.append("x-api-key", "b".parse().unwrap());
+        assert!(matches!(
+            p.check(&input("1.1.1.1", &h)),
+            Err(GatewayError::DuplicateHeader(name)) if name == "x-api-key"
+        ));
+    }
+
     fn policy(rate: u32, per: u64, burst: u32) -> Arc<Policy> {
         Policy::new(
             "p".into(),
@@ -316,13 +388,14 @@ mod tests {
                     },
                 },
                 idle_prune: Duration::from_secs(60),
+                ipv6_prefix_len: 64,
             },
         )
     }
 
-    fn input<'a>(ip: &'a str, headers: &'a HeaderMap) -> KeyInput<'a> {
+    fn input<'a>(ip: &str, headers: &'a HeaderMap) -> KeyInput<'a> {
         KeyInput {
-            client_ip: ip,
+            client: Some(ip.parse().unwrap()),
             route: "r",
             identity: None,
             headers,
@@ -333,7 +406,7 @@ mod tests {
     fn burst_then_refuse_with_retry_after() {
         let p = policy(1, 60, 3);
         let h = HeaderMap::new();
-        let results: Vec<_> = (0..5).map(|_| p.check(&input("1.1.1.1", &h))).collect();
+        let results: Vec<_> = (0..5).map(|_| p.check_ok(&input("1.1.1.1", &h))).collect();
         assert_eq!(results.iter().filter(|d| d.allowed).count(), 3);
         assert_eq!(results[0].remaining, 2);
         assert_eq!(results[2].remaining, 0);
@@ -342,7 +415,7 @@ mod tests {
         let retry = refused.retry_after_secs.unwrap();
         assert!((1..=60).contains(&retry), "retry after {retry}");
         // Another key has its own bucket.
-        assert!(p.check(&input("2.2.2.2", &h)).allowed);
+        assert!(p.check_ok(&input("2.2.2.2", &h)).allowed);
     }
 
     #[test]
@@ -350,7 +423,7 @@ mod tests {
         let p = policy(1000, 1, 1);
         let h = HeaderMap::new();
         for i in 0..500 {
-            p.check(&input(&format!("10.0.{}.{}", i / 256, i % 256), &h));
+            p.check_ok(&input(&format!("10.0.{}.{}", i / 256, i % 256), &h));
         }
         assert_eq!(p.tracked_keys(), 500);
         std::thread::sleep(Duration::from_millis(20));
@@ -387,7 +460,7 @@ mod tests {
     fn header_syntax_follows_draft_09() {
         let p = policy(10, 1, 5);
         let h = HeaderMap::new();
-        let d = p.check(&input("1.1.1.1", &h));
+        let d = p.check_ok(&input("1.1.1.1", &h));
         let (policy, limit) = header_values(&[d]).unwrap();
         assert_eq!(policy, "\"p\";q=5;w=1");
         assert_eq!(limit, "\"p\";r=4;t=1");

@@ -126,16 +126,14 @@ impl Runtime {
         }))
     }
 
-    /// The first route matching the request.
+    /// The route for a request (rules in [`crate::routing`]); `path` is normalised.
     pub(crate) fn route_for(
         &self,
         host: Option<&str>,
         path: &str,
         method: &http::Method,
-    ) -> Option<&Arc<Route>> {
-        self.routes
-            .iter()
-            .find(|r| crate::routing::matches(&r.config, host, path, method))
+    ) -> Result<&Arc<Route>, crate::problem::GatewayError> {
+        crate::routing::select(&self.routes, host, path, method)
     }
 
     /// Ready when every issuer has keys.

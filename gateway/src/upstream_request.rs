@@ -1,25 +1,49 @@
-//! What the upstream receives on top of the client's request: the rewritten path, forwarding
-//! headers that describe the connection the gateway accepted, and the trace context of the
-//! attempt's CLIENT span.
+//! What the upstream receives on top of the client's request: the normalised (and rewritten)
+//! path, the caller's identity, `X-Request-Id`, forwarding headers that describe the connection
+//! the gateway accepted, and the trace context of the attempt's CLIENT span.
+//!
+//! Pingora removes the headers a client's `Connection:` nominates *before* this runs, so every
+//! header set here reaches the upstream whatever the client nominated: a client cannot make the
+//! gateway's own headers disappear. (Pingora itself refuses a nomination of `Host` or
+//! `X-Forwarded-*`.)
 
 use http::header;
 use pingora_http::RequestHeader;
 
 use crate::context::RequestCtx;
-use crate::routing;
+use crate::problem::GatewayError;
+use crate::{auth, routing};
 
 /// Trace-context headers replaced by the gateway's own when it propagates a trace.
 const TRACE_HEADERS: [&str; 4] = ["traceparent", "tracestate", "baggage", "b3"];
 
 /// Edits `upstream` (the request about to be sent) from the client's request `downstream`.
-pub(crate) fn prepare(downstream: &RequestHeader, upstream: &mut RequestHeader, ctx: &RequestCtx) {
+///
+/// Fails only when the path to send cannot be put on the wire; the request is then refused
+/// rather than sent with another path than the one it was routed on.
+pub(crate) fn prepare(
+    downstream: &RequestHeader,
+    upstream: &mut RequestHeader,
+    ctx: &RequestCtx,
+) -> Result<(), GatewayError> {
     if let Some(route) = &ctx.route {
         let uri = &downstream.uri;
-        if let Some(new) = routing::rewrite(&route.config, uri.path(), uri.query()) {
-            if let Ok(uri) = new.parse() {
-                upstream.set_uri(uri);
-            }
+        let path = ctx.path.as_deref().unwrap_or(uri.path());
+        let target = routing::rewrite(&route.config, path, uri.query()).or_else(|| {
+            ctx.path.as_ref().map(|p| match uri.query() {
+                Some(q) => format!("{p}?{q}"),
+                None => p.clone(),
+            })
+        });
+        if let Some(target) = target {
+            upstream
+                .set_raw_path(target.as_bytes())
+                .map_err(|_| GatewayError::BadRequest)?;
         }
+    }
+    let _ = upstream.insert_header("x-request-id", ctx.request_id.as_str());
+    if let Some(identity) = ctx.auth.admitted() {
+        auth::forward_identity(upstream, identity);
     }
     // Forwarding headers describe the connection the gateway accepted, plus what trusted
     // proxies in front of it vouched for (`server.trusted_proxies`); never what a client claims.
@@ -48,4 +72,5 @@ pub(crate) fn prepare(downstream: &RequestHeader, upstream: &mut RequestHeader, 
             }
         }
     }
+    Ok(())
 }

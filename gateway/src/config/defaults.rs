@@ -17,6 +17,14 @@ pub const SHUTDOWN_TIMEOUT_SECS: u64 = 10;
 pub const RELOAD_POLL_MS: u64 = 1000;
 /// `server.realm`.
 pub const REALM: &str = "vantage";
+/// `server.max_uri_bytes`.
+pub const MAX_URI_BYTES: usize = 8192;
+/// `server.max_header_bytes`.
+pub const MAX_HEADER_BYTES: usize = 8192;
+/// `server.max_request_header_bytes`.
+pub const MAX_REQUEST_HEADER_BYTES: usize = 32 * 1024;
+/// `server.max_headers`.
+pub const MAX_HEADERS: usize = 100;
 /// Identity headers every client copy of is stripped, whatever `identity_headers` adds.
 pub const IDENTITY_HEADERS: [&str; 2] = ["x-user-id", "x-user-scopes"];
 
@@ -56,6 +64,8 @@ pub const MAX_LIFETIME_SECS: u64 = 86_400;
 
 /// `rate_limits.*.idle_prune_secs`.
 pub const IDLE_PRUNE_SECS: u64 = 60;
+/// `rate_limits.*.ipv6_prefix_len`.
+pub const IPV6_PREFIX_LEN: u8 = 64;
 
 /// Every default above by name, for the test that ties docs/gateway-config.md to the code.
 #[cfg(test)]
@@ -69,6 +79,13 @@ pub(crate) fn by_name() -> Vec<(&'static str, String)> {
         ("SHUTDOWN_TIMEOUT_SECS", SHUTDOWN_TIMEOUT_SECS.to_string()),
         ("RELOAD_POLL_MS", RELOAD_POLL_MS.to_string()),
         ("REALM", REALM.to_string()),
+        ("MAX_URI_BYTES", MAX_URI_BYTES.to_string()),
+        ("MAX_HEADER_BYTES", MAX_HEADER_BYTES.to_string()),
+        (
+            "MAX_REQUEST_HEADER_BYTES",
+            MAX_REQUEST_HEADER_BYTES.to_string(),
+        ),
+        ("MAX_HEADERS", MAX_HEADERS.to_string()),
         ("CONNECT_TIMEOUT_MS", CONNECT_TIMEOUT_MS.to_string()),
         ("READ_TIMEOUT_MS", READ_TIMEOUT_MS.to_string()),
         ("RETRIES", RETRIES.to_string()),
@@ -104,5 +121,6 @@ pub(crate) fn by_name() -> Vec<(&'static str, String)> {
         ("LEEWAY_SECS", LEEWAY_SECS.to_string()),
         ("MAX_LIFETIME_SECS", MAX_LIFETIME_SECS.to_string()),
         ("IDLE_PRUNE_SECS", IDLE_PRUNE_SECS.to_string()),
+        ("IPV6_PREFIX_LEN", IPV6_PREFIX_LEN.to_string()),
     ]
 }

@@ -54,6 +54,10 @@ pub(crate) struct RawServer {
     pub(crate) reload_poll_ms: Option<u64>,
     pub(crate) realm: Option<String>,
     pub(crate) trusted_proxies: Option<Vec<String>>,
+    pub(crate) max_uri_bytes: Option<usize>,
+    pub(crate) max_header_bytes: Option<usize>,
+    pub(crate) max_request_header_bytes: Option<usize>,
+    pub(crate) max_headers: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -128,6 +132,7 @@ pub(crate) struct RawRateLimit {
     pub(crate) tier_claim: Option<String>,
     pub(crate) tiers: Option<BTreeMap<String, RawQuota>>,
     pub(crate) idle_prune_secs: Option<u64>,
+    pub(crate) ipv6_prefix_len: Option<u8>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -147,6 +152,7 @@ pub(crate) struct RawRoute {
     #[serde(default)]
     pub(crate) rate_limits: Vec<String>,
     pub(crate) max_body_bytes: Option<u64>,
+    pub(crate) allow_encoded_slashes: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]

@@ -171,10 +171,22 @@ fn golden(name: &str) {
     }
     let expected = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("{}: {e} (create it with UPDATE_GOLDEN=1)", path.display()));
+    if let Some((i, (a, e))) = actual
+        .lines()
+        .zip(expected.lines())
+        .enumerate()
+        .find(|(_, (a, e))| a != e)
+    {
+        panic!(
+            "{name}.yaml no longer parses to {} — line {}: got {a:?}, golden has {e:?}",
+            path.display(),
+            i + 1
+        );
+    }
     assert_eq!(
-        actual.trim_end(),
-        expected.trim_end(),
-        "{name}.yaml no longer parses to {}",
+        actual.lines().count(),
+        expected.lines().count(),
+        "{name}.yaml no longer parses to {} (length differs)",
         path.display()
     );
 }
@@ -218,7 +230,7 @@ fn documented_defaults_are_the_defaults() {
         "/../docs/gateway-config.md"
     ))
     .unwrap();
-    let cited = Regex::new(r"`([^`]+)` \(`([A-Z][A-Z_]+)`").unwrap();
+    let cited = Regex::new(r"`([^`]+)` \(`([A-Z][A-Z0-9_]+)`").unwrap();
     let known = defaults::by_name();
     let mut seen = std::collections::BTreeSet::new();
     for c in cited.captures_iter(&docs) {

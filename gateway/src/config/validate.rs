@@ -157,5 +157,6 @@ fn build(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> Config {
         issuers,
         rate_limits,
         routes,
+        warnings: Vec::new(),
     }
 }

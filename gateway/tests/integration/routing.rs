@@ -35,10 +35,22 @@ async fn routes_by_host_path_and_method_with_rewrites_and_forwarding_headers() {
         "a UUID is generated when the client sends none"
     );
 
-    // Method mismatch falls through to no route: a problem+json 404.
+    // A method the matching route does not list never falls through to another route: a
+    // problem+json 405 naming what the path accepts (and a/b upstreams saw nothing of it).
     let r = c.post(gw.url("/api/a/users")).send().await.unwrap();
-    assert_eq!(r.status(), 404);
+    assert_eq!(r.status(), 405);
     assert_eq!(r.headers()["content-type"], "application/problem+json");
+    assert_eq!(r.headers()["allow"], "GET");
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(p["type"], "https://vantage.dev/problems/method-not-allowed");
+    // No route at all is still a 404.
+    let r = c
+        .get(gw.url("/nothing/here"))
+        .header("host", "other.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
     let p: Value = r.json().await.unwrap();
     assert_eq!(p["type"], "https://vantage.dev/problems/no-route");
 

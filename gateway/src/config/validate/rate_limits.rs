@@ -24,6 +24,7 @@ pub(super) fn rate_limit(errs: &mut Errors, loc: &str, raw: RawRateLimit) -> Rat
         tier_claim,
         tiers,
         idle_prune_secs,
+        ipv6_prefix_len,
     } = raw;
     if key.is_empty() {
         errs.push(
@@ -93,6 +94,16 @@ pub(super) fn rate_limit(errs: &mut Errors, loc: &str, raw: RawRateLimit) -> Rat
             idle_prune_secs,
             defaults::IDLE_PRUNE_SECS,
         )),
+        ipv6_prefix_len: match ipv6_prefix_len.unwrap_or(defaults::IPV6_PREFIX_LEN) {
+            len @ 1..=128 => len,
+            len => {
+                errs.push(
+                    format!("{loc}.ipv6_prefix_len"),
+                    format!("{len} is not a prefix length from 1 to 128"),
+                );
+                defaults::IPV6_PREFIX_LEN
+            }
+        },
     }
 }
 

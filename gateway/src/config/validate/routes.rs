@@ -70,6 +70,7 @@ fn route(
         issuers,
         rate_limits,
         max_body_bytes,
+        allow_encoded_slashes,
     } = raw;
     let before = errs.count();
     if name.is_empty()
@@ -143,6 +144,7 @@ fn route(
         auth,
         rate_limits,
         max_body_bytes: max_body_bytes.unwrap_or(defined.max_body_bytes),
+        allow_encoded_slashes: allow_encoded_slashes.unwrap_or(false),
     })
 }
 

@@ -7,7 +7,7 @@ use http::HeaderName;
 
 use super::super::defaults;
 use super::super::raw::RawServer;
-use super::super::ServerSettings;
+use super::super::{HeadLimits, ServerSettings};
 use super::Errors;
 
 pub(super) fn server(errs: &mut Errors, raw: Option<serde_yaml::Value>) -> ServerSettings {
@@ -19,6 +19,10 @@ pub(super) fn server(errs: &mut Errors, raw: Option<serde_yaml::Value>) -> Serve
         reload_poll_ms,
         realm,
         trusted_proxies,
+        max_uri_bytes,
+        max_header_bytes,
+        max_request_header_bytes,
+        max_headers,
     } = errs.optional("server", raw);
     let workers = workers.unwrap_or_else(|| {
         std::thread::available_parallelism()
@@ -42,6 +46,24 @@ pub(super) fn server(errs: &mut Errors, raw: Option<serde_yaml::Value>) -> Serve
         reload_poll: Duration::from_millis(reload_poll_ms.unwrap_or(defaults::RELOAD_POLL_MS)),
         realm,
         trusted_proxies: trusted_networks(errs, trusted_proxies.unwrap_or_default()),
+        limits: HeadLimits {
+            max_uri_bytes: errs.positive(
+                "server.max_uri_bytes",
+                max_uri_bytes,
+                defaults::MAX_URI_BYTES,
+            ),
+            max_header_bytes: errs.positive(
+                "server.max_header_bytes",
+                max_header_bytes,
+                defaults::MAX_HEADER_BYTES,
+            ),
+            max_request_header_bytes: errs.positive(
+                "server.max_request_header_bytes",
+                max_request_header_bytes,
+                defaults::MAX_REQUEST_HEADER_BYTES,
+            ),
+            max_headers: errs.positive("server.max_headers", max_headers, defaults::MAX_HEADERS),
+        },
     }
 }
 
