@@ -199,6 +199,12 @@ pub enum Reject {
     LifetimeTooLong,
     /// The keys of the token's issuer could not be loaded yet.
     KeysUnavailable,
+    /// `iat` is further in the future than the leeway allows.
+    IssuedInFuture,
+    /// The header lists `crit` extensions (RFC 7515 §4.1.11), none of which are supported.
+    UnsupportedCritical,
+    /// A `scope` or `scp` value that is not a list of RFC 6749 scope tokens.
+    InvalidScope,
 }
 
 impl Reject {
@@ -218,6 +224,9 @@ impl Reject {
             Reject::BadClaim => "bad_claim",
             Reject::LifetimeTooLong => "lifetime_too_long",
             Reject::KeysUnavailable => "keys_unavailable",
+            Reject::IssuedInFuture => "iat_in_future",
+            Reject::UnsupportedCritical => "crit_unsupported",
+            Reject::InvalidScope => "invalid_scope",
         }
     }
 
@@ -237,6 +246,9 @@ impl Reject {
             Reject::BadClaim => "a registered claim is missing or has the wrong type",
             Reject::LifetimeTooLong => "the token lifetime exceeds the allowed maximum",
             Reject::KeysUnavailable => "the issuer's keys are not available",
+            Reject::IssuedInFuture => "the token was issued in the future",
+            Reject::UnsupportedCritical => "the token requires unsupported critical extensions",
+            Reject::InvalidScope => "the token's scope claim is malformed",
         }
     }
 }

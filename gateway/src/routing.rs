@@ -209,6 +209,29 @@ pub(crate) fn rewrite(route: &RouteConfig, path: &str, query: Option<&str>) -> O
 }
 
 #[cfg(test)]
+/// The routes of a policy with `routes:` as given, every upstream `u`.
+pub(crate) fn compile(routes_yaml: &str) -> Vec<Arc<Route>> {
+    let text = format!(
+        "issuers:\n  i: {{issuer: x, algorithms: [ES256], jwks_url: \"http://127.0.0.1:1/k\"}}\n\
+         upstreams:\n  u: {{endpoints: [\"127.0.0.1:1\"]}}\nroutes:\n{routes_yaml}"
+    );
+    let config = crate::config::Config::parse(&text, std::path::Path::new(".")).unwrap();
+    let upstream =
+        crate::upstream::Upstream::new("u".into(), config.upstreams["u"].clone(), vec![]);
+    config
+        .routes
+        .into_iter()
+        .map(|config| {
+            Arc::new(Route {
+                config,
+                upstream: Arc::clone(&upstream),
+                limits: vec![],
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::AuthPolicy;
@@ -226,28 +249,6 @@ mod tests {
             max_body_bytes: 1,
             allow_encoded_slashes: false,
         }
-    }
-
-    /// The routes of a policy with `routes:` as given, every upstream `u`.
-    pub(crate) fn compile(routes_yaml: &str) -> Vec<Arc<Route>> {
-        let text = format!(
-            "issuers:\n  i: {{issuer: x, algorithms: [ES256], jwks_url: \"http://127.0.0.1:1/k\"}}\n\
-             upstreams:\n  u: {{endpoints: [\"127.0.0.1:1\"]}}\nroutes:\n{routes_yaml}"
-        );
-        let config = crate::config::Config::parse(&text, std::path::Path::new(".")).unwrap();
-        let upstream =
-            crate::upstream::Upstream::new("u".into(), config.upstreams["u"].clone(), vec![]);
-        config
-            .routes
-            .into_iter()
-            .map(|config| {
-                Arc::new(Route {
-                    config,
-                    upstream: Arc::clone(&upstream),
-                    limits: vec![],
-                })
-            })
-            .collect()
     }
 
     fn chosen(routes: &[Arc<Route>], method: &str, path: &str) -> Result<String, GatewayError> {

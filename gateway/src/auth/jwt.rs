@@ -116,6 +116,10 @@ impl Authenticator {
         if header.alg.family() == AlgorithmFamily::Hmac {
             return Err((Reject::AlgorithmNotAllowed, None));
         }
+        // RFC 7515 §4.1.11: extensions named in `crit` must be understood; none are.
+        if token_header_has(token, "crit") {
+            return Err((Reject::UnsupportedCritical, None));
+        }
 
         let issuer = self.pick_issuer(token)?;
         let name = issuer.name.clone();
@@ -183,13 +187,17 @@ impl Authenticator {
             .get("exp")
             .and_then(Value::as_u64)
             .ok_or((Reject::BadClaim, Some(name.clone())))?;
-        let lifetime = match claims.get("iat") {
-            None => expires_at.saturating_sub(now()),
-            Some(iat) => {
-                let iat = iat.as_u64().ok_or((Reject::BadClaim, Some(name.clone())))?;
-                expires_at.saturating_sub(iat)
+        let now = now();
+        // The lifetime is bounded from both ends: what the issuer claims (`exp - iat`) and
+        // what is left (`exp - now`), so a token with a forged old `iat` cannot live longer.
+        let mut lifetime = expires_at.saturating_sub(now);
+        if let Some(iat) = claims.get("iat") {
+            let iat = iat.as_u64().ok_or((Reject::BadClaim, Some(name.clone())))?;
+            if iat > now + cfg.leeway_secs {
+                return Err((Reject::IssuedInFuture, Some(name)));
             }
-        };
+            lifetime = lifetime.max(expires_at.saturating_sub(iat));
+        }
         if lifetime > cfg.max_lifetime_secs {
             return Err((Reject::LifetimeTooLong, Some(name)));
         }
@@ -197,15 +205,7 @@ impl Authenticator {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
             _ => return Err((Reject::BadClaim, Some(name))),
         };
-        let mut scopes: Vec<String> = Vec::new();
-        if let Some(Value::String(s)) = claims.get("scope") {
-            scopes.extend(s.split(' ').filter(|s| !s.is_empty()).map(str::to_string));
-        }
-        if let Some(Value::Array(a)) = claims.get("scp") {
-            scopes.extend(a.iter().filter_map(Value::as_str).map(str::to_string));
-        }
-        scopes.sort();
-        scopes.dedup();
+        let scopes = scopes_of(&claims).map_err(|r| (r, Some(name.clone())))?;
 
         let identity = Arc::new(Identity {
             issuer: name,
@@ -238,8 +238,53 @@ impl Authenticator {
     }
 }
 
+/// The scopes of verified claims: the `scope` string split on single spaces (RFC 6749 §3.3)
+/// and the `scp` array, sorted and deduplicated. Every scope must be a `scope-token` — printable
+/// ASCII without space, `"` or `\` — so no scope can smuggle a second one to a service that
+/// splits on other whitespace.
+fn scopes_of(claims: &Map<String, Value>) -> Result<Vec<String>, Reject> {
+    fn token(s: &str) -> Result<String, Reject> {
+        let valid = !s.is_empty()
+            && s.bytes()
+                .all(|b| matches!(b, 0x21 | 0x23..=0x5b | 0x5d..=0x7e));
+        if valid {
+            Ok(s.to_string())
+        } else {
+            Err(Reject::InvalidScope)
+        }
+    }
+    let mut scopes: Vec<String> = Vec::new();
+    match claims.get("scope") {
+        None => {}
+        Some(Value::String(s)) if s.is_empty() => {}
+        Some(Value::String(s)) => {
+            for part in s.split(' ') {
+                scopes.push(token(part)?);
+            }
+        }
+        Some(_) => return Err(Reject::InvalidScope),
+    }
+    match claims.get("scp") {
+        None => {}
+        Some(Value::Array(a)) => {
+            for v in a {
+                scopes.push(token(v.as_str().ok_or(Reject::InvalidScope)?)?);
+            }
+        }
+        Some(_) => return Err(Reject::InvalidScope),
+    }
+    scopes.sort();
+    scopes.dedup();
+    Ok(scopes)
+}
+
 /// Whether the token's header parses as JSON with an `alg` (so a parse failure was the algorithm).
 fn token_header_mentions_alg(token: &str) -> bool {
+    token_header_has(token, "alg")
+}
+
+/// Whether the token's (unverified) header is a JSON object with member `name`.
+fn token_header_has(token: &str, name: &str) -> bool {
     use base64::Engine;
     let Some(head) = token.split('.').next() else {
         return false;
@@ -250,7 +295,7 @@ fn token_header_mentions_alg(token: &str) -> bool {
         return false;
     };
     serde_json::from_slice::<Map<String, Value>>(&bytes)
-        .map(|h| h.contains_key("alg"))
+        .map(|h| h.contains_key(name))
         .unwrap_or(false)
 }
 
@@ -314,6 +359,37 @@ mod tests {
         assert_eq!(
             bearer_token(&[b"Bearer x", b"Bearer y"]),
             Err(Reject::Malformed)
+        );
+    }
+
+    fn claims(v: serde_json::Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn scopes_split_on_single_spaces_and_nothing_else() {
+        let c = claims(serde_json::json!({"scope": "shop admin", "scp": ["billing", "shop"]}));
+        assert_eq!(scopes_of(&c).unwrap(), ["admin", "billing", "shop"]);
+        for bad in [
+            serde_json::json!({"scope": "shop\tadmin"}),
+            serde_json::json!({"scope": "shop\nadmin"}),
+            serde_json::json!({"scope": "shop  admin"}),
+            serde_json::json!({"scope": " shop"}),
+            serde_json::json!({"scope": "sh\"op"}),
+            serde_json::json!({"scp": ["shop admin"]}),
+            serde_json::json!({"scp": ["shop\u{b}admin"]}),
+            serde_json::json!({"scp": [1]}),
+            serde_json::json!({"scope": ["shop"]}),
+        ] {
+            assert_eq!(
+                scopes_of(&claims(bad.clone())),
+                Err(Reject::InvalidScope),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            scopes_of(&claims(serde_json::json!({}))).unwrap(),
+            Vec::<String>::new()
         );
     }
 

@@ -5,7 +5,9 @@
 mod admin;
 mod auth;
 mod common;
+mod hardening;
 mod ratelimit;
+mod raw_upstream;
 mod reload;
 mod resilience;
 mod routing;
