@@ -82,6 +82,9 @@ const BACKGROUND_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 /// `tracer` (`Telemetry::http_tracer()`, or `HttpTracer::disabled()`).
 pub fn run(config_path: &Path, tracer: HttpTracer) -> Result<(), StartError> {
     let config = Config::load(config_path)?;
+    for w in &config.warnings {
+        tracing::warn!(location = %w.location, problem = %w.message, "Config warning.");
+    }
     for (which, addr) in [
         ("public", config.listeners.public),
         ("admin", config.listeners.admin),

@@ -41,13 +41,17 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Validate { file } => match gateway::Config::load(&file) {
             Ok(config) => {
+                for w in &config.warnings {
+                    println!("  warning: {w}");
+                }
                 println!(
-                    "{}: OK ({} routes, {} upstreams, {} issuers, {} rate-limit policies)",
+                    "{}: OK ({} routes, {} upstreams, {} issuers, {} rate-limit policies, {} warning(s))",
                     file.display(),
                     config.routes.len(),
                     config.upstreams.len(),
                     config.issuers.len(),
-                    config.rate_limits.len()
+                    config.rate_limits.len(),
+                    config.warnings.len()
                 );
                 ExitCode::SUCCESS
             }

@@ -14,6 +14,9 @@ pub(crate) async fn reload(shared: &Arc<Shared>, trigger: &'static str) -> bool 
     let current = shared.current.load_full();
     let result = match Config::load(&shared.config_path) {
         Ok(config) => {
+            for w in &config.warnings {
+                tracing::warn!(trigger, location = %w.location, problem = %w.message, "Config warning.");
+            }
             if config.listeners != current.config.listeners {
                 tracing::warn!(
                     trigger,

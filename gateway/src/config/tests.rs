@@ -248,3 +248,58 @@ fn documented_defaults_are_the_defaults() {
         );
     }
 }
+
+// === warnings ===
+
+fn warnings(routes: &str) -> Vec<String> {
+    let text = format!(
+        "issuers:\n  i: {{issuer: x, algorithms: [ES256], jwks_url: \"http://127.0.0.1:1/k\"}}\n\
+         upstreams:\n  u: {{endpoints: [\"127.0.0.1:1\"]}}\nroutes:\n{routes}"
+    );
+    parse(&text)
+        .unwrap()
+        .warnings
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+#[test]
+fn a_route_an_earlier_one_covers_is_reported_unreachable() {
+    let w = warnings(
+        "  - {name: api, match: {path_prefix: /api}, upstream: u, auth: none}\n\
+         \x20 - {name: audit, match: {path_prefix: /api/audit}, upstream: u, scopes: [admin]}\n",
+    );
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].starts_with("routes[1] \"audit\": is unreachable"),
+        "{w:?}"
+    );
+}
+
+#[test]
+fn overlapping_routes_with_different_protection_are_reported() {
+    let w = warnings(
+        "  - {name: audit, match: {path_prefix: /api/audit}, upstream: u, scopes: [admin]}\n\
+         \x20 - {name: api, match: {path_prefix: /api}, upstream: u, auth: none}\n\
+         \x20 - {name: me, match: {path_exact: /api/me}, upstream: u, auth: none}\n",
+    );
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert!(
+        w[0].contains("routes[1] \"api\": overlaps routes[0] \"audit\""),
+        "{w:?}"
+    );
+    assert!(w[0].contains("auth: none vs scopes [admin]"), "{w:?}");
+    assert!(w[1].contains("routes[2] \"me\": is unreachable"), "{w:?}");
+}
+
+#[test]
+fn routes_sharing_a_path_by_method_or_with_equal_protection_are_quiet() {
+    let w = warnings(
+        "  - {name: get, match: {path_exact: /a, methods: [GET]}, upstream: u, auth: none}\n\
+         \x20 - {name: post, match: {path_exact: /a, methods: [POST]}, upstream: u}\n\
+         \x20 - {name: b-x, match: {host: h.example, path_prefix: /b/x}, upstream: u}\n\
+         \x20 - {name: b, match: {path_prefix: /b}, upstream: u}\n",
+    );
+    assert!(w.is_empty(), "{w:?}");
+}

@@ -156,7 +156,7 @@ fn build(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> Config {
         upstreams,
         issuers,
         rate_limits,
+        warnings: routes::overlap_warnings(&routes),
         routes,
-        warnings: Vec::new(),
     }
 }

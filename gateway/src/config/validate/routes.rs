@@ -9,6 +9,7 @@ use regex::Regex;
 
 use super::super::raw::{RawMatch, RawRoute};
 use super::super::suggest;
+use super::super::ConfigError;
 use super::super::{
     AuthMode, AuthPolicy, IssuerConfig, KeyPart, PathMatch, Quotas, RateLimitConfig, Rewrite,
     RouteConfig, UpstreamConfig,
@@ -51,6 +52,142 @@ pub(super) fn routes(
         errs.push("routes", "at least one route is needed");
     }
     out
+}
+
+/// Warnings about routes that are valid but may not mean what their author thinks: a route no
+/// request can reach (an earlier route claims all its paths), and overlapping routes whose
+/// protection differs (for paths both match, the earlier one decides — every method included).
+pub(super) fn overlap_warnings(routes: &[RouteConfig]) -> Vec<ConfigError> {
+    let mut warnings = Vec::new();
+    let loc = |i: usize, r: &RouteConfig| format!("routes[{i}] {:?}", r.name);
+    for (j, later) in routes.iter().enumerate() {
+        for (i, earlier) in routes[..j].iter().enumerate() {
+            if !hosts_overlap(earlier, later) {
+                continue;
+            }
+            let grouped = crate::routing::same_target(earlier, later)
+                && routes[i..=j]
+                    .iter()
+                    .all(|r| crate::routing::same_target(r, later));
+            if grouped {
+                continue;
+            }
+            if covers(earlier, later) {
+                warnings.push(ConfigError {
+                    location: loc(j, later),
+                    message: format!(
+                        "is unreachable: {} (earlier) matches every path it matches, and the first \
+                         path match decides",
+                        loc(i, earlier)
+                    ),
+                });
+                break;
+            }
+            if earlier.auth != later.auth {
+                if let Some(example) = overlap(earlier, later) {
+                    warnings.push(ConfigError {
+                        location: loc(j, later),
+                        message: format!(
+                            "overlaps {} (e.g. {example}) with different protection ({} vs {}); \
+                             for paths both match, the earlier route decides",
+                            loc(i, earlier),
+                            protection(&later.auth),
+                            protection(&earlier.auth),
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    warnings
+}
+
+fn protection(auth: &AuthPolicy) -> String {
+    match auth {
+        AuthPolicy::None => "auth: none".into(),
+        AuthPolicy::Required { scopes, .. } if scopes.is_empty() => "auth: required".into(),
+        AuthPolicy::Required { scopes, .. } => format!("scopes [{}]", scopes.join(", ")),
+    }
+}
+
+fn hosts_overlap(a: &RouteConfig, b: &RouteConfig) -> bool {
+    match (&a.host, &b.host) {
+        (Some(x), Some(y)) => x == y,
+        _ => true,
+    }
+}
+
+/// Whether every path `b` matches is matched by `a` too (on hosts `a` covers).
+fn covers(a: &RouteConfig, b: &RouteConfig) -> bool {
+    if a.host.is_some() && a.host != b.host {
+        return false;
+    }
+    match (&a.path, &b.path) {
+        (PathMatch::Prefix(pa), PathMatch::Prefix(pb)) => prefix_under(pa, pb),
+        (PathMatch::Prefix(pa), PathMatch::Exact(eb)) => prefix_under(pa, eb),
+        (PathMatch::Exact(ea), PathMatch::Exact(eb)) => ea == eb,
+        (PathMatch::Regex(ra), PathMatch::Regex(rb)) => ra.as_str() == rb.as_str(),
+        (PathMatch::Regex(ra), PathMatch::Exact(eb)) => ra.is_match(eb),
+        (PathMatch::Prefix(pa), PathMatch::Regex(rb)) => {
+            pa.is_empty()
+                || prefix_under(pa, literal_prefix(rb).trim_end_matches('/'))
+                    && literal_prefix(rb).len() > pa.len()
+        }
+        _ => false,
+    }
+}
+
+/// A path both routes match, if one is easy to find.
+fn overlap(a: &RouteConfig, b: &RouteConfig) -> Option<String> {
+    let samples = |r: &RouteConfig| -> Vec<String> {
+        match &r.path {
+            PathMatch::Exact(e) => vec![e.clone()],
+            PathMatch::Prefix(p) => vec![format!("{p}/"), format!("{p}/x"), format!("{p}/x/y/z")],
+            PathMatch::Regex(re) => {
+                let lit = literal_prefix(re).to_string();
+                let mut v = vec![lit.clone(), format!("{lit}x"), format!("{lit}x/stock")];
+                v.retain(|s| re.is_match(s));
+                v
+            }
+        }
+    };
+    samples(a)
+        .into_iter()
+        .chain(samples(b))
+        .find(|p| {
+            crate::routing::matches_target(a, b.host.as_deref().or(a.host.as_deref()), p)
+                && crate::routing::matches_target(b, b.host.as_deref().or(a.host.as_deref()), p)
+        })
+        .or_else(|| {
+            // A regex whose literal start lies under a prefix route overlaps it somewhere.
+            let (prefix, re) = match (&a.path, &b.path) {
+                (PathMatch::Prefix(p), PathMatch::Regex(r))
+                | (PathMatch::Regex(r), PathMatch::Prefix(p)) => (p, r),
+                _ => return None,
+            };
+            let lit = literal_prefix(re);
+            (prefix.is_empty() || lit == prefix.as_str() || lit.starts_with(&format!("{prefix}/")))
+                .then(|| format!("{lit}…"))
+        })
+}
+
+/// Whether `path` is `prefix` or under it at a segment boundary.
+fn prefix_under(prefix: &str, path: &str) -> bool {
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// The literal text a regex route's paths start with (up to its first metacharacter).
+fn literal_prefix(re: &Regex) -> &str {
+    let src = re.as_str();
+    let src = src
+        .strip_prefix("^(?:")
+        .and_then(|s| s.strip_suffix(")$"))
+        .unwrap_or(src);
+    let end = src
+        .find(|c: char| "\\.+*?()|[]{}^$".contains(c))
+        .unwrap_or(src.len());
+    &src[..end]
 }
 
 fn route(
