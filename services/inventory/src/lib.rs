@@ -15,12 +15,20 @@ mod http;
 
 use std::sync::Arc;
 
-use service_kit::{Kit, KitError};
+use service_kit::{Kit, KitError, Service};
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 pub use handler::InventoryHandler;
 pub use http::router;
+
+/// This service: its name, the events it produces and consumes ([`messaging::contract::INVENTORY`]),
+/// its default port (7002).
+pub const SERVICE: Service = Service::new(
+    messaging::contract::INVENTORY,
+    7002,
+    env!("CARGO_PKG_VERSION"),
+);
 
 pub const MIGRATIONS: &str = "
 CREATE TABLE IF NOT EXISTS products (
@@ -50,12 +58,9 @@ pub struct AppState {
 
 /// Starts the service and serves until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), KitError> {
-    let mut kit = Kit::start("inventory", config.base.clone(), MIGRATIONS, shutdown).await?;
+    let mut kit = Kit::start(SERVICE, config.base.clone(), MIGRATIONS, shutdown).await?;
     kit.db.call(domain::seed).await?;
-    kit.consume(
-        "inventory",
-        Arc::new(InventoryHandler::new(config.failure_rate)),
-    )?;
+    kit.consume(Arc::new(InventoryHandler::new(config.failure_rate)))?;
     let state = AppState { db: kit.db.clone() };
     kit.serve(router(state)).await
 }

@@ -17,12 +17,17 @@ mod timeout;
 
 use std::sync::Arc;
 
-use service_kit::{Kit, KitError};
+use service_kit::{Kit, KitError, Service};
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 pub use handler::OrdersHandler;
 pub use http::router;
+
+/// This service: its name, the events it produces and consumes ([`messaging::contract::ORDERS`]),
+/// its default port (7004).
+pub const SERVICE: Service =
+    Service::new(messaging::contract::ORDERS, 7004, env!("CARGO_PKG_VERSION"));
 
 pub const MIGRATIONS: &str = "
 CREATE TABLE IF NOT EXISTS order_events (
@@ -56,13 +61,10 @@ pub struct AppState {
 }
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), KitError> {
-    let mut kit = Kit::start("orders", config.base.clone(), MIGRATIONS, shutdown).await?;
-    kit.consume(
-        "orders",
-        Arc::new(OrdersHandler::new(config.payment_timeout)),
-    )?;
-    let (db, notifier) = (kit.db.clone(), kit.notifier.clone());
-    kit.spawn(move |shutdown| timeout::run(db, notifier, shutdown));
+    let mut kit = Kit::start(SERVICE, config.base.clone(), MIGRATIONS, shutdown).await?;
+    kit.consume(Arc::new(OrdersHandler::new(config.payment_timeout)))?;
+    let outbox = kit.outbox();
+    kit.spawn(move |shutdown| timeout::run(outbox, shutdown));
     let final_orders = outcomes::Outcomes::default();
     kit.registry.register(
         "shop_orders_final",

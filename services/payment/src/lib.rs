@@ -16,12 +16,20 @@ pub mod provider;
 
 use std::sync::Arc;
 
-use service_kit::{Kit, KitError};
+use service_kit::{Kit, KitError, Service};
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 pub use handler::PaymentHandler;
 pub use http::router;
+
+/// This service: its name, the events it produces and consumes ([`messaging::contract::PAYMENT`]),
+/// its default port (7005).
+pub const SERVICE: Service = Service::new(
+    messaging::contract::PAYMENT,
+    7005,
+    env!("CARGO_PKG_VERSION"),
+);
 
 pub const MIGRATIONS: &str = "
 CREATE TABLE IF NOT EXISTS payment_intents (
@@ -57,9 +65,9 @@ pub struct AppState {
 }
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), KitError> {
-    let mut kit = Kit::start("payment", config.base.clone(), MIGRATIONS, shutdown).await?;
+    let mut kit = Kit::start(SERVICE, config.base.clone(), MIGRATIONS, shutdown).await?;
     let handler = PaymentHandler::new(kit.db.clone(), config.provider.clone());
-    kit.consume("payment", Arc::new(handler))?;
+    kit.consume(Arc::new(handler))?;
     let state = AppState { db: kit.db.clone() };
     kit.serve(router(state)).await
 }

@@ -13,11 +13,16 @@ pub mod passwords;
 
 use std::sync::Arc;
 
-use service_kit::{Kit, KitError};
+use service_kit::{Kit, KitError, Service};
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 pub use http::router;
+
+/// This service: its name, the events it produces and consumes ([`messaging::contract::USERS`]),
+/// its default port (7001).
+pub const SERVICE: Service =
+    Service::new(messaging::contract::USERS, 7001, env!("CARGO_PKG_VERSION"));
 
 /// Tables of this service (the messaging tables are added by the kit).
 pub const MIGRATIONS: &str = "
@@ -140,7 +145,7 @@ pub enum StartError {
 
 /// Starts the service and serves until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
-    let kit = Kit::start("users", config.base.clone(), MIGRATIONS, shutdown).await?;
+    let kit = Kit::start(SERVICE, config.base.clone(), MIGRATIONS, shutdown).await?;
     let state = AppState::new(kit.db.clone(), config);
     state.db.call(keys::ensure_active).await?;
     ensure_admin(&state).await?;
