@@ -19,11 +19,6 @@ use tokio_util::sync::CancellationToken;
 
 pub use http::router;
 
-/// This service: its name, the events it produces and consumes ([`messaging::contract::AUDIT`]),
-/// its default port (7007).
-pub const SERVICE: Service =
-    Service::new(messaging::contract::AUDIT, 7007, env!("CARGO_PKG_VERSION"));
-
 /// Append-only: no UPDATE or DELETE is ever issued; triggers refuse them.
 pub const MIGRATIONS: &str = "
 CREATE TABLE IF NOT EXISTS audit_log (
@@ -44,6 +39,9 @@ CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit_log
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit_log
     BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
 ";
+
+/// audit as the kit runs it: [`messaging::contract::AUDIT`], port 7007 by default.
+pub const SERVICE: Service = service_kit::service!(messaging::contract::AUDIT, 7007);
 
 #[derive(Debug, Clone)]
 pub struct Config {

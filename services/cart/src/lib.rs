@@ -18,11 +18,6 @@ use tokio_util::sync::CancellationToken;
 pub use config::Config;
 pub use http::router;
 
-/// This service: its name, the events it produces and consumes ([`messaging::contract::CART`]),
-/// its default port (7003).
-pub const SERVICE: Service =
-    Service::new(messaging::contract::CART, 7003, env!("CARGO_PKG_VERSION"));
-
 pub const MIGRATIONS: &str = "
 CREATE TABLE IF NOT EXISTS cart_items (
     user_id     TEXT NOT NULL,
@@ -42,6 +37,9 @@ CREATE TABLE IF NOT EXISTS checkouts (
     PRIMARY KEY (user_id, idempotency_key)
 );
 ";
+
+/// cart as the kit runs it: [`messaging::contract::CART`], port 7003 by default.
+pub const SERVICE: Service = service_kit::service!(messaging::contract::CART, 7003);
 
 #[derive(Clone)]
 pub struct AppState {

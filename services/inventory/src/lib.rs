@@ -22,14 +22,6 @@ pub use config::Config;
 pub use handler::InventoryHandler;
 pub use http::router;
 
-/// This service: its name, the events it produces and consumes ([`messaging::contract::INVENTORY`]),
-/// its default port (7002).
-pub const SERVICE: Service = Service::new(
-    messaging::contract::INVENTORY,
-    7002,
-    env!("CARGO_PKG_VERSION"),
-);
-
 pub const MIGRATIONS: &str = "
 CREATE TABLE IF NOT EXISTS products (
     id          TEXT PRIMARY KEY,
@@ -50,6 +42,9 @@ CREATE TABLE IF NOT EXISTS reservations (
     PRIMARY KEY (order_id, product_id)
 );
 ";
+
+/// inventory as the kit runs it: [`messaging::contract::INVENTORY`], port 7002 by default.
+pub const SERVICE: Service = service_kit::service!(messaging::contract::INVENTORY, 7002);
 
 #[derive(Clone)]
 pub struct AppState {

@@ -4,8 +4,9 @@ use messaging::Contract;
 
 /// What a shop service is: its name and the routing keys it produces and consumes (its
 /// [`Contract`] in `messaging::contract`), the port it listens on by default, and its version.
-/// Each service crate declares one `pub const SERVICE` and hands it to [`main`](crate::main),
-/// [`BaseConfig::parse`](crate::BaseConfig::parse) and [`Kit::start`](crate::Kit::start).
+/// Each service crate declares one `pub const SERVICE` (with [`service!`](crate::service)) and
+/// hands it to [`main`](crate::main), [`BaseConfig::parse`](crate::BaseConfig::parse) and
+/// [`Kit::start`](crate::Kit::start).
 ///
 /// ```
 /// use service_kit::Service;
@@ -39,4 +40,13 @@ impl Service {
     pub const fn name(&self) -> &'static str {
         self.contract.service
     }
+}
+
+/// `service!(messaging::contract::ORDERS, 7004)`: the calling crate's [`Service`], with its
+/// `CARGO_PKG_VERSION` as the version.
+#[macro_export]
+macro_rules! service {
+    ($contract:expr, $default_port:expr) => {
+        $crate::Service::new($contract, $default_port, env!("CARGO_PKG_VERSION"))
+    };
 }

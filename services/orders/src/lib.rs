@@ -24,11 +24,6 @@ pub use config::Config;
 pub use handler::OrdersHandler;
 pub use http::router;
 
-/// This service: its name, the events it produces and consumes ([`messaging::contract::ORDERS`]),
-/// its default port (7004).
-pub const SERVICE: Service =
-    Service::new(messaging::contract::ORDERS, 7004, env!("CARGO_PKG_VERSION"));
-
 pub const MIGRATIONS: &str = "
 CREATE TABLE IF NOT EXISTS order_events (
     order_id TEXT NOT NULL,
@@ -54,6 +49,9 @@ CREATE INDEX IF NOT EXISTS orders_view_user ON orders_view (user_id, placed_at);
 CREATE INDEX IF NOT EXISTS orders_view_open ON orders_view (deadline_ms)
     WHERE status IN ('PENDING', 'STOCK_RESERVED');
 ";
+
+/// orders as the kit runs it: [`messaging::contract::ORDERS`], port 7004 by default.
+pub const SERVICE: Service = service_kit::service!(messaging::contract::ORDERS, 7004);
 
 #[derive(Clone)]
 pub struct AppState {

@@ -23,14 +23,6 @@ pub use config::Config;
 pub use handler::PaymentHandler;
 pub use http::router;
 
-/// This service: its name, the events it produces and consumes ([`messaging::contract::PAYMENT`]),
-/// its default port (7005).
-pub const SERVICE: Service = Service::new(
-    messaging::contract::PAYMENT,
-    7005,
-    env!("CARGO_PKG_VERSION"),
-);
-
 pub const MIGRATIONS: &str = "
 CREATE TABLE IF NOT EXISTS payment_intents (
     order_id     TEXT PRIMARY KEY,
@@ -58,6 +50,9 @@ CREATE TABLE IF NOT EXISTS cancelled_orders (
     at       TEXT NOT NULL
 );
 ";
+
+/// payment as the kit runs it: [`messaging::contract::PAYMENT`], port 7005 by default.
+pub const SERVICE: Service = service_kit::service!(messaging::contract::PAYMENT, 7005);
 
 #[derive(Clone)]
 pub struct AppState {

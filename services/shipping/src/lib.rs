@@ -20,14 +20,6 @@ use tokio_util::sync::CancellationToken;
 
 pub use http::router;
 
-/// This service: its name, the events it produces and consumes ([`messaging::contract::SHIPPING`]),
-/// its default port (7006).
-pub const SERVICE: Service = Service::new(
-    messaging::contract::SHIPPING,
-    7006,
-    env!("CARGO_PKG_VERSION"),
-);
-
 pub const MIGRATIONS: &str = "
 CREATE TABLE IF NOT EXISTS shipments (
     id              TEXT PRIMARY KEY,
@@ -42,6 +34,9 @@ CREATE TABLE IF NOT EXISTS cancelled_orders (
     at       TEXT NOT NULL
 );
 ";
+
+/// shipping as the kit runs it: [`messaging::contract::SHIPPING`], port 7006 by default.
+pub const SERVICE: Service = service_kit::service!(messaging::contract::SHIPPING, 7006);
 
 #[derive(Debug, Clone)]
 pub struct Config {

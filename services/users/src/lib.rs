@@ -19,11 +19,6 @@ use tokio_util::sync::CancellationToken;
 pub use config::Config;
 pub use http::router;
 
-/// This service: its name, the events it produces and consumes ([`messaging::contract::USERS`]),
-/// its default port (7001).
-pub const SERVICE: Service =
-    Service::new(messaging::contract::USERS, 7001, env!("CARGO_PKG_VERSION"));
-
 /// Tables of this service (the messaging tables are added by the kit).
 pub const MIGRATIONS: &str = "
 CREATE TABLE IF NOT EXISTS users (
@@ -43,6 +38,9 @@ CREATE TABLE IF NOT EXISTS signing_keys (
     retired_at INTEGER
 );
 ";
+
+/// users as the kit runs it: [`messaging::contract::USERS`], port 7001 by default.
+pub const SERVICE: Service = service_kit::service!(messaging::contract::USERS, 7001);
 
 /// Shared by the HTTP handlers.
 #[derive(Clone)]
