@@ -1,7 +1,9 @@
-//! Reading `OTEL_*` and `RUST_LOG` through a trait, and turning them into a validated [`Settings`].
+//! Reading configuration variables through a trait ([`EnvSource`]) with one parser
+//! ([`EnvParser`]), and turning `OTEL_*` and `RUST_LOG` into validated settings.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::str::FromStr;
 
 use opentelemetry_sdk::trace::Sampler;
 
@@ -53,15 +55,153 @@ impl EnvSource for BTreeMap<&str, &str> {
 pub struct EnvError {
     /// The variable name, e.g. `OTEL_TRACES_SAMPLER`.
     pub variable: &'static str,
-    /// The value as found.
-    pub value: String,
+    /// The value as found; `None` when the problem is not one value (two variables that must be
+    /// set together) or the value must not be repeated (a secret).
+    pub value: Option<String>,
     /// Why it was rejected.
     pub reason: String,
 }
 
 impl fmt::Display for EnvError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}={:?}: {}", self.variable, self.value, self.reason)
+        match &self.value {
+            Some(value) => write!(f, "{}={value:?}: {}", self.variable, self.reason),
+            None => write!(f, "{}: {}", self.variable, self.reason),
+        }
+    }
+}
+
+/// Every variable that could not be used, reported at once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnvErrors(pub Vec<EnvError>);
+
+impl fmt::Display for EnvErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("invalid configuration: ")?;
+        for (i, error) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for EnvErrors {}
+
+/// The one environment parser: reads variables from an [`EnvSource`] and collects every failure
+/// instead of stopping at the first, so a misconfigured process reports all of them at once.
+///
+/// An unset variable and one set to the empty string are the same: unset. Telemetry
+/// ([`init`](crate::init)) and every shop service (`service-kit`) read their variables through it.
+///
+/// ```
+/// use std::collections::HashMap;
+/// use observability::env::EnvParser;
+///
+/// let env = HashMap::from([("PORT", "80x"), ("RATE", "0.5")]);
+/// let mut p = EnvParser::new(&env);
+/// let port: u16 = p.parse("PORT", 8080);
+/// let rate = p.rate("RATE");
+/// assert_eq!((port, rate), (8080, 0.5));
+/// assert_eq!(p.finish().unwrap_err().to_string(), r#"invalid configuration: PORT="80x": invalid digit found in string"#);
+/// ```
+pub struct EnvParser<'a> {
+    env: &'a dyn EnvSource,
+    errors: Vec<EnvError>,
+}
+
+impl<'a> EnvParser<'a> {
+    /// A parser over `env` with no errors yet.
+    pub fn new(env: &'a dyn EnvSource) -> Self {
+        Self {
+            env,
+            errors: Vec::new(),
+        }
+    }
+
+    /// `key` trimmed, or `None` when it is unset or blank.
+    pub fn var(&self, key: &str) -> Option<String> {
+        self.env
+            .get(key)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    }
+
+    /// `key` parsed as `T` (surrounding blanks ignored), or `default` when unset. A value that
+    /// does not parse is recorded and `default` returned, so parsing goes on.
+    pub fn parse<T: FromStr>(&mut self, key: &'static str, default: T) -> T
+    where
+        T::Err: fmt::Display,
+    {
+        match self.var(key) {
+            None => default,
+            Some(raw) => match raw.parse() {
+                Ok(v) => v,
+                Err(e) => {
+                    self.invalid(key, raw, e.to_string());
+                    default
+                }
+            },
+        }
+    }
+
+    /// A fraction in `0..=1`; default 0.
+    pub fn rate(&mut self, key: &'static str) -> f64 {
+        let v: f64 = self.parse(key, 0.0);
+        if !(0.0..=1.0).contains(&v) {
+            self.invalid(key, v.to_string(), "must be between 0 and 1");
+            return 0.0;
+        }
+        v
+    }
+
+    /// `key` as it is (not trimmed), or `default` when unset.
+    pub fn string(&mut self, key: &str, default: &str) -> String {
+        self.optional(key).unwrap_or_else(|| default.to_owned())
+    }
+
+    /// `key` as it is (not trimmed), when set.
+    pub fn optional(&mut self, key: &str) -> Option<String> {
+        self.env.get(key).filter(|v| !v.is_empty())
+    }
+
+    /// Records that `variable` has an unusable `value`.
+    pub fn invalid(
+        &mut self,
+        variable: &'static str,
+        value: impl Into<String>,
+        reason: impl Into<String>,
+    ) {
+        self.push(EnvError {
+            variable,
+            value: Some(value.into()),
+            reason: reason.into(),
+        });
+    }
+
+    /// Records a problem with `variable` that is not about one value (or whose value is secret).
+    pub fn error(&mut self, variable: &'static str, reason: impl Into<String>) {
+        self.push(EnvError {
+            variable,
+            value: None,
+            reason: reason.into(),
+        });
+    }
+
+    /// Records an error found elsewhere.
+    pub fn push(&mut self, error: EnvError) {
+        self.errors.push(error);
+    }
+
+    /// `Ok` when nothing was recorded, else every error in the order found.
+    pub fn finish(self) -> Result<(), EnvErrors> {
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(EnvErrors(self.errors))
+        }
     }
 }
 
@@ -113,43 +253,31 @@ pub(crate) const DEFAULT_LOG_FILTER: &str = "info";
 impl Settings {
     /// Reads every variable and reports every problem at once.
     pub(crate) fn from_env(service_name: &str, env: &dyn EnvSource) -> Result<Self, Vec<EnvError>> {
-        let mut errors = Vec::new();
-        let var = |key: &str| {
-            env.get(key)
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
-        };
+        let mut p = EnvParser::new(env);
 
-        let sdk_disabled = match var("OTEL_SDK_DISABLED") {
+        let sdk_disabled = match p.var("OTEL_SDK_DISABLED") {
             None => false,
             Some(v) => match v.to_ascii_lowercase().as_str() {
                 "true" => true,
                 "false" => false,
                 _ => {
-                    errors.push(EnvError {
-                        variable: "OTEL_SDK_DISABLED",
-                        value: v,
-                        reason: "expected `true` or `false`".into(),
-                    });
+                    p.invalid("OTEL_SDK_DISABLED", v, "expected `true` or `false`");
                     false
                 }
             },
         };
 
-        let resource_attributes = match var("OTEL_RESOURCE_ATTRIBUTES") {
+        let resource_attributes = match p.var("OTEL_RESOURCE_ATTRIBUTES") {
             None => Vec::new(),
             Some(v) => parse_resource_attributes(&v).unwrap_or_else(|reason| {
-                errors.push(EnvError {
-                    variable: "OTEL_RESOURCE_ATTRIBUTES",
-                    value: v,
-                    reason,
-                });
+                p.invalid("OTEL_RESOURCE_ATTRIBUTES", v, reason);
                 Vec::new()
             }),
         };
 
         // Precedence (lowest first): the argument, service.name in OTEL_RESOURCE_ATTRIBUTES, OTEL_SERVICE_NAME.
-        let service_name = var("OTEL_SERVICE_NAME")
+        let service_name = p
+            .var("OTEL_SERVICE_NAME")
             .or_else(|| {
                 resource_attributes
                     .iter()
@@ -158,39 +286,34 @@ impl Settings {
             })
             .unwrap_or_else(|| service_name.to_owned());
 
-        let protocol_var = if var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").is_some() {
+        let protocol_var = if p.var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").is_some() {
             "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
         } else {
             "OTEL_EXPORTER_OTLP_PROTOCOL"
         };
-        let protocol = match var(protocol_var) {
+        let protocol = match p.var(protocol_var) {
             None => Protocol::Grpc,
             Some(v) => match v.as_str() {
                 "grpc" => Protocol::Grpc,
                 "http/protobuf" => Protocol::HttpProtobuf,
                 _ => {
-                    errors.push(EnvError {
-                        variable: protocol_var,
-                        value: v,
-                        reason: "expected `grpc` or `http/protobuf` (`http/json` is not supported)"
-                            .into(),
-                    });
+                    p.invalid(
+                        protocol_var,
+                        v,
+                        "expected `grpc` or `http/protobuf` (`http/json` is not supported)",
+                    );
                     Protocol::Grpc
                 }
             },
         };
 
-        let exporter_enabled = match var("OTEL_TRACES_EXPORTER") {
+        let exporter_enabled = match p.var("OTEL_TRACES_EXPORTER") {
             None => true,
             Some(v) => match v.as_str() {
                 "otlp" => true,
                 "none" => false,
                 _ => {
-                    errors.push(EnvError {
-                        variable: "OTEL_TRACES_EXPORTER",
-                        value: v,
-                        reason: "expected `otlp` or `none`".into(),
-                    });
+                    p.invalid("OTEL_TRACES_EXPORTER", v, "expected `otlp` or `none`");
                     false
                 }
             },
@@ -198,11 +321,10 @@ impl Settings {
 
         // The signal-specific variable is used as-is; the generic one gets the signal path appended,
         // as the OTLP exporter specification says.
-        let endpoint = if let Some(v) = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
-            check_endpoint("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", v, &mut errors)
-        } else if let Some(v) = var("OTEL_EXPORTER_OTLP_ENDPOINT") {
-            check_endpoint("OTEL_EXPORTER_OTLP_ENDPOINT", v, &mut errors).map(|base| match protocol
-            {
+        let endpoint = if let Some(v) = p.var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+            check_endpoint("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", v, &mut p)
+        } else if let Some(v) = p.var("OTEL_EXPORTER_OTLP_ENDPOINT") {
+            check_endpoint("OTEL_EXPORTER_OTLP_ENDPOINT", v, &mut p).map(|base| match protocol {
                 Protocol::Grpc => base,
                 Protocol::HttpProtobuf => format!("{}/v1/traces", base.trim_end_matches('/')),
             })
@@ -214,50 +336,47 @@ impl Settings {
             _ => None,
         };
 
-        let sampler = parse_sampler(var("OTEL_TRACES_SAMPLER"), var("OTEL_TRACES_SAMPLER_ARG"))
-            .unwrap_or_else(|error| {
-                errors.push(error);
-                Sampler::AlwaysOn
-            });
+        let sampler = parse_sampler(
+            p.var("OTEL_TRACES_SAMPLER"),
+            p.var("OTEL_TRACES_SAMPLER_ARG"),
+        )
+        .unwrap_or_else(|error| {
+            p.push(error);
+            Sampler::AlwaysOn
+        });
 
-        let propagators = match var("OTEL_PROPAGATORS") {
+        let propagators = match p.var("OTEL_PROPAGATORS") {
             None => vec![PropagatorKind::TraceContext, PropagatorKind::Baggage],
             Some(v) => parse_propagators(&v).unwrap_or_else(|reason| {
-                errors.push(EnvError {
-                    variable: "OTEL_PROPAGATORS",
-                    value: v,
-                    reason,
-                });
+                p.invalid("OTEL_PROPAGATORS", v, reason);
                 Vec::new()
             }),
         };
 
-        let max_queue_spans = match var("OTEL_BSP_MAX_QUEUE_SIZE") {
+        let max_queue_spans = match p.var("OTEL_BSP_MAX_QUEUE_SIZE") {
             None => crate::MAX_QUEUE_SPANS,
             Some(v) => match v.parse::<usize>() {
                 Ok(n) if (1..=1_048_576).contains(&n) => n,
                 _ => {
-                    errors.push(EnvError {
-                        variable: "OTEL_BSP_MAX_QUEUE_SIZE",
-                        value: v,
-                        reason: "expected a whole number of spans from 1 to 1048576".into(),
-                    });
+                    p.invalid(
+                        "OTEL_BSP_MAX_QUEUE_SIZE",
+                        v,
+                        "expected a whole number of spans from 1 to 1048576",
+                    );
                     crate::MAX_QUEUE_SPANS
                 }
             },
         };
 
-        let log_filter = var("RUST_LOG").unwrap_or_else(|| DEFAULT_LOG_FILTER.to_owned());
+        let log_filter = p
+            .var("RUST_LOG")
+            .unwrap_or_else(|| DEFAULT_LOG_FILTER.to_owned());
         if let Err(error) = tracing_subscriber::EnvFilter::try_new(&log_filter) {
-            errors.push(EnvError {
-                variable: "RUST_LOG",
-                value: log_filter.clone(),
-                reason: error.to_string(),
-            });
+            p.invalid("RUST_LOG", log_filter.clone(), error.to_string());
         }
 
-        if errors.is_empty() {
-            Ok(Settings {
+        match p.finish() {
+            Ok(()) => Ok(Settings {
                 service_name,
                 resource_attributes,
                 export,
@@ -266,34 +385,25 @@ impl Settings {
                 sdk_disabled,
                 log_filter,
                 max_queue_spans,
-            })
-        } else {
-            Err(errors)
+            }),
+            Err(errors) => Err(errors.0),
         }
     }
 }
 
-fn check_endpoint(
-    variable: &'static str,
-    value: String,
-    errors: &mut Vec<EnvError>,
-) -> Option<String> {
+fn check_endpoint(variable: &'static str, value: String, p: &mut EnvParser<'_>) -> Option<String> {
     match value.parse::<http::Uri>() {
         Ok(uri) if uri.scheme().is_some() && uri.host().is_some() => Some(value),
         Ok(_) => {
-            errors.push(EnvError {
+            p.invalid(
                 variable,
                 value,
-                reason: "expected an absolute URL such as `http://localhost:4317`".into(),
-            });
+                "expected an absolute URL such as `http://localhost:4317`",
+            );
             None
         }
         Err(error) => {
-            errors.push(EnvError {
-                variable,
-                value,
-                reason: error.to_string(),
-            });
+            p.invalid(variable, value, error.to_string());
             None
         }
     }
@@ -345,7 +455,7 @@ fn parse_sampler(name: Option<String>, arg: Option<String>) -> Result<Sampler, E
                 Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
                 _ => Err(EnvError {
                     variable: "OTEL_TRACES_SAMPLER_ARG",
-                    value: v.clone(),
+                    value: Some(v.clone()),
                     reason: "expected a ratio between 0.0 and 1.0".into(),
                 }),
             },
@@ -364,7 +474,7 @@ fn parse_sampler(name: Option<String>, arg: Option<String>) -> Result<Sampler, E
         _ => {
             return Err(EnvError {
                 variable: "OTEL_TRACES_SAMPLER",
-                value: name,
+                value: Some(name),
                 reason: "expected always_on, always_off, traceidratio, parentbased_always_on, \
                          parentbased_always_off or parentbased_traceidratio"
                     .into(),

@@ -198,7 +198,7 @@ impl<'a> ClientAttributes<'a> {
             method: method_label(method),
             server_address: uri.as_ref().and_then(Uri::host).map(str::to_owned),
             server_port,
-            url_full: redact::redact_url_credentials(&full),
+            url_full: redact::redact_url(&full),
             resend_count: (resend_count > 0).then_some(i64::from(resend_count)),
             name_method: method,
         }

@@ -29,7 +29,11 @@
 //!   [`propagation::from_carrier`].
 //! - Metrics: [`metrics::MetricsRegistry`], [`metrics::HttpServerMetrics`]; the messaging crate's
 //!   `MessagingMetrics` builds on [`metrics::duration_family`] and [`metrics::trace_exemplar`].
-//! - Anything that might hold a secret goes through [`redact`] before it becomes a field.
+//! - Anything that might hold a secret goes through [`redact`] before it becomes a field
+//!   (URLs through [`redact::redact_url`]).
+//! - HTTP errors: [`problem::Problem`], the `application/problem+json` scheme the gateway and
+//!   the services share.
+//! - Configuration: [`env::EnvParser`] reads variables and reports every bad one at once.
 //!
 //! # Configuration (standard OpenTelemetry variables)
 //!
@@ -50,13 +54,14 @@
 //! Without an endpoint spans are still created (so logs carry trace ids and context still
 //! propagates), just not exported. Invalid values fail `init` with every problem listed.
 
-mod env;
+pub mod env;
 mod export;
 mod logs;
 
 pub mod http_span;
 pub mod http_trace;
 pub mod metrics;
+pub mod problem;
 pub mod propagation;
 pub mod redact;
 
@@ -82,7 +87,7 @@ use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::Layer as _;
 
-pub use env::{EnvError, EnvSource, ProcessEnv, Protocol};
+pub use env::{EnvError, EnvErrors, EnvParser, EnvSource, ProcessEnv, Protocol};
 pub use opentelemetry;
 pub use tracing_opentelemetry::OpenTelemetrySpanExt;
 

@@ -77,27 +77,29 @@ pub fn redact_query(query: &str) -> String {
         .join("&")
 }
 
-/// `url` with any user-info password replaced (`amqp://user:secret@host` → `amqp://user:[REDACTED]@host`).
-pub fn redact_url_credentials(url: &str) -> String {
+/// What the user-info of a URL is replaced with: `amqp://***@host/vhost`.
+pub const REDACTED_USER_INFO: &str = "***";
+
+/// `url` with its whole user-info (user name and password) replaced by
+/// [`REDACTED_USER_INFO`]: `amqp://app:s3cret@broker:5672/%2f` → `amqp://***@broker:5672/%2f`.
+///
+/// The one URL redactor: use it for every URL or connection string that reaches a log line, a
+/// span attribute, a `Debug` impl or an error message (broker URLs, upstream URLs, `url.full`).
+/// Only the authority is touched, so an `@` in the path or query stays; text that is not a URL
+/// (no `://`) is returned unchanged.
+pub fn redact_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
         return url.to_owned();
     };
     let authority_end = url[scheme_end..]
         .find(['/', '?', '#'])
         .map_or(url.len(), |i| scheme_end + i);
-    let authority = &url[scheme_end..authority_end];
-    match authority.rfind('@') {
-        Some(at) => {
-            let user_info = &authority[..at];
-            let user = user_info
-                .split_once(':')
-                .map_or(user_info, |(user, _)| user);
-            format!(
-                "{}{user}:{REDACTED}{}",
-                &url[..scheme_end],
-                &url[scheme_end + at..]
-            )
-        }
+    match url[scheme_end..authority_end].rfind('@') {
+        Some(at) => format!(
+            "{}{REDACTED_USER_INFO}{}",
+            &url[..scheme_end],
+            &url[scheme_end + at..]
+        ),
         None => url.to_owned(),
     }
 }
@@ -156,14 +158,21 @@ mod tests {
 
     #[test]
     fn url_passwords_are_redacted() {
+        // The user name goes too: it is half of the credential.
         assert_eq!(
-            redact_url_credentials("amqp://guest:guest@localhost:5672/%2f"),
-            format!("amqp://guest:{REDACTED}@localhost:5672/%2f")
+            redact_url("amqp://guest:guest@localhost:5672/%2f"),
+            "amqp://***@localhost:5672/%2f"
         );
         assert_eq!(
-            redact_url_credentials("http://localhost:4317"),
-            "http://localhost:4317"
+            redact_url("amqp://app:s3cret@broker:5672/%2f"),
+            "amqp://***@broker:5672/%2f"
         );
-        assert_eq!(redact_url_credentials("not a url"), "not a url");
+        assert_eq!(redact_url("amqp://localhost"), "amqp://localhost");
+        assert_eq!(redact_url("http://localhost:4317"), "http://localhost:4317");
+        assert_eq!(
+            redact_url("http://host/users/a@b?x=1"),
+            "http://host/users/a@b?x=1"
+        );
+        assert_eq!(redact_url("not a url"), "not a url");
     }
 }

@@ -10,10 +10,11 @@ mod http;
 
 use std::sync::Arc;
 
-use messaging::{Handler, HandlerError, Incoming};
+use messaging::clock::{self, now_ms};
+use messaging::{Handler, HandlerError, Incoming, Writer};
 use rusqlite::{params, Connection};
 use serde::Serialize;
-use service_kit::{BaseConfig, ConfigErrors, Env, EnvParser, Kit, KitError};
+use service_kit::{BaseConfig, ConfigErrors, EnvParser, EnvSource, Kit, KitError, Service};
 use tokio_util::sync::CancellationToken;
 
 pub use http::router;
@@ -39,15 +40,18 @@ CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit_log
     BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
 ";
 
+/// audit as the kit runs it: [`messaging::contract::AUDIT`], port 7007 by default.
+pub const SERVICE: Service = service_kit::service!(messaging::contract::AUDIT, 7007);
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub base: BaseConfig,
 }
 
 impl Config {
-    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigErrors> {
+    pub fn from_env(env: &dyn EnvSource) -> Result<Self, ConfigErrors> {
         let mut p = EnvParser::new(env);
-        let base = BaseConfig::parse(&mut p, "audit", 7007);
+        let base = BaseConfig::parse(&mut p, &crate::SERVICE);
         p.finish().map(|()| Config { base })
     }
 }
@@ -58,30 +62,22 @@ pub struct AppState {
 }
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), KitError> {
-    let mut kit = Kit::start("audit", config.base.clone(), MIGRATIONS, shutdown).await?;
-    kit.consume("audit", Arc::new(AuditHandler))?;
+    let mut kit = Kit::start(SERVICE, config.base.clone(), MIGRATIONS, shutdown).await?;
+    kit.consume(Arc::new(AuditHandler))?;
     let state = AppState { db: kit.db.clone() };
     kit.serve(router(state)).await
 }
 
-fn now_ms() -> i64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
-}
-
 pub struct AuditHandler;
 
+/// Records the envelope as received, whatever its type: audit never decodes the payload, so
+/// an event outside the catalogue (or one whose payload its own consumers reject) is logged too.
 impl Handler for AuditHandler {
-    fn apply(
-        &self,
-        tx: &Connection,
-        msg: &Incoming,
-        _prepared: Option<serde_json::Value>,
-    ) -> Result<(), HandlerError> {
+    type Prepared = ();
+
+    fn apply(&self, tx: &Writer<'_>, msg: &Incoming, _prepared: ()) -> Result<(), HandlerError> {
         let ev = &msg.event;
-        let time = ev
-            .time
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default();
+        let time = clock::rfc3339(ev.time);
         tx.execute(
             "INSERT OR IGNORE INTO audit_log (event_id, type, source, subject, time, received_ms, trace_id, data)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",

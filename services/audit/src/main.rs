@@ -1,23 +1,5 @@
-//! Run with `cargo run --bin audit` (env: see `audit::Config`).
+//! Run with `cargo run --bin audit` (env: see `audit::Config`; exit codes: see `service_kit::main`).
 
-use service_kit::ProcessEnv;
-
-/// Exit code for a configuration error (sysexits `EX_USAGE`).
-const EX_USAGE: i32 = 64;
-
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let telemetry = observability::init("audit", env!("CARGO_PKG_VERSION"))?;
-    let config = match audit::Config::from_env(&ProcessEnv) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("audit: {e}");
-            std::process::exit(EX_USAGE);
-        }
-    };
-    let shutdown = service_kit::shutdown_on_signals();
-    let result = audit::run(config, shutdown).await;
-    telemetry.shutdown();
-    result?;
-    Ok(())
+fn main() -> std::process::ExitCode {
+    service_kit::main(audit::SERVICE, audit::Config::from_env, audit::run)
 }

@@ -1,4 +1,4 @@
-use service_kit::{BaseConfig, ConfigErrors, Env, EnvParser};
+use service_kit::{BaseConfig, ConfigErrors, EnvParser, EnvSource};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -8,14 +8,16 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigErrors> {
+    pub fn from_env(env: &dyn EnvSource) -> Result<Self, ConfigErrors> {
         let mut p = EnvParser::new(env);
-        let base = BaseConfig::parse(&mut p, "cart", 7003);
+        let base = BaseConfig::parse(&mut p, &crate::SERVICE);
         let inventory_url = p.string("INVENTORY_URL", "http://127.0.0.1:7002");
         if !inventory_url.starts_with("http://") && !inventory_url.starts_with("https://") {
-            p.error(format!(
-                "INVENTORY_URL={inventory_url:?}: must be an http(s) URL"
-            ));
+            p.invalid(
+                "INVENTORY_URL",
+                inventory_url.clone(),
+                "must be an http(s) URL",
+            );
         }
         p.finish().map(|()| Config {
             base,

@@ -1,5 +1,5 @@
 use messaging::events::{OrderLine, OrderPlaced};
-use messaging::{outbox, MessagingError, TraceContext};
+use messaging::{MessagingError, TraceContext, Writer};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
@@ -92,15 +92,15 @@ pub enum CheckoutError {
 }
 
 /// Turns the cart into an order: writes `order.placed` to the outbox, empties the cart and
-/// remembers the idempotency key, all in one transaction. A known key returns its order again.
+/// remembers the idempotency key, all in the caller's transaction (`tx`, from
+/// [`Outbox::transaction`](messaging::Outbox::transaction)). A known key returns its order again.
 pub fn checkout(
-    conn: &mut Connection,
+    tx: &Writer<'_>,
     user_id: &str,
     idempotency_key: Option<&str>,
     payment_token: &str,
     trace: &TraceContext,
 ) -> Result<(String, bool), CheckoutError> {
-    let tx = conn.transaction()?;
     if let Some(key) = idempotency_key {
         let existing: Option<String> = tx
             .query_row(
@@ -113,7 +113,7 @@ pub fn checkout(
             return Ok((order_id, false));
         }
     }
-    let c = cart(&tx, user_id)?;
+    let c = cart(tx, user_id)?;
     if c.items.is_empty() {
         return Err(CheckoutError::Empty);
     }
@@ -134,7 +134,7 @@ pub fn checkout(
         currency: c.currency,
         payment_token: payment_token.to_owned(),
     };
-    outbox::enqueue(&tx, "cart", &placed, trace)?;
+    tx.enqueue(&placed, trace)?;
     tx.execute("DELETE FROM cart_items WHERE user_id = ?1", [user_id])?;
     if let Some(key) = idempotency_key {
         tx.execute(
@@ -142,13 +142,26 @@ pub fn checkout(
             params![user_id, key, order_id, service_kit::now_rfc3339()],
         )?;
     }
-    tx.commit()?;
     Ok((order_id, true))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`checkout`] in a transaction of its own, committed when it succeeds.
+    fn checkout(
+        c: &mut Connection,
+        user_id: &str,
+        key: Option<&str>,
+        token: &str,
+        trace: &TraceContext,
+    ) -> Result<(String, bool), CheckoutError> {
+        let tx = c.transaction()?;
+        let done = super::checkout(&Writer::new(&tx, "cart"), user_id, key, token, trace)?;
+        tx.commit()?;
+        Ok(done)
+    }
 
     #[test]
     fn checkout_empties_the_cart_once_per_idempotency_key() {

@@ -161,9 +161,10 @@ async fn checkout(
         },
     };
     let user = id.user_id;
-    let result =
-        s.db.call(move |c| domain::checkout(c, &user, key.as_deref(), &token, &trace))
-            .await;
+    let result = s
+        .outbox
+        .transaction(move |tx| domain::checkout(tx, &user, key.as_deref(), &token, &trace))
+        .await;
     let (order_id, created) = match result {
         Ok(r) => r,
         Err(CheckoutError::Empty) => return Err(AppError::BadRequest("the cart is empty".into())),
@@ -171,7 +172,6 @@ async fn checkout(
         Err(CheckoutError::Messaging(e)) => return Err(e.into()),
     };
     if created {
-        s.notifier.wake();
         tracing::info!(%order_id, "Checked out.");
     }
     Ok((

@@ -12,7 +12,7 @@ mod http;
 
 use std::sync::Arc;
 
-use service_kit::{Kit, KitError};
+use service_kit::{Kit, KitError, Service};
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
@@ -38,23 +38,24 @@ CREATE TABLE IF NOT EXISTS checkouts (
 );
 ";
 
+/// cart as the kit runs it: [`messaging::contract::CART`], port 7003 by default.
+pub const SERVICE: Service = service_kit::service!(messaging::contract::CART, 7003);
+
 #[derive(Clone)]
 pub struct AppState {
     pub db: messaging::Db,
-    pub notifier: messaging::OutboxNotifier,
+    /// Checkout writes `order.placed` through it.
+    pub outbox: messaging::Outbox,
     pub http: reqwest::Client,
     pub config: Arc<Config>,
 }
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), KitError> {
-    let kit = Kit::start("cart", config.base.clone(), MIGRATIONS, shutdown).await?;
+    let kit = Kit::start(SERVICE, config.base.clone(), MIGRATIONS, shutdown).await?;
     let state = AppState {
         db: kit.db.clone(),
-        notifier: kit.notifier.clone(),
-        http: reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(5))
-            .build()
-            .map_err(|e| KitError::Serve(std::io::Error::other(e)))?,
+        outbox: kit.outbox(),
+        http: kit.http_client()?,
         config: Arc::new(config),
     };
     kit.serve(router(state)).await

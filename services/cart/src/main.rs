@@ -1,23 +1,5 @@
-//! Run with `cargo run --bin cart` (env: see `cart::Config`).
+//! Run with `cargo run --bin cart` (env: see `cart::Config`; exit codes: see `service_kit::main`).
 
-use service_kit::ProcessEnv;
-
-/// Exit code for a configuration error (sysexits `EX_USAGE`).
-const EX_USAGE: i32 = 64;
-
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let telemetry = observability::init("cart", env!("CARGO_PKG_VERSION"))?;
-    let config = match cart::Config::from_env(&ProcessEnv) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("cart: {e}");
-            std::process::exit(EX_USAGE);
-        }
-    };
-    let shutdown = service_kit::shutdown_on_signals();
-    let result = cart::run(config, shutdown).await;
-    telemetry.shutdown();
-    result?;
-    Ok(())
+fn main() -> std::process::ExitCode {
+    service_kit::main(cart::SERVICE, cart::Config::from_env, cart::run)
 }

@@ -1,4 +1,4 @@
-use service_kit::{BaseConfig, ConfigErrors, Env, EnvParser};
+use service_kit::{BaseConfig, ConfigErrors, EnvParser, EnvSource};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -9,9 +9,9 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigErrors> {
+    pub fn from_env(env: &dyn EnvSource) -> Result<Self, ConfigErrors> {
         let mut p = EnvParser::new(env);
-        let base = BaseConfig::parse(&mut p, "inventory", 7002);
+        let base = BaseConfig::parse(&mut p, &crate::SERVICE);
         let failure_rate = p.rate("INVENTORY_FAILURE_RATE");
         p.finish().map(|()| Config { base, failure_rate })
     }

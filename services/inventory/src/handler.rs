@@ -1,9 +1,5 @@
-use messaging::events::{
-    OrderCancelled, OrderPaid, OrderPlaced, StockCommitted, StockRejected, StockReleased,
-    StockReserved,
-};
-use messaging::{outbox, Handler, HandlerError, Incoming};
-use rusqlite::Connection;
+use messaging::events::{SagaEvent, StockCommitted, StockRejected, StockReleased, StockReserved};
+use messaging::{Handler, HandlerError, Incoming, TraceContext, Writer};
 
 use crate::domain::{self, Reservation};
 
@@ -19,82 +15,73 @@ impl InventoryHandler {
 }
 
 impl Handler for InventoryHandler {
-    fn apply(
-        &self,
-        tx: &Connection,
-        msg: &Incoming,
-        _prepared: Option<serde_json::Value>,
-    ) -> Result<(), HandlerError> {
-        let ev = &msg.event;
+    type Prepared = ();
+
+    fn apply(&self, tx: &Writer<'_>, msg: &Incoming, _prepared: ()) -> Result<(), HandlerError> {
         let trace = &msg.trace;
-        if ev.is::<OrderPlaced>() {
-            if self.failure_rate > 0.0 && rand::random::<f64>() < self.failure_rate {
-                return Err(HandlerError::Transient(
-                    "injected failure (INVENTORY_FAILURE_RATE)".into(),
-                ));
-            }
-            let placed: OrderPlaced = ev.decode()?;
-            match domain::reserve(tx, &placed.order_id, &placed.items)? {
-                Reservation::Reserved => {
-                    outbox::enqueue(
-                        tx,
-                        "inventory",
-                        &StockReserved {
-                            order_id: placed.order_id.clone(),
-                            items: placed.items,
-                        },
-                        trace,
-                    )?;
-                    tracing::info!(order_id = %placed.order_id, "Reserved stock.");
+        match msg.saga()? {
+            Some(SagaEvent::OrderPlaced(placed)) => {
+                if self.failure_rate > 0.0 && rand::random::<f64>() < self.failure_rate {
+                    return Err(HandlerError::Transient(
+                        "injected failure (INVENTORY_FAILURE_RATE)".into(),
+                    ));
                 }
-                Reservation::Rejected { product_id, reason } => {
-                    outbox::enqueue(
-                        tx,
-                        "inventory",
-                        &StockRejected {
-                            order_id: placed.order_id.clone(),
-                            reason: reason.to_owned(),
-                            product_id: Some(product_id),
-                        },
-                        trace,
-                    )?;
-                    tracing::info!(order_id = %placed.order_id, reason, "Rejected a reservation.");
+                match domain::reserve(tx, &placed.order_id, &placed.items)? {
+                    Reservation::Reserved => {
+                        tx.enqueue(
+                            &StockReserved {
+                                order_id: placed.order_id.clone(),
+                                items: placed.items,
+                            },
+                            trace,
+                        )?;
+                        tracing::info!(order_id = %placed.order_id, "Reserved stock.");
+                    }
+                    Reservation::Rejected { product_id, reason } => {
+                        tx.enqueue(
+                            &StockRejected {
+                                order_id: placed.order_id.clone(),
+                                reason: reason.to_owned(),
+                                product_id: Some(product_id),
+                            },
+                            trace,
+                        )?;
+                        tracing::info!(order_id = %placed.order_id, reason, "Rejected a reservation.");
+                    }
+                    Reservation::AlreadyDecided => {}
                 }
-                Reservation::AlreadyDecided => {}
             }
-        } else if ev.is::<OrderPaid>() {
             // Not payment.succeeded: only orders knows whether the payment beat the timeout.
-            let paid: OrderPaid = ev.decode()?;
-            if domain::settle(tx, &paid.order_id, "COMMITTED")? > 0 {
-                outbox::enqueue(
-                    tx,
-                    "inventory",
-                    &StockCommitted {
-                        order_id: paid.order_id,
-                    },
-                    trace,
-                )?;
+            Some(SagaEvent::OrderPaid(paid)) => {
+                if domain::settle(tx, &paid.order_id, "COMMITTED")? > 0 {
+                    tx.enqueue(
+                        &StockCommitted {
+                            order_id: paid.order_id,
+                        },
+                        trace,
+                    )?;
+                }
             }
-        } else if ev.is::<OrderCancelled>() {
             // Every cancellation (out of stock, payment declined or failed, timeout) comes
             // through orders, after everything it decided before for this order.
-            let cancelled: OrderCancelled = ev.decode()?;
-            release(tx, &cancelled.order_id, &cancelled.reason, trace)?;
+            Some(SagaEvent::OrderCancelled(cancelled)) => {
+                release(tx, &cancelled.order_id, &cancelled.reason, trace)?;
+            }
+            // Not bound to inventory's queue (messaging::contract::INVENTORY).
+            Some(_) | None => {}
         }
         Ok(())
     }
 }
 
 fn release(
-    tx: &Connection,
+    tx: &Writer<'_>,
     order_id: &str,
     reason: &str,
-    trace: &messaging::TraceContext,
+    trace: &TraceContext,
 ) -> Result<(), HandlerError> {
     if domain::settle(tx, order_id, "RELEASED")? > 0 {
-        outbox::enqueue(
-            tx,
-            "inventory",
+        tx.enqueue(
             &StockReleased {
                 order_id: order_id.to_owned(),
                 reason: reason.to_owned(),

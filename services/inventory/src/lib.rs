@@ -15,7 +15,7 @@ mod http;
 
 use std::sync::Arc;
 
-use service_kit::{Kit, KitError};
+use service_kit::{Kit, KitError, Service};
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
@@ -43,6 +43,9 @@ CREATE TABLE IF NOT EXISTS reservations (
 );
 ";
 
+/// inventory as the kit runs it: [`messaging::contract::INVENTORY`], port 7002 by default.
+pub const SERVICE: Service = service_kit::service!(messaging::contract::INVENTORY, 7002);
+
 #[derive(Clone)]
 pub struct AppState {
     pub db: messaging::Db,
@@ -50,12 +53,9 @@ pub struct AppState {
 
 /// Starts the service and serves until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), KitError> {
-    let mut kit = Kit::start("inventory", config.base.clone(), MIGRATIONS, shutdown).await?;
+    let mut kit = Kit::start(SERVICE, config.base.clone(), MIGRATIONS, shutdown).await?;
     kit.db.call(domain::seed).await?;
-    kit.consume(
-        "inventory",
-        Arc::new(InventoryHandler::new(config.failure_rate)),
-    )?;
+    kit.consume(Arc::new(InventoryHandler::new(config.failure_rate)))?;
     let state = AppState { db: kit.db.clone() };
     kit.serve(router(state)).await
 }

@@ -1,23 +1,9 @@
-//! Run with `cargo run --bin inventory` (env: see `inventory::Config`).
+//! Run with `cargo run --bin inventory` (env: see `inventory::Config`; exit codes: see `service_kit::main`).
 
-use service_kit::ProcessEnv;
-
-/// Exit code for a configuration error (sysexits `EX_USAGE`).
-const EX_USAGE: i32 = 64;
-
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let telemetry = observability::init("inventory", env!("CARGO_PKG_VERSION"))?;
-    let config = match inventory::Config::from_env(&ProcessEnv) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("inventory: {e}");
-            std::process::exit(EX_USAGE);
-        }
-    };
-    let shutdown = service_kit::shutdown_on_signals();
-    let result = inventory::run(config, shutdown).await;
-    telemetry.shutdown();
-    result?;
-    Ok(())
+fn main() -> std::process::ExitCode {
+    service_kit::main(
+        inventory::SERVICE,
+        inventory::Config::from_env,
+        inventory::run,
+    )
 }

@@ -2,10 +2,13 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
+use observability::problem::{self, Problem};
 use serde::de::DeserializeOwned;
 
 /// Every error a handler returns; the one place errors become HTTP responses
-/// (`application/problem+json`, RFC 9457).
+/// (`application/problem+json`, RFC 9457, in the scheme the gateway uses too:
+/// [`observability::problem`], `type` = `https://vantage.dev/problems/<slug>`, see
+/// [`slug`](Self::slug)).
 ///
 /// Client errors are not logged. Internal errors are logged with their cause and the client
 /// gets a generic body.
@@ -35,7 +38,24 @@ impl AppError {
         AppError::Internal(Box::new(e))
     }
 
-    fn status(&self) -> StatusCode {
+    /// The problem's slug, the last segment of its `type`: `bad-request`, `unauthorized`,
+    /// `invalid-credentials`, `forbidden`, `not-found`, `conflict`, `dependency-unavailable`,
+    /// `internal`.
+    pub fn slug(&self) -> &'static str {
+        match self {
+            AppError::BadRequest(_) => "bad-request",
+            AppError::Unauthorized => "unauthorized",
+            AppError::InvalidCredentials(_) => "invalid-credentials",
+            AppError::Forbidden => "forbidden",
+            AppError::NotFound(_) => "not-found",
+            AppError::Conflict(_) => "conflict",
+            AppError::Unavailable(_) => "dependency-unavailable",
+            AppError::Internal(_) => "internal",
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
         match self {
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::Unauthorized | AppError::InvalidCredentials(_) => StatusCode::UNAUTHORIZED,
@@ -74,17 +94,7 @@ impl IntoResponse for AppError {
             }
             other => other.to_string(),
         };
-        let body = serde_json::json!({
-            "type": "about:blank",
-            "title": status.canonical_reason().unwrap_or("Error"),
-            "status": status.as_u16(),
-            "detail": detail,
-        });
-        let mut resp = (status, body.to_string()).into_response();
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            header::HeaderValue::from_static("application/problem+json"),
-        );
+        let mut resp = problem_response(Problem::new(self.slug(), status.as_u16(), detail));
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -93,6 +103,17 @@ impl IntoResponse for AppError {
         }
         resp
     }
+}
+
+/// `problem` as a response: its status, `content-type: application/problem+json`, its body.
+pub(crate) fn problem_response(problem: Problem) -> Response {
+    let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        status,
+        [(header::CONTENT_TYPE, problem::CONTENT_TYPE)],
+        problem.to_json(),
+    )
+        .into_response()
 }
 
 /// A JSON body whose rejection is a 400 problem+json.

@@ -1,10 +1,13 @@
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use messaging::{BrokerStatus, Db};
 use observability::metrics::{MetricsRegistry, OPENMETRICS_CONTENT_TYPE};
+use observability::problem::Problem;
+
+use crate::error::problem_response;
 
 /// What `/readyz` checks and `/metrics` renders.
 #[derive(Clone)]
@@ -29,7 +32,8 @@ impl Health {
     }
 }
 
-/// 200 `{"status":"ready"}`, or 503 problem+json naming what is down (component names only).
+/// 200 `{"status":"ready"}`, or a 503 problem (`not-ready`) naming what is down in `failing`
+/// (component names only).
 async fn readyz(State(h): State<Health>) -> Response {
     let mut down: Vec<String> = h
         .brokers
@@ -43,19 +47,8 @@ async fn readyz(State(h): State<Health>) -> Response {
     if down.is_empty() {
         return axum::Json(serde_json::json!({"status": "ready"})).into_response();
     }
-    let body = serde_json::json!({
-        "type": "about:blank",
-        "title": "Service Unavailable",
-        "status": 503,
-        "detail": format!("not ready: {}", down.join(", ")),
-        "failing": down,
-    });
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        [(header::CONTENT_TYPE, "application/problem+json")],
-        body.to_string(),
-    )
-        .into_response()
+    let detail = format!("not ready: {}", down.join(", "));
+    problem_response(Problem::new("not-ready", 503, detail).with_extension("failing", down))
 }
 
 async fn metrics(State(h): State<Health>) -> Response {

@@ -57,6 +57,45 @@ impl<S: Send + Sync> FromRequestParts<S> for Admin {
     }
 }
 
+/// Whose rows the caller may list or read: an admin everyone's, anyone else only their own.
+/// 401 without identity. Handlers pass [`owner`](Self::owner) as the query's user filter.
+///
+/// Another user's row is then simply not found (a 404, not a 403): its existence is not revealed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnerOrAdmin {
+    owner: Option<String>,
+}
+
+impl OwnerOrAdmin {
+    /// The user whose rows are visible; `None` for an admin (all rows).
+    pub fn owner(&self) -> Option<&str> {
+        self.owner.as_deref()
+    }
+
+    /// [`owner`](Self::owner), owned (to move into a database closure).
+    pub fn into_owner(self) -> Option<String> {
+        self.owner
+    }
+}
+
+impl From<Identity> for OwnerOrAdmin {
+    fn from(id: Identity) -> Self {
+        Self {
+            owner: (!id.is_admin()).then_some(id.user_id),
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for OwnerOrAdmin {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        Identity::from_request_parts(parts, state)
+            .await
+            .map(Self::from)
+    }
+}
+
 /// The request's W3C trace context, to store on outbox rows.
 #[derive(Debug, Clone, Default)]
 pub struct Trace(pub TraceContext);

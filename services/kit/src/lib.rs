@@ -1,33 +1,45 @@
-//! What every shop service repeats, written once: env config, SQLite + migrations, the
-//! `/healthz` `/readyz` `/metrics` router, one problem+json error type, gateway identity headers,
-//! and graceful shutdown.
+//! What every shop service repeats, written once: the service's description ([`Service`]) and
+//! process ([`main`]: telemetry, env config, signals, exit codes), SQLite + migrations, the
+//! outbox handle, consumers, the HTTP server (with the `/healthz` `/readyz` `/metrics` router)
+//! and client, one problem+json error type, gateway identity headers, and graceful shutdown.
 //!
 //! # How to use
 //!
 //! ```text
-//! let config = BaseConfig::from_env(&ProcessEnv, "orders", 7004)?;     // main
-//! let mut kit = Kit::start("orders", config, MIGRATIONS).await?;       // db, relay, metrics
-//! kit.consume("orders", Arc::new(handler))?;                          // bindings from SUBSCRIPTIONS
-//! kit.serve(api_router, shutdown_on_signals()).await?;                 // until SIGINT/SIGTERM
+//! // lib.rs of a service: described once
+//! pub const SERVICE: Service = Service::new(messaging::contract::ORDERS, 7004, env!("CARGO_PKG_VERSION"));
+//! pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), KitError> {
+//!     let mut kit = Kit::start(SERVICE, config.base, MIGRATIONS, shutdown).await?; // db, relay, metrics
+//!     kit.consume(Arc::new(handler))?;               // queue bound to SERVICE's consumed keys
+//!     let outbox = kit.outbox();                     // events as "orders"; wakes the relay
+//!     kit.serve(api_router(outbox)).await            // until SIGINT/SIGTERM
+//! }
+//! // main.rs
+//! fn main() -> ExitCode { service_kit::main(orders::SERVICE, orders::Config::from_env, orders::run) }
 //! ```
+//!
+//! # Exit codes
+//!
+//! The same for every service (see [`main`]): 0 after SIGINT/SIGTERM, 64 ([`EX_USAGE`]) for an
+//! invalid environment variable (every one is listed on stderr), 1 ([`EX_FAILURE`]) when
+//! telemetry, start-up or serving fails.
 
 pub mod config;
+mod entry;
 mod error;
 mod health;
 mod identity;
 mod runtime;
+mod service;
 mod shutdown;
 
-pub use config::{BaseConfig, ConfigErrors, Env, EnvParser, ProcessEnv};
+pub use config::{BaseConfig, ConfigErrors};
+pub use entry::{main, EX_FAILURE, EX_USAGE};
 pub use error::{AppError, Body, Query};
 pub use health::Health;
-pub use identity::{Admin, Identity, Trace};
+pub use identity::{Admin, Identity, OwnerOrAdmin, Trace};
+pub use messaging::clock::{now_ms, now_rfc3339};
+pub use observability::env::{EnvParser, EnvSource, ProcessEnv};
 pub use runtime::{Kit, KitError};
+pub use service::Service;
 pub use shutdown::shutdown_on_signals;
-
-/// Now, as RFC 3339 text (what every table stores).
-pub fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}

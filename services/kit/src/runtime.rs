@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use axum::Router;
 use messaging::{
-    AmqpConfig, BrokerStatus, Consumer, ConsumerConfig, Db, Handler, MessagingMetrics,
+    AmqpConfig, BrokerStatus, Consumer, ConsumerConfig, Db, Handler, MessagingMetrics, Outbox,
     OutboxNotifier, Relay, Topology,
 };
 use observability::http_server::HttpServerLayer;
@@ -12,7 +12,7 @@ use observability::metrics::{HttpServerMetrics, MetricsRegistry};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::{BaseConfig, Health};
+use crate::{BaseConfig, Health, Service};
 
 /// Why a service could not start or serve.
 #[derive(Debug, thiserror::Error)]
@@ -31,8 +31,10 @@ pub enum KitError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
-    #[error("consumer {0:?} is not in messaging::events::SUBSCRIPTIONS")]
-    UnknownConsumer(String),
+    #[error("service {0:?} consumes nothing (see messaging::contract), so it has no queue")]
+    NoQueue(&'static str),
+    #[error("cannot build the HTTP client: {0}")]
+    HttpClient(#[source] reqwest::Error),
     #[error("server error: {0}")]
     Serve(std::io::Error),
 }
@@ -40,17 +42,20 @@ pub enum KitError {
 /// How long `serve` waits for background tasks after the HTTP server has drained.
 const DRAIN: Duration = Duration::from_secs(10);
 
+/// How long an outgoing HTTP request may take, connect to last byte.
+const HTTP_CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A running service's shared parts: database, outbox relay, metrics, background tasks.
 pub struct Kit {
-    pub service: &'static str,
+    pub service: Service,
     pub config: BaseConfig,
     pub db: Db,
     pub amqp: AmqpConfig,
     pub metrics: MessagingMetrics,
     /// Register service metrics here; `/metrics` renders it.
     pub registry: MetricsRegistry,
-    /// Wake the relay after committing outbox rows outside a consumer.
-    pub notifier: OutboxNotifier,
+    /// Wakes the relay; only the outbox handle and consumers use it.
+    notifier: OutboxNotifier,
     pub shutdown: CancellationToken,
     brokers: Vec<(String, BrokerStatus)>,
     tasks: Vec<JoinHandle<()>>,
@@ -60,7 +65,7 @@ impl Kit {
     /// Opens the database (creating its directory), applies the messaging tables and
     /// `migrations`, and starts the outbox relay.
     pub async fn start(
-        service: &'static str,
+        service: Service,
         config: BaseConfig,
         migrations: &'static str,
         shutdown: CancellationToken,
@@ -81,8 +86,8 @@ impl Kit {
         let amqp = AmqpConfig {
             url: config.amqp_url.clone(),
             topology: Topology::new(config.queue_prefix.clone()),
-            connection_name: format!("{}{service}", config.queue_prefix),
-            subscriptions: messaging::events::SUBSCRIPTIONS,
+            connection_name: format!("{}{}", config.queue_prefix, service.name()),
+            subscriptions: messaging::contract::SERVICES,
         };
         let registry = MetricsRegistry::new();
         let metrics = MessagingMetrics::default();
@@ -104,16 +109,34 @@ impl Kit {
         })
     }
 
-    /// Starts a consumer on queue `<prefix><name>`, bound as
-    /// [`SUBSCRIPTIONS`](messaging::events::SUBSCRIPTIONS) says.
-    pub fn consume<H: Handler>(&mut self, name: &str, handler: Arc<H>) -> Result<(), KitError> {
-        let bindings = messaging::events::subscription(name)
-            .ok_or_else(|| KitError::UnknownConsumer(name.to_owned()))?;
+    /// Starts the service's consumer on queue `<prefix><service>`, bound to the routing keys
+    /// its [`Contract::consumes`](messaging::Contract::consumes) lists; the events it writes are
+    /// from the service.
+    pub fn consume<H: Handler>(&mut self, handler: Arc<H>) -> Result<(), KitError> {
+        let contract = self.service.contract;
+        if !contract.has_queue() {
+            return Err(KitError::NoQueue(contract.service));
+        }
         self.consume_with(
-            ConsumerConfig::new(self.amqp.clone(), name, bindings),
+            ConsumerConfig::new(self.amqp.clone(), contract.service, contract.consumes),
             handler,
         );
         Ok(())
+    }
+
+    /// The service's outbox: transactions through it write events as this service and wake
+    /// the relay after they commit.
+    pub fn outbox(&self) -> Outbox {
+        Outbox::new(self.db.clone(), self.service.name(), self.notifier.clone())
+    }
+
+    /// An HTTP client for calls to other services: rustls, a 5 s timeout per request. Build it
+    /// once and clone it (clones share the connection pool).
+    pub fn http_client(&self) -> Result<reqwest::Client, KitError> {
+        reqwest::Client::builder()
+            .timeout(HTTP_CLIENT_TIMEOUT)
+            .build()
+            .map_err(KitError::HttpClient)
     }
 
     /// Starts a consumer with explicit settings (prefetch, delivery limit).
@@ -166,7 +189,7 @@ impl Kit {
         // SERVER spans and request metrics for the API; probes and scrapes stay untraced.
         let app = api.layer(HttpServerLayer::new(http)).merge(health.router());
         let addr = listener.local_addr().map_err(KitError::Serve)?;
-        tracing::info!(service = self.service, %addr, "Listening.");
+        tracing::info!(service = self.service.name(), %addr, "Listening.");
         let shutdown = self.shutdown.clone();
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
@@ -175,11 +198,11 @@ impl Kit {
         let drain = futures_join(self.tasks);
         if tokio::time::timeout(DRAIN, drain).await.is_err() {
             tracing::warn!(
-                service = self.service,
+                service = self.service.name(),
                 "Background tasks did not stop in time."
             );
         }
-        tracing::info!(service = self.service, "Stopped.");
+        tracing::info!(service = self.service.name(), "Stopped.");
         served.map_err(KitError::Serve)
     }
 }

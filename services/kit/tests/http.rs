@@ -9,7 +9,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use http_body_util::BodyExt;
 use serde_json::Value;
-use service_kit::{Admin, AppError, BaseConfig, Body, Identity, Kit};
+use service_kit::{Admin, AppError, BaseConfig, Body, Identity, Kit, OwnerOrAdmin, Service};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -31,6 +31,10 @@ fn app() -> Router {
                     "secret connection string",
                 )))
             }),
+        )
+        .route(
+            "/visible",
+            get(|who: OwnerOrAdmin| async move { who.owner().unwrap_or("*everyone*").to_owned() }),
         )
         .route(
             "/conflict",
@@ -107,9 +111,60 @@ async fn errors_are_problem_json_and_internal_details_stay_inside() {
     assert_eq!(body["detail"], "taken");
 }
 
-fn amqp_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+#[tokio::test]
+async fn problems_use_the_gateway_scheme_with_a_slug_per_kind() {
+    let base = observability::problem::PROBLEM_BASE;
+    let (_, _, body) = call(get_req("/me", &[])).await;
+    assert_eq!(body["type"], format!("{base}unauthorized"));
+    assert_eq!(body["title"], "Unauthorized");
+    let (_, _, body) = call(get_req("/admin", &[("x-user-id", "u-1")])).await;
+    assert_eq!(body["type"], format!("{base}forbidden"));
+    let (_, _, body) = call(get_req("/boom", &[])).await;
+    assert_eq!(body["type"], format!("{base}internal"));
+    assert_eq!(body["detail"], "The request could not be completed.");
+    let (_, _, body) = call(get_req("/conflict", &[])).await;
+    assert_eq!(body["type"], format!("{base}conflict"));
 }
+
+#[tokio::test]
+async fn owners_see_their_own_rows_and_admins_everyone_s() {
+    let (s, _, body) = call(get_req("/visible", &[])).await;
+    assert_eq!(
+        (s, body["type"].as_str()),
+        (
+            StatusCode::UNAUTHORIZED,
+            Some("https://vantage.dev/problems/unauthorized")
+        )
+    );
+    let (s, _, body) = call(get_req(
+        "/visible",
+        &[("x-user-id", "u-1"), ("x-user-scopes", "shop")],
+    ))
+    .await;
+    assert_eq!((s, body), (StatusCode::OK, Value::String("u-1".into())));
+    let (s, _, body) = call(get_req(
+        "/visible",
+        &[("x-user-id", "u-1"), ("x-user-scopes", "shop admin")],
+    ))
+    .await;
+    assert_eq!(
+        (s, body),
+        (StatusCode::OK, Value::String("*everyone*".into()))
+    );
+}
+
+use test_support::amqp_url;
+
+/// A service of its own for the kit's tests: no queue, no events.
+const KIT_TEST: Service = Service::new(
+    messaging::Contract {
+        service: "kit-test",
+        produces: &[],
+        consumes: &[],
+    },
+    0,
+    "0",
+);
 
 async fn start(
     amqp_url: String,
@@ -130,7 +185,7 @@ async fn start(
     let prefix = config.queue_prefix.clone();
     let shutdown = CancellationToken::new();
     let kit = Kit::start(
-        "kit-test",
+        KIT_TEST,
         config,
         "CREATE TABLE IF NOT EXISTS t (x)",
         shutdown.clone(),
@@ -166,9 +221,8 @@ async fn cleanup(prefix: &str) {
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
-    let consumers: Vec<&str> = messaging::events::SUBSCRIPTIONS
-        .iter()
-        .map(|(c, _)| *c)
+    let consumers: Vec<&str> = messaging::contract::consumers()
+        .map(|c| c.service)
         .collect();
     messaging::Topology::new(prefix)
         .delete(&ch, &consumers)
@@ -178,6 +232,9 @@ async fn cleanup(prefix: &str) {
 
 #[tokio::test]
 async fn ready_only_with_the_broker_and_stops_on_shutdown() {
+    if let Err(why) = test_support::require_rabbitmq(&amqp_url()) {
+        panic!("{why}");
+    }
     let (base, prefix, shutdown, task, _dir) = start(amqp_url()).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -216,6 +273,7 @@ async fn not_ready_without_the_broker() {
     assert_eq!(code, 503, "{body}");
     let body: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["failing"], serde_json::json!(["broker:relay"]));
+    assert_eq!(body["type"], "https://vantage.dev/problems/not-ready");
     assert_eq!(
         fetch(&format!("{base}/healthz")).await.0,
         200,

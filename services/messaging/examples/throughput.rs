@@ -9,26 +9,27 @@ use std::time::{Duration, Instant};
 
 use messaging::events::OrderCancelled;
 use messaging::{
-    outbox, AmqpConfig, Consumer, ConsumerConfig, Db, Handler, HandlerError, Incoming,
-    MessagingMetrics, Relay, Topology, TraceContext,
+    outbox, AmqpConfig, Consumer, ConsumerConfig, Contract, Db, Event, Handler, HandlerError,
+    Incoming, MessagingMetrics, Relay, Topology, TraceContext, Writer,
 };
 use tokio_util::sync::CancellationToken;
 
 struct Insert;
 
 impl Handler for Insert {
-    fn apply(
-        &self,
-        conn: &rusqlite::Connection,
-        msg: &Incoming,
-        _prepared: Option<serde_json::Value>,
-    ) -> Result<(), HandlerError> {
+    type Prepared = ();
+
+    fn apply(&self, conn: &Writer<'_>, msg: &Incoming, _prepared: ()) -> Result<(), HandlerError> {
         conn.execute("INSERT INTO effects (id) VALUES (?1)", [&msg.event.id])?;
         Ok(())
     }
 }
 
-static SUBSCRIPTIONS: &[(&str, &[&str])] = &[("bench", &["order.cancelled"])];
+static SUBSCRIPTIONS: &[Contract] = &[Contract {
+    service: "bench",
+    produces: &[OrderCancelled::KEY],
+    consumes: &[OrderCancelled::KEY],
+}];
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -39,8 +40,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .transpose()?
         .unwrap_or(20_000);
     let max_batch: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(64);
-    let url = std::env::var("AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let url = test_support::amqp_url();
     let prefix = format!("bench-{}.", uuid::Uuid::new_v4().simple());
     let amqp = AmqpConfig {
         url: url.clone(),
@@ -67,7 +67,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     user_id: "bench".into(),
                     reason: "timeout".into(),
                 };
-                outbox::enqueue(&tx, "bench", &ev, &TraceContext::default())
+                Writer::new(&tx, "bench")
+                    .enqueue(&ev, &TraceContext::default())
                     .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
             }
             tx.commit()
@@ -93,7 +94,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         n as f64 / publish.as_secs_f64()
     );
 
-    let mut cfg = ConsumerConfig::new(amqp.clone(), "bench", &["order.cancelled"]);
+    let mut cfg = ConsumerConfig::new(amqp.clone(), "bench", SUBSCRIPTIONS[0].consumes);
     cfg.max_batch = max_batch;
     let consumer = Consumer::new(cfg, consumer_db.clone(), Arc::new(Insert), None, metrics);
     let consume_start = Instant::now();

@@ -4,9 +4,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::{Connection, ConnectionProperties};
+use observability::redact::redact_url;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::contract::Contract;
 use crate::{MessagingError, MessagingMetrics, Topology};
 
 /// Where the broker is and how names are prefixed. Inert data; cheap to clone. Its `Debug`
@@ -19,9 +21,11 @@ pub struct AmqpConfig {
     pub topology: Topology,
     /// Name shown in the broker's connection list (`rabbitmqctl list_connections client_properties`).
     pub connection_name: String,
-    /// Consumer queues the relay declares before publishing: `(consumer, routing keys)`.
-    /// Services pass [`events::SUBSCRIPTIONS`](crate::events::SUBSCRIPTIONS); empty declares none.
-    pub subscriptions: &'static [(&'static str, &'static [&'static str])],
+    /// Services whose queues (and bindings) the relay declares before publishing, so nothing it
+    /// publishes is lost for want of a queue. Services pass
+    /// [`contract::SERVICES`](crate::contract::SERVICES) (those without a queue are skipped);
+    /// empty declares none.
+    pub subscriptions: &'static [Contract],
 }
 
 /// Returns (nack + requeue) a quorum queue allows before dead-lettering. Every declaration of
@@ -35,16 +39,6 @@ impl std::fmt::Debug for AmqpConfig {
             .field("topology", &self.topology)
             .field("connection_name", &self.connection_name)
             .finish_non_exhaustive()
-    }
-}
-
-/// `amqp://user:pass@host/vhost` → `amqp://***@host/vhost`, for logs and errors.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
-        }
-        _ => url.to_owned(),
     }
 }
 
@@ -167,6 +161,5 @@ mod tests {
             "{shown}"
         );
         assert!(shown.contains("amqp://***@broker:5672/%2f"), "{shown}");
-        assert_eq!(redact_url("amqp://localhost"), "amqp://localhost");
     }
 }

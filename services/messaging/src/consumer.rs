@@ -10,6 +10,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::broker::Reconnect;
+use crate::events::SagaEvent;
+use crate::outbox::Writer;
 use crate::{
     inbox, trace_context, AmqpConfig, BrokerStatus, CloudEvent, Db, MessagingError,
     MessagingMetrics, OutboxNotifier, TraceContext,
@@ -21,6 +23,8 @@ pub struct ConsumerConfig {
     pub amqp: AmqpConfig,
     /// Consumer name: the queue is `<prefix><name>`, the inbox rows are keyed by it.
     pub name: String,
+    /// The service the handler's events are from (their CloudEvents `source`). Default: `name`.
+    pub source: String,
     /// Routing keys bound to the queue (`#` for everything).
     pub bindings: Vec<String>,
     /// Unacked deliveries the broker may push at once. Default 64.
@@ -37,6 +41,7 @@ impl ConsumerConfig {
         Self {
             amqp,
             name: name.to_owned(),
+            source: name.to_owned(),
             bindings: bindings.iter().map(|s| (*s).to_owned()).collect(),
             prefetch: 64,
             max_batch: 64,
@@ -70,36 +75,57 @@ impl From<serde_json::Error> for HandlerError {
 /// A delivery as handlers see it.
 #[derive(Debug, Clone)]
 pub struct Incoming {
+    /// The envelope as received.
     pub event: CloudEvent,
     /// Continue this trace in events the handler emits.
     pub trace: TraceContext,
     pub redelivered: bool,
 }
 
+impl Incoming {
+    /// The saga event inside, to `match` on: `Ok(None)` for a routing key outside the catalogue,
+    /// a [`HandlerError::Permanent`] (dead-letter) for a payload that does not fit its key.
+    pub fn saga(&self) -> Result<Option<SagaEvent>, HandlerError> {
+        Ok(SagaEvent::decode(&self.event)?)
+    }
+
+    /// The routing key the event travels under.
+    pub fn routing_key(&self) -> &str {
+        self.event.routing_key()
+    }
+}
+
 /// A service's reaction to events.
 #[async_trait::async_trait]
 pub trait Handler: Send + Sync + 'static {
+    /// What [`prepare`](Self::prepare) hands to [`apply`](Self::apply) (a provider's answer);
+    /// `()` for handlers that prepare nothing.
+    type Prepared: Default + Send + 'static;
+
     /// Work done before the transaction, outside the database lock: calls to outside systems,
     /// simulated latency. Its result is handed to [`apply`](Self::apply). Runs again on
     /// redelivery unless the inbox already has the message, so it must be safe to repeat.
-    async fn prepare(&self, _msg: &Incoming) -> Result<Option<serde_json::Value>, HandlerError> {
-        Ok(None)
+    /// Default: nothing (`Prepared::default()`).
+    async fn prepare(&self, _msg: &Incoming) -> Result<Self::Prepared, HandlerError> {
+        Ok(Self::Prepared::default())
     }
 
-    /// True when [`prepare`](Self::prepare) does real work for `event` (reads state, calls out,
+    /// True when [`prepare`](Self::prepare) does real work for `msg` (reads state, calls out,
     /// waits). The consumer then commits the messages before it first, so `prepare` sees their
     /// effects exactly as if every message had its own transaction. Default: false.
-    fn prepares(&self, _event: &CloudEvent) -> bool {
+    fn prepares(&self, _msg: &Incoming) -> bool {
         false
     }
 
-    /// The effect, inside the transaction (a savepoint of it) that also writes the inbox row;
-    /// write outbox rows through `conn` too. An error rolls back this message's writes only.
+    /// The effect, inside the transaction (a savepoint of it) that also writes the inbox row.
+    /// `tx` derefs to the connection; write outbox rows through [`Writer::enqueue`] (as the
+    /// consumer's service; the relay is woken after the commit). An error rolls back this
+    /// message's writes only.
     fn apply(
         &self,
-        conn: &rusqlite::Connection,
+        tx: &Writer<'_>,
         msg: &Incoming,
-        prepared: Option<serde_json::Value>,
+        prepared: Self::Prepared,
     ) -> Result<(), HandlerError>;
 }
 
@@ -279,7 +305,7 @@ impl<H: Handler> Consumer<H> {
                 outcomes.push(Some(Ok(Outcome::Duplicate)));
                 continue;
             }
-            if self.handler.prepares(&msg.event) && !work.is_empty() {
+            if self.handler.prepares(msg) && !work.is_empty() {
                 self.flush(&mut work, &mut outcomes).await;
             }
             let prepared = tokio::select! {
@@ -324,7 +350,7 @@ impl<H: Handler> Consumer<H> {
     /// Commits the prepared messages in one transaction and records each one's outcome.
     async fn flush(
         &self,
-        work: &mut Vec<Work>,
+        work: &mut Vec<Work<H::Prepared>>,
         outcomes: &mut [Option<Result<Outcome, HandlerError>>],
     ) {
         if work.is_empty() {
@@ -334,9 +360,10 @@ impl<H: Handler> Consumer<H> {
         let indexes: Vec<usize> = batch.iter().map(|w| w.0).collect();
         let handler = self.handler.clone();
         let consumer = self.config.name.clone();
+        let source = self.config.source.clone();
         let applied = self
             .db
-            .call(move |c| apply_all(c, &consumer, handler.as_ref(), batch))
+            .call(move |c| apply_all(c, &consumer, &source, handler.as_ref(), batch))
             .await;
         match applied {
             Ok(results) => {
@@ -439,13 +466,7 @@ impl Settle {
 }
 
 /// One prepared message: (index in the batch, message id, message, prepared data, span).
-type Work = (
-    usize,
-    String,
-    Incoming,
-    Option<serde_json::Value>,
-    tracing::Span,
-);
+type Work<P> = (usize, String, Incoming, P, tracing::Span);
 
 /// What became of one message of a batch: (index in the batch, outcome).
 type Applied = (usize, Result<Outcome, HandlerError>);
@@ -466,14 +487,9 @@ fn delivered(d: Option<Result<Delivery, lapin::Error>>) -> Result<Delivery, Mess
 fn apply_all<H: Handler>(
     c: &mut rusqlite::Connection,
     consumer: &str,
+    source: &str,
     handler: &H,
-    work: Vec<(
-        usize,
-        String,
-        Incoming,
-        Option<serde_json::Value>,
-        tracing::Span,
-    )>,
+    work: Vec<Work<H::Prepared>>,
 ) -> Result<Vec<Applied>, rusqlite::Error> {
     let mut tx = c.transaction()?;
     let mut results = Vec::with_capacity(work.len());
@@ -483,7 +499,7 @@ fn apply_all<H: Handler>(
         let result = match inbox::claim(&sp, consumer, &message_id, &msg.event.ty) {
             Ok(false) => Ok(Outcome::Duplicate),
             Ok(true) => handler
-                .apply(&sp, &msg, prepared)
+                .apply(&Writer::new(&sp, source), &msg, prepared)
                 .map(|()| Outcome::Processed),
             Err(e) => Err(e.into()),
         };

@@ -49,14 +49,10 @@ impl CloudEvent {
             .unwrap_or(&self.ty)
     }
 
-    /// True when this event carries payload `E`.
-    pub fn is<E: Event>(&self) -> bool {
-        self.routing_key() == E::KEY
-    }
-
-    /// Decodes the payload as `E`.
+    /// Decodes the payload as `E` (whatever the routing key; to decode by routing key, use
+    /// [`SagaEvent::decode`](crate::events::SagaEvent::decode)).
     pub fn decode<E: Event>(&self) -> Result<E, serde_json::Error> {
-        serde_json::from_value(self.data.clone())
+        E::deserialize(&self.data)
     }
 }
 

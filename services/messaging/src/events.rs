@@ -1,11 +1,33 @@
-//! The event catalogue: every payload that travels on `shop.events`, with its routing key.
+//! The event catalogue: every payload that travels on `shop.events`, with its routing key, and
+//! [`SagaEvent`], the one enum of them that handlers match on.
 //!
 //! These types are the contract between services (documented in docs/events.md and
-//! docs/asyncapi.yaml). None of them carries a secret: the payment token is the provider's opaque,
-//! single-use reference, never card data.
+//! docs/asyncapi.yaml; who produces and consumes which is [`crate::contract`]). None of them
+//! carries a secret: the payment token is the provider's opaque, single-use reference, never
+//! card data.
+//!
+//! # How to use
+//!
+//! ```
+//! use messaging::events::{OrderCancelled, SagaEvent};
+//! use messaging::CloudEvent;
+//!
+//! let cancelled = OrderCancelled {
+//!     order_id: "o-1".into(),
+//!     user_id: "u-1".into(),
+//!     reason: "timeout".into(),
+//! };
+//! let envelope = CloudEvent::new("orders", &cancelled).unwrap();
+//! match SagaEvent::decode(&envelope).unwrap() {
+//!     Some(SagaEvent::OrderCancelled(c)) => assert_eq!(c.reason, "timeout"),
+//!     other => panic!("{other:?}"),
+//! }
+//! ```
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+
+use crate::CloudEvent;
 
 /// A payload with a fixed routing key; the CloudEvents type is `shop.<KEY>.v1`.
 pub trait Event: Serialize + DeserializeOwned {
@@ -13,44 +35,6 @@ pub trait Event: Serialize + DeserializeOwned {
     const KEY: &'static str;
     /// The CloudEvents `subject`: the order id.
     fn subject(&self) -> String;
-}
-
-/// Who consumes what: the one subscription map, `(consumer, routing keys)`.
-///
-/// Every service's relay declares all of these queues before it publishes, so an event
-/// published before one of its consumers ever started is still routed to that consumer's
-/// queue (a queue that does not exist yet receives nothing, and `mandatory` only catches
-/// events that reach no queue at all).
-pub const SUBSCRIPTIONS: &[(&str, &[&str])] = &[
-    (
-        "inventory",
-        &["order.placed", "order.paid", "order.cancelled"],
-    ),
-    (
-        "orders",
-        &[
-            "order.placed",
-            "stock.reserved",
-            "stock.rejected",
-            "payment.succeeded",
-            "payment.failed",
-            "shipment.scheduled",
-        ],
-    ),
-    (
-        "payment",
-        &["order.placed", "stock.reserved", "order.cancelled"],
-    ),
-    ("shipping", &["order.paid"]),
-    ("audit", &["#"]),
-];
-
-/// The routing keys `consumer` is bound to, if it is in [`SUBSCRIPTIONS`].
-pub fn subscription(consumer: &str) -> Option<&'static [&'static str]> {
-    SUBSCRIPTIONS
-        .iter()
-        .find(|(name, _)| *name == consumer)
-        .map(|(_, keys)| *keys)
 }
 
 /// One order line, priced when it was added to the cart.
@@ -175,3 +159,111 @@ pub struct OrderCancelled {
     pub reason: String,
 }
 event!(OrderCancelled, "order.cancelled");
+
+/// Declares [`SagaEvent`] over the event types, so its variants, keys and decoding can never
+/// disagree with the types' [`Event::KEY`] constants.
+macro_rules! saga_events {
+    ($($ty:ident),* $(,)?) => {
+        /// One of the saga's events, decoded from its envelope: what handlers `match` on.
+        ///
+        /// Adding an event type here makes every exhaustive `match` in the handlers fail to compile
+        /// until it is handled (or explicitly ignored).
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum SagaEvent {
+            $(
+                #[doc = concat!("`", stringify!($ty), "`")]
+                $ty($ty),
+            )*
+        }
+
+        impl SagaEvent {
+            /// Every routing key of the catalogue, in declaration order.
+            pub const KEYS: &'static [&'static str] = &[$(<$ty as Event>::KEY),*];
+
+            /// The event inside `envelope`, by its routing key. `Ok(None)` for a routing key that is
+            /// not in the catalogue (an event of a newer producer, a test event); `Err` when the key is
+            /// known but the payload does not fit its type (a poison message).
+            pub fn decode(envelope: &CloudEvent) -> Result<Option<Self>, serde_json::Error> {
+                let key = envelope.routing_key();
+                $(
+                    if key == <$ty as Event>::KEY {
+                        return envelope.decode::<$ty>().map(|e| Some(SagaEvent::$ty(e)));
+                    }
+                )*
+                Ok(None)
+            }
+
+            /// The routing key it travels under.
+            pub fn key(&self) -> &'static str {
+                match self {
+                    $(SagaEvent::$ty(_) => <$ty as Event>::KEY,)*
+                }
+            }
+
+            /// The order it is about (every saga event carries one; also the CloudEvents `subject`).
+            pub fn order_id(&self) -> &str {
+                match self {
+                    $(SagaEvent::$ty(e) => &e.order_id,)*
+                }
+            }
+        }
+
+        $(
+            impl From<$ty> for SagaEvent {
+                fn from(e: $ty) -> Self {
+                    SagaEvent::$ty(e)
+                }
+            }
+        )*
+    };
+}
+
+saga_events!(
+    OrderPlaced,
+    StockReserved,
+    StockRejected,
+    StockCommitted,
+    StockReleased,
+    PaymentSucceeded,
+    PaymentFailed,
+    PaymentRefunded,
+    ShipmentScheduled,
+    OrderPaid,
+    OrderCancelled,
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_decodes_to_its_variant_and_others_are_not_saga_events() {
+        let placed = OrderPlaced {
+            order_id: "o-1".into(),
+            user_id: "u".into(),
+            items: vec![],
+            total_cents: 5,
+            currency: "EUR".into(),
+            payment_token: "tok_visa".into(),
+        };
+        let envelope = CloudEvent::new("cart", &placed).unwrap();
+        let decoded = SagaEvent::decode(&envelope).unwrap().unwrap();
+        assert_eq!(decoded, SagaEvent::OrderPlaced(placed.clone()));
+        assert_eq!(decoded.key(), "order.placed");
+        assert_eq!(decoded.order_id(), "o-1");
+
+        // Known key, wrong payload: an error (the handler dead-letters it), never a guess.
+        let mut bad = envelope.clone();
+        bad.ty = "shop.stock.reserved.v1".into();
+        bad.data = serde_json::json!({"order_id": 7});
+        assert!(SagaEvent::decode(&bad).is_err());
+        // A key outside the catalogue is no saga event.
+        bad.ty = "shop.test.event.v1".into();
+        assert_eq!(SagaEvent::decode(&bad).unwrap(), None);
+
+        let mut keys = SagaEvent::KEYS.to_vec();
+        keys.sort_unstable();
+        keys.dedup();
+        assert_eq!(keys.len(), 11, "{keys:?}");
+    }
+}

@@ -22,7 +22,7 @@ pub fn claim(
 ) -> Result<bool, rusqlite::Error> {
     let inserted = conn.execute(
         "INSERT OR IGNORE INTO inbox (consumer, message_id, event_type, handled_at) VALUES (?1, ?2, ?3, ?4)",
-        params![consumer, message_id, event_type, crate::outbox::now_rfc3339()],
+        params![consumer, message_id, event_type, crate::clock::now_rfc3339()],
     )?;
     Ok(inserted == 1)
 }

@@ -6,14 +6,23 @@
 //! ```text
 //! let db = Db::open(path)?;                      // one SQLite file per service
 //! messaging::migrate(&db).await?;                // outbox + inbox tables
-//! // in a request or handler transaction:
-//! outbox::enqueue(&tx, "orders", &OrderCancelled { .. }, &trace)?;
 //! // spawn the relay and the consumer; both stop when `shutdown` is cancelled:
 //! let (relay, notifier) = Relay::new(amqp.clone(), db.clone(), metrics.clone());
 //! tokio::spawn(relay.run(shutdown.clone()));
-//! let consumer = Consumer::new(config, db, handler, Some(notifier), metrics);
+//! let consumer = Consumer::new(config, db.clone(), handler, Some(notifier.clone()), metrics);
 //! tokio::spawn(consumer.run(shutdown.clone()));
+//! // outside a handler, write events through the service's outbox handle:
+//! let outbox = Outbox::new(db, "orders", notifier);
+//! outbox.transaction(|w| w.enqueue(&OrderCancelled { .. }, &trace)).await?;
+//! // a handler matches on the saga event and writes through the consumer's transaction:
+//! match msg.saga()? {
+//!     Some(SagaEvent::OrderPlaced(placed)) => { tx.enqueue(&StockReserved { .. }, &msg.trace)?; }
+//!     _ => {}
+//! }
 //! ```
+//!
+//! Who produces and consumes which routing key is [`contract`]; the event types and
+//! [`SagaEvent`] are [`events`].
 //!
 //! Delivery guarantees: publishing is at-least-once (outbox + publisher confirms), consuming is
 //! effectively-once per consumer (inbox row in the handler's transaction, ack after commit).
@@ -22,7 +31,9 @@
 //! even be parsed is rejected without requeue and goes to the DLQ at once.
 
 mod broker;
+pub mod clock;
 mod consumer;
+pub mod contract;
 mod db;
 mod envelope;
 mod error;
@@ -34,13 +45,15 @@ mod relay;
 mod topology;
 pub mod trace_context;
 
-pub use broker::{redact_url, AmqpConfig, BrokerStatus, DEFAULT_DELIVERY_LIMIT};
+pub use broker::{AmqpConfig, BrokerStatus, DEFAULT_DELIVERY_LIMIT};
 pub use consumer::{Consumer, ConsumerConfig, Handler, HandlerError, Incoming};
+pub use contract::Contract;
 pub use db::Db;
 pub use envelope::{CloudEvent, CONTENT_TYPE};
 pub use error::MessagingError;
-pub use events::Event;
+pub use events::{Event, SagaEvent};
 pub use metrics::{ConsumeLabels, MessagingMetrics, PublishLabels};
+pub use outbox::{Outbox, Writer};
 pub use relay::{OutboxNotifier, Relay};
 pub use topology::Topology;
 pub use trace_context::TraceContext;

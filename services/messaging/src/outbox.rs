@@ -1,10 +1,16 @@
 //! The transactional outbox: events are rows written in the caller's transaction; the
 //! [`Relay`](crate::Relay) publishes them.
+//!
+//! Services write through an [`Outbox`] handle (`service-kit` binds one to the service's name):
+//! `outbox.transaction(|w| { …; w.enqueue(&event, &trace) })` commits and wakes the relay. A
+//! consumer's [`Handler`](crate::Handler) gets a [`Writer`] for the consumer's transaction.
+
+use std::cell::Cell;
 
 use rusqlite::{params, Connection, OptionalExtension};
-use time::OffsetDateTime;
 
-use crate::{CloudEvent, Event, MessagingError, TraceContext};
+use crate::clock::{now_ms, now_rfc3339};
+use crate::{CloudEvent, Db, Event, MessagingError, OutboxNotifier, TraceContext};
 
 pub(crate) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS outbox (
@@ -24,20 +30,119 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_unsent ON outbox (next_attempt_ms) WHERE sent_at IS NULL;
 ";
 
-/// Writes `data` as a CloudEvent row in the caller's transaction (pass the `Transaction`, which
-/// derefs to `Connection`, or a handler's `conn`). Nothing is published unless it commits.
-pub fn enqueue<E: Event>(
-    conn: &Connection,
-    source: &str,
-    data: &E,
-    trace: &TraceContext,
-) -> Result<CloudEvent, MessagingError> {
-    let event = CloudEvent::new(source, data)?;
-    enqueue_event(conn, &event, trace)?;
-    Ok(event)
+/// Writes events into the outbox as one service, inside a transaction someone else commits: a
+/// [`Handler`](crate::Handler)'s (the consumer commits it and wakes the relay) or an
+/// [`Outbox::transaction`]'s (which commits it and wakes the relay). Derefs to the transaction's
+/// [`Connection`], so the same value serves the service's own writes.
+pub struct Writer<'c> {
+    conn: &'c Connection,
+    source: &'c str,
+    wrote: Cell<bool>,
 }
 
-/// Writes an already-built event (tests use this to publish hand-made envelopes).
+impl<'c> Writer<'c> {
+    /// A writer for `source` (the service's name, CloudEvents source `/shop/<source>`) over an open
+    /// transaction. Whoever commits `conn` must wake the relay afterwards, which is why services
+    /// get their writers from [`Outbox::transaction`] or a consumer, never from here.
+    pub fn new(conn: &'c Connection, source: &'c str) -> Self {
+        Self {
+            conn,
+            source,
+            wrote: Cell::new(false),
+        }
+    }
+
+    /// Writes `data` as a CloudEvent row. Nothing is published unless the transaction commits.
+    pub fn enqueue<E: Event>(
+        &self,
+        data: &E,
+        trace: &TraceContext,
+    ) -> Result<CloudEvent, MessagingError> {
+        let event = CloudEvent::new(self.source, data)?;
+        enqueue_event(self.conn, &event, trace)?;
+        self.wrote.set(true);
+        Ok(event)
+    }
+
+    /// The service the events are from.
+    pub fn source(&self) -> &str {
+        self.source
+    }
+
+    /// True once a row was written through this writer.
+    pub fn wrote(&self) -> bool {
+        self.wrote.get()
+    }
+}
+
+impl std::ops::Deref for Writer<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.conn
+    }
+}
+
+/// A service's outbox: its database, the name its events are from, and the relay to wake. Bound
+/// once (by `service-kit`), so callers can neither misname the source nor forget to wake the
+/// relay after their transaction commits. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    db: Db,
+    source: &'static str,
+    notifier: OutboxNotifier,
+}
+
+impl Outbox {
+    /// The outbox of `source` in `db`; `notifier` wakes its relay.
+    pub fn new(db: Db, source: &'static str, notifier: OutboxNotifier) -> Self {
+        Self {
+            db,
+            source,
+            notifier,
+        }
+    }
+
+    /// Runs `f` in one transaction and commits it when `f` returns `Ok` (rolls back otherwise).
+    /// If `f` wrote events through its [`Writer`], the relay is woken after the commit, so they
+    /// go out at once instead of at the next poll.
+    pub async fn transaction<F, R, E>(&self, f: F) -> Result<R, E>
+    where
+        F: FnOnce(&Writer<'_>) -> Result<R, E> + Send + 'static,
+        R: Send + 'static,
+        E: From<rusqlite::Error> + Send + 'static,
+    {
+        let source = self.source;
+        let (result, wrote) = self
+            .db
+            .call(move |c| {
+                let tx = c.transaction()?;
+                let writer = Writer::new(&tx, source);
+                let result = f(&writer)?;
+                let wrote = writer.wrote();
+                tx.commit()?;
+                Ok::<_, E>((result, wrote))
+            })
+            .await?;
+        if wrote {
+            self.notifier.wake();
+        }
+        Ok(result)
+    }
+
+    /// The database the rows live in.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// The service the events are from.
+    pub fn source(&self) -> &'static str {
+        self.source
+    }
+}
+
+/// Writes an already-built event (tests use this to publish hand-made envelopes; services write
+/// through a [`Writer`]).
 pub fn enqueue_event(
     conn: &Connection,
     event: &CloudEvent,
@@ -135,14 +240,4 @@ pub fn sent_at(conn: &Connection, event_id: &str) -> Result<Option<String>, rusq
     )
     .optional()
     .map(Option::flatten)
-}
-
-fn now_ms() -> i64 {
-    (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
-}
-
-pub(crate) fn now_rfc3339() -> String {
-    OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }

@@ -76,10 +76,10 @@ impl Relay {
         let ch = conn.create_channel().await?;
         ch.confirm_select(ConfirmSelectOptions::default()).await?;
         self.amqp.topology.declare_exchange(&ch).await?;
-        for (consumer, keys) in self.amqp.subscriptions {
+        for c in self.amqp.subscriptions.iter().filter(|c| c.has_queue()) {
             self.amqp
                 .topology
-                .declare_consumer(&ch, consumer, keys, crate::DEFAULT_DELIVERY_LIMIT)
+                .declare_consumer(&ch, c.service, c.consumes, crate::DEFAULT_DELIVERY_LIMIT)
                 .await?;
         }
         reconnect.connected();

@@ -10,19 +10,20 @@ use std::time::Duration;
 use lapin::options::{BasicGetOptions, BasicPublishOptions};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use messaging::{
-    outbox, AmqpConfig, CloudEvent, Consumer, ConsumerConfig, Db, Handler, HandlerError, Incoming,
-    MessagingMetrics, Relay, Topology, TraceContext,
+    outbox, AmqpConfig, CloudEvent, Consumer, ConsumerConfig, Contract, Db, Handler, HandlerError,
+    Incoming, MessagingMetrics, Relay, Topology, TraceContext, Writer,
 };
 
 use tokio_util::sync::CancellationToken;
 
-fn amqp_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
+use test_support::amqp_url;
 
 /// Connects or fails the test with instructions; never skips.
 async fn broker() -> Connection {
     let url = amqp_url();
+    if let Err(why) = test_support::require_rabbitmq(&url) {
+        panic!("{why}");
+    }
     match tokio::time::timeout(
         Duration::from_secs(5),
         Connection::connect(&url, ConnectionProperties::default()),
@@ -31,9 +32,8 @@ async fn broker() -> Connection {
     {
         Ok(Ok(c)) => c,
         other => panic!(
-            "RabbitMQ is not reachable at AMQP_URL ({}): {:?}. Start one with `rabbitmq-server -detached` \
-             (or point AMQP_URL at a running broker).",
-            messaging::redact_url(&url),
+            "RabbitMQ answers at {} but refused the connection: {:?}",
+            observability::redact::redact_url(&url),
             other.map(|r| r.err()),
         ),
     }
@@ -144,12 +144,9 @@ struct Recorder {
 }
 
 impl Handler for Recorder {
-    fn apply(
-        &self,
-        tx: &rusqlite::Connection,
-        msg: &Incoming,
-        _prepared: Option<serde_json::Value>,
-    ) -> Result<(), HandlerError> {
+    type Prepared = ();
+
+    fn apply(&self, tx: &Writer<'_>, msg: &Incoming, _prepared: ()) -> Result<(), HandlerError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let ev: TestEvent = msg.event.decode()?;
         match ev.mode.as_str() {
@@ -427,12 +424,9 @@ struct SlowFirst {
 }
 
 impl Handler for SlowFirst {
-    fn apply(
-        &self,
-        tx: &rusqlite::Connection,
-        msg: &Incoming,
-        prepared: Option<serde_json::Value>,
-    ) -> Result<(), HandlerError> {
+    type Prepared = ();
+
+    fn apply(&self, tx: &Writer<'_>, msg: &Incoming, prepared: ()) -> Result<(), HandlerError> {
         self.inner.apply(tx, msg, prepared)?;
         if let Some(tell) = self.first.lock().unwrap().take() {
             tell.send(()).unwrap();
@@ -509,7 +503,18 @@ async fn a_consumer_killed_before_ack_gets_the_message_again_and_the_effect_happ
     fx.cleanup().await;
 }
 
-static SUBSCRIPTIONS: &[(&str, &[&str])] = &[("svc", &["test.#"]), ("other", &["#"])];
+static SUBSCRIPTIONS: &[Contract] = &[
+    Contract {
+        service: "svc",
+        produces: &[],
+        consumes: &["test.#"],
+    },
+    Contract {
+        service: "other",
+        produces: &[],
+        consumes: &["#"],
+    },
+];
 
 #[tokio::test]
 async fn an_event_published_before_its_consumer_ever_started_waits_in_its_queue() {

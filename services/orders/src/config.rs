@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use service_kit::{BaseConfig, ConfigErrors, Env, EnvParser};
+use service_kit::{BaseConfig, ConfigErrors, EnvParser, EnvSource};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -11,14 +11,16 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigErrors> {
+    pub fn from_env(env: &dyn EnvSource) -> Result<Self, ConfigErrors> {
         let mut p = EnvParser::new(env);
-        let base = BaseConfig::parse(&mut p, "orders", 7004);
+        let base = BaseConfig::parse(&mut p, &crate::SERVICE);
         let secs: f64 = p.parse("ORDERS_PAYMENT_TIMEOUT_SECS", 30.0);
         if !(secs > 0.0 && secs.is_finite()) {
-            p.error(format!(
-                "ORDERS_PAYMENT_TIMEOUT_SECS={secs}: must be positive"
-            ));
+            p.invalid(
+                "ORDERS_PAYMENT_TIMEOUT_SECS",
+                secs.to_string(),
+                "must be positive",
+            );
         }
         p.finish().map(|()| Config {
             base,

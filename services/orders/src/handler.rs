@@ -1,10 +1,7 @@
 use std::time::Duration;
 
-use messaging::events::{
-    OrderPlaced, PaymentFailed, PaymentSucceeded, ShipmentScheduled, StockRejected, StockReserved,
-};
-use messaging::{Handler, HandlerError, Incoming};
-use rusqlite::Connection;
+use messaging::events::SagaEvent;
+use messaging::{clock, Handler, HandlerError, Incoming, Writer};
 
 use crate::domain::Fact;
 use crate::store::{self, StoreError};
@@ -21,55 +18,54 @@ impl OrdersHandler {
 }
 
 impl Handler for OrdersHandler {
-    fn apply(
-        &self,
-        tx: &Connection,
-        msg: &Incoming,
-        _prepared: Option<serde_json::Value>,
-    ) -> Result<(), HandlerError> {
-        let ev = &msg.event;
-        let (order_id, fact) = if ev.is::<OrderPlaced>() {
-            let p: OrderPlaced = ev.decode()?;
-            let placed_ms = (ev.time.unix_timestamp_nanos() / 1_000_000) as i64;
-            let deadline_ms = placed_ms + self.payment_timeout.as_millis() as i64;
-            (
-                p.order_id,
-                Fact::Placed {
-                    user_id: p.user_id,
-                    items: p.items,
-                    total_cents: p.total_cents,
-                    currency: p.currency,
-                    deadline_ms,
-                    traceparent: msg.trace.traceparent.clone(),
-                },
-            )
-        } else if ev.is::<StockReserved>() {
-            (ev.decode::<StockReserved>()?.order_id, Fact::StockReserved)
-        } else if ev.is::<StockRejected>() {
-            let r: StockRejected = ev.decode()?;
-            (r.order_id, Fact::StockRejected { reason: r.reason })
-        } else if ev.is::<PaymentSucceeded>() {
-            let p: PaymentSucceeded = ev.decode()?;
-            (
+    type Prepared = ();
+
+    fn apply(&self, tx: &Writer<'_>, msg: &Incoming, _prepared: ()) -> Result<(), HandlerError> {
+        let (order_id, fact) = match msg.saga()? {
+            Some(SagaEvent::OrderPlaced(p)) => {
+                let placed_ms = clock::unix_ms(msg.event.time);
+                let deadline_ms = placed_ms + self.payment_timeout.as_millis() as i64;
+                (
+                    p.order_id,
+                    Fact::Placed {
+                        user_id: p.user_id,
+                        items: p.items,
+                        total_cents: p.total_cents,
+                        currency: p.currency,
+                        deadline_ms,
+                        traceparent: msg.trace.traceparent.clone(),
+                    },
+                )
+            }
+            Some(SagaEvent::StockReserved(r)) => (r.order_id, Fact::StockReserved),
+            Some(SagaEvent::StockRejected(r)) => {
+                (r.order_id, Fact::StockRejected { reason: r.reason })
+            }
+            Some(SagaEvent::PaymentSucceeded(p)) => (
                 p.order_id,
                 Fact::PaymentSucceeded {
                     payment_id: p.payment_id,
                 },
-            )
-        } else if ev.is::<PaymentFailed>() {
-            let p: PaymentFailed = ev.decode()?;
-            (p.order_id, Fact::PaymentFailed { reason: p.reason })
-        } else if ev.is::<ShipmentScheduled>() {
-            let s: ShipmentScheduled = ev.decode()?;
-            (
+            ),
+            Some(SagaEvent::PaymentFailed(p)) => {
+                (p.order_id, Fact::PaymentFailed { reason: p.reason })
+            }
+            Some(SagaEvent::ShipmentScheduled(s)) => (
                 s.order_id,
                 Fact::ShipmentScheduled {
                     shipment_id: s.shipment_id,
                     tracking_number: s.tracking_number,
                 },
+            ),
+            // Orders' own events and the ones it is not bound to (messaging::contract::ORDERS).
+            Some(
+                SagaEvent::StockCommitted(_)
+                | SagaEvent::StockReleased(_)
+                | SagaEvent::PaymentRefunded(_)
+                | SagaEvent::OrderPaid(_)
+                | SagaEvent::OrderCancelled(_),
             )
-        } else {
-            return Ok(());
+            | None => return Ok(()),
         };
         match store::handle(tx, &order_id, fact, &msg.trace) {
             Ok(_) => Ok(()),

@@ -2,9 +2,10 @@ use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
-use service_kit::{AppError, Identity, Query};
+use service_kit::{AppError, Identity, OwnerOrAdmin, Query};
 
-use crate::{store, AppState};
+use crate::store::{self, OrderView};
+use crate::AppState;
 
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -22,7 +23,7 @@ async fn list(
     State(s): State<AppState>,
     id: Identity,
     Query(q): Query<ListQuery>,
-) -> Result<Json<Vec<serde_json::Value>>, AppError> {
+) -> Result<Json<Vec<OrderView>>, AppError> {
     let limit = q.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
         return Err(AppError::BadRequest("limit must be 1 to 500".into()));
@@ -36,10 +37,10 @@ async fn list(
 /// Another user's order is a 404, not a 403: its existence is not revealed. Admins see all.
 async fn one(
     State(s): State<AppState>,
-    id: Identity,
+    who: OwnerOrAdmin,
     Path(order_id): Path<String>,
-) -> Result<Json<serde_json::Value>, AppError> {
-    let owner = (!id.is_admin()).then_some(id.user_id);
+) -> Result<Json<OrderView>, AppError> {
+    let owner = who.into_owner();
     s.db.call(move |c| store::view(c, &order_id, owner.as_deref()))
         .await?
         .map(Json)

@@ -17,7 +17,7 @@ mod timeout;
 
 use std::sync::Arc;
 
-use service_kit::{Kit, KitError};
+use service_kit::{Kit, KitError, Service};
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
@@ -50,19 +50,19 @@ CREATE INDEX IF NOT EXISTS orders_view_open ON orders_view (deadline_ms)
     WHERE status IN ('PENDING', 'STOCK_RESERVED');
 ";
 
+/// orders as the kit runs it: [`messaging::contract::ORDERS`], port 7004 by default.
+pub const SERVICE: Service = service_kit::service!(messaging::contract::ORDERS, 7004);
+
 #[derive(Clone)]
 pub struct AppState {
     pub db: messaging::Db,
 }
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), KitError> {
-    let mut kit = Kit::start("orders", config.base.clone(), MIGRATIONS, shutdown).await?;
-    kit.consume(
-        "orders",
-        Arc::new(OrdersHandler::new(config.payment_timeout)),
-    )?;
-    let (db, notifier) = (kit.db.clone(), kit.notifier.clone());
-    kit.spawn(move |shutdown| timeout::run(db, notifier, shutdown));
+    let mut kit = Kit::start(SERVICE, config.base.clone(), MIGRATIONS, shutdown).await?;
+    kit.consume(Arc::new(OrdersHandler::new(config.payment_timeout)))?;
+    let outbox = kit.outbox();
+    kit.spawn(move |shutdown| timeout::run(outbox, shutdown));
     let final_orders = outcomes::Outcomes::default();
     kit.registry.register(
         "shop_orders_final",

@@ -1,11 +1,11 @@
 //! The event store and the read model.
 
-use messaging::events::{OrderCancelled, OrderPaid};
-use messaging::{outbox, MessagingError, TraceContext};
+use messaging::events::{OrderCancelled, OrderLine, OrderPaid};
+use messaging::{MessagingError, TraceContext, Writer};
 use rusqlite::{params, Connection, OptionalExtension};
-use serde_json::json;
+use serde::Serialize;
 
-use crate::domain::{decide, fold, Fact, Order, OrderEvent, UnknownOrder};
+use crate::domain::{decide, fold, Fact, HistoryEntry, Order, OrderEvent, Status, UnknownOrder};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -33,10 +33,10 @@ pub fn load(conn: &Connection, order_id: &str) -> Result<Option<Order>, StoreErr
     Ok(fold(order_id, events.iter().map(|(e, a)| (e, a.as_str()))))
 }
 
-/// Decides on `fact`, appends the resulting events, projects the read model and, for a
-/// cancellation, writes `order.cancelled` to the outbox. Call inside a transaction.
+/// Decides on `fact`, appends the resulting events, projects the read model and writes
+/// `order.paid` / `order.cancelled` to the outbox, all in the caller's transaction `conn`.
 pub fn handle(
-    conn: &Connection,
+    conn: &Writer<'_>,
     order_id: &str,
     fact: Fact,
     trace: &TraceContext,
@@ -59,9 +59,7 @@ pub fn handle(
     project(conn, &order)?;
     for ev in &new {
         if let OrderEvent::Paid { payment_id } = ev {
-            outbox::enqueue(
-                conn,
-                "orders",
+            conn.enqueue(
                 &OrderPaid {
                     order_id: order_id.to_owned(),
                     user_id: order.user_id.clone(),
@@ -72,9 +70,7 @@ pub fn handle(
             )?;
         }
         if let OrderEvent::Cancelled { reason } = ev {
-            outbox::enqueue(
-                conn,
-                "orders",
+            conn.enqueue(
                 &OrderCancelled {
                     order_id: order_id.to_owned(),
                     user_id: order.user_id.clone(),
@@ -130,18 +126,44 @@ pub fn rebuild_view(conn: &mut Connection) -> Result<usize, StoreError> {
     Ok(ids.len())
 }
 
-fn view_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<serde_json::Value> {
-    let items: String = r.get(2)?;
-    let history: String = r.get(5)?;
-    Ok(json!({
-        "id": r.get::<_, String>(0)?,
-        "status": r.get::<_, String>(1)?,
-        "items": serde_json::from_str::<serde_json::Value>(&items).unwrap_or_default(),
-        "total_cents": r.get::<_, i64>(3)?,
-        "currency": r.get::<_, String>(4)?,
-        "history": serde_json::from_str::<serde_json::Value>(&history).unwrap_or_default(),
-        "placed_at": r.get::<_, String>(6)?,
-    }))
+/// One order as the read model shows it (`GET /api/orders`, `GET /api/orders/{id}`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OrderView {
+    pub id: String,
+    pub status: Status,
+    pub items: Vec<OrderLine>,
+    pub total_cents: i64,
+    pub currency: String,
+    /// Every status the order went through, oldest first, with the cancellation's reason.
+    pub history: Vec<HistoryEntry>,
+    /// When it was placed (RFC 3339).
+    pub placed_at: String,
+}
+
+/// A JSON column of `orders_view`, decoded.
+fn json_column<T: serde::de::DeserializeOwned>(
+    r: &rusqlite::Row<'_>,
+    index: usize,
+) -> rusqlite::Result<T> {
+    let text: String = r.get(index)?;
+    serde_json::from_str(&text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+fn view_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OrderView> {
+    let status: String = r.get(1)?;
+    Ok(OrderView {
+        id: r.get(0)?,
+        status: serde_json::from_value(serde_json::Value::String(status)).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, Box::new(e))
+        })?,
+        items: json_column(r, 2)?,
+        total_cents: r.get(3)?,
+        currency: r.get(4)?,
+        history: json_column(r, 5)?,
+        placed_at: r.get(6)?,
+    })
 }
 
 const VIEW_COLUMNS: &str = "id, status, items, total_cents, currency, history, placed_at, user_id";
@@ -151,7 +173,7 @@ pub fn view(
     conn: &Connection,
     order_id: &str,
     user_id: Option<&str>,
-) -> Result<Option<serde_json::Value>, rusqlite::Error> {
+) -> Result<Option<OrderView>, rusqlite::Error> {
     conn.query_row(
         &format!(
             "SELECT {VIEW_COLUMNS} FROM orders_view WHERE id = ?1 AND (?2 IS NULL OR user_id = ?2)"
@@ -167,7 +189,7 @@ pub fn list(
     conn: &Connection,
     user_id: &str,
     limit: i64,
-) -> Result<Vec<serde_json::Value>, rusqlite::Error> {
+) -> Result<Vec<OrderView>, rusqlite::Error> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {VIEW_COLUMNS} FROM orders_view WHERE user_id = ?1 ORDER BY placed_at DESC, id DESC LIMIT ?2"
     ))?;
@@ -187,6 +209,16 @@ pub fn overdue(conn: &Connection, now_ms: i64) -> Result<Vec<String>, rusqlite::
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`handle`] with orders' writer over `c`.
+    fn handle(
+        c: &Connection,
+        order_id: &str,
+        fact: Fact,
+        trace: &TraceContext,
+    ) -> Result<Option<Order>, StoreError> {
+        super::handle(&Writer::new(c, "orders"), order_id, fact, trace)
+    }
 
     #[test]
     fn the_read_model_can_be_rebuilt_from_the_events() {
@@ -212,7 +244,7 @@ mod tests {
             view(&c, "o1", Some("u")).unwrap(),
             view(&c, "o2", None).unwrap(),
         );
-        assert_eq!(before.1.as_ref().unwrap()["status"], "CANCELLED");
+        assert_eq!(before.1.as_ref().unwrap().status.as_str(), "CANCELLED");
         assert!(view(&c, "o1", Some("someone-else")).unwrap().is_none());
         assert_eq!(rebuild_view(&mut c).unwrap(), 2);
         assert_eq!(

@@ -1,5 +1,5 @@
 use messaging::events::{OrderPlaced, PaymentFailed, PaymentRefunded, PaymentSucceeded};
-use messaging::{outbox, MessagingError, TraceContext};
+use messaging::{MessagingError, TraceContext, Writer};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
@@ -116,7 +116,7 @@ pub enum PaymentError {
 /// Records the provider's answer (once per order) and emits the matching event. A success for
 /// an order already cancelled is refunded at once.
 pub fn record_charge(
-    conn: &Connection,
+    conn: &Writer<'_>,
     order_id: &str,
     intent: &Intent,
     outcome: &ChargeOutcome,
@@ -139,9 +139,7 @@ pub fn record_charge(
     )?;
     match reason {
         None => {
-            outbox::enqueue(
-                conn,
-                "payment",
+            conn.enqueue(
                 &PaymentSucceeded {
                     order_id: order_id.to_owned(),
                     user_id: intent.user_id.clone(),
@@ -156,9 +154,7 @@ pub fn record_charge(
             }
         }
         Some(reason) => {
-            outbox::enqueue(
-                conn,
-                "payment",
+            conn.enqueue(
                 &PaymentFailed {
                     order_id: order_id.to_owned(),
                     reason: reason.to_owned(),
@@ -173,7 +169,7 @@ pub fn record_charge(
 
 /// Refunds a successful charge of a cancelled order (no-op otherwise).
 pub fn refund(
-    conn: &Connection,
+    conn: &Writer<'_>,
     order_id: &str,
     trace: &TraceContext,
 ) -> Result<bool, PaymentError> {
@@ -184,9 +180,7 @@ pub fn refund(
         "UPDATE payments SET status = 'REFUNDED', reason = 'order_cancelled', updated_at = ?1 WHERE id = ?2",
         params![service_kit::now_rfc3339(), p.id],
     )?;
-    outbox::enqueue(
-        conn,
-        "payment",
+    conn.enqueue(
         &PaymentRefunded {
             order_id: order_id.to_owned(),
             payment_id: p.id,

@@ -1,6 +1,5 @@
-use messaging::events::{OrderCancelled, OrderPlaced, StockReserved};
-use messaging::{Db, Handler, HandlerError, Incoming};
-use rusqlite::Connection;
+use messaging::events::{SagaEvent, StockReserved};
+use messaging::{Db, Event, Handler, HandlerError, Incoming, Writer};
 
 use crate::domain::{self, PaymentError};
 use crate::provider::{self, ChargeOutcome, ProviderConfig};
@@ -25,16 +24,20 @@ fn map(e: PaymentError) -> HandlerError {
 
 #[async_trait::async_trait]
 impl Handler for PaymentHandler {
-    fn prepares(&self, event: &messaging::CloudEvent) -> bool {
-        event.is::<StockReserved>()
+    /// The provider's answer for `stock.reserved`; `None` when no charge was made (another
+    /// event, or the order is already paid or cancelled).
+    type Prepared = Option<ChargeOutcome>;
+
+    fn prepares(&self, msg: &Incoming) -> bool {
+        msg.routing_key() == StockReserved::KEY
     }
 
     /// Calls the provider for `stock.reserved`, unless the order is already paid or cancelled.
-    async fn prepare(&self, msg: &Incoming) -> Result<Option<serde_json::Value>, HandlerError> {
-        if !msg.event.is::<StockReserved>() {
+    async fn prepare(&self, msg: &Incoming) -> Result<Option<ChargeOutcome>, HandlerError> {
+        let Some(SagaEvent::StockReserved(reserved)) = msg.saga()? else {
             return Ok(None);
-        }
-        let order_id = msg.event.decode::<StockReserved>()?.order_id;
+        };
+        let order_id = reserved.order_id;
         let lookup = order_id.clone();
         let (intent, paid, cancelled) = self
             .db
@@ -54,32 +57,32 @@ impl Handler for PaymentHandler {
         if paid || cancelled {
             return Ok(None);
         }
-        let outcome = provider::charge(&self.provider, &intent.token).await;
-        Ok(Some(serde_json::to_value(outcome)?))
+        Ok(Some(provider::charge(&self.provider, &intent.token).await))
     }
 
     fn apply(
         &self,
-        tx: &Connection,
+        tx: &Writer<'_>,
         msg: &Incoming,
-        prepared: Option<serde_json::Value>,
+        prepared: Option<ChargeOutcome>,
     ) -> Result<(), HandlerError> {
-        let ev = &msg.event;
-        if ev.is::<OrderPlaced>() {
-            domain::record_intent(tx, &ev.decode()?)?;
-        } else if ev.is::<StockReserved>() {
-            let Some(outcome) = prepared else {
-                return Ok(());
-            };
-            let outcome: ChargeOutcome = serde_json::from_value(outcome)?;
-            let order_id = ev.decode::<StockReserved>()?.order_id;
-            let intent = domain::intent(tx, &order_id)?
-                .ok_or_else(|| HandlerError::Transient(format!("no intent for {order_id}")))?;
-            domain::record_charge(tx, &order_id, &intent, &outcome, &msg.trace).map_err(map)?;
-        } else if ev.is::<OrderCancelled>() {
-            let c: OrderCancelled = ev.decode()?;
-            domain::mark_cancelled(tx, &c.order_id, &c.reason)?;
-            domain::refund(tx, &c.order_id, &msg.trace).map_err(map)?;
+        match msg.saga()? {
+            Some(SagaEvent::OrderPlaced(placed)) => domain::record_intent(tx, &placed)?,
+            Some(SagaEvent::StockReserved(reserved)) => {
+                let Some(outcome) = prepared else {
+                    return Ok(());
+                };
+                let order_id = reserved.order_id;
+                let intent = domain::intent(tx, &order_id)?
+                    .ok_or_else(|| HandlerError::Transient(format!("no intent for {order_id}")))?;
+                domain::record_charge(tx, &order_id, &intent, &outcome, &msg.trace).map_err(map)?;
+            }
+            Some(SagaEvent::OrderCancelled(c)) => {
+                domain::mark_cancelled(tx, &c.order_id, &c.reason)?;
+                domain::refund(tx, &c.order_id, &msg.trace).map_err(map)?;
+            }
+            // Not bound to payment's queue (messaging::contract::PAYMENT).
+            Some(_) | None => {}
         }
         Ok(())
     }

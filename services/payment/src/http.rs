@@ -2,7 +2,7 @@ use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
-use service_kit::{AppError, Identity, Query};
+use service_kit::{AppError, OwnerOrAdmin, Query};
 
 use crate::domain::{self, Payment};
 use crate::AppState;
@@ -21,10 +21,10 @@ struct ListQuery {
 /// The caller's payments (an admin sees everyone's), optionally for one order.
 async fn list(
     State(s): State<AppState>,
-    id: Identity,
+    who: OwnerOrAdmin,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Vec<Payment>>, AppError> {
-    let owner = (!id.is_admin()).then_some(id.user_id);
+    let owner = who.into_owner();
     Ok(Json(
         s.db.call(move |c| domain::list(c, owner.as_deref(), q.order_id.as_deref()))
             .await?,

@@ -16,7 +16,7 @@ pub mod provider;
 
 use std::sync::Arc;
 
-use service_kit::{Kit, KitError};
+use service_kit::{Kit, KitError, Service};
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
@@ -51,15 +51,18 @@ CREATE TABLE IF NOT EXISTS cancelled_orders (
 );
 ";
 
+/// payment as the kit runs it: [`messaging::contract::PAYMENT`], port 7005 by default.
+pub const SERVICE: Service = service_kit::service!(messaging::contract::PAYMENT, 7005);
+
 #[derive(Clone)]
 pub struct AppState {
     pub db: messaging::Db,
 }
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), KitError> {
-    let mut kit = Kit::start("payment", config.base.clone(), MIGRATIONS, shutdown).await?;
+    let mut kit = Kit::start(SERVICE, config.base.clone(), MIGRATIONS, shutdown).await?;
     let handler = PaymentHandler::new(kit.db.clone(), config.provider.clone());
-    kit.consume("payment", Arc::new(handler))?;
+    kit.consume(Arc::new(handler))?;
     let state = AppState { db: kit.db.clone() };
     kit.serve(router(state)).await
 }

@@ -1,23 +1,5 @@
-//! Run with `cargo run --bin payment` (env: see `payment::Config`).
+//! Run with `cargo run --bin payment` (env: see `payment::Config`; exit codes: see `service_kit::main`).
 
-use service_kit::ProcessEnv;
-
-/// Exit code for a configuration error (sysexits `EX_USAGE`).
-const EX_USAGE: i32 = 64;
-
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let telemetry = observability::init("payment", env!("CARGO_PKG_VERSION"))?;
-    let config = match payment::Config::from_env(&ProcessEnv) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("payment: {e}");
-            std::process::exit(EX_USAGE);
-        }
-    };
-    let shutdown = service_kit::shutdown_on_signals();
-    let result = payment::run(config, shutdown).await;
-    telemetry.shutdown();
-    result?;
-    Ok(())
+fn main() -> std::process::ExitCode {
+    service_kit::main(payment::SERVICE, payment::Config::from_env, payment::run)
 }

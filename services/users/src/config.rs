@@ -1,4 +1,4 @@
-use service_kit::{BaseConfig, ConfigErrors, Env, EnvParser};
+use service_kit::{BaseConfig, ConfigErrors, EnvParser, EnvSource};
 
 use crate::passwords::Argon2Params;
 
@@ -42,9 +42,9 @@ impl std::fmt::Debug for Config {
 }
 
 impl Config {
-    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigErrors> {
+    pub fn from_env(env: &dyn EnvSource) -> Result<Self, ConfigErrors> {
         let mut p = EnvParser::new(env);
-        let base = BaseConfig::parse(&mut p, "users", 7001);
+        let base = BaseConfig::parse(&mut p, &crate::SERVICE);
         let c = Config {
             base,
             issuer: p.string("USERS_JWT_ISSUER", "vantage-users"),
@@ -62,17 +62,21 @@ impl Config {
             ),
         };
         if c.hash_concurrency == 0 {
-            p.error("USERS_HASH_CONCURRENCY=0: must be at least 1".into());
+            p.invalid("USERS_HASH_CONCURRENCY", "0", "must be at least 1");
         }
         if c.token_ttl_secs == 0 {
-            p.error("USERS_TOKEN_TTL_SECS=0: must be positive".into());
+            p.invalid("USERS_TOKEN_TTL_SECS", "0", "must be positive");
         }
         if c.admin_email.is_some() != c.admin_password.is_some() {
-            p.error("SHOP_ADMIN_EMAIL and SHOP_ADMIN_PASSWORD must be set together".into());
+            p.error(
+                "SHOP_ADMIN_EMAIL",
+                "SHOP_ADMIN_EMAIL and SHOP_ADMIN_PASSWORD must be set together",
+            );
         }
         if c.argon2.memory_kib < 8 || c.argon2.iterations == 0 {
             p.error(
-                "USERS_ARGON2_MEMORY_KIB >= 8 and USERS_ARGON2_ITERATIONS >= 1 required".into(),
+                "USERS_ARGON2_MEMORY_KIB",
+                "USERS_ARGON2_MEMORY_KIB >= 8 and USERS_ARGON2_ITERATIONS >= 1 required",
             );
         }
         p.finish().map(|()| c)

@@ -13,7 +13,7 @@ pub mod passwords;
 
 use std::sync::Arc;
 
-use service_kit::{Kit, KitError};
+use service_kit::{Kit, KitError, Service};
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
@@ -38,6 +38,9 @@ CREATE TABLE IF NOT EXISTS signing_keys (
     retired_at INTEGER
 );
 ";
+
+/// users as the kit runs it: [`messaging::contract::USERS`], port 7001 by default.
+pub const SERVICE: Service = service_kit::service!(messaging::contract::USERS, 7001);
 
 /// Shared by the HTTP handlers.
 #[derive(Clone)]
@@ -140,7 +143,7 @@ pub enum StartError {
 
 /// Starts the service and serves until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
-    let kit = Kit::start("users", config.base.clone(), MIGRATIONS, shutdown).await?;
+    let kit = Kit::start(SERVICE, config.base.clone(), MIGRATIONS, shutdown).await?;
     let state = AppState::new(kit.db.clone(), config);
     state.db.call(keys::ensure_active).await?;
     ensure_admin(&state).await?;
