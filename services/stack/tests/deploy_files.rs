@@ -93,7 +93,8 @@ fn compose_runs_every_service_from_the_one_dockerfile_after_rabbitmq_is_healthy(
         );
         assert_eq!(
             str_of(svc, &["environment", "AMQP_URL"]),
-            Some("amqp://guest:guest@rabbitmq:5672/%2f")
+            Some("amqp://${RABBITMQ_USER:-guest}:${RABBITMQ_PASSWORD:-guest}@rabbitmq:5672/%2f"),
+            "{name} uses the broker user compose creates"
         );
         assert_eq!(
             str_of(svc, &["environment", "OTEL_SERVICE_NAME"]),
@@ -136,9 +137,10 @@ fn compose_publishes_only_the_agreed_ports() {
     }
     let expected: BTreeSet<String> = [
         "gateway 8080:8080",
-        "grafana 3000:3000",
-        "jaeger 16686:16686",
-        "rabbitmq 15672:15672",
+        // Operator UIs: loopback only.
+        "grafana 127.0.0.1:3000:3000",
+        "jaeger 127.0.0.1:16686:16686",
+        "rabbitmq 127.0.0.1:15672:15672",
         // Loopback only: for the no-Docker stack on the same machine.
         "rabbitmq 127.0.0.1:5672:5672",
         "jaeger 127.0.0.1:4317:4317",
@@ -148,6 +150,80 @@ fn compose_publishes_only_the_agreed_ports() {
     .map(String::from)
     .collect();
     assert_eq!(published, expected);
+}
+
+fn networks_of(svc: &Value) -> BTreeSet<String> {
+    svc["networks"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .map(|n| n.as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn compose_puts_only_the_gateway_on_the_edge_and_the_rest_on_an_internal_network() {
+    let mut doc = yaml("docker-compose.yml");
+    doc.apply_merge().unwrap();
+    let networks = &doc["networks"];
+    assert_eq!(networks["internal"]["internal"], true, "no route out");
+    for open in ["edge", "ops"] {
+        assert!(
+            networks[open].get("internal").is_none_or(|v| *v == false),
+            "{open} can publish ports"
+        );
+    }
+    let services = compose_services();
+    let set =
+        |names: &[&str]| -> BTreeSet<String> { names.iter().map(|n| n.to_string()).collect() };
+    assert_eq!(
+        networks_of(&services["gateway"]),
+        set(&["edge", "internal"])
+    );
+    for name in SERVICES {
+        assert_eq!(networks_of(&services[name]), set(&["internal"]), "{name}");
+    }
+    assert_eq!(networks_of(&services["prometheus"]), set(&["internal"]));
+    for ui in ["rabbitmq", "jaeger", "grafana"] {
+        assert_eq!(
+            networks_of(&services[ui]),
+            set(&["internal", "ops"]),
+            "{ui}"
+        );
+    }
+    // Every service is on some network (none falls back to the default network), and only
+    // the gateway publishes a port beyond loopback.
+    for (name, svc) in &services {
+        assert!(!networks_of(svc).is_empty(), "{name} names its networks");
+        for port in svc["ports"].as_sequence().into_iter().flatten() {
+            let port = port.as_str().unwrap();
+            assert!(
+                name == "gateway" || port.starts_with("127.0.0.1:"),
+                "{name} publishes {port} beyond loopback"
+            );
+        }
+        if networks_of(svc).contains("edge") {
+            assert_eq!(name, "gateway", "only the gateway is on the edge network");
+        }
+    }
+}
+
+#[test]
+fn compose_operator_uis_take_credentials_from_the_environment() {
+    let services = compose_services();
+    let grafana = &services["grafana"]["environment"];
+    assert_eq!(grafana["GF_AUTH_ANONYMOUS_ENABLED"], "false");
+    let password = grafana["GF_SECURITY_ADMIN_PASSWORD"].as_str().unwrap();
+    assert!(
+        password.starts_with("${GRAFANA_ADMIN_PASSWORD:?"),
+        "required, no default: {password}"
+    );
+    let rabbitmq = &services["rabbitmq"]["environment"];
+    assert_eq!(rabbitmq["RABBITMQ_DEFAULT_USER"], "${RABBITMQ_USER:-guest}");
+    assert_eq!(
+        rabbitmq["RABBITMQ_DEFAULT_PASS"],
+        "${RABBITMQ_PASSWORD:-guest}"
+    );
 }
 
 #[test]
