@@ -30,7 +30,7 @@ import subprocess
 import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
-INSTALL = "pip install kubernetes-validate"
+INSTALL = "bash deploy/k8s/install-tools.sh (or: pip install kubernetes-validate)"
 
 try:
     import jsonschema
@@ -50,9 +50,8 @@ def renderer():
     if shutil.which("kubectl"):
         return ["kubectl", "kustomize"]
     print(
-        "validate.py: neither `kustomize` nor `kubectl` is on PATH; install kubectl (it embeds "
-        "kustomize), e.g. `apt-get install kubectl` from the Kubernetes apt repository, or "
-        "kustomize from its release page",
+        "validate.py: neither `kustomize` nor `kubectl` (which embeds kustomize) is on PATH; "
+        "install it with: bash deploy/k8s/install-tools.sh",
         file=sys.stderr,
     )
     sys.exit(3)

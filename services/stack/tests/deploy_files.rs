@@ -530,8 +530,8 @@ fn k8s_manifests_validate_offline_against_the_kubernetes_and_crd_schemas() {
     let script = root().join("deploy/k8s/validate.py");
     assert!(
         kubernetes::which("python3"),
-        "validating deploy/k8s needs python3 with kubernetes-validate: \
-         install with `apt-get install python3 python3-pip && pip install kubernetes-validate`"
+        "validating deploy/k8s needs python3; then install the rest with: \
+         bash deploy/k8s/install-tools.sh"
     );
     let out = Command::new("python3").arg(&script).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -42,9 +42,8 @@ fn render(dir: &Path) -> Vec<Value> {
         vec!["kubectl", "kustomize"]
     } else {
         panic!(
-            "rendering deploy/k8s needs kustomize or kubectl (which embeds kustomize) on PATH; \
-             install kubectl from the Kubernetes apt repository (`apt-get install kubectl`) — \
-             .ci/run checks for it"
+            "rendering deploy/k8s needs kustomize v5 or kubectl (which embeds it) on PATH; \
+             install it with: bash deploy/k8s/install-tools.sh (as root; .ci/run does)"
         )
     };
     let out = Command::new(tool[0])
