@@ -18,6 +18,7 @@
 //! prefix are flags (see `stack --help`), so tests run isolated stacks side by side.
 
 pub mod config;
+pub mod contract;
 pub mod demo;
 pub mod error;
 pub mod gateway_config;

@@ -1,13 +1,23 @@
-//! The Docker path cannot run here (no engine), so these tests hold its files to the
-//! same facts the no-Docker stack uses: every service is in the compose file, on the
-//! port Prometheus scrapes, built from the one Dockerfile, started after a healthy
-//! RabbitMQ; only the agreed ports are published; dashboards are well-formed.
+//! The Docker and Kubernetes paths cannot run here (no engine, no cluster), so these tests
+//! hold their files to the same facts the no-Docker stack uses: every service is in the
+//! compose file, on the port Prometheus scrapes, built from the one Dockerfile, started after
+//! a healthy RabbitMQ; only the agreed ports are published; dashboards are well-formed. The
+//! Kubernetes manifests (deploy/k8s) are rendered and validated offline against the Kubernetes
+//! schemas, and their NetworkPolicies must allow exactly the connections of the contract
+//! (`stack::contract` and the messaging contract).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use serde_yaml::Value;
 use stack::config::{DEFAULT_BASE_PORT, SERVICES};
+use stack::contract::{self, Workload, HTTP_CALLS};
+
+#[path = "deploy_files/kubernetes.rs"]
+mod kubernetes;
+
+use kubernetes::{find, labels, of_kind, outside, rendered, Connection, Protocol};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -83,7 +93,8 @@ fn compose_runs_every_service_from_the_one_dockerfile_after_rabbitmq_is_healthy(
         );
         assert_eq!(
             str_of(svc, &["environment", "AMQP_URL"]),
-            Some("amqp://guest:guest@rabbitmq:5672/%2f")
+            Some("amqp://${RABBITMQ_USER:-guest}:${RABBITMQ_PASSWORD:-guest}@rabbitmq:5672/%2f"),
+            "{name} uses the broker user compose creates"
         );
         assert_eq!(
             str_of(svc, &["environment", "OTEL_SERVICE_NAME"]),
@@ -126,9 +137,10 @@ fn compose_publishes_only_the_agreed_ports() {
     }
     let expected: BTreeSet<String> = [
         "gateway 8080:8080",
-        "grafana 3000:3000",
-        "jaeger 16686:16686",
-        "rabbitmq 15672:15672",
+        // Operator UIs: loopback only.
+        "grafana 127.0.0.1:3000:3000",
+        "jaeger 127.0.0.1:16686:16686",
+        "rabbitmq 127.0.0.1:15672:15672",
         // Loopback only: for the no-Docker stack on the same machine.
         "rabbitmq 127.0.0.1:5672:5672",
         "jaeger 127.0.0.1:4317:4317",
@@ -138,6 +150,80 @@ fn compose_publishes_only_the_agreed_ports() {
     .map(String::from)
     .collect();
     assert_eq!(published, expected);
+}
+
+fn networks_of(svc: &Value) -> BTreeSet<String> {
+    svc["networks"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .map(|n| n.as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn compose_puts_only_the_gateway_on_the_edge_and_the_rest_on_an_internal_network() {
+    let mut doc = yaml("docker-compose.yml");
+    doc.apply_merge().unwrap();
+    let networks = &doc["networks"];
+    assert_eq!(networks["internal"]["internal"], true, "no route out");
+    for open in ["edge", "ops"] {
+        assert!(
+            networks[open].get("internal").is_none_or(|v| *v == false),
+            "{open} can publish ports"
+        );
+    }
+    let services = compose_services();
+    let set =
+        |names: &[&str]| -> BTreeSet<String> { names.iter().map(|n| n.to_string()).collect() };
+    assert_eq!(
+        networks_of(&services["gateway"]),
+        set(&["edge", "internal"])
+    );
+    for name in SERVICES {
+        assert_eq!(networks_of(&services[name]), set(&["internal"]), "{name}");
+    }
+    assert_eq!(networks_of(&services["prometheus"]), set(&["internal"]));
+    for ui in ["rabbitmq", "jaeger", "grafana"] {
+        assert_eq!(
+            networks_of(&services[ui]),
+            set(&["internal", "ops"]),
+            "{ui}"
+        );
+    }
+    // Every service is on some network (none falls back to the default network), and only
+    // the gateway publishes a port beyond loopback.
+    for (name, svc) in &services {
+        assert!(!networks_of(svc).is_empty(), "{name} names its networks");
+        for port in svc["ports"].as_sequence().into_iter().flatten() {
+            let port = port.as_str().unwrap();
+            assert!(
+                name == "gateway" || port.starts_with("127.0.0.1:"),
+                "{name} publishes {port} beyond loopback"
+            );
+        }
+        if networks_of(svc).contains("edge") {
+            assert_eq!(name, "gateway", "only the gateway is on the edge network");
+        }
+    }
+}
+
+#[test]
+fn compose_operator_uis_take_credentials_from_the_environment() {
+    let services = compose_services();
+    let grafana = &services["grafana"]["environment"];
+    assert_eq!(grafana["GF_AUTH_ANONYMOUS_ENABLED"], "false");
+    let password = grafana["GF_SECURITY_ADMIN_PASSWORD"].as_str().unwrap();
+    assert!(
+        password.starts_with("${GRAFANA_ADMIN_PASSWORD:?"),
+        "required, no default: {password}"
+    );
+    let rabbitmq = &services["rabbitmq"]["environment"];
+    assert_eq!(rabbitmq["RABBITMQ_DEFAULT_USER"], "${RABBITMQ_USER:-guest}");
+    assert_eq!(
+        rabbitmq["RABBITMQ_DEFAULT_PASS"],
+        "${RABBITMQ_PASSWORD:-guest}"
+    );
 }
 
 #[test]
@@ -433,6 +519,670 @@ fn the_dockerfile_builds_once_and_runs_one_binary_unprivileged() {
         assert!(
             ignore.lines().any(|l| l.trim() == excluded),
             "{excluded} stays out of the build context"
+        );
+    }
+}
+
+// === Kubernetes (deploy/k8s) ===================================================================
+
+#[test]
+fn k8s_manifests_validate_offline_against_the_kubernetes_and_crd_schemas() {
+    let script = root().join("deploy/k8s/validate.py");
+    assert!(
+        kubernetes::which("python3"),
+        "validating deploy/k8s needs python3; then install the rest with: \
+         bash deploy/k8s/install-tools.sh"
+    );
+    let out = Command::new("python3").arg(&script).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() != Some(3),
+        "a tool the manifest check needs is missing:\n{stderr}"
+    );
+    assert!(
+        out.status.success(),
+        "deploy/k8s does not validate (python3 deploy/k8s/validate.py):\n{stdout}{stderr}"
+    );
+    for k in kubernetes::KUSTOMIZATIONS {
+        assert!(
+            stdout.contains(&format!("ok   deploy/k8s/{k}:")),
+            "{k} was not validated:\n{stdout}"
+        );
+    }
+}
+
+/// Which mesh a rendering puts the workloads in.
+#[derive(Clone, Copy, Debug)]
+enum Mesh {
+    None,
+    Linkerd,
+    IstioAmbient,
+}
+
+/// RabbitMQ's own ports between the nodes of one cluster: epmd, Erlang distribution, CLI tools.
+fn rabbitmq_cluster_ports() -> impl Iterator<Item = u16> {
+    [4369, 25672].into_iter().chain(35672..=35682)
+}
+/// The operator reaches the management API over TLS; Prometheus the TLS metrics port.
+const RABBITMQ_MANAGEMENT_TLS_PORT: u16 = 15671;
+const RABBITMQ_METRICS_TLS_PORT: u16 = 15691;
+/// Istio ambient's HBONE tunnel port on every meshed pod.
+const HBONE_PORT: u16 = 15008;
+
+/// The connections a rendering must allow, and nothing else: the contract's HTTP calls, every
+/// broker client (every consumer of the messaging contract among them) to the broker, every
+/// workload to the collector and the collector to Jaeger, what RabbitMQ needs for itself,
+/// Prometheus to the ops and metrics ports, anyone outside to the public gateway ports, DNS
+/// from every pod; plus what the mesh needs.
+fn expected_connections(docs: &[Value], mesh: Mesh) -> BTreeSet<Connection> {
+    use outside::*;
+    let broker = of_kind(docs, "RabbitmqCluster")[0]["metadata"]["name"]
+        .as_str()
+        .unwrap();
+    let tcp = Connection::tcp;
+    let mut e = BTreeSet::new();
+    for c in HTTP_CALLS {
+        e.insert(tcp(c.from.name(), c.to.name(), c.to.api_port()));
+    }
+    let clients: BTreeSet<Workload> = contract::broker_clients().collect();
+    for (consumer, _) in messaging::events::SUBSCRIPTIONS {
+        let w = Workload::from_name(consumer)
+            .unwrap_or_else(|| panic!("consumer {consumer} is not a workload of the contract"));
+        assert!(
+            clients.contains(&w),
+            "{consumer} consumes events but is not a broker client in stack::contract"
+        );
+    }
+    for w in &clients {
+        e.insert(tcp(w.name(), broker, contract::BROKER_AMQPS_PORT));
+    }
+    for w in Workload::ALL {
+        e.insert(tcp(w.name(), "otel-collector", contract::OTLP_GRPC_PORT));
+        e.insert(tcp(PROMETHEUS, w.name(), w.ops_port()));
+    }
+    e.insert(tcp("otel-collector", "jaeger", contract::OTLP_GRPC_PORT));
+    for port in rabbitmq_cluster_ports() {
+        e.insert(tcp(broker, broker, port));
+    }
+    e.insert(tcp(RABBITMQ_OPERATOR, broker, RABBITMQ_MANAGEMENT_TLS_PORT));
+    e.insert(tcp(PROMETHEUS, broker, RABBITMQ_METRICS_TLS_PORT));
+    let peers = kubernetes::peers(docs);
+    for p in &peers {
+        if p.in_namespace() {
+            for protocol in [Protocol::Udp, Protocol::Tcp] {
+                e.insert(Connection {
+                    from: p.name.clone(),
+                    to: KUBE_DNS.to_owned(),
+                    protocol,
+                    port: 53,
+                });
+            }
+        } else {
+            e.insert(tcp(&p.name, "gateway", contract::GATEWAY_PUBLIC_PORT));
+            e.insert(tcp(&p.name, "gateway", contract::GATEWAY_PUBLIC_TLS_PORT));
+        }
+    }
+    match mesh {
+        Mesh::None => {}
+        Mesh::Linkerd => {
+            for w in Workload::ALL {
+                e.insert(tcp(w.name(), LINKERD_DESTINATION, 8086));
+                e.insert(tcp(w.name(), LINKERD_DESTINATION, 8090));
+                e.insert(tcp(w.name(), LINKERD_IDENTITY, 8080));
+            }
+        }
+        Mesh::IstioAmbient => {
+            let inside: BTreeSet<&str> = peers
+                .iter()
+                .filter(|p| p.in_namespace())
+                .map(|p| p.name.as_str())
+                .collect();
+            let tunnelled: Vec<Connection> = e
+                .iter()
+                .filter(|c| inside.contains(c.from.as_str()) && inside.contains(c.to.as_str()))
+                .map(|c| tcp(&c.from, &c.to, HBONE_PORT))
+                .collect();
+            e.extend(tunnelled);
+            for (pod, port) in probe_ports(docs) {
+                e.insert(tcp(ZTUNNEL_PROBES, &pod, port));
+            }
+            // The operator probes RabbitMQ's AMQPS port.
+            e.insert(tcp(ZTUNNEL_PROBES, broker, contract::BROKER_AMQPS_PORT));
+        }
+    }
+    e
+}
+
+/// The container port a probe or Service port refers to, by number or by name.
+fn resolve_port(container: &Value, port: &Value) -> u16 {
+    if let Some(n) = port.as_u64() {
+        return n as u16;
+    }
+    let name = port.as_str().unwrap();
+    container["ports"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == name)
+        .and_then(|p| p["containerPort"].as_u64())
+        .unwrap_or_else(|| panic!("no container port named {name}")) as u16
+}
+
+/// (pod name, readiness probe port) of every Deployment and StatefulSet.
+fn probe_ports(docs: &[Value]) -> Vec<(String, u16)> {
+    let mut out = Vec::new();
+    for kind in ["Deployment", "StatefulSet"] {
+        for w in of_kind(docs, kind) {
+            let template = &w["spec"]["template"];
+            let name = labels(&template["metadata"]["labels"])["app.kubernetes.io/name"].clone();
+            for c in template["spec"]["containers"].as_sequence().unwrap() {
+                let probe = &c["readinessProbe"];
+                let port = probe["httpGet"]
+                    .get("port")
+                    .or_else(|| probe["tcpSocket"].get("port"))
+                    .unwrap_or_else(|| panic!("{name} has no readiness probe"));
+                out.push((name.clone(), resolve_port(c, port)));
+            }
+        }
+    }
+    out
+}
+
+/// Ports worth asking about besides the ones the policies name: every container port, and
+/// ports that must stay closed (plain AMQP and management, Jaeger's UI, SSH, the API server).
+fn probe_universe(docs: &[Value]) -> Vec<(Protocol, u16)> {
+    let mut ports = vec![22, 80, 443, 5672, 6443, 15672, 15692, 16686];
+    for kind in ["Deployment", "StatefulSet"] {
+        for w in of_kind(docs, kind) {
+            for c in w["spec"]["template"]["spec"]["containers"]
+                .as_sequence()
+                .unwrap()
+            {
+                for p in c["ports"].as_sequence().into_iter().flatten() {
+                    ports.push(p["containerPort"].as_u64().unwrap() as u16);
+                }
+            }
+        }
+    }
+    ports.into_iter().map(|p| (Protocol::Tcp, p)).collect()
+}
+
+/// The differences between what `docs` allow and what they should, as readable lines.
+fn policy_differences(docs: &[Value], mesh: Mesh) -> (Vec<String>, Vec<String>) {
+    let allowed = kubernetes::allowed_connections(docs, probe_universe(docs));
+    let expected = expected_connections(docs, mesh);
+    let extra = allowed
+        .difference(&expected)
+        .map(ToString::to_string)
+        .collect();
+    let missing = expected
+        .difference(&allowed)
+        .map(ToString::to_string)
+        .collect();
+    (extra, missing)
+}
+
+fn assert_policies_allow_exactly_the_contract(name: &str, mesh: Mesh, ip_blocks: &[&str]) {
+    let docs = rendered(name);
+    let blocks = kubernetes::Policies::new(docs).ip_blocks();
+    assert_eq!(
+        blocks,
+        ip_blocks.iter().map(|b| b.to_string()).collect(),
+        "{name}: unexpected ipBlocks (pod addresses are not modelled; use selectors)"
+    );
+    let (extra, missing) = policy_differences(docs, mesh);
+    assert!(
+        extra.is_empty() && missing.is_empty(),
+        "{name}: the NetworkPolicies do not match the contract (services/stack/src/contract.rs, \
+         messaging::events::SUBSCRIPTIONS).\nallowed but not in the contract:\n  {}\n\
+         in the contract but blocked:\n  {}",
+        extra.join("\n  "),
+        missing.join("\n  ")
+    );
+}
+
+#[test]
+fn k8s_network_policies_allow_exactly_the_contract() {
+    assert_policies_allow_exactly_the_contract("base", Mesh::None, &[]);
+}
+
+#[test]
+fn k8s_linkerd_network_policies_add_only_the_control_plane() {
+    assert_policies_allow_exactly_the_contract("overlays/linkerd", Mesh::Linkerd, &[]);
+}
+
+#[test]
+fn k8s_istio_ambient_network_policies_tunnel_only_the_contract() {
+    assert_policies_allow_exactly_the_contract(
+        "overlays/istio-ambient",
+        Mesh::IstioAmbient,
+        &["169.254.7.127/32"],
+    );
+}
+
+/// The check above is only worth something if it notices a change: drop the cart -> inventory
+/// rule and open Jaeger's UI, and it must report exactly that.
+#[test]
+fn k8s_network_policy_check_notices_a_missing_call_and_an_extra_opening() {
+    let mut docs = rendered("base").to_vec();
+    for d in &mut docs {
+        if d["kind"] != "NetworkPolicy" {
+            continue;
+        }
+        let name = d["metadata"]["name"].as_str().unwrap().to_owned();
+        let spec = d.get_mut("spec").unwrap();
+        if name == "cart" {
+            let egress = spec
+                .get_mut("egress")
+                .and_then(Value::as_sequence_mut)
+                .unwrap();
+            let before = egress.len();
+            egress.retain(|r| {
+                r["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"] != "inventory"
+            });
+            assert_eq!(
+                egress.len(),
+                before - 1,
+                "cart's policy has a rule to inventory"
+            );
+        }
+        if name == "jaeger" {
+            let ui: Value = serde_yaml::from_str("ports: [{ port: 16686 }]").unwrap();
+            spec.get_mut("ingress")
+                .and_then(Value::as_sequence_mut)
+                .unwrap()
+                .push(ui);
+        }
+    }
+    let (extra, missing) = policy_differences(&docs, Mesh::None);
+    assert_eq!(missing, ["cart -> inventory:7002/tcp"]);
+    assert!(!extra.is_empty());
+    for e in &extra {
+        assert!(e.ends_with("-> jaeger:16686/tcp"), "{e}");
+    }
+    assert!(extra.contains(&"internet-client -> jaeger:16686/tcp".to_owned()));
+}
+
+/// A container's environment: its `env` values (or `secret:NAME/KEY` for a secretKeyRef) over
+/// the ConfigMaps of its `envFrom`.
+fn container_env(docs: &[Value], container: &Value) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    for from in container["envFrom"].as_sequence().into_iter().flatten() {
+        let name = from["configMapRef"]["name"].as_str().unwrap();
+        env.extend(labels(&find(docs, "ConfigMap", name)["data"]));
+    }
+    for var in container["env"].as_sequence().into_iter().flatten() {
+        let value = match var.get("value") {
+            Some(v) => v.as_str().unwrap().to_owned(),
+            None => {
+                let s = &var["valueFrom"]["secretKeyRef"];
+                format!(
+                    "secret:{}/{}",
+                    s["name"].as_str().unwrap(),
+                    s["key"].as_str().unwrap()
+                )
+            }
+        };
+        env.insert(var["name"].as_str().unwrap().to_owned(), value);
+    }
+    env
+}
+
+/// The Deployment (gateway) or StatefulSet (services) running `w`.
+fn workload(docs: &[Value], w: Workload) -> &Value {
+    let kind = if w.is_service() {
+        "StatefulSet"
+    } else {
+        "Deployment"
+    };
+    find(docs, kind, w.name())
+}
+
+fn mount<'a>(container: &'a Value, volume: &str) -> &'a Value {
+    container["volumeMounts"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|m| m["name"] == volume)
+        .unwrap_or_else(|| panic!("{:?} does not mount {volume}", container["name"]))
+}
+
+fn volume<'a>(pod: &'a Value, name: &str) -> &'a Value {
+    pod["volumes"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|v| v["name"] == name)
+        .unwrap_or_else(|| panic!("no volume {name}"))
+}
+
+#[test]
+fn k8s_workloads_are_hardened_and_follow_the_deployment_conventions() {
+    let docs = rendered("base");
+    for w in Workload::ALL {
+        let name = w.name();
+        let set = workload(docs, w);
+        let pod = &set["spec"]["template"]["spec"];
+        let pod_labels = labels(&set["spec"]["template"]["metadata"]["labels"]);
+        assert_eq!(pod_labels["app.kubernetes.io/name"], name);
+        assert_eq!(pod["serviceAccountName"], name, "{name}: its own identity");
+        find(docs, "ServiceAccount", name);
+        assert_eq!(pod["automountServiceAccountToken"], false, "{name}");
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{name}");
+        assert_ne!(pod["securityContext"]["runAsUser"].as_u64(), Some(0));
+        for host in ["hostNetwork", "hostPID", "hostIPC"] {
+            assert!(pod.get(host).is_none(), "{name}: {host}");
+        }
+        let containers = pod["containers"].as_sequence().unwrap();
+        assert_eq!(containers.len(), 1, "{name}");
+        let c = &containers[0];
+        assert_eq!(
+            c["image"].as_str().unwrap().split(':').next(),
+            Some(format!("vantage/{name}").as_str())
+        );
+        let sc = &c["securityContext"];
+        assert_eq!(sc["allowPrivilegeEscalation"], false, "{name}");
+        assert_eq!(sc["readOnlyRootFilesystem"], true, "{name}");
+        assert_eq!(
+            sc["capabilities"]["drop"],
+            serde_yaml::from_str::<Value>("[ALL]").unwrap(),
+            "{name}"
+        );
+        assert!(sc["capabilities"].get("add").is_none(), "{name}");
+        for (kind, res) in [
+            ("requests", "cpu"),
+            ("requests", "memory"),
+            ("limits", "cpu"),
+            ("limits", "memory"),
+        ] {
+            assert!(
+                c["resources"][kind][res].as_str().is_some(),
+                "{name}: resources.{kind}.{res}"
+            );
+        }
+        for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+            let get = &c[probe]["httpGet"];
+            assert_eq!(get["path"], path, "{name} {probe}");
+            assert_eq!(
+                resolve_port(c, &get["port"]),
+                w.ops_port(),
+                "{name}: {probe} on the ops port"
+            );
+        }
+
+        // SVID from csi-driver-spiffe, read-only, where SVID_DIR points.
+        let spiffe = volume(pod, "spiffe");
+        assert_eq!(spiffe["csi"]["driver"], "spiffe.csi.cert-manager.io");
+        assert_eq!(spiffe["csi"]["readOnly"], true);
+        let m = mount(c, "spiffe");
+        assert_eq!(m["mountPath"], "/var/run/secrets/spiffe", "{name}");
+        assert_eq!(m["readOnly"], true, "{name}");
+
+        let env = container_env(docs, c);
+        assert_eq!(env["SVID_DIR"], "/var/run/secrets/spiffe", "{name}");
+        assert_eq!(env["IDENTITY_MODE"], "mtls", "{name}: the default mode");
+        assert_eq!(env["OTEL_SERVICE_NAME"], name);
+        assert_eq!(
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"],
+            format!("http://otel-collector:{}", contract::OTLP_GRPC_PORT)
+        );
+
+        // The Service others call.
+        let svc = find(docs, "Service", name);
+        let selector = labels(&svc["spec"]["selector"]);
+        assert!(
+            selector.iter().all(|(k, v)| pod_labels.get(k) == Some(v)),
+            "{name}: the Service selects the pods"
+        );
+        let ports = svc["spec"]["ports"].as_sequence().unwrap();
+        assert!(
+            ports
+                .iter()
+                .any(|p| resolve_port(c, &p["targetPort"]) == w.api_port()),
+            "{name}: the Service forwards to the API port {}",
+            w.api_port()
+        );
+
+        if !w.is_service() {
+            continue;
+        }
+        assert_eq!(env["LISTEN_ADDR"], format!("0.0.0.0:{}", w.api_port()));
+        assert_eq!(env["OPS_LISTEN_ADDR"], format!("0.0.0.0:{}", w.ops_port()));
+        assert_eq!(
+            env["AMQP_URL"],
+            format!("secret:vantage-amqp-{name}/url"),
+            "{name}: its own broker user"
+        );
+        // The broker CA: only ca.crt of the broker's TLS Secret, where AMQP_CA_FILE points.
+        let ca = volume(pod, "broker-ca");
+        assert_eq!(ca["secret"]["secretName"], "rabbitmq-tls");
+        assert_eq!(
+            ca["secret"]["items"],
+            serde_yaml::from_str::<Value>("[{key: ca.crt, path: ca.crt}]").unwrap()
+        );
+        let ca_dir = mount(c, "broker-ca")["mountPath"].as_str().unwrap();
+        assert_eq!(env["AMQP_CA_FILE"], format!("{ca_dir}/ca.crt"));
+
+        // SQLite: one replica with its own volume, where DATABASE_PATH points.
+        assert_eq!(set["spec"]["replicas"], 1, "{name}: SQLite has one writer");
+        let claims = set["spec"]["volumeClaimTemplates"].as_sequence().unwrap();
+        assert_eq!(claims.len(), 1);
+        assert_eq!(claims[0]["metadata"]["name"], "data");
+        let data = mount(c, "data")["mountPath"].as_str().unwrap();
+        assert_eq!(env["DATABASE_PATH"], format!("{data}/{name}.db"));
+
+        // Every service this one calls, by its Service name and API port.
+        for call in HTTP_CALLS.iter().filter(|call| call.from == w) {
+            let var = format!("{}_URL", call.to.name().to_uppercase());
+            assert_eq!(
+                env.get(&var).map(String::as_str),
+                Some(format!("https://{}:{}", call.to.name(), call.to.api_port()).as_str()),
+                "{name} calls {} ({:?})",
+                call.to,
+                call.purpose
+            );
+        }
+    }
+}
+
+#[test]
+fn k8s_gateway_policy_is_valid_and_routes_to_the_service_names() {
+    let docs = rendered("base");
+    let gw = workload(docs, Workload::Gateway);
+    let pod = &gw["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    let args: Vec<&str> = c["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(args[..2], ["run", "--config"]);
+    let config = Path::new(args[2]);
+    let dir = mount(c, "policy")["mountPath"].as_str().unwrap();
+    assert_eq!(config.parent(), Some(Path::new(dir)));
+    let cm_name = volume(pod, "policy")["configMap"]["name"].as_str().unwrap();
+    let cm = find(docs, "ConfigMap", cm_name);
+    let file = config.file_name().unwrap().to_str().unwrap();
+    let text = cm["data"][file].as_str().unwrap();
+    assert_eq!(
+        text,
+        std::fs::read_to_string(root().join("deploy/k8s/base/gateway/gateway.yaml")).unwrap()
+    );
+
+    // The gateway's own validator, as `gateway validate` runs it.
+    let policy = gateway::config::Config::parse(text, Path::new(dir))
+        .unwrap_or_else(|e| panic!("deploy/k8s/base/gateway/gateway.yaml: {e}"));
+    assert_eq!(
+        policy.listeners.admin.port(),
+        Workload::Gateway.ops_port(),
+        "probes and Prometheus use the admin port"
+    );
+    assert_eq!(
+        policy.listeners.public.port(),
+        contract::GATEWAY_PUBLIC_PORT
+    );
+    let raw: Value = serde_yaml::from_str(text).unwrap();
+    for s in Workload::SERVICES {
+        assert_eq!(
+            raw["upstreams"][s.name()]["endpoints"],
+            serde_yaml::from_str::<Value>(&format!("[\"{s}:{}\"]", s.api_port())).unwrap(),
+            "{s}: the upstream is its Service"
+        );
+        assert!(contract::calls(Workload::Gateway, s));
+    }
+    let jwks: Vec<&str> = raw["issuers"]
+        .as_mapping()
+        .unwrap()
+        .values()
+        .filter_map(|i| i["jwks_url"].as_str())
+        .collect();
+    assert_eq!(
+        jwks,
+        [format!(
+            "http://users:{}/.well-known/jwks.json",
+            Workload::Users.api_port()
+        )]
+    );
+
+    // The compose policy passes the same validator.
+    let compose = std::fs::read_to_string(root().join("gateway/config/compose.yaml")).unwrap();
+    gateway::config::Config::parse(&compose, &root().join("gateway/config"))
+        .unwrap_or_else(|e| panic!("gateway/config/compose.yaml: {e}"));
+}
+
+#[test]
+fn k8s_gateway_is_autoscaled_and_keeps_one_pod_through_disruptions() {
+    let docs = rendered("base");
+    let gw = workload(docs, Workload::Gateway);
+    assert!(
+        gw["spec"].get("replicas").is_none(),
+        "the HorizontalPodAutoscaler owns the replica count"
+    );
+    let pod_labels = labels(&gw["spec"]["template"]["metadata"]["labels"]);
+    let hpa = find(docs, "HorizontalPodAutoscaler", "gateway");
+    assert_eq!(hpa["spec"]["scaleTargetRef"]["kind"], "Deployment");
+    assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], "gateway");
+    let min = hpa["spec"]["minReplicas"].as_u64().unwrap();
+    assert!(min >= 2, "at least two gateways");
+    assert!(hpa["spec"]["maxReplicas"].as_u64().unwrap() > min);
+    let pdb = find(docs, "PodDisruptionBudget", "gateway");
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+    let selector = labels(&pdb["spec"]["selector"]["matchLabels"]);
+    assert!(selector.iter().all(|(k, v)| pod_labels.get(k) == Some(v)));
+    let svc = find(docs, "Service", "gateway");
+    assert_eq!(svc["spec"]["type"], "LoadBalancer");
+    assert_eq!(
+        svc["spec"]["externalTrafficPolicy"], "Local",
+        "client addresses reach the per-IP rate limits"
+    );
+    // Nothing else is exposed outside the cluster.
+    for s in of_kind(docs, "Service") {
+        if s["metadata"]["name"] != "gateway" {
+            assert!(
+                s["spec"].get("type").is_none() || s["spec"]["type"] == "ClusterIP",
+                "{}",
+                s["metadata"]["name"].as_str().unwrap_or("?")
+            );
+        }
+    }
+}
+
+#[test]
+fn k8s_broker_is_a_three_node_tls_only_rabbitmq_cluster_with_its_definitions() {
+    let docs = rendered("base");
+    let rmq = find(docs, "RabbitmqCluster", "rabbitmq");
+    let spec = &rmq["spec"];
+    assert_eq!(spec["replicas"], 3);
+    assert_eq!(spec["tls"]["disableNonTLSListeners"], true, "AMQPS only");
+    let secret = spec["tls"]["secretName"].as_str().unwrap();
+    let cert = of_kind(docs, "Certificate")
+        .into_iter()
+        .find(|c| c["spec"]["secretName"] == secret)
+        .expect("a Certificate issues the broker's TLS Secret");
+    let names: Vec<&str> = cert["spec"]["dnsNames"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"rabbitmq"), "{names:?}");
+    let issuer = find(
+        docs,
+        "Issuer",
+        cert["spec"]["issuerRef"]["name"].as_str().unwrap(),
+    );
+    let ca = find(
+        docs,
+        "Certificate",
+        issuer["spec"]["ca"]["secretName"].as_str().unwrap(),
+    );
+    assert_eq!(ca["spec"]["isCA"], true);
+    assert_ne!(
+        issuer["metadata"]["name"], "vantage-spiffe",
+        "the broker's certificate does not come from the trust-domain CA"
+    );
+    // The definitions file (vhost, users, permissions) is loaded from a mounted Secret.
+    let config = spec["rabbitmq"]["additionalConfig"].as_str().unwrap();
+    let path = config
+        .lines()
+        .find_map(|l| l.strip_prefix("load_definitions = "))
+        .expect("load_definitions");
+    let sts = &spec["override"]["statefulSet"]["spec"]["template"]["spec"];
+    let m = mount(&sts["containers"][0], "definitions");
+    assert_eq!(
+        Path::new(path).parent(),
+        Some(Path::new(m["mountPath"].as_str().unwrap()))
+    );
+    assert_eq!(
+        volume(sts, "definitions")["secret"]["secretName"],
+        "vantage-broker-definitions"
+    );
+    // The services' queues are quorum queues (declared so by the services themselves).
+    let topology =
+        std::fs::read_to_string(root().join("services/messaging/src/topology.rs")).unwrap();
+    assert!(topology.contains("\"x-queue-type\"") && topology.contains("\"quorum\""));
+}
+
+#[test]
+fn k8s_overlays_switch_the_services_to_the_mesh_identity_modes() {
+    for (name, mode, scheme) in [
+        ("base", "mtls", "https"),
+        ("overlays/linkerd", "linkerd", "http"),
+        ("overlays/istio-ambient", "istio", "http"),
+    ] {
+        let docs = rendered(name);
+        for w in Workload::ALL {
+            let set = workload(docs, w);
+            let env = container_env(docs, &set["spec"]["template"]["spec"]["containers"][0]);
+            assert_eq!(env["IDENTITY_MODE"], mode, "{name}: {w}");
+            let annotations = labels(&set["spec"]["template"]["metadata"]["annotations"]);
+            assert_eq!(
+                annotations.get("linkerd.io/inject").map(String::as_str),
+                (mode == "linkerd").then_some("enabled"),
+                "{name}: {w}"
+            );
+            if w == Workload::Cart {
+                assert!(
+                    env["INVENTORY_URL"].starts_with(&format!("{scheme}://")),
+                    "{name}"
+                );
+            }
+        }
+        // Only our workloads get a Linkerd proxy.
+        for d in of_kind(docs, "Deployment") {
+            if Workload::from_name(d["metadata"]["name"].as_str().unwrap()).is_none() {
+                assert!(d["spec"]["template"]["metadata"]["annotations"]
+                    .get("linkerd.io/inject")
+                    .is_none());
+            }
+        }
+        let ns = labels(&find(docs, "Namespace", kubernetes::NAMESPACE)["metadata"]["labels"]);
+        assert_eq!(
+            ns.get("istio.io/dataplane-mode").map(String::as_str),
+            (mode == "istio").then_some("ambient"),
+            "{name}"
         );
     }
 }
