@@ -555,18 +555,8 @@ fn ser_redacted_url<S: serde::Serializer>(u: &str, s: S) -> Result<S::Ok, S::Err
     s.serialize_str(&redact_url(u))
 }
 
-/// Removes any `user:password@` part of a URL.
-pub(crate) fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if !parsed.username().is_empty() || parsed.password().is_some() => {
-            let _ = parsed.set_username("redacted");
-            let _ = parsed.set_password(None);
-            parsed.to_string()
-        }
-        Ok(parsed) => parsed.to_string(),
-        Err(_) => "<invalid url>".to_string(),
-    }
-}
+/// The URL with any user-info hidden: the one redactor, shared with the services.
+pub(crate) use observability::redact::redact_url;
 
 #[cfg(test)]
 mod tests;

@@ -254,10 +254,11 @@ fn capitalise(s: &str) -> String {
     }
 }
 
-/// Base of every problem `type`.
-pub const PROBLEM_BASE: &str = "https://vantage.dev/problems/";
+/// Base of every problem `type` (the scheme shared with the services).
+pub use observability::problem::PROBLEM_BASE;
 
-/// An `application/problem+json` body: `type` is [`PROBLEM_BASE`] + `slug`.
+/// An `application/problem+json` body of kind `slug`, in the scheme the services share
+/// ([`observability::problem`]).
 pub(crate) fn body(
     slug: &str,
     title: &str,
@@ -265,16 +266,11 @@ pub(crate) fn body(
     detail: &str,
     request_id: Option<&str>,
 ) -> Vec<u8> {
-    let mut body = serde_json::json!({
-        "type": format!("{PROBLEM_BASE}{slug}"),
-        "title": title,
-        "status": status,
-        "detail": detail,
-    });
+    let mut problem = observability::problem::Problem::new(slug, status, detail).with_title(title);
     if let Some(id) = request_id {
-        body["request_id"] = id.into();
+        problem = problem.with_request_id(id);
     }
-    serde_json::to_vec(&body).unwrap_or_default()
+    problem.to_json()
 }
 
 /// Renders `err` as a complete response: header and `application/problem+json` body.
@@ -287,7 +283,7 @@ pub(crate) fn render(err: &GatewayError, request_id: &str) -> (ResponseHeader, B
         Some(request_id),
     ));
     let mut resp = ResponseHeader::build(err.status(), Some(6)).expect("valid status");
-    let _ = resp.insert_header("content-type", "application/problem+json");
+    let _ = resp.insert_header("content-type", observability::problem::CONTENT_TYPE);
     let _ = resp.insert_header("content-length", body.len().to_string());
     let _ = resp.insert_header("cache-control", "no-store");
     let _ = resp.insert_header("x-request-id", request_id);

@@ -586,12 +586,17 @@ fn expected_connections(docs: &[Value], mesh: Mesh) -> BTreeSet<Connection> {
         e.insert(tcp(c.from.name(), c.to.name(), c.to.api_port()));
     }
     let clients: BTreeSet<Workload> = contract::broker_clients().collect();
-    for (consumer, _) in messaging::events::SUBSCRIPTIONS {
+    // Every service with a queue or an outbox talks to the broker.
+    for consumer in messaging::contract::SERVICES
+        .iter()
+        .filter(|c| c.has_queue() || !c.produces.is_empty())
+        .map(|c| c.service)
+    {
         let w = Workload::from_name(consumer)
             .unwrap_or_else(|| panic!("consumer {consumer} is not a workload of the contract"));
         assert!(
             clients.contains(&w),
-            "{consumer} consumes events but is not a broker client in stack::contract"
+            "{consumer} uses the broker (queue or outbox) but is not a broker client in stack::contract"
         );
     }
     for w in &clients {
@@ -735,7 +740,7 @@ fn assert_policies_allow_exactly_the_contract(name: &str, mesh: Mesh, ip_blocks:
     assert!(
         extra.is_empty() && missing.is_empty(),
         "{name}: the NetworkPolicies do not match the contract (services/stack/src/contract.rs, \
-         messaging::events::SUBSCRIPTIONS).\nallowed but not in the contract:\n  {}\n\
+         messaging::contract).\nallowed but not in the contract:\n  {}\n\
          in the contract but blocked:\n  {}",
         extra.join("\n  "),
         missing.join("\n  ")
