@@ -6,8 +6,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use messaging::{BrokerEndpoint, Topology};
 use observability::env::{EnvErrors, EnvParser, EnvSource};
-use observability::redact::redact_url;
 
 use crate::Service;
 
@@ -22,8 +22,10 @@ pub struct BaseConfig {
     pub listen_addr: SocketAddr,
     /// `DATABASE_PATH`, default `data/<service>.db`; the parent directory is created.
     pub database_path: PathBuf,
-    /// `AMQP_URL`, default `amqp://guest:guest@127.0.0.1:5672/%2f`. Never logged.
-    pub amqp_url: String,
+    /// The broker and the service's own user there: `AMQP_URL` (default
+    /// `amqp://127.0.0.1:5672/vantage`, the user `<prefix><service>` when the URL names none),
+    /// `AMQP_PASSWORD_FILE`, `AMQP_CA_FILE` (see [`BrokerEndpoint::parse`]). Never logged.
+    pub amqp: BrokerEndpoint,
     /// `SHOP_QUEUE_PREFIX`, default empty: prepended to every exchange and queue name.
     pub queue_prefix: String,
 }
@@ -33,17 +35,17 @@ impl fmt::Debug for BaseConfig {
         f.debug_struct("BaseConfig")
             .field("listen_addr", &self.listen_addr)
             .field("database_path", &self.database_path)
-            .field("amqp_url", &redact_url(&self.amqp_url))
+            .field("amqp", &self.amqp)
             .field("queue_prefix", &self.queue_prefix)
             .finish()
     }
 }
 
-pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-
 impl BaseConfig {
     /// Reads the shared variables; service-specific ones go through the same `parser`.
     pub fn parse(p: &mut EnvParser<'_>, service: &Service) -> Self {
+        let queue_prefix = p.string("SHOP_QUEUE_PREFIX", "");
+        let user = Topology::new(queue_prefix.clone()).user(service.name());
         Self {
             listen_addr: p.parse(
                 "LISTEN_ADDR",
@@ -52,8 +54,8 @@ impl BaseConfig {
             database_path: PathBuf::from(
                 p.string("DATABASE_PATH", &format!("data/{}.db", service.name())),
             ),
-            amqp_url: p.string("AMQP_URL", DEFAULT_AMQP_URL),
-            queue_prefix: p.string("SHOP_QUEUE_PREFIX", ""),
+            amqp: BrokerEndpoint::parse(p, &user),
+            queue_prefix,
         }
     }
 
@@ -75,16 +77,31 @@ mod tests {
 
     #[test]
     fn defaults_and_every_error_at_once() {
-        let env: HashMap<&str, &str> = HashMap::new();
+        let dir = tempfile::tempdir().unwrap();
+        let password = dir.path().join("amqp-password");
+        std::fs::write(&password, "s3cret").unwrap();
+        let env: HashMap<&str, &str> = [("AMQP_PASSWORD_FILE", password.to_str().unwrap())]
+            .into_iter()
+            .collect();
         let c = BaseConfig::from_env(&env, &ORDERS).unwrap();
         assert_eq!(c.listen_addr.to_string(), "127.0.0.1:7004");
         assert_eq!(c.database_path, PathBuf::from("data/orders.db"));
         assert_eq!(c.queue_prefix, "");
-        assert!(format!("{c:?}").contains("amqp://***@127.0.0.1"), "{c:?}");
+        // The local broker's vhost `vantage`, as the service's own user (never guest).
+        assert_eq!(c.amqp.user(), "orders");
+        assert!(
+            format!("{c:?}").contains("amqp://***@127.0.0.1:5672/vantage"),
+            "{c:?}"
+        );
+        assert!(!format!("{c:?}").contains("s3cret"), "{c:?}");
 
-        let env: HashMap<&str, &str> = [("LISTEN_ADDR", "nope"), ("X_RATE", "2")]
-            .into_iter()
-            .collect();
+        let env: HashMap<&str, &str> = [
+            ("LISTEN_ADDR", "nope"),
+            ("X_RATE", "2"),
+            ("AMQP_URL", "amqp://orders:pw@127.0.0.1/vantage"),
+        ]
+        .into_iter()
+        .collect();
         let mut p = EnvParser::new(&env);
         let _ = BaseConfig::parse(&mut p, &ORDERS);
         let _ = p.rate("X_RATE");

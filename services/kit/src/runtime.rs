@@ -84,7 +84,7 @@ impl Kit {
         messaging::migrate(&db).await?;
         db.call(move |c| c.execute_batch(migrations)).await?;
         let amqp = AmqpConfig {
-            url: config.amqp_url.clone(),
+            endpoint: config.amqp.clone(),
             topology: Topology::new(config.queue_prefix.clone()),
             connection_name: format!("{}{}", config.queue_prefix, service.name()),
             subscriptions: messaging::contract::SERVICES,

@@ -179,7 +179,7 @@ async fn start(
     let config = BaseConfig {
         listen_addr: "127.0.0.1:0".parse().unwrap(),
         database_path: dir.path().join("nested/kit.db"),
-        amqp_url,
+        amqp: messaging::BrokerEndpoint::url(amqp_url),
         queue_prefix: format!("kit-{}.", uuid_like()),
     };
     let prefix = config.queue_prefix.clone();

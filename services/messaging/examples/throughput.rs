@@ -43,7 +43,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = test_support::amqp_url();
     let prefix = format!("bench-{}.", uuid::Uuid::new_v4().simple());
     let amqp = AmqpConfig {
-        url: url.clone(),
+        endpoint: messaging::BrokerEndpoint::url(url.clone()),
         topology: Topology::new(prefix.clone()),
         connection_name: prefix.clone(),
         subscriptions: SUBSCRIPTIONS,
@@ -96,6 +96,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut cfg = ConsumerConfig::new(amqp.clone(), "bench", SUBSCRIPTIONS[0].consumes);
     cfg.max_batch = max_batch;
+    // One broker user (AMQP_URL's) publishes and consumes here.
+    cfg.provenance = messaging::Provenance::Unchecked;
     let consumer = Consumer::new(cfg, consumer_db.clone(), Arc::new(Insert), None, metrics);
     let consume_start = Instant::now();
     tokio::spawn(consumer.run(shutdown.clone()));

@@ -3,28 +3,29 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::{Connection, ConnectionProperties};
-use observability::redact::redact_url;
+use lapin::{Connect as _, Connection, ConnectionProperties};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::contract::Contract;
-use crate::{MessagingError, MessagingMetrics, Topology};
+use crate::{BrokerEndpoint, MessagingError, MessagingMetrics, Topology};
 
-/// Where the broker is and how names are prefixed. Inert data; cheap to clone. Its `Debug`
-/// hides the URL's credentials.
+/// Where the broker is, as whom, and how names are prefixed. Inert data; cheap to clone. Its
+/// `Debug` hides the URL's credentials.
 #[derive(Clone)]
 pub struct AmqpConfig {
-    /// `amqp://user:pass@host:port/vhost`. Never logged: it may hold a password.
-    pub url: String,
-    /// Exchange and queue names.
+    /// URL, password and CA bundle (`AMQP_URL`, `AMQP_PASSWORD_FILE`, `AMQP_CA_FILE`). Never
+    /// logged: the URL may hold a password.
+    pub endpoint: BrokerEndpoint,
+    /// Exchange, queue and broker user names.
     pub topology: Topology,
     /// Name shown in the broker's connection list (`rabbitmqctl list_connections client_properties`).
     pub connection_name: String,
-    /// Services whose queues (and bindings) the relay declares before publishing, so nothing it
-    /// publishes is lost for want of a queue. Services pass
+    /// Services whose queues (and bindings) the relay makes sure exist before publishing, so
+    /// nothing it publishes is lost for want of a queue. Services pass
     /// [`contract::SERVICES`](crate::contract::SERVICES) (those without a queue are skipped);
-    /// empty declares none.
+    /// empty checks none. On a broker provisioned from the definitions they already exist and
+    /// are only checked; on a broker where the user may create them, missing ones are declared.
     pub subscriptions: &'static [Contract],
 }
 
@@ -35,7 +36,7 @@ pub const DEFAULT_DELIVERY_LIMIT: u32 = 5;
 impl std::fmt::Debug for AmqpConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AmqpConfig")
-            .field("url", &redact_url(&self.url))
+            .field("endpoint", &self.endpoint)
             .field("topology", &self.topology)
             .field("connection_name", &self.connection_name)
             .finish_non_exhaustive()
@@ -52,19 +53,26 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) const FRAME_MAX: u32 = 16 * 1024;
 
 impl AmqpConfig {
-    /// Opens a connection, giving up after five seconds.
+    /// Opens a connection (TLS for `amqps://`, the broker's certificate verified against the CA
+    /// bundle only), giving up after five seconds. The password and CA files are read now.
     pub async fn connect(&self, role: &str) -> Result<Connection, MessagingError> {
-        let mut uri: lapin::uri::AMQPUri = self
-            .url
-            .parse()
-            .map_err(|e: String| MessagingError::InvalidUrl(redact_url(&e)))?;
+        let (mut uri, tls) = self.endpoint.resolve()?;
         uri.query.frame_max.get_or_insert(FRAME_MAX);
         let props = ConnectionProperties::default()
             .with_connection_name(format!("{}-{role}", self.connection_name).into());
-        tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect_uri(uri, props))
-            .await
-            .map_err(|_| MessagingError::ConnectTimeout(CONNECT_TIMEOUT))?
-            .map_err(MessagingError::from)
+        let runtime = lapin::runtime::default_runtime()?;
+        tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            uri.connect_with_config(props, tls, runtime),
+        )
+        .await
+        .map_err(|_| MessagingError::ConnectTimeout(CONNECT_TIMEOUT))?
+        .map_err(MessagingError::from)
+    }
+
+    /// The broker user the connections authenticate as: the AMQP `user_id` of what they publish.
+    pub fn user(&self) -> String {
+        self.endpoint.user()
     }
 }
 
@@ -150,7 +158,7 @@ mod tests {
     #[test]
     fn debug_output_never_shows_credentials() {
         let c = AmqpConfig {
-            url: "amqp://app:s3cret@broker:5672/%2f".into(),
+            endpoint: BrokerEndpoint::url("amqp://app:s3cret@broker:5672/%2f"),
             topology: Topology::default(),
             connection_name: "x".into(),
             subscriptions: &[],

@@ -12,6 +12,7 @@ use tracing::{debug, info, warn, Instrument};
 use crate::broker::Reconnect;
 use crate::events::SagaEvent;
 use crate::outbox::Writer;
+use crate::provenance::Provenance;
 use crate::{
     inbox, trace_context, AmqpConfig, BrokerStatus, CloudEvent, Db, MessagingError,
     MessagingMetrics, OutboxNotifier, TraceContext,
@@ -34,6 +35,9 @@ pub struct ConsumerConfig {
     pub max_batch: usize,
     /// Returns (nack with requeue) allowed before the message is dead-lettered. Default 5.
     pub delivery_limit: u32,
+    /// Which publishers are accepted (checked on the AMQP `user_id` of every delivery).
+    /// Default [`Provenance::Contract`]: each type only from the service that owns it.
+    pub provenance: Provenance,
 }
 
 impl ConsumerConfig {
@@ -46,6 +50,7 @@ impl ConsumerConfig {
             prefetch: 64,
             max_batch: 64,
             delivery_limit: crate::DEFAULT_DELIVERY_LIMIT,
+            provenance: Provenance::Contract,
         }
     }
 }
@@ -135,7 +140,8 @@ enum Outcome {
 }
 
 /// A reconnecting queue consumer: manual ack after commit, nack-with-requeue on transient
-/// failure (counted by the quorum queue), reject on poison.
+/// failure (counted by the quorum queue), reject on poison and on an event from a publisher
+/// that does not own its type ([`Provenance`]).
 pub struct Consumer<H> {
     config: ConsumerConfig,
     db: Db,
@@ -189,11 +195,17 @@ impl<H: Handler> Consumer<H> {
             _ = shutdown.cancelled() => return Ok(()),
             c = cfg.amqp.connect(&role) => c?,
         };
-        let ch = conn.create_channel().await?;
         cfg.amqp
             .topology
-            .declare_consumer(&ch, &cfg.name, &cfg.bindings, cfg.delivery_limit)
+            .ensure_consumer(
+                &conn,
+                &cfg.name,
+                &cfg.bindings,
+                cfg.delivery_limit,
+                &cfg.amqp.user(),
+            )
             .await?;
+        let ch = conn.create_channel().await?;
         ch.basic_qos(cfg.prefetch, BasicQosOptions::default())
             .await?;
         let queue = cfg.amqp.topology.queue(&cfg.name);
@@ -255,12 +267,43 @@ impl<H: Handler> Consumer<H> {
                     continue;
                 }
             };
-            let message_id = delivery
+            let publisher = delivery.properties.user_id().as_ref().map(|u| u.as_str());
+            let checked = self.config.provenance.check(
+                &self.config.amqp.topology,
+                &event,
+                delivery.routing_key.as_str(),
+                publisher,
+            );
+            if let Err(forgery) = checked {
+                span.in_scope(|| {
+                    warn!(
+                        consumer = name,
+                        event_id = %event.id,
+                        event_type = %event.ty,
+                        claimed_source = %event.source,
+                        actual_publisher = publisher.unwrap_or("(none)"),
+                        %forgery,
+                        "Event not from the service that owns its type; dead-lettering it."
+                    )
+                });
+                self.metrics.consumed(name, "forged");
+                delivery
+                    .reject(BasicRejectOptions { requeue: false })
+                    .await?;
+                continue;
+            }
+            let id = delivery
                 .properties
                 .message_id()
                 .as_ref()
                 .map(|m| m.as_str().to_owned())
                 .unwrap_or_else(|| event.id.clone());
+            // Ids are deduplicated per publisher, so no service can make another's event look
+            // handled by sending its id first.
+            let message_id = match (self.config.provenance, publisher) {
+                (Provenance::Unchecked, _) | (_, None) => id,
+                (_, Some(user)) => format!("{user}/{id}"),
+            };
             let msg = Incoming {
                 event,
                 trace: trace_context::handler_context(&span, received),

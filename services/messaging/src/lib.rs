@@ -1,5 +1,7 @@
 //! Messaging shared by every shop service: RabbitMQ topology, the CloudEvents envelope, the SQLite
-//! transactional outbox and its relay, the inbox, and a reconnecting consumer.
+//! transactional outbox and its relay, the inbox, and a reconnecting consumer; the broker
+//! endpoint (`AMQP_URL`, password file, AMQPS with a CA bundle), the broker definitions derived
+//! from the contract, and the check that an event comes from the service that owns its type.
 //!
 //! # How to use
 //!
@@ -28,19 +30,24 @@
 //! effectively-once per consumer (inbox row in the handler's transaction, ack after commit).
 //! A message a handler cannot process is nacked with requeue; the quorum queue counts the
 //! attempt and dead-letters it to `<service>.dlq` past `x-delivery-limit`. A message that cannot
-//! even be parsed is rejected without requeue and goes to the DLQ at once.
+//! even be parsed is rejected without requeue and goes to the DLQ at once, and so is an event
+//! whose AMQP `user_id` (set by the relay, validated by RabbitMQ) is not the broker user of the
+//! service that owns its type ([`Provenance`]).
 
 mod broker;
 pub mod clock;
 mod consumer;
 pub mod contract;
 mod db;
+pub mod definitions;
+mod endpoint;
 mod envelope;
 mod error;
 pub mod events;
 pub mod inbox;
 mod metrics;
 pub mod outbox;
+pub mod provenance;
 mod relay;
 mod topology;
 pub mod trace_context;
@@ -49,13 +56,15 @@ pub use broker::{AmqpConfig, BrokerStatus, DEFAULT_DELIVERY_LIMIT};
 pub use consumer::{Consumer, ConsumerConfig, Handler, HandlerError, Incoming};
 pub use contract::Contract;
 pub use db::Db;
+pub use endpoint::{BrokerEndpoint, DEFAULT_URL};
 pub use envelope::{CloudEvent, CONTENT_TYPE};
 pub use error::MessagingError;
 pub use events::{Event, SagaEvent};
 pub use metrics::{ConsumeLabels, MessagingMetrics, PublishLabels};
 pub use outbox::{Outbox, Writer};
+pub use provenance::{Forgery, Provenance};
 pub use relay::{OutboxNotifier, Relay};
-pub use topology::Topology;
+pub use topology::{amqp_message, soft_error, Topology};
 pub use trace_context::TraceContext;
 
 /// Creates the outbox and inbox tables if they do not exist.

@@ -27,8 +27,9 @@ impl OutboxNotifier {
     }
 }
 
-/// Publishes outbox rows with publisher confirms and the mandatory flag, marks them sent, and
-/// retries the rest (after a return, a nack, a lost connection or a restart).
+/// Publishes outbox rows with publisher confirms, the mandatory flag and the connection's broker
+/// user as `user_id`, marks them sent, and retries the rest (after a return, a nack, a lost
+/// connection or a restart).
 #[derive(Debug)]
 pub struct Relay {
     amqp: AmqpConfig,
@@ -73,15 +74,22 @@ impl Relay {
             _ = shutdown.cancelled() => return Ok(()),
             c = self.amqp.connect("relay") => c?,
         };
-        let ch = conn.create_channel().await?;
-        ch.confirm_select(ConfirmSelectOptions::default()).await?;
-        self.amqp.topology.declare_exchange(&ch).await?;
+        let user = self.amqp.user();
+        let topology = &self.amqp.topology;
+        topology.ensure_exchange(&conn, &user).await?;
         for c in self.amqp.subscriptions.iter().filter(|c| c.has_queue()) {
-            self.amqp
-                .topology
-                .declare_consumer(&ch, c.service, c.consumes, crate::DEFAULT_DELIVERY_LIMIT)
+            topology
+                .ensure_consumer(
+                    &conn,
+                    c.service,
+                    c.consumes,
+                    crate::DEFAULT_DELIVERY_LIMIT,
+                    &user,
+                )
                 .await?;
         }
+        let ch = conn.create_channel().await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
         reconnect.connected();
         info!("Outbox relay connected.");
         let exchange = self.amqp.topology.exchange();
@@ -123,7 +131,7 @@ impl Relay {
                             ..Default::default()
                         },
                         &row.payload,
-                        properties(&row, headers),
+                        properties(&row, &user, headers),
                     )
                     .instrument(span)
                     .await?;
@@ -176,9 +184,12 @@ impl Relay {
     }
 }
 
-fn properties(row: &OutboxRow, headers: lapin::types::FieldTable) -> BasicProperties {
+/// The AMQP properties of a published row. `user_id` is the connection's broker user: RabbitMQ
+/// refuses any other, so consumers know who published it (see [`Provenance`](crate::Provenance)).
+fn properties(row: &OutboxRow, user: &str, headers: lapin::types::FieldTable) -> BasicProperties {
     BasicProperties::default()
         .with_message_id(row.event_id.as_str().into())
+        .with_user_id(user.into())
         .with_content_type(crate::CONTENT_TYPE.into())
         .with_type(row.routing_key.as_str().into())
         .with_delivery_mode(2)

@@ -1,11 +1,17 @@
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{Channel, ExchangeKind};
+use lapin::{Channel, Connection, ExchangeKind};
+use tracing::info;
 
-/// Exchange and queue names, all behind one prefix so tests and parallel runs never share them.
+use crate::MessagingError;
+
+/// Exchange, queue and broker user names, all behind one prefix so tests and parallel runs never
+/// share them.
 ///
 /// With prefix `p.`: exchange `p.shop.events` (topic), dead-letter exchange `p.shop.dlx` (direct),
-/// per consumer `p.<consumer>` (quorum, dead-lettering to `p.<consumer>.dlq`).
+/// per consumer `p.<consumer>` (quorum, dead-lettering to `p.<consumer>.dlq`), per service the
+/// broker user `p.<service>`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Topology {
     /// Prepended verbatim to every name; empty by default.
@@ -33,6 +39,98 @@ impl Topology {
 
     pub fn dead_letter_queue(&self, consumer: &str) -> String {
         format!("{}{consumer}.dlq", self.prefix)
+    }
+
+    /// The broker user of `service`: the AMQP `user_id` its events carry.
+    pub fn user(&self, service: &str) -> String {
+        format!("{}{service}", self.prefix)
+    }
+
+    /// The quorum queue arguments of `consumer`'s queue, exactly as declared (the broker
+    /// definitions carry the same, or a service's redeclaration would be refused).
+    pub fn queue_arguments(
+        &self,
+        consumer: &str,
+        delivery_limit: u32,
+    ) -> Vec<(&'static str, AMQPValue)> {
+        vec![
+            (
+                "x-queue-type",
+                AMQPValue::LongString(LongString::from("quorum")),
+            ),
+            (
+                "x-dead-letter-exchange",
+                AMQPValue::LongString(LongString::from(self.dead_letter_exchange().as_str())),
+            ),
+            (
+                "x-dead-letter-routing-key",
+                AMQPValue::LongString(LongString::from(consumer)),
+            ),
+            (
+                "x-delivery-limit",
+                AMQPValue::LongLongInt(i64::from(delivery_limit)),
+            ),
+        ]
+    }
+
+    /// Makes sure the events exchange exists: checks it without needing any permission
+    /// (a passive declare), and declares it only when it is missing. On a broker provisioned
+    /// from the definitions that is never the case; on a broker where `user` may not configure
+    /// it, a missing exchange is [`MessagingError::NotProvisioned`].
+    pub async fn ensure_exchange(
+        &self,
+        conn: &Connection,
+        user: &str,
+    ) -> Result<(), MessagingError> {
+        if exists(conn, Resource::Exchange(&self.exchange())).await? {
+            return Ok(());
+        }
+        let ch = conn.create_channel().await?;
+        let declared = self.declare_exchange(&ch).await;
+        refused_as_missing(declared, || format!("exchange {}", self.exchange()), user)?;
+        let _ = ch.close(200, "ok".into()).await;
+        Ok(())
+    }
+
+    /// Makes sure `consumer`'s queue, dead-letter queue, both exchanges and the bindings
+    /// exist: checks them (passive declares), and only when one is missing declares them all
+    /// (see [`declare_consumer`](Self::declare_consumer)), which needs configure, read and write
+    /// permissions that a service's user has not on a provisioned broker: there a missing queue
+    /// is [`MessagingError::NotProvisioned`]. Existing bindings are not checked (AMQP cannot).
+    pub async fn ensure_consumer(
+        &self,
+        conn: &Connection,
+        consumer: &str,
+        bindings: &[impl AsRef<str>],
+        delivery_limit: u32,
+        user: &str,
+    ) -> Result<(), MessagingError> {
+        let (queue, dlq) = (self.queue(consumer), self.dead_letter_queue(consumer));
+        let (exchange, dlx) = (self.exchange(), self.dead_letter_exchange());
+        let wanted = [
+            Resource::Exchange(&exchange),
+            Resource::Exchange(&dlx),
+            Resource::Queue(&dlq),
+            Resource::Queue(&queue),
+        ];
+        let mut missing = None;
+        for r in wanted {
+            if !exists(conn, r).await? {
+                missing = Some(r);
+                break;
+            }
+        }
+        let Some(missing) = missing else {
+            return Ok(());
+        };
+        info!(%missing, "Declaring what is missing of the topology.");
+        let ch = conn.create_channel().await?;
+        let declared = self
+            .declare_consumer(&ch, consumer, bindings, delivery_limit)
+            .await;
+        refused_as_missing(declared, || missing.to_string(), user)?;
+        let _ = ch.close(200, "ok".into()).await;
+        Ok(())
     }
 
     /// Declares the durable topic exchange events are published to.
@@ -88,19 +186,10 @@ impl Topology {
         )
         .await?;
 
-        let mut args = quorum_args();
-        args.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString(LongString::from(dlx.as_str())),
-        );
-        args.insert(
-            "x-dead-letter-routing-key".into(),
-            AMQPValue::LongString(LongString::from(consumer)),
-        );
-        args.insert(
-            "x-delivery-limit".into(),
-            AMQPValue::LongLongInt(i64::from(delivery_limit)),
-        );
+        let mut args = FieldTable::default();
+        for (k, v) in self.queue_arguments(consumer, delivery_limit) {
+            args.insert(k.into(), v);
+        }
         let queue = self.queue(consumer);
         ch.queue_declare(queue.as_str().into(), durable, args)
             .await?;
@@ -141,4 +230,97 @@ fn quorum_args() -> FieldTable {
         AMQPValue::LongString(LongString::from("quorum")),
     );
     args
+}
+
+/// Something the topology needs, checked by name.
+#[derive(Debug, Clone, Copy)]
+enum Resource<'a> {
+    Exchange(&'a str),
+    Queue(&'a str),
+}
+
+impl std::fmt::Display for Resource<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Resource::Exchange(n) => write!(f, "exchange {n}"),
+            Resource::Queue(n) => write!(f, "queue {n}"),
+        }
+    }
+}
+
+/// Whether `r` exists: a passive declare, which needs no permission; a missing one closes the
+/// channel with NOT_FOUND, so each check has its own channel.
+async fn exists(conn: &Connection, r: Resource<'_>) -> Result<bool, MessagingError> {
+    let ch = conn.create_channel().await?;
+    let checked = match r {
+        Resource::Exchange(name) => {
+            ch.exchange_declare(
+                name.into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+        }
+        Resource::Queue(name) => ch
+            .queue_declare(
+                name.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map(|_| ()),
+    };
+    match checked {
+        Ok(()) => {
+            let _ = ch.close(200, "ok".into()).await;
+            Ok(true)
+        }
+        Err(e) if soft_error(&e) == Some(AMQPSoftError::NOTFOUND) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A declaration refused for want of permission becomes [`MessagingError::NotProvisioned`].
+fn refused_as_missing(
+    declared: Result<(), lapin::Error>,
+    what: impl FnOnce() -> String,
+    user: &str,
+) -> Result<(), MessagingError> {
+    match declared {
+        Ok(()) => Ok(()),
+        Err(e) if soft_error(&e) == Some(AMQPSoftError::ACCESSREFUSED) => {
+            Err(MessagingError::NotProvisioned {
+                what: what(),
+                user: user.to_owned(),
+                reason: amqp_message(&e).unwrap_or_default(),
+            })
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The AMQP soft (channel) error the broker answered with, if that is what `e` is.
+pub fn soft_error(e: &lapin::Error) -> Option<AMQPSoftError> {
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => match amqp.kind() {
+            AMQPErrorKind::Soft(soft) => Some(soft.clone()),
+            AMQPErrorKind::Hard(_) => None,
+        },
+        _ => None,
+    }
+}
+
+/// The broker's reply text for a protocol error (`ACCESS_REFUSED - access to … refused`).
+pub fn amqp_message(e: &lapin::Error) -> Option<String> {
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => Some(amqp.get_message().to_string()),
+        _ => None,
+    }
 }

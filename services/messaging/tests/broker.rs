@@ -10,8 +10,9 @@ use std::time::Duration;
 use lapin::options::{BasicGetOptions, BasicPublishOptions};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use messaging::{
-    outbox, AmqpConfig, CloudEvent, Consumer, ConsumerConfig, Contract, Db, Handler, HandlerError,
-    Incoming, MessagingMetrics, Relay, Topology, TraceContext, Writer,
+    outbox, AmqpConfig, BrokerEndpoint, CloudEvent, Consumer, ConsumerConfig, Contract, Db,
+    Handler, HandlerError, Incoming, MessagingMetrics, Provenance, Relay, Topology, TraceContext,
+    Writer,
 };
 
 use tokio_util::sync::CancellationToken;
@@ -57,7 +58,7 @@ async fn fixture() -> Fixture {
         .unwrap();
     Fixture {
         amqp: AmqpConfig {
-            url: amqp_url(),
+            endpoint: BrokerEndpoint::url(amqp_url()),
             topology: Topology::new(prefix.clone()),
             connection_name: prefix,
             subscriptions: &[],
@@ -85,6 +86,8 @@ impl Fixture {
     fn consumer<H: Handler>(&self, handler: Arc<H>, limit: u32) -> Consumer<H> {
         let mut cfg = ConsumerConfig::new(self.amqp.clone(), "svc", &["test.#"]);
         cfg.delivery_limit = limit;
+        // One shared user (guest) publishes everything here; tests/secured.rs checks publishers.
+        cfg.provenance = Provenance::Unchecked;
         Consumer::new(cfg, self.db.clone(), handler, None, self.metrics.clone())
     }
 
@@ -345,7 +348,7 @@ async fn an_outbox_row_written_while_the_broker_is_down_is_published_when_it_ret
     let user = &url[..url.rfind('@').unwrap()];
     let vhost = url.rsplit('/').next().unwrap();
     let mut down = fx.amqp.clone();
-    down.url = format!("{user}@127.0.0.1:{port}/{vhost}");
+    down.endpoint = BrokerEndpoint::url(format!("{user}@127.0.0.1:{port}/{vhost}"));
 
     let ev = event("outbox", "ok");
     let trace = TraceContext {
@@ -407,6 +410,11 @@ async fn an_outbox_row_written_while_the_broker_is_down_is_published_when_it_ret
         messaging::CONTENT_TYPE
     );
     assert_eq!(*props.delivery_mode(), Some(2));
+    assert_eq!(
+        props.user_id().as_ref().map(|u| u.as_str().to_owned()),
+        Some(fx.amqp.user()),
+        "the relay names its broker user, which RabbitMQ checks"
+    );
     assert_eq!(
         TraceContext::from_amqp_headers(props.headers().as_ref()),
         trace
@@ -581,14 +589,15 @@ async fn connections_ask_for_small_frames_unless_the_url_says_otherwise() {
     let _ = conn.close(200, "done".into()).await;
 
     let mut explicit = fx.amqp.clone();
-    let sep = if explicit.url.contains('?') { '&' } else { '?' };
-    explicit.url = format!("{}{sep}frame_max=65536", explicit.url);
+    let url = amqp_url();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    explicit.endpoint = BrokerEndpoint::url(format!("{url}{sep}frame_max=65536"));
     let conn = explicit.connect("frames").await.unwrap();
     assert_eq!(conn.configuration().frame_max(), 65536);
     let _ = conn.close(200, "done".into()).await;
 
     let mut bad = fx.amqp.clone();
-    bad.url = "amqp://app:s3cret@broker:notaport/%2f".into();
+    bad.endpoint = BrokerEndpoint::url("amqp://app:s3cret@broker:notaport/%2f");
     let error = bad.connect("frames").await.unwrap_err().to_string();
     assert!(error.contains("invalid AMQP URL"), "{error}");
     assert!(!error.contains("s3cret"), "{error}");

@@ -50,7 +50,7 @@ fn a_failed_start_exits_1_with_the_reason() {
     let out = orders(
         &[
             ("LISTEN_ADDR", &addr),
-            ("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f"),
+            ("AMQP_URL", "amqp://orders:pw@127.0.0.1:1/vantage"),
         ],
         dir.path(),
     );
