@@ -281,7 +281,7 @@ impl<H: Handler> Consumer<H> {
                         event_id = %event.id,
                         event_type = %event.ty,
                         claimed_source = %event.source,
-                        actual_publisher = publisher.unwrap_or("(none)"),
+                        actual_publisher = %publisher.unwrap_or("(none)"),
                         %forgery,
                         "Event not from the service that owns its type; dead-lettering it."
                     )

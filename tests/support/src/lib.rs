@@ -28,6 +28,8 @@
 //!
 //! Kept small on purpose: every integration test compiles it.
 
+mod broker_node;
+mod certs;
 mod http;
 mod openmetrics;
 mod otlp;
@@ -37,6 +39,8 @@ use std::net::{Ipv4Addr, TcpListener};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+pub use broker_node::BrokerNode;
+pub use certs::{IssuedCert, TestCa};
 pub use http::wait_http_ok;
 pub use openmetrics::{parse_openmetrics, Exemplar, Family, Labels, OpenMetrics, Sample};
 pub use otlp::{AttrValue, OtlpReceiver, ReceivedSpan, SpanKind};
