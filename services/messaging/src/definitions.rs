@@ -163,6 +163,11 @@ impl PasswordHash {
         Self::with_salt(password, salt) == *self
     }
 
+    /// A hash in its stored form (a definitions file's `password_hash`).
+    pub fn from_stored(stored: &str) -> Self {
+        Self(stored.to_owned())
+    }
+
     /// The stored form, as it goes into `password_hash`.
     pub fn as_str(&self) -> &str {
         &self.0

@@ -32,8 +32,10 @@ pub const DEV_ADMIN_PASSWORD: &str = "vantage-dev-admin";
 #[command(
     name = "stack",
     about = "Run the Vantage gateway and its seven services as local processes.",
-    after_help = "Needs a RabbitMQ (AMQP_URL, default amqp://guest:guest@127.0.0.1:5672/%2f): \
-                  `rabbitmq-server -detached` or `docker compose up -d rabbitmq`. Every OTEL_*, \
+    after_help = "Needs a RabbitMQ (AMQP_URL, default amqp://127.0.0.1:5672/vantage): \
+                  `rabbitmq-server -detached` or `docker compose up -d rabbitmq`. Each service \
+                  gets its own broker user, imported with `rabbitmqctl import_definitions` (run \
+                  as root or rabbitmq) or through RABBITMQ_ADMIN_URL. Every OTEL_*, \
                   RUST_LOG and fault flag (PAYMENT_DECLINE_RATE, PAYMENT_LATENCY_MS, \
                   INVENTORY_FAILURE_RATE, SHIPPING_CONSUMER_DELAY_MS, ...) set in the environment \
                   is passed on to the children."
@@ -64,13 +66,12 @@ pub struct Options {
     #[arg(long)]
     pub fresh: bool,
 
-    /// The broker every service uses.
-    #[arg(
-        long,
-        env = "AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
+    /// The broker and vhost every service uses (no user: each service gets its own).
+    #[arg(long, env = "AMQP_URL", default_value = messaging::DEFAULT_URL)]
     pub amqp_url: String,
+
+    #[command(flatten)]
+    pub broker: crate::broker::BrokerOptions,
 
     /// Prefix for exchange and queue names, so parallel stacks never share queues.
     #[arg(long, env = "SHOP_QUEUE_PREFIX")]
@@ -123,6 +124,8 @@ pub struct Config {
     pub run_dir: PathBuf,
     pub fresh: bool,
     pub amqp_url: String,
+    /// Where the broker is and how the stack provisions its users ([`crate::broker`]).
+    pub broker: crate::broker::BrokerPlan,
     pub queue_prefix: Option<String>,
     pub gateway_config: Option<PathBuf>,
     pub bin_dir: Option<PathBuf>,
@@ -154,6 +157,7 @@ impl Config {
             run_dir,
             fresh,
             amqp_url,
+            broker,
             queue_prefix,
             gateway_config,
             bin_dir,
@@ -171,9 +175,13 @@ impl Config {
                 SERVICES.len()
             ));
         }
-        if !(amqp_url.starts_with("amqp://") || amqp_url.starts_with("amqps://")) {
-            errors.push("AMQP_URL must start with amqp:// or amqps://".to_owned());
-        }
+        let plan = crate::broker::BrokerPlan::new(
+            &amqp_url,
+            queue_prefix.as_deref().unwrap_or_default(),
+            &broker,
+        )
+        .map_err(|e| errors.extend(e))
+        .ok();
         if ready_timeout_secs == 0 || demo_timeout_secs == 0 {
             errors.push("timeouts must be at least one second".to_owned());
         }
@@ -190,9 +198,9 @@ impl Config {
                 errors.push(format!("SHOP_QUEUE_PREFIX {p:?} must not contain spaces"));
             }
         }
-        if !errors.is_empty() {
+        let Some(broker) = plan.filter(|_| errors.is_empty()) else {
             return Err(ConfigError(errors));
-        }
+        };
         let host = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let services = SERVICES
             .iter()
@@ -214,6 +222,7 @@ impl Config {
             run_dir,
             fresh,
             amqp_url,
+            broker,
             queue_prefix: queue_prefix.filter(|p| !p.is_empty()),
             gateway_config,
             bin_dir,

@@ -13,6 +13,34 @@ pub enum StackError {
     )]
     RabbitUnreachable { addr: String, reason: String },
 
+    #[error(
+        "cannot import the broker definitions into {broker} with `{how}`: {reason}. Run stack as \
+         a user that may use rabbitmqctl (root or rabbitmq), or set \
+         RABBITMQ_ADMIN_URL=http://<admin>:<password>@127.0.0.1:15672 to use the management \
+         plugin, or import {} yourself (`sudo rabbitmqctl import_definitions {}`) and start \
+         again with --broker-provisioned",
+        .definitions.display(), .definitions.display()
+    )]
+    BrokerProvisioning {
+        how: String,
+        reason: String,
+        broker: String,
+        definitions: PathBuf,
+    },
+
+    #[error(
+        "the broker at {broker} does not accept the service user {user} ({reason}); did the \
+         definitions ({}) reach this broker? rabbitmqctl imports into the node RABBITMQ_NODENAME \
+         names (default rabbit@<this host>)",
+        .definitions.display()
+    )]
+    BrokerRefused {
+        user: String,
+        broker: String,
+        reason: String,
+        definitions: PathBuf,
+    },
+
     #[error("port {port} ({owner}) is already in use; stop what holds it or choose other ports (--base-port, --gateway-addr, --admin-addr)")]
     PortTaken { port: u16, owner: String },
 

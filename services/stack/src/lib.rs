@@ -13,10 +13,13 @@
 //! cargo run --release --bin stack -- --demo # one scripted order, then stop (exit 0 = shipped)
 //! ```
 //!
-//! Logs go to `.stack/logs/<name>.log`, databases to `.stack/data/`, and the gateway
-//! config actually used to `.stack/gateway.yaml`. Ports, the run directory and the queue
+//! Logs go to `.stack/logs/<name>.log`, databases to `.stack/data/`, the gateway config
+//! actually used to `.stack/gateway.yaml`, and the broker users' passwords and definitions to
+//! `.stack/broker/` (see [`broker`]). Ports, the run directory and the queue
 //! prefix are flags (see `stack --help`), so tests run isolated stacks side by side.
 
+pub mod broker;
+pub mod broker_definitions;
 pub mod config;
 pub mod contract;
 pub mod demo;
@@ -35,6 +38,9 @@ pub use error::StackError;
 
 use preflight::BuildTree;
 use supervisor::Supervisor;
+
+/// How long the broker may take to accept the service users after the import.
+const BROKER_CHECK: Duration = Duration::from_secs(15);
 
 /// How long each child gets to stop after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -87,6 +93,15 @@ pub async fn run(
     };
 
     let dirs = RunDirs::prepare(&config.run_dir, config.fresh)?;
+    let broker = broker::Broker::prepare(config.broker.clone(), &dirs.root)?;
+    broker.import().await?;
+    broker.verify(BROKER_CHECK).await?;
+    println!(
+        "  ✓ broker    {} vhost {:?}, one user per service ({})",
+        config.broker.shown(),
+        config.broker.vhost,
+        broker.definitions.display()
+    );
     let source = match (&config.gateway_config, &tree) {
         (Some(path), _) => path.clone(),
         (None, Some(tree)) => tree
@@ -102,7 +117,7 @@ pub async fn run(
     let mut sup = Supervisor::new(dirs.logs.clone());
     let demo = config.demo;
     let result = tokio::select! {
-        r = serve(&config, &mut sup, &binaries, &dirs, &gateway_config) => r,
+        r = serve(&config, &mut sup, &binaries, &dirs, &broker, &gateway_config) => r,
         () = shutdown => {
             println!("stack: stopping");
             if demo {
@@ -125,11 +140,12 @@ async fn serve(
     sup: &mut Supervisor,
     binaries: &Binaries,
     dirs: &RunDirs,
+    broker: &broker::Broker,
     gateway_config: &Path,
 ) -> Result<Outcome, StackError> {
     let http = reqwest::Client::new();
     for (svc, bin) in config.services.iter().zip(&binaries.services) {
-        sup.spawn(svc.name, bin, &[], &service_env(config, svc, dirs))?;
+        sup.spawn(svc.name, bin, &[], &service_env(config, svc, dirs, broker))?;
     }
     for svc in &config.services {
         let url = format!("http://{}/readyz", svc.addr);
@@ -234,6 +250,7 @@ fn service_env(
     config: &Config,
     svc: &config::ServiceSpec,
     dirs: &RunDirs,
+    broker: &broker::Broker,
 ) -> Vec<(String, String)> {
     let mut env = vec![
         ("LISTEN_ADDR".to_owned(), svc.addr.to_string()),
@@ -244,9 +261,10 @@ fn service_env(
                 .display()
                 .to_string(),
         ),
-        ("AMQP_URL".to_owned(), config.amqp_url.clone()),
         ("OTEL_SERVICE_NAME".to_owned(), svc.name.to_owned()),
     ];
+    // Its own broker user: AMQP_URL, AMQP_PASSWORD_FILE (and AMQP_CA_FILE).
+    env.extend(broker.service_env(svc.name));
     // Where each service finds the others over HTTP (e.g. cart reads prices from
     // INVENTORY_URL). Every service gets all of them; each reads only what it calls.
     for other in &config.services {
@@ -321,7 +339,7 @@ impl RunDirs {
 }
 
 /// Writes a file only its owner can read.
-fn write_private(path: &Path, contents: &str) -> Result<(), StackError> {
+pub(crate) fn write_private(path: &Path, contents: &str) -> Result<(), StackError> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let _ = std::fs::remove_file(path);

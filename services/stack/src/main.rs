@@ -1,4 +1,5 @@
-//! Run with `cargo run --release --bin stack` (add `-- --demo` for one scripted order).
+//! Run with `cargo run --release --bin stack` (add `-- --demo` for one scripted order);
+//! `stack broker-definitions --help` writes the broker definitions of a deployment.
 
 use std::process::ExitCode;
 
@@ -8,6 +9,10 @@ use tokio::signal::unix::{signal, SignalKind};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
+    let mut args = std::env::args().skip(1).peekable();
+    if args.peek().map(String::as_str) == Some("broker-definitions") {
+        return Ok(stack::broker_definitions::main(args.skip(1)));
+    }
     let config = match Config::from_options(Options::parse(), |k| std::env::var(k).ok()) {
         Ok(c) => c,
         Err(e) => {

@@ -36,7 +36,10 @@ pub fn amqp_authority(url: &str) -> Option<(String, u16)> {
 
 /// Connects to the broker and checks that it speaks AMQP: after the protocol header a
 /// broker answers with a method frame (type 1, `connection.start`). No credentials are sent.
+/// For `amqps://` only the TCP connection is checked here; the TLS handshake (with the CA
+/// bundle) is part of checking the service users ([`crate::broker`]).
 pub fn check_broker(amqp_url: &str) -> Result<(), StackError> {
+    let tls = amqp_url.starts_with("amqps://");
     let unreachable = |addr: &str, reason: String| StackError::RabbitUnreachable {
         addr: addr.to_owned(),
         reason,
@@ -54,7 +57,14 @@ pub fn check_broker(amqp_url: &str) -> Result<(), StackError> {
         .collect();
     let mut last = "no address".to_owned();
     for addr in addrs {
-        match probe_amqp(addr) {
+        let probed = if tls {
+            TcpStream::connect_timeout(&addr, BROKER_TIMEOUT)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        } else {
+            probe_amqp(addr)
+        };
+        match probed {
             Ok(()) => return Ok(()),
             Err(e) => last = e,
         }

@@ -1,9 +1,13 @@
 //! The stack as a user runs it: the real `stack` binary starting the real services and
-//! gateway against the real RabbitMQ at `AMQP_URL`, then `loadgen` or `--demo` against it.
+//! gateway against the real RabbitMQ at `AMQP_URL` (default 127.0.0.1:5672, the broker a
+//! newcomer starts with `rabbitmq-server -detached`), then `loadgen` or `--demo` against it.
+//! The stack imports its broker users with `rabbitmqctl import_definitions`, as it does for
+//! everyone who runs it on such a broker.
 //!
-//! Each test gets its own ports, run directory (databases, logs) and queue prefix, so
-//! tests and parallel runs never share state. Without a broker the tests fail and say
-//! how to start one; they never skip.
+//! Each test gets its own ports, run directory (databases, logs, broker passwords), vhost and
+//! queue prefix (so its own broker users), so tests and parallel runs never share state; the
+//! vhost and users are deleted afterwards. Without a broker the tests fail and say how to start
+//! one; they never skip.
 
 use std::io::Read as _;
 use std::net::TcpListener;
@@ -13,12 +17,14 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use stack::config::SERVICES;
+
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 /// Debug builds on a shared 2-core machine start slowly; this is the ceiling, not the norm.
 const START_TIMEOUT: Duration = Duration::from_secs(240);
-const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+const DEFAULT_AMQP_URL: &str = "amqp://127.0.0.1:5672/vantage";
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -49,6 +55,13 @@ fn bin_dir() -> &'static Path {
 
 fn amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| DEFAULT_AMQP_URL.to_owned())
+}
+
+/// The broker of `AMQP_URL` with the vhost `vhost` and no credentials: what the stack takes.
+fn broker_url(vhost: &str) -> String {
+    let (host, port) = stack::preflight::amqp_authority(&amqp_url())
+        .unwrap_or_else(|| ("127.0.0.1".to_owned(), 5672));
+    format!("amqp://{host}:{port}/{vhost}")
 }
 
 /// Fails the test, with how to start a broker, when none answers at AMQP_URL.
@@ -101,8 +114,9 @@ struct Stack {
     child: Option<Child>,
     ports: Ports,
     dir: PathBuf,
-    /// The queue prefix of this stack, whose queues are deleted on drop.
-    prefix: String,
+    /// The vhost of this stack (also its queue and user prefix, with a dot), deleted on drop
+    /// with its users.
+    vhost: String,
 }
 
 impl Stack {
@@ -129,7 +143,7 @@ impl Stack {
                     .to_string(),
             ])
             .args(extra)
-            .env("AMQP_URL", amqp_url())
+            .env("AMQP_URL", broker_url(&name))
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(stdout)
@@ -140,7 +154,7 @@ impl Stack {
             child: Some(child),
             ports,
             dir,
-            prefix: format!("{name}."),
+            vhost: name,
         }
     }
 
@@ -241,27 +255,75 @@ impl Drop for Stack {
                 let _ = child.wait();
             }
         }
-        delete_queues(&self.prefix);
+        delete_broker_state(&self.vhost);
     }
 }
 
-/// Deletes the durable queues a stack declared under `prefix`, so test runs do not pile up
-/// quorum queues in the shared broker. Best effort: needs `rabbitmqctl` (no management plugin).
-fn delete_queues(prefix: &str) {
-    let Ok(out) = Command::new("rabbitmqctl")
-        .args(["-q", "list_queues", "name"])
-        .output()
-    else {
-        return;
-    };
-    for name in String::from_utf8_lossy(&out.stdout).lines() {
-        let name = name.trim();
-        if name.starts_with(prefix) {
-            let _ = Command::new("rabbitmqctl")
-                .args(["-q", "delete_queue", name])
-                .output();
-        }
+/// Deletes the vhost a stack provisioned (its queues and exchanges with it) and its users, so
+/// test runs do not pile up in the shared broker. All at once: each `rabbitmqctl` takes a
+/// second to start.
+fn delete_broker_state(vhost: &str) {
+    let mut commands = vec![vec!["delete_vhost".to_owned(), vhost.to_owned()]];
+    for service in SERVICES {
+        commands.push(vec!["delete_user".to_owned(), format!("{vhost}.{service}")]);
     }
+    let children: Vec<_> = commands
+        .iter()
+        .filter_map(|args| {
+            Command::new("rabbitmqctl")
+                .arg("-q")
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .ok()
+        })
+        .collect();
+    for mut child in children {
+        let _ = child.wait();
+    }
+}
+
+/// The stack's services log in as their own users: the broker lists a connection for each
+/// service user and none for guest, and the definitions file holds no password.
+fn assert_services_use_their_own_broker_users(stack: &Stack) {
+    let out = Command::new("rabbitmqctl")
+        .args(["-q", "list_connections", "user", "vhost"])
+        .output()
+        .expect("rabbitmqctl list_connections");
+    let listed = String::from_utf8_lossy(&out.stdout);
+    let ours: Vec<&str> = listed
+        .lines()
+        .filter(|l| l.split_whitespace().nth(1) == Some(stack.vhost.as_str()))
+        .collect();
+    for service in SERVICES {
+        let user = format!("{}.{service}", stack.vhost);
+        assert!(
+            ours.iter()
+                .any(|l| l.split_whitespace().next() == Some(user.as_str())),
+            "no connection of {user} in {}:\n{listed}",
+            stack.vhost
+        );
+    }
+    assert!(
+        ours.iter().all(|l| !l.starts_with("guest")),
+        "guest connected to {}:\n{listed}",
+        stack.vhost
+    );
+    let broker = stack.dir.join("run").join("broker");
+    let definitions = std::fs::read_to_string(broker.join("definitions.json")).unwrap();
+    for service in SERVICES {
+        let password = std::fs::read_to_string(broker.join("passwords").join(service)).unwrap();
+        assert!(
+            !definitions.contains(password.trim()),
+            "{service}'s password in the definitions"
+        );
+    }
+    assert!(
+        stack.stdout().contains("one user per service"),
+        "{}",
+        stack.stdout()
+    );
 }
 
 #[test]
@@ -269,6 +331,7 @@ fn stack_carries_loadgen_traffic_and_every_order_becomes_final() {
     require_broker();
     let mut stack = Stack::start(&[], &[]);
     stack.wait_up();
+    assert_services_use_their_own_broker_users(&stack);
     let up = stack.stdout();
     assert!(
         up.contains(&stack.gateway_url()),
@@ -603,7 +666,7 @@ fn assert_trace_shape(trace_id: &str, all: &[test_support::ReceivedSpan]) {
 #[test]
 fn stack_without_rabbitmq_says_how_to_start_one() {
     let closed = test_support::free_port();
-    let url = format!("amqp://guest:guest@127.0.0.1:{closed}/%2f");
+    let url = format!("amqp://127.0.0.1:{closed}/vantage");
     let out = Command::new(bin_dir().join("stack"))
         .args(["--no-build", "--amqp-url", &url])
         .output()
@@ -614,8 +677,19 @@ fn stack_without_rabbitmq_says_how_to_start_one() {
     assert!(stderr.contains(&format!("127.0.0.1:{closed}")), "{stderr}");
     assert!(stderr.contains("rabbitmq-server -detached"), "{stderr}");
     assert!(stderr.contains("docker compose up -d rabbitmq"), "{stderr}");
+
+    // Credentials in AMQP_URL are refused (every service gets its own user), and not printed.
+    let url = format!("amqp://guest:s3cret@127.0.0.1:{closed}/%2f");
+    let out = Command::new(bin_dir().join("stack"))
+        .args(["--no-build", "--amqp-url", &url])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains("must not name a user"), "{stderr}");
     assert!(
-        !stderr.contains("guest:guest"),
+        !stderr.contains("s3cret") && !stderr.contains("guest:"),
         "no credentials in output: {stderr}"
     );
 }
@@ -630,7 +704,7 @@ fn stack_names_the_port_that_is_taken() {
         .args(["--base-port", &ports.base.to_string()])
         .args(["--gateway-addr", &format!("127.0.0.1:{}", ports.gateway)])
         .args(["--admin-addr", &format!("127.0.0.1:{}", ports.admin)])
-        .env("AMQP_URL", amqp_url())
+        .env("AMQP_URL", broker_url("vantage"))
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
