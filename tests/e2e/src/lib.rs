@@ -10,8 +10,11 @@
 //! stack.stop().await; // or drop it: processes are killed either way
 //! ```
 //!
-//! Needs RabbitMQ at `AMQP_URL` (default `amqp://guest:guest@127.0.0.1:5672/%2f`); fails with
-//! instructions when it is not there.
+//! The broker is secured as deployed: a RabbitMQ node of this test process
+//! (`test_support::BrokerNode`, one per test binary), AMQPS only for the services, each with its
+//! own user and the contract's permissions, imported by the stack's own provisioning
+//! (`stack::broker`, through the management API) into a vhost of each test's own, deleted on
+//! [`Stack::stop`]. Needs `rabbitmq-server` installed; fails with instructions when it is not.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -22,16 +25,13 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use reqwest::StatusCode;
 use serde_json::Value;
+use test_support::BrokerNode;
 
 /// Every service, in start order (users first: the gateway reads its JWKS).
 pub use stack::config::SERVICES;
 pub const ADMIN_EMAIL: &str = "admin@e2e.test";
 pub const ADMIN_PASSWORD: &str = "admin-password-e2e";
 const GATEWAY_ADMIN_TOKEN: &str = "e2e-admin-token";
-
-pub fn amqp_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -63,23 +63,30 @@ pub fn binaries() -> &'static Path {
     })
 }
 
-async fn require_broker() {
-    let url = amqp_url();
-    let conn = tokio::time::timeout(
-        Duration::from_secs(5),
-        lapin::Connection::connect(&url, lapin::ConnectionProperties::default()),
-    )
-    .await;
-    match conn {
-        Ok(Ok(c)) => {
-            let _ = c.close(200, "ok".into()).await;
-        }
-        other => panic!(
-            "RabbitMQ is not reachable at AMQP_URL: {:?}. Start one with `rabbitmq-server -detached` \
-             (or point AMQP_URL at a running broker).",
-            other.map(|r| r.err())
-        ),
-    }
+/// Sets up this stack's corner of the test broker: vhost, users, queues, through the stack's own
+/// provisioning; returns it and the node.
+async fn secured_broker(dir: &Path, prefix: &str) -> (stack::broker::Broker, &'static BrokerNode) {
+    let node = BrokerNode::shared();
+    let vhost = prefix.trim_end_matches('.');
+    let url = format!("amqps://localhost:{}/{vhost}", node.amqps_port());
+    let options = stack::broker::BrokerOptions {
+        broker_admin_url: Some(node.management_url()),
+        broker_provisioned: false,
+        amqp_ca_file: Some(node.ca_file().to_owned()),
+    };
+    let plan = stack::broker::BrokerPlan::new(&url, prefix, &options)
+        .unwrap_or_else(|e| panic!("broker plan: {e:?}"));
+    let broker =
+        stack::broker::Broker::prepare(plan, dir).expect("broker passwords and definitions");
+    broker
+        .import()
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", node.log_tail()));
+    broker
+        .verify(Duration::from_secs(15))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    (broker, node)
 }
 
 struct Process {
@@ -168,16 +175,18 @@ pub struct Stack {
     pub addrs: HashMap<&'static str, String>,
     pub prefix: String,
     processes: Vec<Process>,
+    broker: stack::broker::Broker,
+    node: &'static BrokerNode,
     dir: tempfile::TempDir,
 }
 
 impl Stack {
     /// Starts everything; `extra_env` is `(service, variable, value)`.
     pub async fn start(extra_env: &[(&str, &str, &str)]) -> Stack {
-        require_broker().await;
         let bin = binaries();
         let dir = tempfile::tempdir().unwrap();
         let prefix = format!("e2e-{}.", uuid::Uuid::new_v4().simple());
+        let (broker, node) = secured_broker(dir.path(), &prefix).await;
         // Ports below the ephemeral range: a `bind(0)` port could be taken by another test's
         // service or client before ours binds it, and a readiness probe would then be answered
         // by someone else's process.
@@ -195,6 +204,8 @@ impl Stack {
             addrs: addrs.clone(),
             prefix: prefix.clone(),
             processes: Vec::new(),
+            broker,
+            node,
             dir,
         };
         for svc in SERVICES {
@@ -209,7 +220,6 @@ impl Stack {
                         .display()
                         .to_string(),
                 ),
-                ("AMQP_URL".into(), amqp_url()),
                 ("SHOP_QUEUE_PREFIX".into(), prefix.clone()),
                 (
                     "INVENTORY_URL".into(),
@@ -223,6 +233,8 @@ impl Stack {
                 ("PAYMENT_RETRY_BASE_MS".into(), "20".into()),
                 ("RUST_LOG".into(), "info".into()),
             ];
+            // Its own broker user over AMQPS: AMQP_URL, AMQP_PASSWORD_FILE, AMQP_CA_FILE.
+            env.extend(stack.broker.service_env(svc));
             for (s, k, v) in extra_env {
                 if *s == svc {
                     env.push(((*k).into(), (*v).into()));
@@ -392,11 +404,10 @@ impl Stack {
         resp.json().await.unwrap()
     }
 
-    /// Takes every message out of `<prefix><consumer>.dlq` (bodies as JSON when they parse).
+    /// Takes every message out of `<prefix><consumer>.dlq` (bodies as JSON when they parse),
+    /// as the consumer's own broker user (the only one that may read it).
     pub async fn drain_dead_letters(&self, consumer: &str) -> Vec<Value> {
-        let conn = lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
-            .await
-            .unwrap();
+        let conn = self.broker_connection(consumer).await;
         let ch = conn.create_channel().await.unwrap();
         let queue = messaging::Topology::new(self.prefix.clone()).dead_letter_queue(consumer);
         let mut out = Vec::new();
@@ -457,24 +468,59 @@ impl Stack {
         }
     }
 
-    /// Stops the processes and deletes this stack's queues and exchanges.
+    /// A broker connection as `service`'s own user.
+    pub async fn broker_connection(&self, service: &str) -> lapin::Connection {
+        let env: std::collections::HashMap<String, String> =
+            self.broker.service_env(service).into_iter().collect();
+        let endpoint = messaging::BrokerEndpoint::url(&env["AMQP_URL"])
+            .with_password_file(&env["AMQP_PASSWORD_FILE"])
+            .with_ca_file(&env["AMQP_CA_FILE"]);
+        let amqp = messaging::AmqpConfig {
+            endpoint,
+            topology: messaging::Topology::new(self.prefix.clone()),
+            connection_name: format!("{}e2e", self.prefix),
+            subscriptions: &[],
+        };
+        amqp.connect("e2e")
+            .await
+            .unwrap_or_else(|e| panic!("connecting as {service}: {e}"))
+    }
+
+    /// The broker users connected to this stack's vhost, each with whether its connection is
+    /// TLS, from the management API (which lists a connection a few seconds after it opens).
+    pub async fn broker_connections(&self, wanted: usize) -> Vec<(String, bool)> {
+        let vhost = &self.broker.plan.vhost;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let listed: Value = serde_json::from_str(&self.node.get("/api/connections").unwrap())
+                .expect("connections as JSON");
+            let ours: Vec<(String, bool)> = listed
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|c| c["vhost"] == vhost.as_str())
+                .map(|c| {
+                    (
+                        c["user"].as_str().unwrap_or_default().to_owned(),
+                        c["ssl"].as_bool().unwrap_or(false),
+                    )
+                })
+                .collect();
+            if ours.len() >= wanted || Instant::now() > deadline {
+                return ours;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Stops the processes and deletes this stack's vhost (queues and exchanges with it) and
+    /// broker users.
     pub async fn stop(mut self) {
         self.kill();
-        let Ok(conn) =
-            lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await
-        else {
-            return;
-        };
-        if let Ok(ch) = conn.create_channel().await {
-            let topology = messaging::Topology::new(self.prefix.clone());
-            let _ = topology
-                .delete(
-                    &ch,
-                    &["inventory", "orders", "payment", "shipping", "audit"],
-                )
-                .await;
+        let _ = self.node.delete_vhost(&self.broker.plan.vhost);
+        for svc in SERVICES {
+            let _ = self.node.delete_user(&self.broker.plan.topology.user(svc));
         }
-        let _ = conn.close(200, "ok".into()).await;
     }
 
     fn kill(&mut self) {

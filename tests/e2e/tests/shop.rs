@@ -1,6 +1,7 @@
 //! The shop, end to end through the real gateway, seven services and RabbitMQ.
 //!
-//! Run with `cargo test -p e2e-tests` (RabbitMQ at `AMQP_URL`; binaries are built on first use).
+//! Run with `cargo test -p e2e-tests` (binaries are built on first use; the broker is a test
+//! RabbitMQ node with AMQPS and one user per service, see `e2e_tests::Stack`).
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -415,6 +416,26 @@ async fn the_order_saga_end_to_end_through_the_gateway() {
     );
     assert_eq!(stock(&stack, &tee).await.2 - start[1].1 .2, 1);
     assert_eq!(stock(&stack, &lamp).await.2 - start[2].1 .2, 0);
+
+    // --- all of it on the secured broker: every service as its own user, over TLS ---
+    // A relay per service and a consumer per service with a queue.
+    let consumers = messaging::contract::consumers().count();
+    let connections = stack
+        .broker_connections(e2e_tests::SERVICES.len() + consumers)
+        .await;
+    for svc in e2e_tests::SERVICES {
+        let user = format!("{}{svc}", stack.prefix);
+        assert!(
+            connections.iter().any(|(u, _)| *u == user),
+            "{user} has no broker connection: {connections:?}"
+        );
+    }
+    assert!(
+        connections
+            .iter()
+            .all(|(u, tls)| *tls && u.starts_with(&stack.prefix)),
+        "only the services' own users, only over TLS: {connections:?}"
+    );
 
     stack.stop().await;
 }
