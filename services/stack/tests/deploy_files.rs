@@ -91,11 +91,18 @@ fn compose_runs_every_service_from_the_one_dockerfile_after_rabbitmq_is_healthy(
             Some(format!("0.0.0.0:{port}").as_str()),
             "{name} listens on its default port inside the network"
         );
-        assert_eq!(
-            str_of(svc, &["environment", "AMQP_URL"]),
-            Some("amqp://${RABBITMQ_USER:-guest}:${RABBITMQ_PASSWORD:-guest}@rabbitmq:5672/%2f"),
-            "{name} uses the broker user compose creates"
+        // Its own broker user, named as the definitions name it, with a required password.
+        let url = str_of(svc, &["environment", "AMQP_URL"]).unwrap_or_default();
+        let var = format!("AMQP_PASSWORD_{}", name.to_uppercase());
+        assert!(
+            url.starts_with(&format!("amqp://${{SHOP_QUEUE_PREFIX:-}}{name}:${{{var}:?")),
+            "{name} uses its own broker user and a password without default: {url}"
         );
+        assert!(
+            url.ends_with("@rabbitmq:5672/vantage"),
+            "{name} uses the vhost vantage: {url}"
+        );
+        assert!(!url.contains("guest"), "{name}: {url}");
         assert_eq!(
             str_of(svc, &["environment", "OTEL_SERVICE_NAME"]),
             Some(*name)
@@ -194,7 +201,10 @@ fn compose_puts_only_the_gateway_on_the_edge_and_the_rest_on_an_internal_network
     // Every service is on some network (none falls back to the default network), and only
     // the gateway publishes a port beyond loopback.
     for (name, svc) in &services {
-        assert!(!networks_of(svc).is_empty(), "{name} names its networks");
+        assert!(
+            !networks_of(svc).is_empty() || svc["network_mode"] == "none",
+            "{name} names its networks (or has none at all)"
+        );
         for port in svc["ports"].as_sequence().into_iter().flatten() {
             let port = port.as_str().unwrap();
             assert!(
@@ -218,11 +228,146 @@ fn compose_operator_uis_take_credentials_from_the_environment() {
         password.starts_with("${GRAFANA_ADMIN_PASSWORD:?"),
         "required, no default: {password}"
     );
-    let rabbitmq = &services["rabbitmq"]["environment"];
-    assert_eq!(rabbitmq["RABBITMQ_DEFAULT_USER"], "${RABBITMQ_USER:-guest}");
+    // RabbitMQ's operator account comes from the definitions, its password from the
+    // environment without default; RabbitMQ's own default user (guest) is never created.
+    let rabbitmq = &services["rabbitmq"];
+    assert!(
+        rabbitmq
+            .get("environment")
+            .is_none_or(|e| e.get("RABBITMQ_DEFAULT_USER").is_none()
+                && e.get("RABBITMQ_DEFAULT_PASS").is_none()),
+        "no default user: {rabbitmq:?}"
+    );
+    let admin = str_of(
+        &services["broker-definitions"],
+        &["environment", "RABBITMQ_ADMIN_PASSWORD"],
+    )
+    .unwrap();
+    assert!(
+        admin.starts_with("${RABBITMQ_ADMIN_PASSWORD:?"),
+        "required, no default: {admin}"
+    );
+}
+
+/// Compose's broker loads at boot the definitions `stack broker-definitions` generates from
+/// the messaging contract: the one-shot service gets a password for every service of the
+/// contract (and nothing else), writes into a volume, and RabbitMQ starts only after it
+/// succeeded, copies the file to where its config loads it from, and loads it.
+#[test]
+fn compose_loads_the_broker_definitions_generated_from_the_contract() {
+    use stack::broker_definitions::{generate, DefinitionsOptions};
+    let services = compose_services();
+    let init = &services["broker-definitions"];
+    assert_eq!(str_of(init, &["build", "args", "BIN"]), Some("stack"));
+    assert_eq!(str_of(init, &["network_mode"]), Some("none"));
+    let command: Vec<&str> = init["command"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(command[0], "broker-definitions");
+    let out = command[command.iter().position(|a| *a == "--out").unwrap() + 1];
+
+    // The variables compose gives it are exactly the ones the generator reads.
+    let env: BTreeMap<String, String> = init["environment"]
+        .as_mapping()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().unwrap().to_owned(),
+                v.as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let passwords: BTreeSet<&str> = env
+        .keys()
+        .filter(|k| k.starts_with("AMQP_PASSWORD_"))
+        .map(String::as_str)
+        .collect();
+    let wanted: BTreeSet<String> = messaging::contract::SERVICES
+        .iter()
+        .map(|c| format!("AMQP_PASSWORD_{}", c.service.to_uppercase()))
+        .collect();
     assert_eq!(
-        rabbitmq["RABBITMQ_DEFAULT_PASS"],
-        "${RABBITMQ_PASSWORD:-guest}"
+        passwords,
+        wanted.iter().map(String::as_str).collect::<BTreeSet<_>>()
+    );
+    for (k, v) in &env {
+        assert!(
+            v.starts_with(&format!("${{{k}:?")) || k == "SHOP_QUEUE_PREFIX",
+            "{k} is required, without default: {v}"
+        );
+    }
+    let options = DefinitionsOptions {
+        vhost: "vantage".into(),
+        queue_prefix: String::new(),
+        password_dir: None,
+        admin_user: "vantage-admin".into(),
+        admin_password_file: None,
+        out: None,
+    };
+    let defs = generate(&options, |k| {
+        env.contains_key(k).then(|| format!("{k}-long-enough"))
+    })
+    .expect("the generator accepts what compose provides");
+    let users: Vec<&str> = defs["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["name"].as_str().unwrap())
+        .collect();
+    assert!(users.contains(&"vantage-admin"), "{users:?}");
+
+    // The volume it writes into is the one RabbitMQ reads, after it succeeded.
+    let volume_at = |svc: &Value, target: &str| -> Option<String> {
+        svc["volumes"].as_sequence()?.iter().find_map(|v| {
+            let v = v.as_str()?;
+            let mut parts = v.split(':');
+            let (src, dst) = (parts.next()?, parts.next()?);
+            (dst == target).then(|| src.to_owned())
+        })
+    };
+    let out_dir = Path::new(out).parent().unwrap().to_str().unwrap();
+    let volume = volume_at(init, out_dir).expect("the init service writes into a volume");
+    let rabbitmq = &services["rabbitmq"];
+    assert_eq!(
+        str_of(rabbitmq, &["depends_on", "broker-definitions", "condition"]),
+        Some("service_completed_successfully")
+    );
+    let mounted_at = rabbitmq["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .find_map(|v| v.strip_prefix(&format!("{volume}:")))
+        .expect("rabbitmq mounts the definitions volume")
+        .trim_end_matches(":ro")
+        .to_owned();
+    let entrypoint = rabbitmq["entrypoint"]
+        .as_sequence()
+        .unwrap()
+        .last()
+        .unwrap();
+    let entrypoint = entrypoint.as_str().unwrap();
+    let file_name = Path::new(out).file_name().unwrap().to_str().unwrap();
+    let copied = format!("{mounted_at}/{file_name} ");
+    assert!(entrypoint.contains(&copied), "{entrypoint} copies {copied}");
+    assert!(
+        entrypoint.ends_with("exec docker-entrypoint.sh rabbitmq-server"),
+        "{entrypoint}"
+    );
+    let conf_mount = volume_at(rabbitmq, "/etc/rabbitmq/conf.d/20-vantage.conf")
+        .expect("the broker config is mounted");
+    let conf = std::fs::read_to_string(root().join(conf_mount.trim_start_matches("./"))).unwrap();
+    let loaded = conf
+        .lines()
+        .find_map(|l| l.strip_prefix("load_definitions = "))
+        .expect("load_definitions");
+    assert!(
+        entrypoint.contains(&format!("{mounted_at}/{file_name} {loaded} ")),
+        "the copy is where the config loads from: {entrypoint} / {loaded}"
     );
 }
 
@@ -1143,6 +1288,15 @@ fn k8s_broker_is_a_three_node_tls_only_rabbitmq_cluster_with_its_definitions() {
     assert_eq!(
         volume(sts, "definitions")["secret"]["secretName"],
         "vantage-broker-definitions"
+    );
+    // The definitions create no default user; the operator uses their operator account.
+    assert_eq!(
+        spec["secretBackend"]["externalSecret"]["name"],
+        "vantage-broker-admin"
+    );
+    assert!(
+        !config.contains("default_user"),
+        "no default user next to the definitions: {config}"
     );
     // The services' queues are quorum queues (declared so by the services themselves).
     let topology =
