@@ -459,3 +459,44 @@ mod tests {
         assert_eq!(queue_names.len(), 2 * contract::consumers().count());
     }
 }
+
+#[cfg(test)]
+mod docs {
+    use super::*;
+
+    /// A regular expression in a Markdown table cell: `|` escaped.
+    fn cell(regex: &str) -> String {
+        format!("`{}`", regex.replace('|', "\\|"))
+    }
+
+    /// docs/security.md shows the permissions the definitions grant: one row per service, the
+    /// same as the grants (so the table cannot drift from the contract either).
+    #[test]
+    fn the_security_doc_shows_the_permissions_the_definitions_grant() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/security.md");
+        let doc = std::fs::read_to_string(path).unwrap();
+        let t = Topology::default();
+        for c in contract::SERVICES {
+            let g = grant(&t, c);
+            let consumes = if c.consumes.is_empty() {
+                "—".to_owned()
+            } else {
+                c.consumes
+                    .iter()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let row = format!(
+                "| {} | {} | {} | {} | {} | {} |",
+                c.service,
+                cell(&g.configure),
+                cell(&g.write),
+                cell(&g.read),
+                cell(&g.topic_write),
+                consumes
+            );
+            assert!(doc.contains(&row), "docs/security.md lacks the row\n{row}");
+        }
+    }
+}

@@ -32,7 +32,7 @@ pub struct MessagingMetrics {
     pub outbox_backlog: Gauge,
     /// `shop_messages_published_total{outcome=confirmed|returned|nacked}`
     pub published: Family<PublishLabels, Counter>,
-    /// `shop_messages_consumed_total{consumer,outcome=processed|duplicate|retried|dead_lettered}`
+    /// `shop_messages_consumed_total{consumer,outcome=processed|duplicate|retried|dead_lettered|forged}`
     pub consumed: Family<ConsumeLabels, Counter>,
     /// `shop_broker_reconnects_total`
     pub reconnects: Counter,

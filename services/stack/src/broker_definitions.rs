@@ -145,7 +145,7 @@ pub fn main(args: impl IntoIterator<Item = String>) -> std::process::ExitCode {
     }) {
         Ok(j) => j,
         Err(e) => {
-            eprintln!("stack broker-definitions: {e}");
+            eprintln!("stack broker-definitions: {e} (see --help)");
             return std::process::ExitCode::from(2);
         }
     };
