@@ -57,12 +57,15 @@ STACK_PID=$!
 cleanup() {
     kill -INT "$STACK_PID" 2>/dev/null || true
     wait "$STACK_PID" 2>/dev/null || true
-    # Delete this run's queues (its prefix only).
-    for q in $(rabbitmqctl -q list_queues name 2>/dev/null | grep "^${PREFIX//./\\.}" || true); do
-        rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true
+    # Delete this run's queues, exchanges (its prefix only, in the stack's vhost) and broker users.
+    for q in $(rabbitmqctl -q -p vantage list_queues name 2>/dev/null | grep "^${PREFIX//./\\.}" || true); do
+        rabbitmqctl -q -p vantage delete_queue "$q" >/dev/null 2>&1 || true
     done
-    for x in $(rabbitmqctl -q list_exchanges name 2>/dev/null | grep "^${PREFIX//./\\.}" || true); do
-        rabbitmqctl -q eval "rabbit_exchange:delete(rabbit_misc:r(<<\"/\">>, exchange, <<\"$x\">>), false, <<\"saga.sh\">>)." >/dev/null 2>&1 || true
+    for x in $(rabbitmqctl -q -p vantage list_exchanges name 2>/dev/null | grep "^${PREFIX//./\\.}" || true); do
+        rabbitmqctl -q eval "rabbit_exchange:delete(rabbit_misc:r(<<\"vantage\">>, exchange, <<\"$x\">>), false, <<\"saga.sh\">>)." >/dev/null 2>&1 || true
+    done
+    for s in "${SERVICES[@]}"; do
+        rabbitmqctl -q delete_user "${PREFIX}$s" >/dev/null 2>&1 || true
     done
 }
 trap cleanup EXIT
