@@ -63,10 +63,11 @@ impl BrokerEndpoint {
     ///
     /// A URL without a user gets `default_user` (the service's broker user, see
     /// [`Topology::user`](crate::Topology::user)). Recorded as errors: a URL that is not
-    /// `amqp://` or `amqps://`, the user `guest`, no password (neither in the URL nor in the
-    /// file) or two of them, an unreadable or empty password file, `amqps://` without a CA
-    /// bundle, a CA bundle for a plaintext URL, and a CA file without a PEM certificate. The URL
-    /// is never repeated in an error (it may hold a password).
+    /// `amqp://` or `amqps://`, the user `guest`, a password in both the URL and a file, an
+    /// unreadable or empty password file, `amqps://` without a CA bundle, a CA bundle for a
+    /// plaintext URL, and a CA file without a PEM certificate. The URL is never repeated in an
+    /// error (it may hold a password). No password at all fails at connect, naming
+    /// `AMQP_PASSWORD_FILE`.
     pub fn parse(p: &mut EnvParser<'_>, default_user: &str) -> Self {
         let raw = p.string("AMQP_URL", DEFAULT_URL);
         let password_file = p.var("AMQP_PASSWORD_FILE").map(PathBuf::from);
@@ -93,16 +94,13 @@ impl BrokerEndpoint {
                      (see `stack broker-definitions`)",
                 );
             }
-            match (u.password().is_some(), &password_file) {
-                (true, Some(_)) => p.error(
+            // No password at all is not an error here (a client certificate may authenticate
+            // one day); connecting says what is missing.
+            if u.password().is_some() && password_file.is_some() {
+                p.error(
                     "AMQP_PASSWORD_FILE",
                     "AMQP_URL already holds a password; set only one of them",
-                ),
-                (false, None) => p.error(
-                    "AMQP_PASSWORD_FILE",
-                    "not set, and AMQP_URL holds no password: the broker user needs one",
-                ),
-                _ => {}
+                );
             }
             let tls = u.scheme() == "amqps";
             match (&ca_file, tls) {
@@ -195,7 +193,12 @@ impl BrokerEndpoint {
         let password = match (&self.password_file, parsed.password()) {
             (Some(file), _) => read_password(file)?,
             (None, Some(p)) => percent_decoded(p),
-            (None, None) => return Err(invalid("no password for the broker user")),
+            (None, None) => {
+                return Err(invalid(&format!(
+                    "no password for the broker user {username}: set AMQP_PASSWORD_FILE or put \
+                     it in AMQP_URL"
+                )))
+            }
         };
         uri.authority.userinfo = AMQPUserInfo { username, password };
         let mut tls = OwnedTLSConfig::default();
@@ -337,12 +340,15 @@ mod tests {
         assert!(all.contains("AMQP_CA_FILE: not set"), "{all}");
         assert!(!all.contains("hunter2"), "{all}");
 
-        let (_, errors) = parsed(&[("AMQP_URL", "amqp://127.0.0.1/vantage")]);
-        assert_eq!(errors.len(), 1, "{errors:?}");
+        // No password: accepted here, refused at connect with what to set.
+        let (e, errors) = parsed(&[("AMQP_URL", "amqp://127.0.0.1/vantage")]);
+        assert!(errors.is_empty(), "{errors:?}");
+        let err = e.resolve().unwrap_err().to_string();
         assert!(
-            errors[0].starts_with("AMQP_PASSWORD_FILE: not set"),
-            "{errors:?}"
+            err.contains("no password for the broker user t.orders"),
+            "{err}"
         );
+        assert!(err.contains("AMQP_PASSWORD_FILE"), "{err}");
 
         let (_, errors) = parsed(&[("AMQP_URL", "http://o:p@x/")]);
         assert!(

@@ -144,6 +144,11 @@ impl Stack {
             ])
             .args(extra)
             .env("AMQP_URL", broker_url(&name))
+            // Debug builds hash slowly (argon2 at its default cost took over the gateway's 5 s
+            // upstream timeout on a loaded 2-core machine); the cost is not what these tests
+            // check. The e2e tests do the same.
+            .env("USERS_ARGON2_MEMORY_KIB", "1024")
+            .env("USERS_ARGON2_ITERATIONS", "1")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(stdout)
