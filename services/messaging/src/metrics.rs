@@ -30,7 +30,8 @@ pub struct MessagingMetrics {
     pub process_duration: DurationFamily<ConsumeLabels>,
     /// `shop_outbox_backlog`: outbox rows not yet confirmed by the broker.
     pub outbox_backlog: Gauge,
-    /// `shop_messages_published_total{outcome=confirmed|returned|nacked}`
+    /// `shop_messages_published_total{outcome=confirmed|returned|nacked|refused}` (refused: the
+    /// broker's permissions do not let this service publish that routing key)
     pub published: Family<PublishLabels, Counter>,
     /// `shop_messages_consumed_total{consumer,outcome=processed|duplicate|retried|dead_lettered|forged}`
     pub consumed: Family<ConsumeLabels, Counter>,

@@ -2,13 +2,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::protocol::AMQPSoftError;
 use lapin::{BasicProperties, Confirmation};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn, Instrument};
+use tracing::{error, info, warn, Instrument};
 
 use crate::broker::Reconnect;
 use crate::outbox::{self, OutboxRow};
+use crate::topology::{amqp_message, soft_error};
 use crate::{trace_context, AmqpConfig, BrokerStatus, Db, MessagingError, MessagingMetrics};
 
 /// Rows published per round trip; confirms are awaited for the whole batch.
@@ -112,6 +114,10 @@ impl Relay {
                 continue;
             }
             let mut pending = Vec::with_capacity(rows.len());
+            // A refused publish closes the channel: the publishes and confirms after it fail
+            // too. What was confirmed before it is still marked sent, the refused row is held
+            // back (so it cannot block the others), and then the relay reconnects.
+            let mut broken: Option<lapin::Error> = None;
             for row in rows {
                 let span = trace_context::producer_span(
                     &exchange,
@@ -122,7 +128,7 @@ impl Relay {
                 let headers = trace_context::publish_headers(&span, &row.trace);
                 let exemplar = observability::metrics::trace_exemplar_for(&span);
                 let started = std::time::Instant::now();
-                let confirm = ch
+                let published = ch
                     .basic_publish(
                         exchange.as_str().into(),
                         row.routing_key.as_str().into(),
@@ -134,13 +140,44 @@ impl Relay {
                         properties(&row, &user, headers),
                     )
                     .instrument(span)
-                    .await?;
-                pending.push((row, confirm, started, exemplar));
+                    .await;
+                match published {
+                    Ok(confirm) => pending.push((row, confirm, started, exemplar)),
+                    Err(e) => {
+                        broken = Some(e);
+                        break;
+                    }
+                }
             }
             let mut sent = Vec::with_capacity(pending.len());
             let mut failed = Vec::new();
             for (row, confirm, started, exemplar) in pending {
-                let confirmation = confirm.await?;
+                let confirmation = match confirm.await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        if broken.is_none() && soft_error(&e) == Some(AMQPSoftError::ACCESSREFUSED)
+                        {
+                            self.metrics.published("refused");
+                            let reason = amqp_message(&e).unwrap_or_default();
+                            error!(
+                                event_id = %row.event_id,
+                                routing_key = %row.routing_key,
+                                user = %user,
+                                %reason,
+                                "The broker refused an event this service may not publish \
+                                 (messaging::contract); holding it back."
+                            );
+                            failed.push((row, format!("refused: {reason}")));
+                        }
+                        broken.get_or_insert(e);
+                        continue;
+                    }
+                };
+                if broken.is_some() {
+                    // Confirmed after the channel broke: cannot happen, but never mark a row
+                    // sent out of order with what failed before it.
+                    continue;
+                }
                 let outcome = match &confirmation {
                     Confirmation::Ack(None) | Confirmation::NotRequested => "confirmed",
                     Confirmation::Ack(Some(_)) => "returned",
@@ -180,6 +217,9 @@ impl Relay {
                     Ok::<_, rusqlite::Error>(())
                 })
                 .await?;
+            if let Some(e) = broken {
+                return Err(e.into());
+            }
         }
     }
 }

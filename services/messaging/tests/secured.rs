@@ -20,7 +20,7 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Confirmation, Connection};
 use messaging::contract;
 use messaging::definitions::{self, PasswordHash};
-use messaging::events::{PaymentSucceeded, SagaEvent, ShipmentScheduled};
+use messaging::events::{OrderPlaced, PaymentSucceeded, SagaEvent, ShipmentScheduled};
 use messaging::{
     outbox, AmqpConfig, BrokerEndpoint, CloudEvent, Consumer, ConsumerConfig, Db, Event, Handler,
     HandlerError, Incoming, MessagingError, MessagingMetrics, Relay, Topology, TraceContext,
@@ -351,6 +351,17 @@ where
     }
 }
 
+fn placed(order: &str) -> OrderPlaced {
+    OrderPlaced {
+        order_id: order.into(),
+        user_id: "u-1".into(),
+        items: vec![],
+        total_cents: 500,
+        currency: "EUR".into(),
+        payment_token: "tok_visa".into(),
+    }
+}
+
 fn succeeded(order: &str) -> PaymentSucceeded {
     PaymentSucceeded {
         order_id: order.into(),
@@ -524,7 +535,8 @@ async fn a_forged_event_is_rejected_by_the_consumer_and_genuine_ones_flow() {
 }
 
 /// A service whose code enqueues an event it does not own cannot get it out: its relay's
-/// publish is refused by the broker, and the row stays in the outbox.
+/// publish is refused by the broker, the row is held back in the outbox with the reason, and
+/// the service's own events behind it still go out.
 #[tokio::test]
 async fn a_relay_publishing_another_services_event_is_refused_by_the_broker() {
     let s = Secured::import();
@@ -532,14 +544,16 @@ async fn a_relay_publishing_another_services_event_is_refused_by_the_broker() {
     let db = Db::open(&dir.path().join("cart.db")).unwrap();
     messaging::migrate(&db).await.unwrap();
     // cart may publish only order.placed; payment.succeeded is payment's.
-    let ev = db
+    let (forbidden, own) = db
         .call(|c| {
             let tx = c.transaction()?;
-            let ev = Writer::new(&tx, "cart")
+            let w = Writer::new(&tx, "cart");
+            let forbidden = w
                 .enqueue(&succeeded("o-1"), &TraceContext::default())
                 .unwrap();
+            let own = w.enqueue(&placed("o-2"), &TraceContext::default()).unwrap();
             tx.commit()?;
-            Ok::<_, rusqlite::Error>(ev)
+            Ok::<_, rusqlite::Error>((forbidden, own))
         })
         .await
         .unwrap();
@@ -548,26 +562,59 @@ async fn a_relay_publishing_another_services_event_is_refused_by_the_broker() {
     let shutdown = CancellationToken::new();
     tokio::spawn(relay.run(shutdown.clone()));
     notifier.wake();
-    eventually("the relay to lose its channel to the refusal", || {
-        let n = metrics.reconnects.get();
-        async move { n >= 1 }
+    let id = own.id.clone();
+    eventually("cart's own event published behind the refused one", || {
+        let (db, id) = (db.clone(), id.clone());
+        async move {
+            db.call(move |c| outbox::sent_at(c, &id))
+                .await
+                .unwrap()
+                .is_some()
+        }
     })
     .await;
-    let id = ev.id.clone();
-    assert_eq!(
-        db.call(move |c| outbox::sent_at(c, &id)).await.unwrap(),
-        None
+    let refused = metrics
+        .published
+        .get_or_create(&messaging::PublishLabels { outcome: "refused" })
+        .get();
+    assert!(refused >= 1, "counted as refused");
+    let id = forbidden.id.clone();
+    let (sent, error): (Option<String>, Option<String>) = db
+        .call(move |c| {
+            c.query_row(
+                "SELECT sent_at, last_error FROM outbox WHERE event_id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!(sent, None, "never published");
+    let error = error.unwrap_or_default();
+    assert!(
+        error.contains("refused") && error.contains("ACCESS_REFUSED"),
+        "{error}"
     );
+
+    // orders' queue got cart's order.placed and nothing else.
     let orders = s.connect("orders").await;
     let ch = orders.create_channel().await.unwrap();
-    let got = ch
+    let mut got = Vec::new();
+    while let Some(m) = ch
         .basic_get(
             s.topology.queue("orders").as_str().into(),
             BasicGetOptions { no_ack: true },
         )
         .await
-        .unwrap();
-    assert!(got.is_none(), "nothing reached orders");
+        .unwrap()
+    {
+        got.push(
+            serde_json::from_slice::<CloudEvent>(&m.delivery.data)
+                .unwrap()
+                .ty,
+        );
+    }
+    assert_eq!(got, ["shop.order.placed.v1"]);
     shutdown.cancel();
     s.cleanup();
 }
