@@ -111,7 +111,8 @@ impl ServeHttp for AdminApp {
                 if let Err(resp) = self.authorized(session) {
                     return *resp;
                 }
-                runtime.update_gauges(&self.shared.metrics);
+                let edge = self.shared.edge_certs.current();
+                runtime.update_gauges(&self.shared.metrics, edge.as_deref());
                 respond(
                     StatusCode::OK,
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -130,6 +131,17 @@ impl ServeHttp for AdminApp {
                         .map(|(n, u)| (n.clone(), serde_json::json!({"circuit": u.breaker.state_name(), "available_endpoints": u.available_endpoints()})))
                         .collect();
                     obj.insert("upstream_state".into(), breakers.into());
+                    // Certificates in use: subjects, SPIFFE IDs and expiry — never keys.
+                    let mut certs = serde_json::Map::new();
+                    if let Some(edge) = self.shared.edge_certs.current() {
+                        certs.insert("edge".into(), serde_json::json!({"subject": edge.subject, "not_after": identity::rfc3339(edge.not_after)}));
+                    }
+                    for (name, u) in &runtime.upstreams {
+                        if let Some(tls) = &u.tls {
+                            certs.insert(format!("upstream:{name}"), serde_json::json!({"spiffe_id": tls.spiffe_id(), "not_after": identity::rfc3339(tls.not_after())}));
+                        }
+                    }
+                    obj.insert("certificates".into(), certs.into());
                 }
                 respond(
                     StatusCode::OK,

@@ -51,6 +51,8 @@ pub struct Config {
     pub admin: AdminSettings,
     /// Process-wide settings.
     pub server: ServerSettings,
+    /// What the public TLS listener serves.
+    pub edge_tls: Option<EdgeTlsConfig>,
     /// Request headers that carry identity to upstreams; always removed from what clients send.
     #[serde(serialize_with = "ser_header_names")]
     pub identity_headers: Vec<HeaderName>,
@@ -75,6 +77,38 @@ pub struct Listeners {
     pub public: SocketAddr,
     /// Admin listener (`/healthz`, `/readyz`, `/metrics`, `/config`). Default `127.0.0.1:9901`.
     pub admin: SocketAddr,
+    /// Public TLS listener (HTTP/1.1 and HTTP/2 by ALPN), serving `edge_tls`. Default: none.
+    pub public_tls: Option<SocketAddr>,
+}
+
+/// The certificate the public TLS listener serves, and what plain HTTP clients are told.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EdgeTlsConfig {
+    /// PEM certificate chain, leaf first. Re-read when it changes.
+    pub cert_file: PathBuf,
+    /// PEM private key of the leaf. Never shown in `/config`.
+    pub key_file: PathBuf,
+    /// Answer plain-HTTP requests with 308 to the same URL on the TLS listener. Default `false`.
+    pub redirect_http: bool,
+    /// `Strict-Transport-Security: max-age=…` on responses over TLS; 0 sends none. Default 0.
+    pub hsts_max_age_secs: u64,
+}
+
+/// Mutual TLS to an upstream: the gateway's SVID as client certificate, the trust bundle, and
+/// the SPIFFE IDs the upstream may present.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UpstreamTlsConfig {
+    /// The gateway's SVID (PEM chain). Re-read when it changes.
+    pub cert_file: PathBuf,
+    /// Its private key (PEM). Never shown in `/config`.
+    pub key_file: PathBuf,
+    /// The trust bundle the upstream's certificate must chain to (PEM).
+    pub bundle_file: PathBuf,
+    /// SPIFFE IDs the upstream may present (its certificate's URI SAN); anything else is
+    /// refused before a request byte is sent.
+    pub spiffe_ids: Vec<String>,
+    /// The name sent as SNI. Default: the upstream's name.
+    pub server_name: String,
 }
 
 /// Admin endpoint protection.
@@ -247,6 +281,8 @@ pub struct UpstreamConfig {
     pub passive_ejection: PassiveEjectionConfig,
     /// Circuit breaker over the whole upstream. Default 5 failures, open 10 s.
     pub circuit_breaker: CircuitBreakerConfig,
+    /// Mutual TLS with SPIFFE identities. Default: plain HTTP.
+    pub tls: Option<UpstreamTlsConfig>,
 }
 
 /// Active health check settings.

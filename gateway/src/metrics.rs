@@ -72,6 +72,18 @@ pub(crate) struct UpstreamErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct IdentityRefusalLabels {
+    pub(crate) upstream: String,
+    pub(crate) reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct CertificateLabels {
+    /// `edge`, or `upstream:<name>` for the SVID the gateway presents to that upstream.
+    pub(crate) certificate: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct UpstreamLabels {
     pub(crate) upstream: String,
 }
@@ -100,6 +112,8 @@ pub(crate) struct Metrics {
     pub(crate) inflight: Gauge,
     pub(crate) ratelimit_keys: Family<PolicyLabels, Gauge>,
     pub(crate) reloads: Family<ReloadLabels, Counter>,
+    pub(crate) upstream_identity_refusals: Family<IdentityRefusalLabels, Counter>,
+    pub(crate) certificate_expiry: Family<CertificateLabels, Gauge>,
 }
 
 /// Latency buckets in seconds, as the HTTP semantic conventions recommend.
@@ -168,8 +182,23 @@ impl Metrics {
             "Config reload attempts by result",
             reloads.clone(),
         );
+        let upstream_identity_refusals = Family::<IdentityRefusalLabels, Counter>::default();
+        registry.register(
+            "gateway_upstream_identity_refusals",
+            "Upstream TLS connections refused after the handshake because the SPIFFE ID was not allowed",
+            upstream_identity_refusals.clone(),
+        );
+        let certificate_expiry = Family::<CertificateLabels, Gauge>::default();
+        registry.register_with_unit(
+            "gateway_certificate_expiry",
+            "Time until each certificate the gateway serves or presents expires",
+            prometheus_client::registry::Unit::Seconds,
+            certificate_expiry.clone(),
+        );
         Metrics {
             registry,
+            upstream_identity_refusals,
+            certificate_expiry,
             request_duration,
             auth_decisions,
             ratelimit_decisions,

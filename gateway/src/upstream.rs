@@ -3,19 +3,17 @@
 //! [`attempt`] is one request's use of a pool: selection, failures, retries.
 
 pub(crate) mod attempt;
+pub(crate) mod health;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use parking_lot::Mutex;
-use pingora_load_balancing::health_check::{HealthCheck, HttpHealthCheck};
-use pingora_load_balancing::Backend;
-use tokio::runtime::Handle;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::{CircuitBreakerConfig, LoadBalancing, UpstreamConfig};
+use crate::tls::UpstreamTls;
 
 /// One endpoint of a pool and what is known of its health.
 pub(crate) struct Endpoint {
@@ -160,6 +158,8 @@ pub(crate) struct Upstream {
     pub(crate) endpoints: Vec<Arc<Endpoint>>,
     next: AtomicUsize,
     pub(crate) breaker: CircuitBreaker,
+    /// Mutual TLS towards it, when the policy sets `tls`.
+    pub(crate) tls: Option<Arc<UpstreamTls>>,
 }
 
 impl Upstream {
@@ -168,6 +168,7 @@ impl Upstream {
         name: String,
         config: UpstreamConfig,
         addresses: Vec<SocketAddr>,
+        tls: Option<Arc<UpstreamTls>>,
     ) -> Arc<Self> {
         let endpoints = addresses
             .into_iter()
@@ -180,6 +181,7 @@ impl Upstream {
             endpoints,
             next: AtomicUsize::new(0),
             breaker,
+            tls,
         })
     }
 
@@ -248,79 +250,12 @@ impl Upstream {
         let now = Instant::now();
         self.endpoints.iter().filter(|e| e.available(now)).count()
     }
-
-    /// Runs active health checks until `stop` is cancelled.
-    pub(crate) fn start_health_checks(
-        self: &Arc<Self>,
-        background: &Handle,
-        stop: CancellationToken,
-    ) {
-        let Some(hc) = self.config.health_check.clone() else {
-            return;
-        };
-        let this = Arc::clone(self);
-        background.spawn(async move {
-            let mut check = HttpHealthCheck::new("localhost", false);
-            check.peer_template.options.connection_timeout = Some(hc.timeout);
-            check.peer_template.options.read_timeout = Some(hc.timeout);
-            check.peer_template.options.total_connection_timeout = Some(hc.timeout);
-            match pingora_http::RequestHeader::build("GET", hc.path.as_bytes(), None) {
-                Ok(mut req) => {
-                    let _ = req.insert_header("Host", "localhost");
-                    let _ = req.insert_header("User-Agent", "vantage-gateway-healthcheck");
-                    check.req = req;
-                }
-                Err(e) => {
-                    tracing::error!(upstream = %this.name, error = %e, "Invalid health check request; checks disabled.");
-                    return;
-                }
-            }
-            check.validator = Some(Box::new(|resp: &pingora_http::ResponseHeader| {
-                if resp.status.is_success() {
-                    Ok(())
-                } else {
-                    pingora_core::Error::e_explain(pingora_core::ErrorType::new("HealthCheckFailed"), format!("status {}", resp.status))
-                }
-            }));
-            let backends: Vec<Backend> = this
-                .endpoints
-                .iter()
-                .filter_map(|e| Backend::new(&e.addr.to_string()).ok())
-                .collect();
-            let mut streak: Vec<(bool, u32)> = vec![(true, 0); this.endpoints.len()];
-            loop {
-                for (i, (endpoint, backend)) in this.endpoints.iter().zip(&backends).enumerate() {
-                    let ok = tokio::time::timeout(hc.timeout + Duration::from_millis(100), check.check(backend))
-                        .await
-                        .map(|r| r.is_ok())
-                        .unwrap_or(false);
-                    let (last, count) = &mut streak[i];
-                    if ok == *last {
-                        *count += 1;
-                    } else {
-                        *last = ok;
-                        *count = 1;
-                    }
-                    let healthy = endpoint.active_healthy.load(Ordering::Relaxed);
-                    if healthy && !ok && *count >= hc.unhealthy_threshold {
-                        endpoint.active_healthy.store(false, Ordering::Relaxed);
-                        tracing::warn!(upstream = %this.name, endpoint = %endpoint.addr, "Health check failed; endpoint marked unhealthy.");
-                    } else if !healthy && ok && *count >= hc.healthy_threshold {
-                        endpoint.active_healthy.store(true, Ordering::Relaxed);
-                        tracing::info!(upstream = %this.name, endpoint = %endpoint.addr, "Health check passed; endpoint healthy again.");
-                    }
-                }
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(hc.interval) => {}
-                }
-            }
-        });
-    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]

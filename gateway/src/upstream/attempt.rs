@@ -46,13 +46,21 @@ pub(crate) fn begin(
         })
         .inc();
     ctx.upstream.inflight = Some(endpoint.track());
-    let url = format!("http://{}{}", endpoint.addr, path);
+    let scheme = if upstream.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let url = format!("{scheme}://{}{}", endpoint.addr, path);
     let mut span = ctx.span.client(method, &url, ctx.upstream.count - 1);
     span.set_attribute(KeyValue::new("vantage.upstream", upstream.name.clone()));
     ctx.upstream.span = Some(span);
 
     let cfg = &upstream.config;
-    let mut peer = HttpPeer::new(endpoint.addr, false, String::new());
+    let mut peer = HttpPeer::new(endpoint.addr, upstream.tls.is_some(), String::new());
+    if let Some(tls) = &upstream.tls {
+        tls.apply(&mut peer);
+    }
     peer.options.connection_timeout = Some(cfg.connect_timeout);
     peer.options.total_connection_timeout = Some(cfg.connect_timeout);
     peer.options.read_timeout = Some(cfg.read_timeout);
@@ -60,6 +68,60 @@ pub(crate) fn begin(
     peer.options.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
     ctx.upstream.endpoint = Some(endpoint);
     Ok(Box::new(peer))
+}
+
+/// Checks, right after connecting and before a byte of the request is sent, that a TLS
+/// upstream proved an allowed SPIFFE ID; records it on the attempt's span. A refusal is
+/// counted, put on the span and answered with 502 `upstream-identity`.
+pub(crate) fn verify_peer(
+    ctx: &mut RequestCtx,
+    metrics: &Metrics,
+    digest: Option<&pingora_core::protocols::Digest>,
+) -> Result<(), GatewayError> {
+    let Some(route) = ctx.route.clone() else {
+        return Ok(());
+    };
+    let Some(tls) = &route.upstream.tls else {
+        return Ok(());
+    };
+    match tls.check(digest) {
+        Ok(id) => {
+            if let Some(span) = &mut ctx.upstream.span {
+                span.set_attribute(KeyValue::new("vantage.upstream.spiffe_id", id));
+                if let Some(ssl) = digest.and_then(|d| d.ssl_digest.as_ref()) {
+                    span.set_attribute(KeyValue::new(
+                        "tls.protocol.version",
+                        ssl.version.to_string(),
+                    ));
+                    span.set_attribute(KeyValue::new("tls.cipher", ssl.cipher.to_string()));
+                }
+            }
+            Ok(())
+        }
+        Err(refusal) => {
+            metrics
+                .upstream_identity_refusals
+                .get_or_create(&crate::metrics::IdentityRefusalLabels {
+                    upstream: route.upstream.name.clone(),
+                    reason: refusal.reason(),
+                })
+                .inc();
+            if let Some(ep) = &ctx.upstream.endpoint {
+                route.upstream.record_endpoint_failure(ep);
+            }
+            if let Some(mut span) = ctx.upstream.span.take() {
+                if let crate::tls::IdentityRefusal::WrongIdentity(id) = &refusal {
+                    span.set_attribute(KeyValue::new("vantage.upstream.spiffe_id", id.clone()));
+                }
+                span.record_error(refusal.reason());
+            }
+            tracing::warn!(upstream = %route.upstream.name, reason = refusal.reason(), presented = ?refusal, "Refused an upstream's TLS identity.");
+            Err(GatewayError::UpstreamIdentity {
+                upstream: route.upstream.name.clone(),
+                reason: refusal.reason(),
+            })
+        }
+    }
 }
 
 /// Records a failed attempt (metrics, passive ejection, the attempt's span) and returns the

@@ -11,4 +11,5 @@ mod raw_upstream;
 mod reload;
 mod resilience;
 mod routing;
+mod tls;
 mod tracing;
