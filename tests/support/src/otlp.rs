@@ -49,6 +49,9 @@ impl Store {
     }
 }
 
+/// How often [`OtlpReceiver::wait_for`] looks at what arrived.
+const POLL_EVERY: Duration = Duration::from_millis(25);
+
 // === impl OtlpReceiver ===
 
 impl OtlpReceiver {
@@ -173,14 +176,10 @@ impl OtlpReceiver {
     ) -> Result<Vec<ReceivedSpan>, String> {
         let deadline = Instant::now() + timeout;
         loop {
-            let spans = self.spans();
-            if predicate(&spans) {
-                return Ok(spans);
+            if let Some(done) = self.check(&predicate, deadline, timeout) {
+                return done;
             }
-            if Instant::now() >= deadline {
-                return Err(self.timeout_message(&spans, timeout));
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+            tokio::time::sleep(POLL_EVERY).await;
         }
     }
 
@@ -192,14 +191,28 @@ impl OtlpReceiver {
     ) -> Result<Vec<ReceivedSpan>, String> {
         let deadline = Instant::now() + timeout;
         loop {
-            let spans = self.spans();
-            if predicate(&spans) {
-                return Ok(spans);
+            if let Some(done) = self.check(&predicate, deadline, timeout) {
+                return done;
             }
-            if Instant::now() >= deadline {
-                return Err(self.timeout_message(&spans, timeout));
-            }
-            std::thread::sleep(Duration::from_millis(25));
+            std::thread::sleep(POLL_EVERY);
+        }
+    }
+
+    /// `Some` once the wait is over: the spans when `predicate` holds, the timeout error past
+    /// `deadline`.
+    fn check(
+        &self,
+        predicate: impl Fn(&[ReceivedSpan]) -> bool,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Option<Result<Vec<ReceivedSpan>, String>> {
+        let spans = self.spans();
+        if predicate(&spans) {
+            Some(Ok(spans))
+        } else if Instant::now() >= deadline {
+            Some(Err(self.timeout_message(&spans, timeout)))
+        } else {
+            None
         }
     }
 
