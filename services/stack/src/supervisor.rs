@@ -29,7 +29,9 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
+use nix::sys::signal::kill;
+/// The signals [`Supervisor::signal`] sends, re-exported so callers need no `nix` of their own.
+pub use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
@@ -377,12 +379,20 @@ impl Supervisor {
 }
 
 impl Drop for Supervisor {
-    /// Blocks until every child is gone: SIGTERM and up to its grace for children started with
-    /// [`Launch::stop_on_drop`], SIGKILL for the others (and for those past their grace).
     fn drop(&mut self) {
+        self.stop_now();
+    }
+}
+
+impl Supervisor {
+    /// Stops every child without an async runtime and blocks until they are gone: SIGTERM and
+    /// up to its grace for children started with [`Launch::stop_on_drop`], SIGKILL for the others
+    /// (and for those past their grace). What dropping the supervisor does; call it to be sure
+    /// the children are gone at a given point, e.g. before removing their directory.
+    pub fn stop_now(&mut self) {
         let now = Instant::now();
-        let mut running: Vec<(&mut Proc, Instant)> = Vec::new();
-        for p in &mut self.procs {
+        let mut running: Vec<(Proc, Instant)> = Vec::new();
+        for mut p in std::mem::take(&mut self.procs) {
             if !matches!(p.child.try_wait(), Ok(None)) {
                 continue;
             }
@@ -398,13 +408,8 @@ impl Drop for Supervisor {
             };
             running.push((p, deadline));
         }
-        let give_up = now
-            + running
-                .iter()
-                .map(|(_, d)| *d - now)
-                .max()
-                .unwrap_or_default()
-            + KILL_WAIT;
+        let longest = running.iter().map(|(_, d)| *d - now).max();
+        let give_up = now + longest.unwrap_or_default() + KILL_WAIT;
         while !running.is_empty() && Instant::now() < give_up {
             running.retain_mut(|(p, deadline)| {
                 if !matches!(p.child.try_wait(), Ok(None)) {

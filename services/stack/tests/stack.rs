@@ -10,8 +10,7 @@ use std::path::PathBuf;
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::Signal;
-use stack::supervisor::{tail, Launch, Supervisor};
+use stack::supervisor::{tail, Launch, Signal, Supervisor};
 use test_support::{amqp_url, binary, workspace_root};
 
 /// Debug builds on a shared 2-core machine start slowly; this is the ceiling, not the norm.
@@ -57,8 +56,7 @@ impl Ports {
 /// files. Dropping it stops the stack (SIGTERM, so it stops its children) if the test did not
 /// already, then deletes its queues.
 struct Stack {
-    /// `None` only while dropping: the process must be gone before its queues are deleted.
-    sup: Option<Supervisor>,
+    sup: Supervisor,
     ports: Ports,
     dir: PathBuf,
     /// The queue prefix of this stack, whose queues are deleted on drop.
@@ -103,17 +101,11 @@ impl Stack {
         let mut sup = Supervisor::new(dir.clone());
         sup.spawn(launch).expect("starting the stack binary");
         Stack {
-            sup: Some(sup),
+            sup,
             ports,
             dir,
             prefix: format!("{name}."),
         }
-    }
-
-    fn sup(&mut self) -> &mut Supervisor {
-        self.sup
-            .as_mut()
-            .expect("the stack is running until dropped")
     }
 
     fn gateway_url(&self) -> String {
@@ -158,7 +150,7 @@ impl Stack {
             if self.stdout().contains("Vantage is up.") {
                 return;
             }
-            if let Some(exited) = self.sup().exited().unwrap() {
+            if let Some(exited) = self.sup.exited().unwrap() {
                 panic!(
                     "stack exited ({}) before it was up\n{}",
                     exited.status,
@@ -172,7 +164,7 @@ impl Stack {
 
     /// Waits for the stack to exit on its own.
     async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        match self.sup().wait_exit(STACK, timeout).await {
+        match self.sup.wait_exit(STACK, timeout).await {
             Some(status) => status,
             None => panic!("stack still running after {timeout:?}\n{}", self.report()),
         }
@@ -180,14 +172,15 @@ impl Stack {
 
     /// SIGTERM, as `docker stop` or a service manager would send it.
     async fn terminate(&mut self) -> ExitStatus {
-        self.sup().signal(STACK, Signal::SIGTERM).unwrap();
+        self.sup.signal(STACK, Signal::SIGTERM).unwrap();
         self.wait_exit(Duration::from_secs(60)).await
     }
 }
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        drop(self.sup.take());
+        // The process must be gone before its queues are deleted.
+        self.sup.stop_now();
         delete_queues(&self.prefix);
     }
 }
