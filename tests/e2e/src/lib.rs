@@ -14,6 +14,9 @@
 //! Needs RabbitMQ at `AMQP_URL` (default `amqp://guest:guest@127.0.0.1:5672/%2f`); fails with
 //! instructions when it is not there.
 
+pub mod dashboards;
+pub mod private_broker;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -22,7 +25,7 @@ use base64::Engine;
 use loadgen::api::ShopClient;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
-use stack::supervisor::{tail, Launch, Supervisor};
+use stack::supervisor::{tail, Launch, Signal, Supervisor};
 use test_support::amqp_url;
 
 /// Every service, in start order (users first: the gateway reads its JWKS).
@@ -93,6 +96,8 @@ pub struct Stack {
     /// Service name → `127.0.0.1:port`, for assertions on internal state.
     pub addrs: HashMap<&'static str, String>,
     pub prefix: String,
+    /// The gateway's admin listener, `127.0.0.1:port`.
+    pub admin_addr: String,
     /// For calls that bypass the gateway (a service's own API and `/metrics`).
     http: reqwest::Client,
     /// Declared before `dir`: the processes are gone before their directory is.
@@ -124,6 +129,7 @@ impl Stack {
             },
             addrs: addrs.clone(),
             prefix: prefix.clone(),
+            admin_addr: format!("127.0.0.1:{admin_port}"),
             http,
             sup: Supervisor::new(dir.path().to_path_buf()),
             dir,
@@ -338,6 +344,32 @@ impl Stack {
             .text()
             .await
             .unwrap()
+    }
+
+    /// The gateway's `/metrics` text (with the admin token).
+    pub async fn gateway_metrics(&self) -> String {
+        let url = format!("http://{}/metrics", self.admin_addr);
+        let resp = self
+            .http
+            .get(url)
+            .bearer_auth(GATEWAY_ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            resp.status().is_success(),
+            "gateway /metrics: {}",
+            resp.status()
+        );
+        resp.text().await.unwrap()
+    }
+
+    /// Sends `signal` to one process of the stack (`"gateway"` or a service): SIGHUP makes the
+    /// gateway reload its policy, SIGKILL takes an upstream away.
+    pub fn signal(&self, name: &str, signal: Signal) {
+        self.sup
+            .signal(name, signal)
+            .unwrap_or_else(|e| panic!("{signal} to {name}: {e}"));
     }
 
     /// Polls `GET path` until `done(body)` or the timeout; returns the last body.

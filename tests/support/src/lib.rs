@@ -44,7 +44,9 @@ use std::sync::Mutex;
 
 pub use binaries::{binaries, binary, workspace_root};
 pub use http::wait_http_ok;
-pub use openmetrics::{parse_openmetrics, Exemplar, Family, Labels, OpenMetrics, Sample};
+pub use openmetrics::{
+    parse_openmetrics, sample_suffixes, Exemplar, Family, Labels, OpenMetrics, Sample,
+};
 pub use otlp::{AttrValue, OtlpReceiver, ReceivedSpan, SpanKind};
 pub use rabbitmq::{amqp_url, require_rabbitmq, DEFAULT_AMQP_URL};
 
