@@ -193,32 +193,25 @@ mod tests {
 
     #[test]
     fn a_server_that_is_not_amqp_is_not_a_broker() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let server = std::thread::spawn(move || {
-            let (mut conn, _) = listener.accept().unwrap();
-            let mut header = [0u8; 8];
-            conn.read_exact(&mut header).unwrap();
-            assert_eq!(&header, PROTOCOL_HEADER);
-            conn.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").unwrap();
-        });
-        let err = greet(&format!("amqp://127.0.0.1:{port}"), Duration::from_secs(3)).unwrap_err();
+        let server = test_support::OneShotServer::start(8, b"HTTP/1.1 400 Bad Request\r\n\r\n");
+        let err = greet(
+            &format!("amqp://127.0.0.1:{}", server.port),
+            Duration::from_secs(3),
+        )
+        .unwrap_err();
         assert!(err.reason().contains("not an AMQP 0-9-1 broker"), "{err}");
-        server.join().unwrap();
+        assert_eq!(server.join(), PROTOCOL_HEADER);
     }
 
     #[test]
     fn a_broker_greeting_is_recognised() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let server = std::thread::spawn(move || {
-            let (mut conn, _) = listener.accept().unwrap();
-            let mut header = [0u8; 8];
-            conn.read_exact(&mut header).unwrap();
-            // The start of a connection.start method frame on channel 0.
-            conn.write_all(&[METHOD_FRAME, 0, 0]).unwrap();
-        });
-        greet(&format!("amqp://127.0.0.1:{port}"), Duration::from_secs(3)).unwrap();
-        server.join().unwrap();
+        // The start of a connection.start method frame on channel 0.
+        let server = test_support::OneShotServer::start(8, &[METHOD_FRAME, 0, 0]);
+        greet(
+            &format!("amqp://127.0.0.1:{}", server.port),
+            Duration::from_secs(3),
+        )
+        .unwrap();
+        assert_eq!(server.join(), PROTOCOL_HEADER);
     }
 }

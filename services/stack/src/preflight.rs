@@ -102,8 +102,6 @@ pub fn binary(bin_dir: &Path, name: &str) -> Result<PathBuf, StackError> {
 
 #[cfg(test)]
 mod tests {
-    use std::io::{Read as _, Write as _};
-
     use super::*;
 
     #[test]
@@ -126,17 +124,10 @@ mod tests {
 
     #[test]
     fn a_listener_that_is_not_amqp_is_rejected() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let server = std::thread::spawn(move || {
-            let (mut s, _) = listener.accept().unwrap();
-            let mut buf = [0u8; 8];
-            s.read_exact(&mut buf).unwrap();
-            s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").unwrap();
-        });
-        let err = check_broker(&format!("amqp://127.0.0.1:{port}")).unwrap_err();
+        let server = test_support::OneShotServer::start(8, b"HTTP/1.1 400 Bad Request\r\n\r\n");
+        let err = check_broker(&format!("amqp://127.0.0.1:{}", server.port)).unwrap_err();
         assert!(err.to_string().contains("not an AMQP"), "{err}");
-        server.join().unwrap();
+        server.join();
     }
 
     #[test]

@@ -34,9 +34,6 @@ pub fn require_rabbitmq(url: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use std::io::{Read as _, Write as _};
-    use std::net::TcpListener;
-
     use super::*;
 
     #[test]
@@ -52,16 +49,9 @@ mod tests {
 
     #[test]
     fn a_non_amqp_server_is_not_a_broker() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let server = std::thread::spawn(move || {
-            let (mut conn, _) = listener.accept().unwrap();
-            let mut header = [0u8; 8];
-            conn.read_exact(&mut header).unwrap();
-            conn.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").unwrap();
-        });
-        let error = require_rabbitmq(&format!("amqp://127.0.0.1:{port}")).unwrap_err();
+        let server = crate::OneShotServer::start(8, b"HTTP/1.1 400 Bad Request\r\n\r\n");
+        let error = require_rabbitmq(&format!("amqp://127.0.0.1:{}", server.port)).unwrap_err();
         assert!(error.contains("unexpected AMQP frame type"), "{error}");
-        server.join().unwrap();
+        server.join();
     }
 }
