@@ -176,44 +176,34 @@ impl OtlpReceiver {
     ) -> Result<Vec<ReceivedSpan>, String> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(done) = self.check(&predicate, deadline, timeout) {
-                return done;
+            let spans = self.spans();
+            if predicate(&spans) {
+                return Ok(spans);
+            }
+            if Instant::now() >= deadline {
+                return Err(self.timeout_message(&spans, timeout));
             }
             tokio::time::sleep(POLL_EVERY).await;
         }
     }
 
-    /// [`OtlpReceiver::wait_for`] for tests without an async runtime.
+    /// [`OtlpReceiver::wait_for`] for tests without an async runtime (or inside one that may
+    /// block): the wait runs on the receiver's own runtime, from a thread of its own.
     pub fn wait_for_blocking(
         &self,
-        predicate: impl Fn(&[ReceivedSpan]) -> bool,
+        predicate: impl Fn(&[ReceivedSpan]) -> bool + Send,
         timeout: Duration,
     ) -> Result<Vec<ReceivedSpan>, String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(done) = self.check(&predicate, deadline, timeout) {
-                return done;
-            }
-            std::thread::sleep(POLL_EVERY);
-        }
-    }
-
-    /// `Some` once the wait is over: the spans when `predicate` holds, the timeout error past
-    /// `deadline`.
-    fn check(
-        &self,
-        predicate: impl Fn(&[ReceivedSpan]) -> bool,
-        deadline: Instant,
-        timeout: Duration,
-    ) -> Option<Result<Vec<ReceivedSpan>, String>> {
-        let spans = self.spans();
-        if predicate(&spans) {
-            Some(Ok(spans))
-        } else if Instant::now() >= deadline {
-            Some(Err(self.timeout_message(&spans, timeout)))
-        } else {
-            None
-        }
+        let runtime = self
+            .runtime
+            .as_ref()
+            .expect("the receiver runs until dropped");
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| runtime.block_on(self.wait_for(predicate, timeout)))
+                .join()
+                .expect("the predicate panicked")
+        })
     }
 
     fn timeout_message(&self, spans: &[ReceivedSpan], timeout: Duration) -> String {
