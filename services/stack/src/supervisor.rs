@@ -242,18 +242,30 @@ impl Supervisor {
         timeout: Duration,
         http: &reqwest::Client,
     ) -> Result<Duration, StackError> {
+        self.wait_until(name, timeout, async || {
+            http.get(url)
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == reqwest::StatusCode::OK)
+        })
+        .await
+    }
+
+    /// Polls `ready` until it holds, child `name` exits, or `timeout` passes; how long it took.
+    /// For readiness that is not an HTTP 200: a line in the child's log, a protocol greeting.
+    pub async fn wait_until(
+        &mut self,
+        name: &str,
+        timeout: Duration,
+        mut ready: impl AsyncFnMut() -> bool,
+    ) -> Result<Duration, StackError> {
         let started = Instant::now();
         loop {
             if let Some(exited) = self.check_one(name)? {
                 return Err(self.died(exited));
             }
-            let ready = http
-                .get(url)
-                .timeout(Duration::from_secs(1))
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == reqwest::StatusCode::OK);
-            if ready {
+            if ready().await {
                 return Ok(started.elapsed());
             }
             if started.elapsed() > timeout {
@@ -623,6 +635,40 @@ mod tests {
             ]
         );
         assert_eq!(tail(&sup.stderr_path("shaped"), 10), ["err"]);
+    }
+
+    #[tokio::test]
+    async fn waiting_ends_when_ready_when_the_child_dies_or_at_the_timeout() {
+        let dir = scratch("wait");
+        let mut sup = Supervisor::new(dir);
+        sup.spawn(Launch::new("slow", "/bin/sh").args(["-c", "sleep 0.3; echo up; sleep 30"]))
+            .unwrap();
+        sup.spawn(Launch::new("dies", "/bin/sh").args(["-c", "sleep 0.3; exit 4"]))
+            .unwrap();
+        let log = sup.log_path("slow");
+        let took = sup
+            .wait_until("slow", Duration::from_secs(10), async || {
+                tail(&log, 1) == ["up"]
+            })
+            .await
+            .unwrap();
+        assert!(took >= Duration::from_millis(300), "{took:?}");
+        let never = sup
+            .wait_until("slow", Duration::from_millis(300), async || false)
+            .await;
+        assert!(
+            matches!(never, Err(StackError::NotReady { .. })),
+            "{never:?}"
+        );
+        let died = sup
+            .wait_until("dies", Duration::from_secs(10), async || false)
+            .await;
+        match died {
+            Err(StackError::ChildExited { name, status, .. }) => {
+                assert_eq!((name.as_str(), status.code()), ("dies", Some(4)));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[tokio::test]

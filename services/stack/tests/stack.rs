@@ -8,7 +8,7 @@
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use stack::supervisor::{tail, Launch, Signal, Supervisor};
 use test_support::{amqp_url, binary, workspace_root};
@@ -113,11 +113,11 @@ impl Stack {
     }
 
     fn stdout(&self) -> String {
-        std::fs::read_to_string(self.dir.join(format!("{STACK}.log"))).unwrap_or_default()
+        std::fs::read_to_string(self.sup.log_path(STACK)).unwrap_or_default()
     }
 
     fn stderr(&self) -> String {
-        std::fs::read_to_string(self.dir.join(format!("{STACK}.stderr.log"))).unwrap_or_default()
+        std::fs::read_to_string(self.sup.stderr_path(STACK)).unwrap_or_default()
     }
 
     /// Everything worth seeing when a test fails: the stack's output and each child's log tail.
@@ -145,21 +145,16 @@ impl Stack {
 
     /// Waits until the stack says it is up; fails with its output if it exits first.
     async fn wait_up(&mut self) {
-        let started = Instant::now();
-        while started.elapsed() < START_TIMEOUT {
-            if self.stdout().contains("Vantage is up.") {
-                return;
-            }
-            if let Some(exited) = self.sup.exited().unwrap() {
-                panic!(
-                    "stack exited ({}) before it was up\n{}",
-                    exited.status,
-                    self.report()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+        let stdout = self.sup.log_path(STACK);
+        let up = self
+            .sup
+            .wait_until(STACK, START_TIMEOUT, async || {
+                std::fs::read_to_string(&stdout).is_ok_and(|out| out.contains("Vantage is up."))
+            })
+            .await;
+        if let Err(e) = up {
+            panic!("stack was not up: {e}\n{}", self.report());
         }
-        panic!("stack not up after {START_TIMEOUT:?}\n{}", self.report());
     }
 
     /// Waits for the stack to exit on its own.
@@ -183,6 +178,21 @@ impl Drop for Stack {
         self.sup.stop_now();
         delete_queues(&self.prefix);
     }
+}
+
+/// Runs `stack --demo` with `env` to its end; asserts it exited 0 and returns what it printed.
+async fn run_demo(env: &[(&str, &str)]) -> (Stack, String) {
+    let mut stack = Stack::start(&["--demo", "--demo-timeout-secs", "90"], env);
+    let status = stack
+        .wait_exit(START_TIMEOUT + Duration::from_secs(120))
+        .await;
+    let out = stack.stdout();
+    assert!(
+        status.success(),
+        "demo failed ({status})\n{}",
+        stack.report()
+    );
+    (stack, out)
 }
 
 /// The trace id `--demo` printed, checked to be 32 hex digits.
@@ -316,16 +326,7 @@ async fn stack_carries_loadgen_traffic_and_every_order_becomes_final() {
 #[tokio::test]
 async fn stack_demo_ships_one_order_and_exits_zero() {
     require_broker();
-    let mut stack = Stack::start(&["--demo", "--demo-timeout-secs", "90"], &[]);
-    let status = stack
-        .wait_exit(START_TIMEOUT + Duration::from_secs(120))
-        .await;
-    let out = stack.stdout();
-    assert!(
-        status.success(),
-        "demo failed ({status})\n{}",
-        stack.report()
-    );
+    let (stack, out) = run_demo(&[]).await;
     assert!(out.contains("final status SHIPPED"), "{out}");
     for expected in ["PENDING", "PAID", "SHIPPED"] {
         assert!(out.contains(expected), "timeline shows {expected}\n{out}");
@@ -344,23 +345,12 @@ async fn the_demo_trace_id_is_the_trace_every_hop_exports() {
     require_broker();
     let receiver = test_support::OtlpReceiver::start();
     let endpoint = receiver.grpc_endpoint();
-    let mut stack = Stack::start(
-        &["--demo", "--demo-timeout-secs", "90"],
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-            ("OTEL_TRACES_SAMPLER", "parentbased_always_on"),
-        ],
-    );
-    let status = stack
-        .wait_exit(START_TIMEOUT + Duration::from_secs(120))
-        .await;
-    let out = stack.stdout();
-    assert!(
-        status.success(),
-        "demo failed ({status})\n{}",
-        stack.report()
-    );
+    let (stack, out) = run_demo(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_TRACES_SAMPLER", "parentbased_always_on"),
+    ])
+    .await;
     assert!(
         out.contains("traces    OTLP to"),
         "the banner says where traces go\n{out}"

@@ -12,7 +12,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use stack::supervisor::{tail, Launch, Supervisor};
 
@@ -87,40 +87,34 @@ impl PrivateBroker {
     }
 
     async fn wait_up(&mut self, prometheus: bool) {
-        let started = Instant::now();
+        let http = reqwest::Client::new();
         if prometheus {
             let url = self.prometheus_url("/metrics");
-            if let Err(e) = self
-                .sup
-                .wait_ready(NODE, &url, START_TIMEOUT, &reqwest::Client::new())
-                .await
-            {
+            let up = self.sup.wait_ready(NODE, &url, START_TIMEOUT, &http).await;
+            if let Err(e) = up {
                 panic!(
-                    "the private RabbitMQ node is not up ({e}); log:\n{}",
+                    "the private RabbitMQ node serves no metrics ({e}); log:\n{}",
                     self.log()
                 );
             }
         }
-        loop {
-            let greeted = messaging::probe::greet(&self.amqp_url(), Duration::from_secs(2));
-            match greeted {
-                Ok(()) => return,
-                Err(e) if started.elapsed() > START_TIMEOUT => {
-                    panic!(
-                        "the private RabbitMQ node takes no AMQP connections ({e}); log:\n{}",
-                        self.log()
-                    )
-                }
-                Err(_) => {}
-            }
-            if let Some(exited) = self.sup.exited().unwrap() {
-                panic!(
-                    "the private RabbitMQ node exited ({}); log:\n{}",
-                    exited.status,
-                    self.log()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        let url = self.amqp_url();
+        let up = self
+            .sup
+            .wait_until(NODE, START_TIMEOUT, async || {
+                let url = url.clone();
+                tokio::task::spawn_blocking(move || {
+                    messaging::probe::greet(&url, Duration::from_secs(2)).is_ok()
+                })
+                .await
+                .unwrap_or(false)
+            })
+            .await;
+        if let Err(e) = up {
+            panic!(
+                "the private RabbitMQ node takes no AMQP connections ({e}); log:\n{}",
+                self.log()
+            );
         }
     }
 
