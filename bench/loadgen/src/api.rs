@@ -316,16 +316,8 @@ impl ShopClient {
 
     /// `GET /api/products/{id}`.
     pub async fn product(&self, trace: &Trace, id: &str) -> Result<Product, ApiError> {
-        let v = self
-            .call(
-                Route::Product,
-                &format!("/api/products/{id}"),
-                trace,
-                None,
-                None,
-            )
-            .await?;
-        decode(Route::Product, v)
+        self.get_decoded(Route::Product, &format!("/api/products/{id}"), trace)
+            .await
     }
 
     /// `POST /api/cart/items {product_id, quantity}`.
@@ -374,16 +366,8 @@ impl ShopClient {
 
     /// `GET /api/orders/{id}`.
     pub async fn order(&self, trace: &Trace, id: &str) -> Result<Order, ApiError> {
-        let v = self
-            .call(
-                Route::Order,
-                &format!("/api/orders/{id}"),
-                trace,
-                None,
-                None,
-            )
-            .await?;
-        decode(Route::Order, v)
+        self.get_decoded(Route::Order, &format!("/api/orders/{id}"), trace)
+            .await
     }
 
     /// Polls an order every `every` until it reaches a final status or `deadline` passes.
@@ -424,6 +408,17 @@ impl ShopClient {
             let pause = pause.min(deadline.saturating_duration_since(Instant::now()));
             tokio::time::sleep(pause).await;
         }
+    }
+
+    /// `GET path` as `route`, its body decoded into `T`.
+    async fn get_decoded<T: serde::de::DeserializeOwned>(
+        &self,
+        route: Route,
+        path: &str,
+        trace: &Trace,
+    ) -> Result<T, ApiError> {
+        let v = self.call(route, path, trace, None, None).await?;
+        decode(route, v)
     }
 
     async fn call(

@@ -22,7 +22,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use loadgen::api::ShopClient;
+use loadgen::api::{Reply, ShopClient};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use stack::supervisor::{tail, Launch, Signal, Supervisor};
@@ -46,30 +46,18 @@ pub struct Api {
 }
 
 impl Api {
-    async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<&Value>,
-        headers: &[(&str, &str)],
-    ) -> (StatusCode, Value, reqwest::header::HeaderMap) {
-        let reply = self
-            .client
-            .request(method, path, token, body, headers)
-            .await
-            .unwrap_or_else(|e| panic!("{path}: {e}"));
-        let value = reply.json_or_text();
-        (reply.status, value, reply.headers)
-    }
-
     pub async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
-        let (s, v, _) = self.send(Method::GET, path, token, None, &[]).await;
+        let (s, v, _) = answer(
+            path,
+            self.client
+                .request(Method::GET, path, token, None, &[])
+                .await,
+        );
         (s, v)
     }
 
     pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (StatusCode, Value) {
-        let (s, v, _) = self.send(Method::POST, path, token, Some(&body), &[]).await;
+        let (s, v, _) = self.post_with(path, token, body, &[]).await;
         (s, v)
     }
 
@@ -80,14 +68,31 @@ impl Api {
         body: Value,
         headers: &[(&str, &str)],
     ) -> (StatusCode, Value, reqwest::header::HeaderMap) {
-        self.send(Method::POST, path, token, Some(&body), headers)
-            .await
+        let sent = self
+            .client
+            .request(Method::POST, path, token, Some(&body), headers)
+            .await;
+        answer(path, sent)
     }
 
     pub async fn delete(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
-        let (s, v, _) = self.send(Method::DELETE, path, token, None, &[]).await;
+        let sent = self
+            .client
+            .request(Method::DELETE, path, token, None, &[])
+            .await;
+        let (s, v, _) = answer(path, sent);
         (s, v)
     }
+}
+
+/// Status, body and headers of a reply; panics when no response came.
+fn answer(
+    path: &str,
+    sent: Result<Reply, reqwest::Error>,
+) -> (StatusCode, Value, reqwest::header::HeaderMap) {
+    let reply = sent.unwrap_or_else(|e| panic!("{path}: {e}"));
+    let value = reply.json_or_text();
+    (reply.status, value, reply.headers)
 }
 
 /// A running shop: seven services and the gateway.
@@ -289,22 +294,53 @@ impl Stack {
         (body["id"].as_str().unwrap().to_owned(), token)
     }
 
+    /// `POST /api/cart/items` as `token`; asserts 200.
+    pub async fn add_to_cart(&self, token: &str, product: &str, quantity: u32) {
+        let (s, body) = self
+            .api
+            .post(
+                "/api/cart/items",
+                Some(token),
+                serde_json::json!({"product_id": product, "quantity": quantity}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "add to cart: {body}");
+    }
+
+    /// `POST /api/cart/checkout` as `token`; asserts 202 with the order's `Location`, returns
+    /// the order id.
+    pub async fn checkout(&self, token: &str, payment_token: &str) -> String {
+        let (s, body, headers) = self
+            .api
+            .post_with(
+                "/api/cart/checkout",
+                Some(token),
+                serde_json::json!({"payment_token": payment_token}),
+                &[],
+            )
+            .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "checkout: {body}");
+        let id = body["order_id"].as_str().unwrap().to_owned();
+        assert_eq!(headers["location"], format!("/api/orders/{id}").as_str());
+        id
+    }
+
     /// Calls a service directly (bypassing the gateway) as the admin, for internal state.
     pub async fn internal_admin_get(&self, service: &str, path: &str) -> Value {
-        let resp = self
-            .http
-            .get(format!("http://{}{}", self.addrs[service], path))
-            .header("x-user-id", "e2e-admin")
-            .header("x-user-scopes", "shop admin")
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            resp.status().is_success(),
-            "{service}{path}: {}",
-            resp.status()
-        );
-        resp.json().await.unwrap()
+        let url = format!("http://{}{}", self.addrs[service], path);
+        let headers = [("x-user-id", "e2e-admin"), ("x-user-scopes", "shop admin")];
+        self.direct_get(&url, &headers).await.json().await.unwrap()
+    }
+
+    /// `GET url` straight to one process of the stack; panics unless it answers 2xx.
+    async fn direct_get(&self, url: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut req = self.http.get(url);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let resp = req.send().await.unwrap_or_else(|e| panic!("{url}: {e}"));
+        assert!(resp.status().is_success(), "{url}: {}", resp.status());
+        resp
     }
 
     /// Takes every message out of `<prefix><consumer>.dlq` (bodies as JSON when they parse).
@@ -336,32 +372,15 @@ impl Stack {
     /// A service's `/metrics` text.
     pub async fn metrics(&self, service: &str) -> String {
         let url = format!("http://{}/metrics", self.addrs[service]);
-        self.http
-            .get(url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        self.direct_get(&url, &[]).await.text().await.unwrap()
     }
 
     /// The gateway's `/metrics` text (with the admin token).
     pub async fn gateway_metrics(&self) -> String {
         let url = format!("http://{}/metrics", self.admin_addr);
-        let resp = self
-            .http
-            .get(url)
-            .bearer_auth(GATEWAY_ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            resp.status().is_success(),
-            "gateway /metrics: {}",
-            resp.status()
-        );
-        resp.text().await.unwrap()
+        let bearer = format!("Bearer {GATEWAY_ADMIN_TOKEN}");
+        let headers = [("authorization", bearer.as_str())];
+        self.direct_get(&url, &headers).await.text().await.unwrap()
     }
 
     /// Sends `signal` to one process of the stack (`"gateway"` or a service): SIGHUP makes the

@@ -17,7 +17,7 @@ use e2e_tests::dashboards::{
 use e2e_tests::private_broker::PrivateBroker;
 use e2e_tests::{Stack, ADMIN_EMAIL, ADMIN_PASSWORD, SERVICES};
 use reqwest::StatusCode;
-use serde_json::{json, Value};
+use serde_json::Value;
 use stack::supervisor::Signal;
 
 /// How long the traffic's effects may take to show on `/metrics`.
@@ -160,25 +160,11 @@ async fn drive_saga(stack: &Stack, broker: &PrivateBroker) {
         .find(|p| p["sku"] == "MUG-001")
         .unwrap()["id"]
         .clone();
+    let mug = mug.as_str().unwrap();
     let mut orders = Vec::new();
     for payment_token in ["tok_visa", "tok_declined"] {
-        let (s, body) = api
-            .post(
-                "/api/cart/items",
-                Some(&shopper),
-                json!({"product_id": mug, "quantity": 1}),
-            )
-            .await;
-        assert_eq!(s, StatusCode::OK, "{body}");
-        let (s, body) = api
-            .post(
-                "/api/cart/checkout",
-                Some(&shopper),
-                json!({"payment_token": payment_token}),
-            )
-            .await;
-        assert_eq!(s, StatusCode::ACCEPTED, "{body}");
-        orders.push(body["order_id"].as_str().unwrap().to_owned());
+        stack.add_to_cart(&shopper, mug, 1).await;
+        orders.push(stack.checkout(&shopper, payment_token).await);
     }
     for id in &orders {
         stack
