@@ -41,6 +41,7 @@ pub mod events;
 pub mod inbox;
 mod metrics;
 pub mod outbox;
+pub mod probe;
 mod relay;
 mod topology;
 pub mod trace_context;

@@ -49,6 +49,9 @@ impl Store {
     }
 }
 
+/// How often [`OtlpReceiver::wait_for`] looks at what arrived.
+const POLL_EVERY: Duration = Duration::from_millis(25);
+
 // === impl OtlpReceiver ===
 
 impl OtlpReceiver {
@@ -180,27 +183,27 @@ impl OtlpReceiver {
             if Instant::now() >= deadline {
                 return Err(self.timeout_message(&spans, timeout));
             }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+            tokio::time::sleep(POLL_EVERY).await;
         }
     }
 
-    /// [`OtlpReceiver::wait_for`] for tests without an async runtime.
+    /// [`OtlpReceiver::wait_for`] for tests without an async runtime (or inside one that may
+    /// block): the wait runs on the receiver's own runtime, from a thread of its own.
     pub fn wait_for_blocking(
         &self,
-        predicate: impl Fn(&[ReceivedSpan]) -> bool,
+        predicate: impl Fn(&[ReceivedSpan]) -> bool + Send,
         timeout: Duration,
     ) -> Result<Vec<ReceivedSpan>, String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let spans = self.spans();
-            if predicate(&spans) {
-                return Ok(spans);
-            }
-            if Instant::now() >= deadline {
-                return Err(self.timeout_message(&spans, timeout));
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
+        let runtime = self
+            .runtime
+            .as_ref()
+            .expect("the receiver runs until dropped");
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| runtime.block_on(self.wait_for(predicate, timeout)))
+                .join()
+                .expect("the predicate panicked")
+        })
     }
 
     fn timeout_message(&self, spans: &[ReceivedSpan], timeout: Duration) -> String {
