@@ -285,18 +285,25 @@ impl Gateway {
         }
     }
 
-    /// The listeners and test server settings, then `body`. A first line `server: {…}` in `body`
-    /// adds its fields to the test server settings.
+    /// The listeners and test server settings, then `body`. Leading lines `listeners: {…}` and
+    /// `server: {…}` in `body` add their fields to the test's listeners and server settings.
     pub fn config_text(public: SocketAddr, admin: SocketAddr, body: &str) -> String {
-        let (extra, body) = match body
-            .strip_prefix("server: {")
-            .and_then(|rest| rest.split_once("}\n"))
-        {
-            Some((fields, rest)) => (format!(", {fields}"), rest),
-            None => (String::new(), body),
-        };
+        let mut body = body;
+        let mut extra = [String::new(), String::new()];
+        for _ in 0..2 {
+            for (i, section) in ["listeners: {", "server: {"].iter().enumerate() {
+                if let Some((fields, rest)) = body
+                    .strip_prefix(section)
+                    .and_then(|rest| rest.split_once("}\n"))
+                {
+                    extra[i] = format!(", {fields}");
+                    body = rest;
+                }
+            }
+        }
+        let [listeners, server] = extra;
         format!(
-            "listeners: {{public: \"{public}\", admin: \"{admin}\"}}\nserver: {{workers: 1, reload_poll_ms: 200, shutdown_timeout_secs: 1{extra}}}\n{body}"
+            "listeners: {{public: \"{public}\", admin: \"{admin}\"{listeners}}}\nserver: {{workers: 1, reload_poll_ms: 200, shutdown_timeout_secs: 1{server}}}\n{body}"
         )
     }
 

@@ -336,12 +336,19 @@ fn bad_certificate_files_are_validation_errors_naming_the_file() {
     std::fs::write(dir.join("ca.crt"), pki.ca.bundle_pem()).unwrap();
     let (expired_cert, expired_key) = pki.expired_svid("gateway");
     let missing = pki.dir.join("nowhere");
+    // An edge pair whose key belongs to another certificate.
+    let (edge_crt, _) = edge_cert(&pki);
+    let other_key = pki.svid("stranger").key;
     let text = format!(
-        "upstreams:\n\
+        "listeners: {{public_tls: \"127.0.0.1:1\"}}\n\
+         edge_tls: {{cert_file: \"{}\", key_file: \"{}\"}}\n\
+         upstreams:\n\
          \x20 a: {{endpoints: [\"127.0.0.1:1\"], tls: {{svid_dir: \"{}\", spiffe_ids: [\"{TD}/a\"]}}}}\n\
          \x20 b: {{endpoints: [\"127.0.0.1:1\"], tls: {{svid_dir: \"{}\", spiffe_ids: [\"{TD}/b\"]}}}}\n\
          \x20 c: {{endpoints: [\"127.0.0.1:1\"], tls: {{cert_file: \"{}\", key_file: \"{}\", bundle_file: \"{}\", spiffe_ids: [\"not-spiffe\"]}}}}\n\
          routes:\n  - {{name: r, match: {{path_prefix: /}}, upstream: a, auth: none}}\n",
+        edge_crt.display(),
+        other_key.display(),
         dir.display(),
         missing.display(),
         expired_cert.display(),
@@ -365,7 +372,154 @@ fn bad_certificate_files_are_validation_errors_naming_the_file() {
         format!("upstreams.b.tls.svid_dir: {}", missing.display()),
         format!("upstreams.c.tls: {}: expired at", expired_cert.display()),
         "upstreams.c.tls.spiffe_ids[0]".to_string(),
+        format!(
+            "edge_tls: {}: does not match the certificate in {}",
+            other_key.display(),
+            edge_crt.display()
+        ),
     ] {
         assert!(stderr.contains(&needle), "missing {needle:?} in:\n{stderr}");
     }
+}
+
+// === the public TLS listener ===
+
+/// The edge certificate (for 127.0.0.1 and localhost) written into `<pki.dir>/edge`.
+fn edge_cert(pki: &Pki) -> (PathBuf, PathBuf) {
+    let issued = pki
+        .ca
+        .issue_edge(&["127.0.0.1", "localhost"], Duration::from_secs(3600))
+        .unwrap();
+    let dir = pki.dir.join("edge");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    // Key first, certificate last, each renamed into place: a watcher never sees half a pair.
+    for (path, pem) in [(&key, &issued.key_pem), (&cert, &issued.cert_pem)] {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, pem).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    }
+    (cert, key)
+}
+
+fn https_client(pki: &Pki) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(pki.ca.bundle_pem().as_bytes()).unwrap(),
+        )
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+}
+
+async fn edge_gateway(pki: &Pki, upstream: SocketAddr) -> (Gateway, u16) {
+    let (cert, key) = edge_cert(pki);
+    let port = test_support::free_port();
+    let body = format!(
+        "listeners: {{public_tls: \"127.0.0.1:{port}\"}}\n\
+         edge_tls: {{cert_file: \"{}\", key_file: \"{}\", redirect_http: true, hsts_max_age_secs: 600}}\n\
+         upstreams:\n  app: {{endpoints: [\"{upstream}\"]}}\n\
+         routes:\n  - {{name: all, match: {{path_prefix: /}}, upstream: app, auth: none}}\n",
+        cert.display(),
+        key.display()
+    );
+    (Gateway::start(&body).await, port)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_tls_listener_speaks_http1_and_http2_and_plain_http_is_redirected() {
+    let pki = Pki::new("edge");
+    let up = Upstream::start("app").await;
+    let (gw, port) = edge_gateway(&pki, up.addr).await;
+    let url = format!("https://127.0.0.1:{port}/things?a=1");
+    for (client, version) in [
+        (
+            https_client(&pki).build().unwrap(),
+            reqwest::Version::HTTP_2,
+        ),
+        (
+            https_client(&pki).http1_only().build().unwrap(),
+            reqwest::Version::HTTP_11,
+        ),
+    ] {
+        let r = client.get(&url).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.version(), version);
+        assert_eq!(r.headers()["strict-transport-security"], "max-age=600");
+        let echo: Value = r.json().await.unwrap();
+        assert_eq!(echo["uri"], "/things?a=1");
+        assert_eq!(echo["headers"]["x-forwarded-proto"], "https");
+    }
+    // Plain HTTP is sent to the TLS listener, and gets no HSTS (RFC 6797 §7.2).
+    let r = https_client(&pki)
+        .build()
+        .unwrap()
+        .get(gw.url("/things?a=1"))
+        .header("host", "127.0.0.1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 308);
+    assert_eq!(
+        r.headers()["location"],
+        format!("https://127.0.0.1:{port}/things?a=1")
+    );
+    assert!(r.headers().get("strict-transport-security").is_none());
+}
+
+/// The serial number of the certificate a fresh TLS connection to `port` is served.
+async fn served_serial(pki: &Pki, port: u16) -> String {
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls_pki_types::pem::PemObject;
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(pki.ca.bundle_pem().as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::clone(identity::tls::provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+    identity::CertInfo::parse(&leaf).unwrap().serial
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_renewed_edge_certificate_is_served_without_a_restart_and_in_flight_requests_finish() {
+    let pki = Pki::new("edge-rotate");
+    let up = Upstream::start("app").await;
+    let (_gw, port) = edge_gateway(&pki, up.addr).await;
+    let before = served_serial(&pki, port).await;
+    // A request in flight across the rotation.
+    let client = https_client(&pki).build().unwrap();
+    let slow = tokio::spawn(async move {
+        client
+            .get(format!("https://127.0.0.1:{port}/slow/1500"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    edge_cert(&pki);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = served_serial(&pki, port).await;
+        if now != before {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new certificate was never served"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        slow.await.unwrap().unwrap(),
+        200,
+        "the in-flight request finished"
+    );
 }
