@@ -147,6 +147,25 @@ pub struct ServerSettings {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Size and count limits of the request head.
     pub limits: HeadLimits,
+    /// Client connection hygiene.
+    pub connections: ConnectionSettings,
+}
+
+/// How client connections are kept in check (see the gateway's `downstream` module).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ConnectionSettings {
+    /// A request head must be complete this long after it is due (the connection opened, or
+    /// the first byte of a kept-alive request arrived); else the connection is closed.
+    /// Default 10000 ms.
+    #[serde(serialize_with = "ser_duration")]
+    pub request_head_timeout: Duration,
+    /// Idle keep-alive connections are closed after this. Default 60 s.
+    pub keepalive_timeout_secs: u64,
+    /// Client connections open at once on the public listeners; past it new ones are closed at
+    /// once (logged, counted). Keep it below the process's file-descriptor limit. Default 10000.
+    pub max_connections: usize,
+    /// Read buffer of each client connection, in bytes. Default 16384.
+    pub buffer_bytes: usize,
 }
 
 /// Limits on the request head; a request over one is refused before routing.

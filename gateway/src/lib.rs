@@ -21,6 +21,7 @@ mod admin;
 mod auth;
 pub mod config;
 mod context;
+mod downstream;
 mod forwarded;
 mod framing;
 mod metrics;
@@ -154,14 +155,31 @@ pub fn run(config_path: &Path, tracer: HttpTracer) -> Result<(), StartError> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        proxy::Gateway {
-            shared: Arc::clone(&shared),
+    // The proxy, wrapped in the connection hygiene Pingora leaves to applications: a
+    // deadline on request heads and a cap on open connections (see `downstream`).
+    let connections = config.server.connections;
+    let app = downstream::Hygiene::new(
+        pingora_proxy::http_proxy(
+            &server.configuration,
+            proxy::Gateway {
+                shared: Arc::clone(&shared),
+            },
+        ),
+        downstream::Limits {
+            head_timeout: connections.request_head_timeout,
+            max_connections: connections.max_connections,
         },
-        "vantage-gateway",
+        shared.metrics.connections.clone(),
     );
-    proxy.add_tcp(&config.listeners.public.to_string());
+    let mut proxy = Service::new("vantage-gateway".to_string(), app);
+    let buffers = pingora_core::protocols::l4::stream::L4BufferSettings::new(
+        connections.buffer_bytes,
+        pingora_core::protocols::l4::stream::DEFAULT_L4_WRITE_BUFFER_SIZE,
+    );
+    let listener = |addr: std::net::SocketAddr| {
+        pingora_core::listeners::ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers)
+    };
+    proxy.add_listener(listener(config.listeners.public));
     if let Some(addr) = config.listeners.public_tls {
         // The certificate is chosen per handshake, so a renewed one needs no restart; HTTP/2
         // and HTTP/1.1 by ALPN.
@@ -171,7 +189,7 @@ pub fn run(config_path: &Path, tracer: HttpTracer) -> Result<(), StartError> {
         let mut settings = pingora_core::listeners::tls::TlsSettings::with_callbacks(callbacks)
             .map_err(|e| StartError::Tls(e.to_string()))?;
         settings.enable_h2();
-        proxy.add_tls_with_settings(&addr.to_string(), None, settings);
+        proxy.add_listener(listener(addr).tls(settings));
     }
     let mut admin = Service::new(
         "vantage-admin".to_string(),

@@ -114,6 +114,7 @@ pub(crate) struct Metrics {
     pub(crate) reloads: Family<ReloadLabels, Counter>,
     pub(crate) upstream_identity_refusals: Family<IdentityRefusalLabels, Counter>,
     pub(crate) certificate_expiry: Family<CertificateLabels, Gauge>,
+    pub(crate) connections: crate::downstream::ConnectionMetrics,
 }
 
 /// Latency buckets in seconds, as the HTTP semantic conventions recommend.
@@ -195,7 +196,24 @@ impl Metrics {
             prometheus_client::registry::Unit::Seconds,
             certificate_expiry.clone(),
         );
+        let connections = crate::downstream::ConnectionMetrics::default();
+        registry.register(
+            "gateway_open_connections",
+            "Client connections open on the public listeners",
+            connections.open.clone(),
+        );
+        registry.register(
+            "gateway_connections_refused",
+            "Client connections closed at once because server.max_connections were open",
+            connections.refused.clone(),
+        );
+        registry.register(
+            "gateway_request_head_timeouts",
+            "Client connections closed because a request head took longer than server.request_head_timeout_ms",
+            connections.head_timeouts.clone(),
+        );
         Metrics {
+            connections,
             registry,
             upstream_identity_refusals,
             certificate_expiry,

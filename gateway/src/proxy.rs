@@ -163,6 +163,10 @@ impl ProxyHttp for Gateway {
         ctx.span = self.shared.tracer.server(&server_req);
 
         ctx.request_id = request_id::of(&req.headers);
+        // Pingora keeps HTTP/1.1 connections open forever by default.
+        session.set_keepalive(Some(
+            runtime.config.server.connections.keepalive_timeout_secs,
+        ));
         ctx.runtime = Some(Arc::clone(&runtime));
 
         match self.admit(session, ctx, &runtime).await {

@@ -82,6 +82,10 @@ pub(crate) struct RawServer {
     pub(crate) max_header_bytes: Option<usize>,
     pub(crate) max_request_header_bytes: Option<usize>,
     pub(crate) max_headers: Option<usize>,
+    pub(crate) request_head_timeout_ms: Option<u64>,
+    pub(crate) keepalive_timeout_secs: Option<u64>,
+    pub(crate) max_connections: Option<usize>,
+    pub(crate) connection_buffer_bytes: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]

@@ -5,6 +5,7 @@
 mod admin;
 mod auth;
 mod common;
+mod connections;
 mod hardening;
 mod ratelimit;
 mod raw_upstream;
