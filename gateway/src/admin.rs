@@ -85,27 +85,44 @@ impl ServeHttp for AdminApp {
                 br#"{"status":"ok"}"#.to_vec(),
             ),
             "/readyz" => {
-                if runtime.ready() {
-                    respond(
+                // Ready means every issuer has keys. Upstream state is reported, not judged: an
+                // open circuit on one upstream should not take the gateway out of a balancer.
+                let upstreams: serde_json::Map<_, _> = runtime
+                    .upstreams
+                    .iter()
+                    .map(|(n, u)| {
+                        (
+                            n.clone(),
+                            serde_json::json!({
+                                "circuit": u.breaker.state_name(),
+                                "available_endpoints": u.available_endpoints(),
+                                "endpoints": u.endpoints.len(),
+                            }),
+                        )
+                    })
+                    .collect();
+                let waiting: Vec<_> = runtime
+                    .auth
+                    .issuers()
+                    .filter(|i| !i.is_ready())
+                    .map(|i| i.name.clone())
+                    .collect();
+                let (status, body) = if runtime.ready() {
+                    (
                         StatusCode::OK,
-                        "application/json",
-                        br#"{"status":"ready"}"#.to_vec(),
+                        serde_json::json!({"status": "ready", "upstreams": upstreams}),
                     )
                 } else {
-                    let waiting: Vec<_> = runtime
-                        .auth
-                        .issuers()
-                        .filter(|i| !i.is_ready())
-                        .map(|i| i.name.clone())
-                        .collect();
-                    let body =
-                        serde_json::json!({"status": "not_ready", "issuers_without_keys": waiting});
-                    respond(
+                    (
                         StatusCode::SERVICE_UNAVAILABLE,
-                        "application/json",
-                        serde_json::to_vec(&body).unwrap_or_default(),
+                        serde_json::json!({"status": "not_ready", "issuers_without_keys": waiting, "upstreams": upstreams}),
                     )
-                }
+                };
+                respond(
+                    status,
+                    "application/json",
+                    serde_json::to_vec(&body).unwrap_or_default(),
+                )
             }
             "/metrics" => {
                 if let Err(resp) = self.authorized(session) {

@@ -102,6 +102,8 @@ pub(crate) struct Attempts {
     pub(crate) endpoint: Option<Arc<Endpoint>>,
     /// The endpoint of the last failed attempt, avoided by the next one.
     pub(crate) last_failed: Option<SocketAddr>,
+    /// How the last failed attempt failed.
+    pub(crate) last_failure: Option<crate::problem::classify::UpstreamErrorKind>,
     /// Counts the current attempt against its endpoint's in-flight requests.
     pub(crate) inflight: Option<InflightGuard>,
     /// The status the upstream answered with.

@@ -109,6 +109,7 @@ pub(crate) struct Metrics {
     pub(crate) upstream_errors: Family<UpstreamErrorLabels, Counter>,
     pub(crate) upstream_attempts: Family<UpstreamLabels, Counter>,
     pub(crate) available_endpoints: Family<UpstreamLabels, Gauge>,
+    pub(crate) circuit_state: Family<UpstreamLabels, Gauge>,
     pub(crate) inflight: Gauge,
     pub(crate) ratelimit_keys: Family<PolicyLabels, Gauge>,
     pub(crate) reloads: Family<ReloadLabels, Counter>,
@@ -164,6 +165,12 @@ impl Metrics {
             "gateway_upstream_available_endpoints",
             "Endpoints currently taking traffic (healthy and not ejected)",
             available_endpoints.clone(),
+        );
+        let circuit_state = Family::<UpstreamLabels, Gauge>::default();
+        registry.register(
+            "gateway_circuit_state",
+            "Circuit breaker of each upstream: 0 closed, 1 half-open (a trial is out), 2 open",
+            circuit_state.clone(),
         );
         let inflight = Gauge::default();
         registry.register(
@@ -223,6 +230,7 @@ impl Metrics {
             upstream_errors,
             upstream_attempts,
             available_endpoints,
+            circuit_state,
             inflight,
             ratelimit_keys,
             reloads,

@@ -200,6 +200,12 @@ impl Runtime {
                     upstream: name.clone(),
                 })
                 .set(u.available_endpoints() as i64);
+            metrics
+                .circuit_state
+                .get_or_create(&crate::metrics::UpstreamLabels {
+                    upstream: name.clone(),
+                })
+                .set(u.breaker.state_value());
         }
         for (name, p) in &self.policies {
             metrics

@@ -70,13 +70,22 @@ pub(crate) enum Unavailable {
 
 #[derive(Debug)]
 enum BreakerState {
-    Closed { failures: u32 },
-    Open { until: Instant },
-    HalfOpen { trial_in_flight: bool },
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
+    /// One trial request is out since `trial_since`.
+    HalfOpen {
+        trial_since: Instant,
+    },
 }
 
 /// Fails fast while an upstream keeps failing: after `failure_threshold` failed requests in a
-/// row it opens for `open_for`, then lets one trial request through; success closes it.
+/// row it opens for `open_for`, then lets one trial request through; its success closes it, its
+/// failure opens it again. A trial that never reports back (the client left before it reached
+/// the upstream) does not leave the circuit stuck: after `open_for` another trial goes.
 pub(crate) struct CircuitBreaker {
     config: CircuitBreakerConfig,
     state: Mutex<BreakerState>,
@@ -93,26 +102,19 @@ impl CircuitBreaker {
     /// Whether a request may go upstream now.
     fn allow(&self) -> bool {
         let mut state = self.state.lock();
+        let now = Instant::now();
         match *state {
             BreakerState::Closed { .. } => true,
-            BreakerState::Open { until } if Instant::now() >= until => {
-                *state = BreakerState::HalfOpen {
-                    trial_in_flight: true,
-                };
+            BreakerState::Open { until } if now >= until => {
+                *state = BreakerState::HalfOpen { trial_since: now };
                 true
             }
             BreakerState::Open { .. } => false,
-            BreakerState::HalfOpen {
-                trial_in_flight: true,
-            } => false,
-            BreakerState::HalfOpen {
-                trial_in_flight: false,
-            } => {
-                *state = BreakerState::HalfOpen {
-                    trial_in_flight: true,
-                };
+            BreakerState::HalfOpen { trial_since } if now >= trial_since + self.config.open_for => {
+                *state = BreakerState::HalfOpen { trial_since: now };
                 true
             }
+            BreakerState::HalfOpen { .. } => false,
         }
     }
 
@@ -139,6 +141,15 @@ impl CircuitBreaker {
         };
         *state = next;
         opened
+    }
+
+    /// 0 closed, 1 half-open, 2 open: `gateway_circuit_state`.
+    pub(crate) fn state_value(&self) -> i64 {
+        match *self.state.lock() {
+            BreakerState::Closed { .. } => 0,
+            BreakerState::HalfOpen { .. } => 1,
+            BreakerState::Open { .. } => 2,
+        }
     }
 
     /// `closed`, `open` or `half_open`, for metrics and /config.
@@ -193,11 +204,10 @@ impl Upstream {
         let now = Instant::now();
         let healthy: Vec<&Arc<Endpoint>> =
             self.endpoints.iter().filter(|e| e.available(now)).collect();
+        // A retry never goes back to the endpoint that just failed.
         let candidates: Vec<&Arc<Endpoint>> = match avoid {
-            Some(addr) if healthy.len() > 1 => {
-                healthy.iter().copied().filter(|e| e.addr != addr).collect()
-            }
-            _ => healthy,
+            Some(addr) => healthy.iter().copied().filter(|e| e.addr != addr).collect(),
+            None => healthy,
         };
         if candidates.is_empty() {
             return Err(Unavailable::NoHealthyEndpoint);
@@ -214,6 +224,14 @@ impl Upstream {
             }
         };
         Ok(Arc::clone(chosen))
+    }
+
+    /// Whether an endpoint other than `failed` can take a retry now.
+    pub(crate) fn has_alternative(&self, failed: Option<SocketAddr>) -> bool {
+        let now = Instant::now();
+        self.endpoints
+            .iter()
+            .any(|e| Some(e.addr) != failed && e.available(now))
     }
 
     /// Records a successful exchange with `endpoint`.
@@ -274,5 +292,25 @@ mod tests {
         b.on_success();
         assert!(b.allow());
         assert_eq!(b.state_name(), "closed");
+    }
+
+    #[test]
+    fn a_failed_trial_reopens_and_a_lost_trial_does_not_leave_it_stuck() {
+        let b = CircuitBreaker::new(CircuitBreakerConfig {
+            failure_threshold: 1,
+            open_for: Duration::from_millis(30),
+        });
+        assert!(b.on_failure());
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(b.allow(), "trial");
+        assert!(b.on_failure(), "a failed trial opens it again");
+        assert_eq!(b.state_name(), "open");
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(b.allow(), "second trial");
+        // That trial never reports back; after open_for another one may go.
+        assert!(!b.allow());
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(b.allow(), "a lost trial is replaced");
+        assert_eq!(b.state_value(), 1);
     }
 }

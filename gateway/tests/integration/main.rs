@@ -6,6 +6,7 @@ mod admin;
 mod auth;
 mod common;
 mod connections;
+mod failures;
 mod hardening;
 mod ratelimit;
 mod raw_upstream;
