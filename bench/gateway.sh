@@ -47,10 +47,13 @@
 #        wrk:       DURATION=15s WARMUP=3s CONNS=50 THREADS=1 TOKENS=100 ROUNDS=1
 #        callgrind: CG_N1=1000 CG_N2=3000 CG_REPEATS=2 CG_WARMUP=500 CG_CONNS=$CONNS
 #                   CG_TOKENS=10 (tokens per batch for JWT rows) CG_IDLE=3 (seconds), CG_SETTLE=1 (export rows:
-#                   poll the sink this often until its span count stops moving before a dump)
+#                   poll the sink this often until its span count stops moving before a dump),
+#                   CG_REP_STRINGS=0 (1: let glibc use rep movsb/stosb, counted per byte)
 #        PROFILES=DIR (write callgrind_annotate top entries, inclusive and self, for
 #        PROFILE_ROWS="pingora-bare gw-plain gw-full" into DIR), REPORT=FILE (copy the report)
-#        BUILD=1 (rebuild the release binaries first), KEEP=1 (keep the temp dir)
+#        SYSCALLS=auto|0|1 (syscalls/request of the proxy in the wrk rows, with `perf stat -e
+#        raw_syscalls:sys_enter`), BUILD=1 (rebuild the release binaries first), KEEP=1 (keep the
+#        temp dir)
 # Needs: nginx (nginx-light), wrk, haproxy, h2load (nghttp2-client), valgrind, openssl, python3
 #        (stdlib only), taskset, curl. Installs the Debian packages with apt-get when missing and
 #        we are root; otherwise says what to install.
@@ -78,6 +81,8 @@ CG_CONNS="${CG_CONNS:-$CONNS}"
 CG_TOKENS="${CG_TOKENS:-10}"
 CG_IDLE="${CG_IDLE:-3}"
 CG_SETTLE="${CG_SETTLE:-1}"
+CG_REP_STRINGS="${CG_REP_STRINGS:-0}"
+SYSCALLS="${SYSCALLS:-auto}"
 PROFILE_ROWS="${PROFILE_ROWS:-pingora-bare gw-plain gw-full}"
 PROXY_CPU="${PROXY_CPU:-0}"
 LOAD_CPU="${LOAD_CPU:-1}"
@@ -120,6 +125,12 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   else
     die "missing: ${need_pkgs[*]} (Debian: apt-get install -y ${need_pkgs[*]})"
   fi
+fi
+if [ "$SYSCALLS" = auto ]; then   # syscalls/request in the wrk rows, when perf can count them
+  SYSCALLS=0
+  if want_wrk && command -v perf >/dev/null 2>&1 \
+    && perf stat -x, -e raw_syscalls:sys_enter true >/dev/null 2>&1; then SYSCALLS=1; fi
+  [ "$SYSCALLS" = 1 ] || { want_wrk && say "note: no syscall counts (perf with tracepoints: apt-get install -y linux-perf, run as root)"; } || true
 fi
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 HAPROXY="$(command -v haproxy || echo /usr/sbin/haproxy)"
@@ -448,6 +459,11 @@ row_start() {
   esac
   local wrap=(taskset -c "$ROW_CPUS")
   if [ "$mode" = callgrind ]; then
+    # Under valgrind every iteration of `rep movsb`/`rep stosb` counts as one instruction, so a
+    # 10 KiB memcpy costs 10 240 "instructions" (it is a few hundred cycles). Make glibc copy and
+    # fill with its vector loops instead (~1 instruction per 10 bytes), which tracks cycles
+    # better; CG_REP_STRINGS=1 keeps glibc's choice. Applies to every row alike.
+    [ "$CG_REP_STRINGS" = 1 ] || envs+=(GLIBC_TUNABLES=glibc.cpu.x86_rep_movsb_threshold=4294967295:glibc.cpu.x86_rep_stosb_threshold=4294967295)
     wrap+=(valgrind --tool=callgrind --callgrind-out-file="$CG/$name.out" --vgdb-prefix="$CG/vgdb"
       --log-file="$CG/$name.valgrind.log")
   fi
@@ -497,19 +513,23 @@ row_stop() {
 }
 
 # ---------------------------------------------------------------- wrk measurement
-# cpu_ticks PID... -> total utime+stime (clock ticks) of the processes and all their children
-# threads (nginx: master + worker).
-cpu_ticks() {
-  local total=0 p c
+# proc_counters PID... -> "utime stime switches": CPU clock ticks in user and kernel mode and
+# context switches (voluntary + involuntary, every thread) of the processes and their children
+# (nginx: master + worker).
+proc_counters() {
+  local ut=0 st=0 cs=0 p c t f
   for p in "$@"; do
     for c in $p $(cat "/proc/$p/task/"*/children 2>/dev/null); do
       [ -r "/proc/$c/stat" ] || continue
       # fields 14 (utime) and 15 (stime); strip "pid (comm) " first, comm may contain spaces
       read -r -a f <<<"$(sed 's/^.*) //' "/proc/$c/stat")"
-      total=$((total + f[11] + f[12]))
+      ut=$((ut + f[11])); st=$((st + f[12]))
+      for t in /proc/"$c"/task/*/status; do
+        cs=$((cs + $(awk '/ctxt_switches:/{s+=$2} END{print s+0}' "$t" 2>/dev/null || echo 0)))
+      done
     done
   done
-  echo "$total"
+  echo "$ut $st $cs"
 }
 
 to_ms() { # "1.23ms" | "456.00us" | "1.02s" -> ms
@@ -533,27 +553,47 @@ run_wrk() {
   if [ "${1:-}" = -s ]; then script=(-s "$2"); shift 2; [ "${1:-}" = -- ] && shift; sargs=(-- "$@"); fi
   say "== $name: warm-up $WARMUP"
   taskset -c "$LOAD_CPU" wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" "${script[@]}" "$url" "${sargs[@]}" >/dev/null
-  local before after out
-  before=$(cpu_ticks $pids)
+  local before after out perf_pid="" plist="" p c
+  # Syscalls of the proxy (every thread, nginx's worker too), counted in the kernel by perf.
+  if [ "$SYSCALLS" = 1 ] && [ -n "$pids" ]; then
+    for p in $pids; do for c in $p $(cat "/proc/$p/task/"*/children 2>/dev/null); do plist="$plist${plist:+,}$c"; done; done
+    taskset -c "$LOAD_CPU" perf stat -x, -e raw_syscalls:sys_enter -p "$plist" -o "$WORK/perf-$name.txt" &
+    perf_pid=$!
+    sleep 0.2
+  fi
+  before=$(proc_counters $pids)
   say "== $name: taskset -c $LOAD_CPU wrk -t$THREADS -c$CONNS -d$DURATION --latency ${script[*]} $url ${sargs[*]}"
   out="$(taskset -c "$LOAD_CPU" wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "${script[@]}" "$url" "${sargs[@]}")"
-  after=$(cpu_ticks $pids)
+  after=$(proc_counters $pids)
+  local syscalls="-"
+  if [ -n "$perf_pid" ]; then
+    kill -INT "$perf_pid" 2>/dev/null || true
+    wait "$perf_pid" 2>/dev/null || true
+    syscalls=$(awk -F, '/raw_syscalls:sys_enter/{print $1}' "$WORK/perf-$name.txt" 2>/dev/null)
+    case "$syscalls" in ''|*[!0-9]*) syscalls="-";; esac
+  fi
   printf '%s\n' "$out" >"$WORK/wrk-$name.txt"
   printf '%s\n' "$out" | sed 's/^/   /' >&2
-  local rps p50 p99 non2xx errs total cpu_us
+  local rps p50 p99 non2xx errs total cpu_us sys_us cs_req
   rps=$(printf '%s\n' "$out" | awk '/^Requests\/sec:/{print $2}')
   p50=$(to_ms "$(printf '%s\n' "$out" | awk '$1=="50%"{print $2}')")
   p99=$(to_ms "$(printf '%s\n' "$out" | awk '$1=="99%"{print $2}')")
   non2xx=$(printf '%s\n' "$out" | awk '/Non-2xx or 3xx responses:/{print $NF}')
   errs=$(printf '%s\n' "$out" | awk '/Socket errors:/{gsub(",","");s=0;for(i=3;i<=NF;i+=2)s+=$(i+1);print s}')
   total=$(printf '%s\n' "$out" | awk '/requests in/{print $1}')
-  # CPU time the proxy spent per request (µs), from /proc; "-" for the direct row.
+  # CPU time the proxy spent per request (µs; of it in the kernel) and its context switches per
+  # request, from /proc; "-" for the direct row.
   if [ -n "$pids" ] && [ "${total:-0}" -gt 0 ]; then
-    cpu_us=$(awk -v t=$((after - before)) -v hz="$TICK" -v n="$total" 'BEGIN{printf "%.1f", t/hz*1e6/n}')
+    read -r cpu_us sys_us cs_req <<<"$(awk -v b="$before" -v a="$after" -v hz="$TICK" -v n="$total" 'BEGIN{
+      split(b, x, " "); split(a, y, " ")
+      printf "%.1f %.1f %.3f", (y[1]-x[1]+y[2]-x[2])/hz*1e6/n, (y[2]-x[2])/hz*1e6/n, (y[3]-x[3])/n }')"
   else
-    cpu_us="-"
+    cpu_us="-"; sys_us="-"; cs_req="-"
   fi
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$rps" "$p50" "$p99" "${non2xx:-0}" "${errs:-0}" "$cpu_us" "${total:-0}" >>"$RESULTS"
+  # perf counted a little before and after the run too (0.2 s of warm-up-free idle): negligible.
+  local sc_req="-"
+  [ "$syscalls" != - ] && [ "${total:-0}" -gt 0 ] && sc_req=$(awk -v s="$syscalls" -v n="$total" 'BEGIN{printf "%.2f", s/n}')
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$rps" "$p50" "$p99" "${non2xx:-0}" "${errs:-0}" "$cpu_us" "${total:-0}" "$sys_us" "$cs_req" "$sc_req" >>"$RESULTS"
 }
 
 wrk_row() {

@@ -4,7 +4,8 @@
 usage: report.py --wrk WRK.tsv --callgrind CG.tsv --spans SPANS.tsv --rows "a b ..."
                  --labels "a=label\\n..." --meta TEXT --wrk-cmd TEXT --cg-cmd TEXT
 
-WRK.tsv:  name rps p50_ms p99_ms non2xx socket_errors cpu_us_per_req requests   (one per round)
+WRK.tsv:  name rps p50_ms p99_ms non2xx socket_errors cpu_us_per_req requests sys_us_per_req
+          context_switches_per_req syscalls_per_req   (one line per round)
 CG.tsv:   name rep requests Ir seconds dump_file     (rep "idle": an idle window, requests 0;
           rep "settle": the pause before it, not used)
 SPANS.tsv: measure name spans_received
@@ -28,10 +29,13 @@ def read_tsv(path):
 
 def wrk_rows(path):
     rows = {}
-    for name, rps, p50, p99, non2xx, errs, cpu, total in read_tsv(path):
+    def num(v):
+        return float(v) if v != "-" else NAN
+    for name, rps, p50, p99, non2xx, errs, cpu, total, sys_us, switches, syscalls in read_tsv(path):
         rows.setdefault(name, []).append({
             "rps": float(rps), "p50": float(p50), "p99": float(p99), "non2xx": int(non2xx),
-            "errs": int(errs), "cpu": float(cpu) if cpu != "-" else NAN, "requests": int(total),
+            "errs": int(errs), "cpu": num(cpu), "requests": int(total), "sys": num(sys_us),
+            "cs": num(switches), "sc": num(syscalls),
         })
     return rows
 
@@ -97,8 +101,13 @@ def main() -> None:
     def c(name):
         return cg[name]["ir"] if name in cg else NAN
 
-    print("| row | user-space instructions/req (callgrind) | repeats | rps | p50 ms | p99 ms | proxy CPU µs/req | non-2xx | socket errors |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
+    def cpu_cell(name):
+        if math.isnan(w(name, "cpu")):
+            return "–"
+        return f"{w(name, 'cpu'):.1f} ({w(name, 'sys'):.1f})"
+
+    print("| row | user-space instructions/req (callgrind) | repeats | rps | p50 ms | p99 ms | proxy CPU µs/req (of it kernel) | syscalls/req | context switches/req | non-2xx | socket errors |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name in order:
         if name not in wrk and name not in cg:
             continue
@@ -108,8 +117,8 @@ def main() -> None:
         non2xx = sum(r["non2xx"] for r in wrk.get(name, []))
         errs = sum(r["errs"] for r in wrk.get(name, []))
         print(f"| {labels.get(name, name)} | {fmt(c(name), ',.0f')} | {reps} | {fmt(w(name, 'rps'), '.0f')} | "
-              f"{fmt(w(name, 'p50'), '.3f')} | {fmt(w(name, 'p99'), '.3f')} | {fmt(w(name, 'cpu'), '.1f')} | "
-              f"{non2xx if name in wrk else '–'} | {errs if name in wrk else '–'} |")
+              f"{fmt(w(name, 'p50'), '.3f')} | {fmt(w(name, 'p99'), '.3f')} | {cpu_cell(name)} | "
+              f"{fmt(w(name, 'sc'), '.2f')} | {fmt(w(name, 'cs'), '.3f')} | {non2xx if name in wrk else '–'} | {errs if name in wrk else '–'} |")
     print()
     print(f"- wrk: {args.wrk_cmd}; median over rounds. callgrind: {args.cg_cmd}.")
     print(f"- {args.meta}")
@@ -169,8 +178,8 @@ def main() -> None:
         print()
     knobs = [n for n in order if (n.startswith("bare-") or "-w2" in n) and n != "gw-full-w2"]
     if knobs:
-        print("| knob (vs its default row) | instructions/req | Δ | rps | Δ | CPU µs/req | Δ |")
-        print("|---|---:|---:|---:|---:|---:|---:|")
+        print("| knob (vs its default row) | instructions/req | Δ | rps | Δ | CPU µs/req | Δ | syscalls/req | Δ |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for name in knobs:
             base = "pingora-bare" if name.startswith("bare-") else "gw-plain"
 
@@ -179,7 +188,8 @@ def main() -> None:
                 return "–" if math.isnan(r) else f"{(r - 1) * 100:+.1f} %"
             print(f"| {labels.get(name, name)} | {fmt(c(name), ',.0f')} | {delta(c(name), c(base))} | "
                   f"{fmt(w(name, 'rps'), '.0f')} | {delta(w(name, 'rps'), w(base, 'rps'))} | "
-                  f"{fmt(w(name, 'cpu'), '.1f')} | {delta(w(name, 'cpu'), w(base, 'cpu'))} |")
+                  f"{fmt(w(name, 'cpu'), '.1f')} | {delta(w(name, 'cpu'), w(base, 'cpu'))} | "
+                  f"{fmt(w(name, 'sc'), '.2f')} | {delta(w(name, 'sc'), w(base, 'sc'))} |")
         print()
     bad = [n for n in order if any(r["non2xx"] or r["errs"] for r in wrk.get(n, []))]
     if bad:
