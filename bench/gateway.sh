@@ -552,7 +552,8 @@ run_wrk() {
   local script=() sargs=()
   if [ "${1:-}" = -s ]; then script=(-s "$2"); shift 2; [ "${1:-}" = -- ] && shift; sargs=(-- "$@"); fi
   say "== $name: warm-up $WARMUP"
-  taskset -c "$LOAD_CPU" wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" "${script[@]}" "$url" "${sargs[@]}" >/dev/null
+  WRK_SENT=$(taskset -c "$LOAD_CPU" wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" "${script[@]}" "$url" "${sargs[@]}" \
+    | awk '/requests in/{print $1}')
   local before after out perf_pid="" plist="" p c
   # Syscalls of the proxy (every thread, nginx's worker too), counted in the kernel by perf.
   if [ "$SYSCALLS" = 1 ] && [ -n "$pids" ]; then
@@ -573,6 +574,7 @@ run_wrk() {
     case "$syscalls" in ''|*[!0-9]*) syscalls="-";; esac
   fi
   printf '%s\n' "$out" >"$WORK/wrk-$name.txt"
+  WRK_SENT=$(( ${WRK_SENT:-0} + $(printf '%s\n' "$out" | awk '/requests in/{print $1}') ))
   printf '%s\n' "$out" | sed 's/^/   /' >&2
   local rps p50 p99 non2xx errs total cpu_us sys_us cs_req
   rps=$(printf '%s\n' "$out" | awk '/^Requests\/sec:/{print $2}')
@@ -596,6 +598,7 @@ run_wrk() {
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$rps" "$p50" "$p99" "${non2xx:-0}" "${errs:-0}" "$cpu_us" "${total:-0}" "$sys_us" "$cs_req" "$sc_req" >>"$RESULTS"
 }
 
+WRK_SENT=0
 wrk_row() {
   local name=$1 spans0=0 spans1
   row_start "$name" native
@@ -605,12 +608,14 @@ wrk_row() {
   else
     run_wrk "$name" "$ROW_URL" "$ROW_PID"
   fi
-  row_stop   # the gateway flushes its span queue on shutdown
   if [ "$ROW_OTLP" = 1 ]; then
-    sleep 0.5; spans1=$(sink_spans)
-    printf 'wrk\t%s\t%s\n' "$name" "$((spans1 - spans0))" >>"$SPANS"
-    say "   OTLP sink: $((spans1 - spans0)) spans received during $name (warm-up + run)"
+    # Spans queued at the end still go out; what never arrives was dropped (queue full).
+    cg_settle
+    spans1=$(sink_spans)
+    printf 'wrk\t%s\t%s\t%s\n' "$name" "$((spans1 - spans0))" "$WRK_SENT" >>"$SPANS"
+    say "   OTLP sink: $((spans1 - spans0)) spans received for $WRK_SENT requests (warm-up + run)"
   fi
+  row_stop
 }
 
 # ---------------------------------------------------------------- callgrind measurement
@@ -658,7 +663,7 @@ h2load_batch() {
   H2_DONE=$done
 }
 
-# cg_settle — export rows: wait until the sink's span count stops moving, so each batch's dump
+# cg_settle — export rows (wrk rows too): wait until the sink's span count stops moving, so each batch's dump
 # holds the export of exactly its own spans (the SDK exports every 500 ms, slower under callgrind).
 cg_settle() {
   [ "$ROW_OTLP" = 1 ] || return 0
@@ -684,12 +689,14 @@ cg_row() {
   [ "$H2_CONNS" = "$CG_CONNS" ] || say "   note: $H2_CONNS connections per h2load run (CG_N1/$runs < CG_CONNS)"
   [ "$ROW_OTLP" = 1 ] && spans0=$(sink_spans)
   h2load_batch "$CG_WARMUP"
+  CG_SENT=$H2_DONE
   # Start counting here: start-up and warm-up (first connections, JWT cache fill) are excluded.
   callgrind_control --vgdb-prefix="$CG/vgdb" --zero "$ROW_PID" >>"$CG/control.log" 2>&1 || die "callgrind_control --zero failed"
   CG_LAST_T=$(date +%s.%N)
   for rep in $(seq 1 "$CG_REPEATS"); do
     for n in "$CG_N1" "$CG_N2"; do
       h2load_batch "$n"
+      CG_SENT=$((CG_SENT + H2_DONE))
       cg_settle
       cg_dump "$name" "$name-r$rep-n$n"
       printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$rep" "$H2_DONE" "$CG_IR" "$CG_DUR" "$CG/$name.out.$CG_DUMPS" >>"$CG_RESULTS"
@@ -704,12 +711,13 @@ cg_row() {
   if [ -n "${PROFILES:-}" ] && case " $PROFILE_ROWS " in *" $name "*) true;; *) false;; esac; then
     cg_profile "$name" "$CG/$name.out.$((CG_DUMPS - 1))" "$CG_N2"
   fi
-  row_stop
   if [ "$ROW_OTLP" = 1 ]; then
-    sleep 0.5; spans1=$(sink_spans)
-    printf 'callgrind\t%s\t%s\n' "$name" "$((spans1 - spans0))" >>"$SPANS"
-    say "   OTLP sink: $((spans1 - spans0)) spans received during $name under callgrind"
+    cg_settle
+    spans1=$(sink_spans)
+    printf 'callgrind\t%s\t%s\t%s\n' "$name" "$((spans1 - spans0))" "$CG_SENT" >>"$SPANS"
+    say "   OTLP sink: $((spans1 - spans0)) spans received for $CG_SENT requests (warm-up + batches)"
   fi
+  row_stop
 }
 
 # cg_profile NAME DUMP REQUESTS — callgrind_annotate of one steady-state batch (REQUESTS

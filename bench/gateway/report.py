@@ -8,7 +8,7 @@ WRK.tsv:  name rps p50_ms p99_ms non2xx socket_errors cpu_us_per_req requests sy
           context_switches_per_req syscalls_per_req   (one line per round)
 CG.tsv:   name rep requests Ir seconds dump_file     (rep "idle": an idle window, requests 0;
           rep "settle": the pause before it, not used)
-SPANS.tsv: measure name spans_received
+SPANS.tsv: measure name spans_received requests_sent
 
 Instructions per request, per repeat: (Ir(N2) - Ir(N1) - idle_rate * (t(N2) - t(N1))) /
 (N2 - N1), where Ir(N) is what callgrind counted between two dumps around a batch of N requests
@@ -125,11 +125,12 @@ def main() -> None:
     if cg:
         bg = max(v["background"] for v in cg.values())
         print(f"- callgrind background (idle-window Ir/s × batch time) subtracted: at most {bg * 100:.2f} % of a batch's count.")
-    for measure, name, n in spans:
-        what = "wrk warm-up + run" if measure == "wrk" else "callgrind warm-up + batches"
-        ran = (f"{sum(r['requests'] for r in wrk.get(name, []))} requests in the measured wrk run(s)"
-               if measure == "wrk" else f"{cg.get(name, {}).get('requests', 0)} requests in the counted batches")
-        print(f"- OTLP sink ({name}, {what}): {int(n):,} spans received, decoded from OTLP/gRPC; {ran}.")
+    for measure, name, n, sent in spans:
+        what = "wrk warm-up + run, one round" if measure == "wrk" else "callgrind warm-up + batches"
+        per = int(n) / int(sent) if int(sent) else NAN
+        print(f"- OTLP sink, {labels.get(name, name)} ({what}): {int(n):,} spans received and decoded "
+              f"(OTLP/gRPC) for {int(sent):,} requests = {fmt(per, '.3f')} per request "
+              "(each proxied request makes 2: SERVER + CLIENT; fewer means the export queue dropped spans).")
     print()
 
     def ratio(a, b):
