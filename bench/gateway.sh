@@ -735,12 +735,23 @@ cg_profile() {
     {
       echo "# $(label_of "$name"): callgrind_annotate --inclusive=$incl of one batch of $n keep-alive requests"
       echo "# (bench/gateway.sh, commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null), $(date -u +%FT%TZ));"
-      echo "# the last column divides Ir by $n: instructions per request."
-      callgrind_annotate --inclusive="$incl" --threshold=100 "$dump.annotate" 2>/dev/null \
-        | python3 "$HERE/per_request.py" "$n"
+      echo "# the first column divides Ir by $n: instructions per request."
+      # Inclusive lists start with the thread entry, tokio and Pingora frames: keep more lines.
+      local top=60; [ "$kind" = inclusive ] && top=150
+      callgrind_annotate --inclusive="$incl" --threshold=100 --auto=no "$dump.annotate" 2>/dev/null \
+        | python3 "$HERE/per_request.py" "$n" "$top"
     } >"$PROFILES/$name.$kind.txt"
   done
-  say "   profile: $PROFILES/$name.{inclusive,self}.txt"
+  # The gateway's own code and the span exporter, inclusive: where the difference to the floor is.
+  {
+    echo "# $(label_of "$name"): inclusive Ir/request of gateway::, observability:: and the OTLP exporter"
+    echo "# (functions with at least 0.3 % of the batch; from $PROFILES/$name.inclusive.txt's run)"
+    callgrind_annotate --inclusive=yes --threshold=100 --auto=no "$dump.annotate" 2>/dev/null \
+      | python3 "$HERE/per_request.py" "$n" 1000000 \
+      | grep -E 'gateway::|observability::|opentelemetry|tonic::|prost::' \
+      | awk 'match($0, /\( *[0-9.]+%\)/) { p = substr($0, RSTART + 1, RLENGTH - 3); if (p + 0 >= 0.3) print }' | head -n 60
+  } >"$PROFILES/$name.ours.txt"
+  say "   profile: $PROFILES/$name.{inclusive,self,ours}.txt"
 }
 
 # ---------------------------------------------------------------- run

@@ -7,6 +7,7 @@ REQUESTS is how many requests the annotated dump covers; TOP (default 40) is how
 lines to keep after each header. Lines that do not start with a count pass through unchanged.
 """
 import re
+import signal
 import sys
 
 COUNT = re.compile(r"^\s*([0-9][0-9,]*)\s")
@@ -19,6 +20,7 @@ SHORTEN = [
 
 
 def main() -> None:
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `| head` is fine
     requests = int(sys.argv[1])
     top = int(sys.argv[2]) if len(sys.argv) > 2 else 40
     kept = 0
