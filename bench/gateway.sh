@@ -152,6 +152,13 @@ if [ "${BUILD:-0}" = 1 ] || [ "$missing" = 1 ]; then
 fi
 for b in "${need_bins[@]:-}"; do [ -z "$b" ] || [ -x "$b" ] || die "no $b"; done
 
+# A leftover from another run on one of our ports would silently answer in place of ours.
+for port in "$P_UPSTREAM" "$P_PROXY" "$P_GW_ADMIN" "$P_SINK_GRPC" "$P_SINK_HTTP"; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    die "port $port is already in use ($(ss -ltnpH "sport = :$port" 2>/dev/null | sed 's/.*users://' | head -n1)); stop that process first"
+  fi
+done
+
 # ---------------------------------------------------------------- temp dir + cleanup
 WORK="$(mktemp -d /tmp/gwbench.XXXXXX)"
 CG="$WORK/callgrind"
@@ -161,6 +168,8 @@ PIDS=()
 for b in "${need_bins[@]:-}"; do [ -z "$b" ] || cp "$b" "$WORK/"; done
 GATEWAY="$WORK/gateway"; BARE="$WORK/bare_proxy"; SINK="$WORK/otlp-sink"
 cleanup() {
+  # Never stop half-way: a process that already exited must not abort the rest (set -e).
+  set +e
   # Our children and theirs (nginx workers), collected before any of them goes away.
   local p all=()
   for p in "${PIDS[@]:-}"; do
@@ -173,7 +182,7 @@ cleanup() {
   if [ "${KEEP:-0}" = 1 ]; then say "kept $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'exit 130' INT TERM HUP PIPE
 
 wait_http() { # url [header]
   local i
