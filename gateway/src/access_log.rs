@@ -20,8 +20,15 @@ pub(crate) fn record_on_span(ctx: &mut RequestCtx, status: u16) {
     let mut attributes = Vec::with_capacity(12);
     attributes.push(KeyValue::new("vantage.request_id", ctx.request_id.clone()));
     attributes.push(KeyValue::new("vantage.route", ctx.route_name().to_string()));
-    if let Some(upstream) = ctx.upstream_name() {
-        attributes.push(KeyValue::new("vantage.upstream", upstream.to_string()));
+    if let Some(route) = &ctx.route {
+        attributes.push(KeyValue::new(
+            "vantage.upstream",
+            route.upstream.name.clone(),
+        ));
+        attributes.push(KeyValue::new(
+            "vantage.upstream.circuit",
+            route.upstream.breaker.state_name(),
+        ));
     }
     attributes.push(KeyValue::new(
         "vantage.upstream.attempts",

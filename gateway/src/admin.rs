@@ -85,33 +85,51 @@ impl ServeHttp for AdminApp {
                 br#"{"status":"ok"}"#.to_vec(),
             ),
             "/readyz" => {
-                if runtime.ready() {
-                    respond(
+                // Ready means every issuer has keys. Upstream state is reported, not judged: an
+                // open circuit on one upstream should not take the gateway out of a balancer.
+                let upstreams: serde_json::Map<_, _> = runtime
+                    .upstreams
+                    .iter()
+                    .map(|(n, u)| {
+                        (
+                            n.clone(),
+                            serde_json::json!({
+                                "circuit": u.breaker.state_name(),
+                                "available_endpoints": u.available_endpoints(),
+                                "endpoints": u.endpoints.len(),
+                            }),
+                        )
+                    })
+                    .collect();
+                let waiting: Vec<_> = runtime
+                    .auth
+                    .issuers()
+                    .filter(|i| !i.is_ready())
+                    .map(|i| i.name.clone())
+                    .collect();
+                let (status, body) = if runtime.ready() {
+                    (
                         StatusCode::OK,
-                        "application/json",
-                        br#"{"status":"ready"}"#.to_vec(),
+                        serde_json::json!({"status": "ready", "upstreams": upstreams}),
                     )
                 } else {
-                    let waiting: Vec<_> = runtime
-                        .auth
-                        .issuers()
-                        .filter(|i| !i.is_ready())
-                        .map(|i| i.name.clone())
-                        .collect();
-                    let body =
-                        serde_json::json!({"status": "not_ready", "issuers_without_keys": waiting});
-                    respond(
+                    (
                         StatusCode::SERVICE_UNAVAILABLE,
-                        "application/json",
-                        serde_json::to_vec(&body).unwrap_or_default(),
+                        serde_json::json!({"status": "not_ready", "issuers_without_keys": waiting, "upstreams": upstreams}),
                     )
-                }
+                };
+                respond(
+                    status,
+                    "application/json",
+                    serde_json::to_vec(&body).unwrap_or_default(),
+                )
             }
             "/metrics" => {
                 if let Err(resp) = self.authorized(session) {
                     return *resp;
                 }
-                runtime.update_gauges(&self.shared.metrics);
+                let edge = self.shared.edge_certs.current();
+                runtime.update_gauges(&self.shared.metrics, edge.as_deref());
                 respond(
                     StatusCode::OK,
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -130,6 +148,17 @@ impl ServeHttp for AdminApp {
                         .map(|(n, u)| (n.clone(), serde_json::json!({"circuit": u.breaker.state_name(), "available_endpoints": u.available_endpoints()})))
                         .collect();
                     obj.insert("upstream_state".into(), breakers.into());
+                    // Certificates in use: subjects, SPIFFE IDs and expiry — never keys.
+                    let mut certs = serde_json::Map::new();
+                    if let Some(edge) = self.shared.edge_certs.current() {
+                        certs.insert("edge".into(), serde_json::json!({"subject": edge.subject, "not_after": identity::rfc3339(edge.not_after)}));
+                    }
+                    for (name, u) in &runtime.upstreams {
+                        if let Some(tls) = &u.tls {
+                            certs.insert(format!("upstream:{name}"), serde_json::json!({"spiffe_id": tls.spiffe_id(), "not_after": identity::rfc3339(tls.not_after())}));
+                        }
+                    }
+                    obj.insert("certificates".into(), certs.into());
                 }
                 respond(
                     StatusCode::OK,

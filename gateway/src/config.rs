@@ -51,6 +51,8 @@ pub struct Config {
     pub admin: AdminSettings,
     /// Process-wide settings.
     pub server: ServerSettings,
+    /// What the public TLS listener serves.
+    pub edge_tls: Option<EdgeTlsConfig>,
     /// Request headers that carry identity to upstreams; always removed from what clients send.
     #[serde(serialize_with = "ser_header_names")]
     pub identity_headers: Vec<HeaderName>,
@@ -75,6 +77,38 @@ pub struct Listeners {
     pub public: SocketAddr,
     /// Admin listener (`/healthz`, `/readyz`, `/metrics`, `/config`). Default `127.0.0.1:9901`.
     pub admin: SocketAddr,
+    /// Public TLS listener (HTTP/1.1 and HTTP/2 by ALPN), serving `edge_tls`. Default: none.
+    pub public_tls: Option<SocketAddr>,
+}
+
+/// The certificate the public TLS listener serves, and what plain HTTP clients are told.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EdgeTlsConfig {
+    /// PEM certificate chain, leaf first. Re-read when it changes.
+    pub cert_file: PathBuf,
+    /// PEM private key of the leaf. Never shown in `/config`.
+    pub key_file: PathBuf,
+    /// Answer plain-HTTP requests with 308 to the same URL on the TLS listener. Default `false`.
+    pub redirect_http: bool,
+    /// `Strict-Transport-Security: max-age=…` on responses over TLS; 0 sends none. Default 0.
+    pub hsts_max_age_secs: u64,
+}
+
+/// Mutual TLS to an upstream: the gateway's SVID as client certificate, the trust bundle, and
+/// the SPIFFE IDs the upstream may present.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UpstreamTlsConfig {
+    /// The gateway's SVID (PEM chain). Re-read when it changes.
+    pub cert_file: PathBuf,
+    /// Its private key (PEM). Never shown in `/config`.
+    pub key_file: PathBuf,
+    /// The trust bundle the upstream's certificate must chain to (PEM).
+    pub bundle_file: PathBuf,
+    /// SPIFFE IDs the upstream may present (its certificate's URI SAN); anything else is
+    /// refused before a request byte is sent.
+    pub spiffe_ids: Vec<String>,
+    /// The name sent as SNI. Default: the upstream's name.
+    pub server_name: String,
 }
 
 /// Admin endpoint protection.
@@ -113,6 +147,25 @@ pub struct ServerSettings {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Size and count limits of the request head.
     pub limits: HeadLimits,
+    /// Client connection hygiene.
+    pub connections: ConnectionSettings,
+}
+
+/// How client connections are kept in check (see the gateway's `downstream` module).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ConnectionSettings {
+    /// A request head must be complete this long after it is due (the connection opened, or
+    /// the first byte of a kept-alive request arrived); else the connection is closed.
+    /// Default 10000 ms.
+    #[serde(serialize_with = "ser_duration")]
+    pub request_head_timeout: Duration,
+    /// Idle keep-alive connections are closed after this. Default 60 s.
+    pub keepalive_timeout_secs: u64,
+    /// Client connections open at once on the public listeners; past it new ones are closed at
+    /// once (logged, counted). Keep it below the process's file-descriptor limit. Default 10000.
+    pub max_connections: usize,
+    /// Read buffer of each client connection, in bytes. Default 16384.
+    pub buffer_bytes: usize,
 }
 
 /// Limits on the request head; a request over one is refused before routing.
@@ -247,6 +300,8 @@ pub struct UpstreamConfig {
     pub passive_ejection: PassiveEjectionConfig,
     /// Circuit breaker over the whole upstream. Default 5 failures, open 10 s.
     pub circuit_breaker: CircuitBreakerConfig,
+    /// Mutual TLS with SPIFFE identities. Default: plain HTTP.
+    pub tls: Option<UpstreamTlsConfig>,
 }
 
 /// Active health check settings.

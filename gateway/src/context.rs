@@ -50,6 +50,8 @@ pub(crate) struct RequestCtx {
 /// The client as the gateway sees it.
 #[derive(Default)]
 pub(crate) struct Client {
+    /// Whether the client connected to the TLS listener.
+    pub(crate) tls: bool,
     /// The client's address (see [`crate::forwarded`]), canonical (IPv4-mapped IPv6 as IPv4).
     pub(crate) addr: Option<IpAddr>,
     /// [`Client::addr`] as text, or `unknown`.
@@ -63,16 +65,24 @@ pub(crate) struct Client {
 impl Client {
     /// The client of a request from TCP peer `peer` with `headers`, believing forwarding headers
     /// only from `trusted` proxies.
-    pub(crate) fn resolve(peer: Option<IpAddr>, headers: &HeaderMap, trusted: &[IpNet]) -> Self {
+    pub(crate) fn resolve(
+        peer: Option<IpAddr>,
+        headers: &HeaderMap,
+        trusted: &[IpNet],
+        tls: bool,
+    ) -> Self {
+        let own_proto = if tls { "https" } else { "http" };
         let forwarded = peer.map(|ip| {
             crate::forwarded::resolve(
                 ip,
                 headers.get_all("x-forwarded-for").iter(),
                 headers.get("x-forwarded-proto"),
                 trusted,
+                own_proto,
             )
         });
         Client {
+            tls,
             addr: forwarded.as_ref().map(|f| f.ip),
             ip: forwarded
                 .as_ref()
@@ -92,6 +102,8 @@ pub(crate) struct Attempts {
     pub(crate) endpoint: Option<Arc<Endpoint>>,
     /// The endpoint of the last failed attempt, avoided by the next one.
     pub(crate) last_failed: Option<SocketAddr>,
+    /// How the last failed attempt failed.
+    pub(crate) last_failure: Option<crate::problem::classify::UpstreamErrorKind>,
     /// Counts the current attempt against its endpoint's in-flight requests.
     pub(crate) inflight: Option<InflightGuard>,
     /// The status the upstream answered with.

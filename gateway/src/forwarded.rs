@@ -26,12 +26,14 @@ pub(crate) struct ForwardedClient {
 }
 
 /// Resolves the client of a request that arrived from `peer` carrying `forwarded_for` (every
-/// `X-Forwarded-For` value, in order) and `forwarded_proto`.
+/// `X-Forwarded-For` value, in order) and `forwarded_proto`, over a connection that was
+/// `own_proto` (`https` on the TLS listener).
 pub(crate) fn resolve<'a>(
     peer: IpAddr,
     forwarded_for: impl Iterator<Item = &'a HeaderValue>,
     forwarded_proto: Option<&HeaderValue>,
     trusted: &[IpNet],
+    own_proto: &'static str,
 ) -> ForwardedClient {
     // One spelling per client: an IPv4 client on a dual-stack socket is its IPv4 address.
     let peer = peer.to_canonical();
@@ -40,7 +42,7 @@ pub(crate) fn resolve<'a>(
         return ForwardedClient {
             ip: peer,
             forwarded_for: peer.to_string(),
-            proto: "http",
+            proto: own_proto,
         };
     }
     // Right to left: the nearest hop first. An entry that is not an address ends the walk:
@@ -118,6 +120,7 @@ mod tests {
             values.iter(),
             proto.as_ref(),
             &nets(trusted),
+            "http",
         )
     }
 

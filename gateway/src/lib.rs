@@ -21,6 +21,7 @@ mod admin;
 mod auth;
 pub mod config;
 mod context;
+mod downstream;
 mod forwarded;
 mod framing;
 mod metrics;
@@ -33,6 +34,7 @@ mod request_head;
 mod request_id;
 mod routing;
 mod state;
+mod tls;
 mod upstream;
 mod upstream_request;
 
@@ -72,6 +74,9 @@ pub enum StartError {
     /// The background runtime could not start.
     #[error("cannot start the background runtime: {0}")]
     Runtime(std::io::Error),
+    /// The TLS listener could not be set up.
+    #[error("cannot set up the TLS listener: {0}")]
+    Tls(String),
 }
 
 /// How long shutdown waits for each group of background tasks.
@@ -85,10 +90,14 @@ pub fn run(config_path: &Path, tracer: HttpTracer) -> Result<(), StartError> {
     for w in &config.warnings {
         tracing::warn!(location = %w.location, problem = %w.message, "Config warning.");
     }
+    let tls_addr = config.listeners.public_tls.map(|a| ("public_tls", a));
     for (which, addr) in [
         ("public", config.listeners.public),
         ("admin", config.listeners.admin),
-    ] {
+    ]
+    .into_iter()
+    .chain(tls_addr)
+    {
         // Fail with a clear message before Pingora tries (and panics) on a taken port.
         TcpListener::bind(addr).map_err(|source| StartError::Bind {
             which,
@@ -113,6 +122,15 @@ pub fn run(config_path: &Path, tracer: HttpTracer) -> Result<(), StartError> {
     if admin_token.is_none() {
         tracing::warn!(env = %config.admin.token_env, "No admin token set: /metrics and /config will refuse every request.");
     }
+    let edge_certs = tls::EdgeCerts::new();
+    if let Err(message) = edge_certs.install(config.edge_tls.as_ref()) {
+        return Err(StartError::Config(ConfigErrors(vec![
+            config::ConfigError {
+                location: "edge_tls".into(),
+                message,
+            },
+        ])));
+    }
     let shared = Arc::new(state::Shared {
         current: ArcSwap::new(runtime),
         metrics: metrics::Metrics::new(),
@@ -120,9 +138,13 @@ pub fn run(config_path: &Path, tracer: HttpTracer) -> Result<(), StartError> {
         config_path: config_path.to_path_buf(),
         admin_token,
         tracer,
+        edge_certs: Arc::clone(&edge_certs),
     });
     let stop_watching = tokio_util::sync::CancellationToken::new();
     let watcher = reload::spawn_watcher(Arc::clone(&shared), stop_watching.clone());
+    shared.background.spawn(
+        Arc::clone(&edge_certs).watch(identity::DEFAULT_POLL_INTERVAL, stop_watching.clone()),
+    );
 
     let conf = ServerConf {
         threads: config.server.workers,
@@ -133,14 +155,42 @@ pub fn run(config_path: &Path, tracer: HttpTracer) -> Result<(), StartError> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        proxy::Gateway {
-            shared: Arc::clone(&shared),
+    // The proxy, wrapped in the connection hygiene Pingora leaves to applications: a
+    // deadline on request heads and a cap on open connections (see `downstream`).
+    let connections = config.server.connections;
+    let app = downstream::Hygiene::new(
+        pingora_proxy::http_proxy(
+            &server.configuration,
+            proxy::Gateway {
+                shared: Arc::clone(&shared),
+            },
+        ),
+        downstream::Limits {
+            head_timeout: connections.request_head_timeout,
+            max_connections: connections.max_connections,
         },
-        "vantage-gateway",
+        shared.metrics.connections.clone(),
     );
-    proxy.add_tcp(&config.listeners.public.to_string());
+    let mut proxy = Service::new("vantage-gateway".to_string(), app);
+    let buffers = pingora_core::protocols::l4::stream::L4BufferSettings::new(
+        connections.buffer_bytes,
+        pingora_core::protocols::l4::stream::DEFAULT_L4_WRITE_BUFFER_SIZE,
+    );
+    let listener = |addr: std::net::SocketAddr| {
+        pingora_core::listeners::ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers)
+    };
+    proxy.add_listener(listener(config.listeners.public));
+    if let Some(addr) = config.listeners.public_tls {
+        // The certificate is chosen per handshake, so a renewed one needs no restart; HTTP/2
+        // and HTTP/1.1 by ALPN.
+        let callbacks = Box::new(tls::EdgeCallbacks {
+            certs: Arc::clone(&edge_certs),
+        });
+        let mut settings = pingora_core::listeners::tls::TlsSettings::with_callbacks(callbacks)
+            .map_err(|e| StartError::Tls(e.to_string()))?;
+        settings.enable_h2();
+        proxy.add_listener(listener(addr).tls(settings));
+    }
     let mut admin = Service::new(
         "vantage-admin".to_string(),
         HttpServer::new_app(admin::AdminApp {

@@ -72,6 +72,18 @@ pub(crate) struct UpstreamErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct IdentityRefusalLabels {
+    pub(crate) upstream: String,
+    pub(crate) reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct CertificateLabels {
+    /// `edge`, or `upstream:<name>` for the SVID the gateway presents to that upstream.
+    pub(crate) certificate: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct UpstreamLabels {
     pub(crate) upstream: String,
 }
@@ -97,9 +109,13 @@ pub(crate) struct Metrics {
     pub(crate) upstream_errors: Family<UpstreamErrorLabels, Counter>,
     pub(crate) upstream_attempts: Family<UpstreamLabels, Counter>,
     pub(crate) available_endpoints: Family<UpstreamLabels, Gauge>,
+    pub(crate) circuit_state: Family<UpstreamLabels, Gauge>,
     pub(crate) inflight: Gauge,
     pub(crate) ratelimit_keys: Family<PolicyLabels, Gauge>,
     pub(crate) reloads: Family<ReloadLabels, Counter>,
+    pub(crate) upstream_identity_refusals: Family<IdentityRefusalLabels, Counter>,
+    pub(crate) certificate_expiry: Family<CertificateLabels, Gauge>,
+    pub(crate) connections: crate::downstream::ConnectionMetrics,
 }
 
 /// Latency buckets in seconds, as the HTTP semantic conventions recommend.
@@ -150,6 +166,12 @@ impl Metrics {
             "Endpoints currently taking traffic (healthy and not ejected)",
             available_endpoints.clone(),
         );
+        let circuit_state = Family::<UpstreamLabels, Gauge>::default();
+        registry.register(
+            "gateway_circuit_state",
+            "Circuit breaker of each upstream: 0 closed, 1 half-open (a trial is out), 2 open",
+            circuit_state.clone(),
+        );
         let inflight = Gauge::default();
         registry.register(
             "gateway_inflight_requests",
@@ -168,14 +190,47 @@ impl Metrics {
             "Config reload attempts by result",
             reloads.clone(),
         );
+        let upstream_identity_refusals = Family::<IdentityRefusalLabels, Counter>::default();
+        registry.register(
+            "gateway_upstream_identity_refusals",
+            "Upstream TLS connections refused after the handshake because the SPIFFE ID was not allowed",
+            upstream_identity_refusals.clone(),
+        );
+        let certificate_expiry = Family::<CertificateLabels, Gauge>::default();
+        registry.register_with_unit(
+            "gateway_certificate_expiry",
+            "Time until each certificate the gateway serves or presents expires",
+            prometheus_client::registry::Unit::Seconds,
+            certificate_expiry.clone(),
+        );
+        let connections = crate::downstream::ConnectionMetrics::default();
+        registry.register(
+            "gateway_open_connections",
+            "Client connections open on the public listeners",
+            connections.open.clone(),
+        );
+        registry.register(
+            "gateway_connections_refused",
+            "Client connections closed at once because server.max_connections were open",
+            connections.refused.clone(),
+        );
+        registry.register(
+            "gateway_request_head_timeouts",
+            "Client connections closed because a request head took longer than server.request_head_timeout_ms",
+            connections.head_timeouts.clone(),
+        );
         Metrics {
+            connections,
             registry,
+            upstream_identity_refusals,
+            certificate_expiry,
             request_duration,
             auth_decisions,
             ratelimit_decisions,
             upstream_errors,
             upstream_attempts,
             available_endpoints,
+            circuit_state,
             inflight,
             ratelimit_keys,
             reloads,

@@ -94,6 +94,20 @@ pub enum GatewayError {
     /// The upstream could not be reached or broke the exchange (502).
     #[error("upstream failed")]
     BadGateway,
+    /// The upstream's TLS identity is not one the policy allows (502). Nothing was sent to it.
+    #[error("upstream {upstream} presented an identity that is not allowed ({reason})")]
+    UpstreamIdentity {
+        /// The upstream's config name.
+        upstream: String,
+        /// `wrong_identity` or `no_identity`.
+        reason: &'static str,
+    },
+    /// Plain HTTP where the policy wants TLS: 308 to the https URL.
+    #[error("https required")]
+    HttpsRequired {
+        /// The https URL to repeat the request at.
+        location: String,
+    },
     /// The client sent something unparseable (400).
     #[error("bad request")]
     BadRequest,
@@ -122,7 +136,8 @@ impl GatewayError {
             GatewayError::PayloadTooLarge { .. } => 413,
             GatewayError::CircuitOpen(_) | GatewayError::NoHealthyEndpoint(_) => 503,
             GatewayError::UpstreamTimeout => 504,
-            GatewayError::BadGateway => 502,
+            GatewayError::BadGateway | GatewayError::UpstreamIdentity { .. } => 502,
+            GatewayError::HttpsRequired { .. } => 308,
             GatewayError::Internal => 500,
         }
     }
@@ -147,6 +162,8 @@ impl GatewayError {
             GatewayError::NoHealthyEndpoint(_) => "no-healthy-upstream",
             GatewayError::UpstreamTimeout => "upstream-timeout",
             GatewayError::BadGateway => "bad-gateway",
+            GatewayError::UpstreamIdentity { .. } => "upstream-identity",
+            GatewayError::HttpsRequired { .. } => "https-required",
             GatewayError::Internal => "internal",
         }
     }
@@ -171,7 +188,8 @@ impl GatewayError {
                 "Service Unavailable"
             }
             GatewayError::UpstreamTimeout => "Gateway Timeout",
-            GatewayError::BadGateway => "Bad Gateway",
+            GatewayError::BadGateway | GatewayError::UpstreamIdentity { .. } => "Bad Gateway",
+            GatewayError::HttpsRequired { .. } => "Permanent Redirect",
             GatewayError::Internal => "Internal Server Error",
         }
     }
@@ -223,6 +241,10 @@ impl GatewayError {
             GatewayError::BadGateway => {
                 "The upstream could not be reached or sent an invalid response.".into()
             }
+            GatewayError::UpstreamIdentity { upstream, .. } => format!(
+                "Upstream {upstream:?} did not prove an identity the policy allows; nothing was sent to it."
+            ),
+            GatewayError::HttpsRequired { .. } => "This gateway is served over HTTPS.".into(),
             GatewayError::Internal => "The gateway failed to handle the request.".into(),
         }
     }
@@ -238,6 +260,7 @@ impl GatewayError {
         matches!(
             self,
             GatewayError::NoRoute
+                | GatewayError::HttpsRequired { .. }
                 | GatewayError::MethodNotAllowed { .. }
                 | GatewayError::Unauthorized { .. }
                 | GatewayError::InsufficientScope { .. }
@@ -310,6 +333,9 @@ pub(crate) fn render(err: &GatewayError, request_id: &str) -> (ResponseHeader, B
                     "Bearer realm=\"{realm}\", error=\"insufficient_scope\", scope=\"{scope}\""
                 ),
             );
+        }
+        GatewayError::HttpsRequired { location } => {
+            let _ = resp.insert_header("location", location.as_str());
         }
         GatewayError::MethodNotAllowed { allow } => {
             let _ = resp.insert_header("allow", allow.as_str());

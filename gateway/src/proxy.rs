@@ -71,6 +71,9 @@ impl Gateway {
             &req.uri,
             absolute.and_then(routing::target_authority),
         )?;
+        if let Some(location) = https_redirect(config, ctx, req) {
+            return Err(GatewayError::HttpsRequired { location });
+        }
         if !req.raw_path_is_utf8() {
             return Err(GatewayError::BadPath(PathError::InvalidUtf8));
         }
@@ -109,6 +112,22 @@ impl Gateway {
     }
 }
 
+/// Where a plain-HTTP request goes when the policy redirects to the TLS listener.
+fn https_redirect(config: &crate::Config, ctx: &RequestCtx, req: &RequestHeader) -> Option<String> {
+    config.edge_tls.as_ref().filter(|e| e.redirect_http)?;
+    if ctx.client.tls {
+        return None;
+    }
+    let port = config.listeners.public_tls?.port();
+    let host = ctx.client.host.as_deref()?;
+    let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    Some(if port == 443 {
+        format!("https://{host}{target}")
+    } else {
+        format!("https://{host}:{port}{target}")
+    })
+}
+
 #[async_trait]
 impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
@@ -122,18 +141,32 @@ impl ProxyHttp for Gateway {
         ctx.counted_inflight = true;
         self.shared.metrics.inflight.inc();
 
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let req = session.req_header();
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        ctx.client = Client::resolve(peer, &req.headers, &runtime.config.server.trusted_proxies);
+        ctx.client = Client::resolve(
+            peer,
+            &req.headers,
+            &runtime.config.server.trusted_proxies,
+            tls,
+        );
         let mut server_req = ServerRequest::new(&req.method, &req.uri, req.version, &req.headers);
         server_req.client_address = ctx.client.forwarded.as_ref().map(|f| f.ip);
-        server_req.scheme = ctx.client.forwarded.as_ref().map_or("http", |f| f.proto);
+        server_req.scheme = ctx
+            .client
+            .forwarded
+            .as_ref()
+            .map_or(if tls { "https" } else { "http" }, |f| f.proto);
         ctx.span = self.shared.tracer.server(&server_req);
 
         ctx.request_id = request_id::of(&req.headers);
+        // Pingora keeps HTTP/1.1 connections open forever by default.
+        session.set_keepalive(Some(
+            runtime.config.server.connections.keepalive_timeout_secs,
+        ));
         ctx.runtime = Some(Arc::clone(&runtime));
 
         match self.admit(session, ctx, &runtime).await {
@@ -173,6 +206,19 @@ impl ProxyHttp for Gateway {
         attempt::begin(ctx, &self.shared.metrics, &req.method, path).map_err(reject)
     }
 
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        digest: Option<&pingora_core::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        attempt::verify_peer(ctx, &self.shared.metrics, digest).map_err(reject)
+    }
+
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
@@ -199,6 +245,11 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let _ = response.insert_header("x-request-id", ctx.request_id.as_str());
+        if ctx.client.tls {
+            if let Some(hsts) = ctx.runtime.as_ref().and_then(|r| r.hsts.as_ref()) {
+                let _ = response.insert_header("strict-transport-security", hsts.clone());
+            }
+        }
         if let Some((policy, limit)) = header_values(&ctx.limits) {
             let _ = response.insert_header("ratelimit-policy", policy);
             let _ = response.insert_header("ratelimit", limit);

@@ -217,7 +217,7 @@ pub(crate) fn compile(routes_yaml: &str) -> Vec<Arc<Route>> {
     );
     let config = crate::config::Config::parse(&text, std::path::Path::new(".")).unwrap();
     let upstream =
-        crate::upstream::Upstream::new("u".into(), config.upstreams["u"].clone(), vec![]);
+        crate::upstream::Upstream::new("u".into(), config.upstreams["u"].clone(), vec![], None);
     config
         .routes
         .into_iter()

@@ -17,6 +17,7 @@ use crate::auth::keys::IssuerKeys;
 use crate::config::{Config, ConfigError, ConfigErrors, RouteConfig};
 use crate::metrics::Metrics;
 use crate::ratelimit::Policy;
+use crate::tls::{EdgeCerts, UpstreamTls};
 use crate::upstream::Upstream;
 
 /// A route with its upstream and limit policies resolved.
@@ -33,6 +34,8 @@ pub(crate) struct Runtime {
     pub(crate) upstreams: BTreeMap<String, Arc<Upstream>>,
     pub(crate) policies: BTreeMap<String, Arc<Policy>>,
     pub(crate) auth: Authenticator,
+    /// `Strict-Transport-Security` for responses over TLS, when `edge_tls.hsts_max_age_secs`.
+    pub(crate) hsts: Option<http::HeaderValue>,
     /// Stops this generation's background tasks (health checks, key refresh, pruning).
     stop: CancellationToken,
 }
@@ -81,9 +84,26 @@ impl Runtime {
                     }),
                 }
             }
+            let tls = match cfg.tls.as_ref().map(UpstreamTls::load).transpose() {
+                Ok(tls) => tls,
+                Err(message) => {
+                    errors.push(ConfigError {
+                        location: format!("upstreams.{name}.tls"),
+                        message,
+                    });
+                    None
+                }
+            };
+            if let Some(tls) = &tls {
+                background.spawn(
+                    tls.identity()
+                        .clone()
+                        .watch(identity::DEFAULT_POLL_INTERVAL, stop.clone()),
+                );
+            }
             upstreams.insert(
                 name.clone(),
-                Upstream::new(name.clone(), cfg.clone(), addresses),
+                Upstream::new(name.clone(), cfg.clone(), addresses, tls),
             );
         }
         if !errors.is_empty() {
@@ -91,7 +111,7 @@ impl Runtime {
             return Err(ConfigErrors(errors));
         }
         for u in upstreams.values() {
-            u.start_health_checks(background, stop.clone());
+            crate::upstream::health::start(u, background, stop.clone());
         }
         let policies: BTreeMap<String, Arc<Policy>> = config
             .rate_limits
@@ -116,7 +136,15 @@ impl Runtime {
                 })
             })
             .collect();
+        let hsts = config
+            .edge_tls
+            .as_ref()
+            .filter(|e| e.hsts_max_age_secs > 0)
+            .and_then(|e| {
+                http::HeaderValue::from_str(&format!("max-age={}", e.hsts_max_age_secs)).ok()
+            });
         Ok(Arc::new(Runtime {
+            hsts,
             config,
             routes,
             upstreams,
@@ -147,7 +175,24 @@ impl Runtime {
     }
 
     /// Refreshes gauges that are read rather than counted.
-    pub(crate) fn update_gauges(&self, metrics: &Metrics) {
+    pub(crate) fn update_gauges(&self, metrics: &Metrics, edge: Option<&crate::tls::EdgeCert>) {
+        let expiry = |name: String, at: std::time::SystemTime| {
+            let left = at
+                .duration_since(std::time::SystemTime::now())
+                .map_or(0, |d| d.as_secs() as i64);
+            metrics
+                .certificate_expiry
+                .get_or_create(&crate::metrics::CertificateLabels { certificate: name })
+                .set(left);
+        };
+        if let Some(edge) = edge {
+            expiry("edge".into(), edge.not_after);
+        }
+        for (name, u) in &self.upstreams {
+            if let Some(tls) = &u.tls {
+                expiry(format!("upstream:{name}"), tls.not_after());
+            }
+        }
         for (name, u) in &self.upstreams {
             metrics
                 .available_endpoints
@@ -155,6 +200,12 @@ impl Runtime {
                     upstream: name.clone(),
                 })
                 .set(u.available_endpoints() as i64);
+            metrics
+                .circuit_state
+                .get_or_create(&crate::metrics::UpstreamLabels {
+                    upstream: name.clone(),
+                })
+                .set(u.breaker.state_value());
         }
         for (name, p) in &self.policies {
             metrics
@@ -194,11 +245,18 @@ pub(crate) struct Shared {
     pub(crate) admin_token: Option<String>,
     /// Starts each request's SERVER span.
     pub(crate) tracer: HttpTracer,
+    /// The certificate the public TLS listener serves (follows `edge_tls` across reloads).
+    pub(crate) edge_certs: Arc<EdgeCerts>,
 }
 
 impl Shared {
-    /// Swaps in a new generation and stops the old one's background tasks.
+    /// Swaps in a new generation (and its edge certificate) and stops the old one's background
+    /// tasks. The edge certificate was checked when the policy was validated; should it have
+    /// broken since, the previous one keeps serving.
     pub(crate) fn install(&self, next: Arc<Runtime>) {
+        if let Err(error) = self.edge_certs.install(next.config.edge_tls.as_ref()) {
+            tracing::warn!(%error, "Cannot load the new edge certificate; the previous one stays in use.");
+        }
         let previous = self.current.swap(next);
         previous.stop();
     }

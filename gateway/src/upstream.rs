@@ -3,19 +3,17 @@
 //! [`attempt`] is one request's use of a pool: selection, failures, retries.
 
 pub(crate) mod attempt;
+pub(crate) mod health;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use parking_lot::Mutex;
-use pingora_load_balancing::health_check::{HealthCheck, HttpHealthCheck};
-use pingora_load_balancing::Backend;
-use tokio::runtime::Handle;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::{CircuitBreakerConfig, LoadBalancing, UpstreamConfig};
+use crate::tls::UpstreamTls;
 
 /// One endpoint of a pool and what is known of its health.
 pub(crate) struct Endpoint {
@@ -72,13 +70,22 @@ pub(crate) enum Unavailable {
 
 #[derive(Debug)]
 enum BreakerState {
-    Closed { failures: u32 },
-    Open { until: Instant },
-    HalfOpen { trial_in_flight: bool },
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
+    /// One trial request is out since `trial_since`.
+    HalfOpen {
+        trial_since: Instant,
+    },
 }
 
 /// Fails fast while an upstream keeps failing: after `failure_threshold` failed requests in a
-/// row it opens for `open_for`, then lets one trial request through; success closes it.
+/// row it opens for `open_for`, then lets one trial request through; its success closes it, its
+/// failure opens it again. A trial that never reports back (the client left before it reached
+/// the upstream) does not leave the circuit stuck: after `open_for` another trial goes.
 pub(crate) struct CircuitBreaker {
     config: CircuitBreakerConfig,
     state: Mutex<BreakerState>,
@@ -95,26 +102,19 @@ impl CircuitBreaker {
     /// Whether a request may go upstream now.
     fn allow(&self) -> bool {
         let mut state = self.state.lock();
+        let now = Instant::now();
         match *state {
             BreakerState::Closed { .. } => true,
-            BreakerState::Open { until } if Instant::now() >= until => {
-                *state = BreakerState::HalfOpen {
-                    trial_in_flight: true,
-                };
+            BreakerState::Open { until } if now >= until => {
+                *state = BreakerState::HalfOpen { trial_since: now };
                 true
             }
             BreakerState::Open { .. } => false,
-            BreakerState::HalfOpen {
-                trial_in_flight: true,
-            } => false,
-            BreakerState::HalfOpen {
-                trial_in_flight: false,
-            } => {
-                *state = BreakerState::HalfOpen {
-                    trial_in_flight: true,
-                };
+            BreakerState::HalfOpen { trial_since } if now >= trial_since + self.config.open_for => {
+                *state = BreakerState::HalfOpen { trial_since: now };
                 true
             }
+            BreakerState::HalfOpen { .. } => false,
         }
     }
 
@@ -143,6 +143,15 @@ impl CircuitBreaker {
         opened
     }
 
+    /// 0 closed, 1 half-open, 2 open: `gateway_circuit_state`.
+    pub(crate) fn state_value(&self) -> i64 {
+        match *self.state.lock() {
+            BreakerState::Closed { .. } => 0,
+            BreakerState::HalfOpen { .. } => 1,
+            BreakerState::Open { .. } => 2,
+        }
+    }
+
     /// `closed`, `open` or `half_open`, for metrics and /config.
     pub(crate) fn state_name(&self) -> &'static str {
         match *self.state.lock() {
@@ -160,6 +169,8 @@ pub(crate) struct Upstream {
     pub(crate) endpoints: Vec<Arc<Endpoint>>,
     next: AtomicUsize,
     pub(crate) breaker: CircuitBreaker,
+    /// Mutual TLS towards it, when the policy sets `tls`.
+    pub(crate) tls: Option<Arc<UpstreamTls>>,
 }
 
 impl Upstream {
@@ -168,6 +179,7 @@ impl Upstream {
         name: String,
         config: UpstreamConfig,
         addresses: Vec<SocketAddr>,
+        tls: Option<Arc<UpstreamTls>>,
     ) -> Arc<Self> {
         let endpoints = addresses
             .into_iter()
@@ -180,6 +192,7 @@ impl Upstream {
             endpoints,
             next: AtomicUsize::new(0),
             breaker,
+            tls,
         })
     }
 
@@ -191,11 +204,10 @@ impl Upstream {
         let now = Instant::now();
         let healthy: Vec<&Arc<Endpoint>> =
             self.endpoints.iter().filter(|e| e.available(now)).collect();
+        // A retry never goes back to the endpoint that just failed.
         let candidates: Vec<&Arc<Endpoint>> = match avoid {
-            Some(addr) if healthy.len() > 1 => {
-                healthy.iter().copied().filter(|e| e.addr != addr).collect()
-            }
-            _ => healthy,
+            Some(addr) => healthy.iter().copied().filter(|e| e.addr != addr).collect(),
+            None => healthy,
         };
         if candidates.is_empty() {
             return Err(Unavailable::NoHealthyEndpoint);
@@ -212,6 +224,14 @@ impl Upstream {
             }
         };
         Ok(Arc::clone(chosen))
+    }
+
+    /// Whether an endpoint other than `failed` can take a retry now.
+    pub(crate) fn has_alternative(&self, failed: Option<SocketAddr>) -> bool {
+        let now = Instant::now();
+        self.endpoints
+            .iter()
+            .any(|e| Some(e.addr) != failed && e.available(now))
     }
 
     /// Records a successful exchange with `endpoint`.
@@ -248,79 +268,12 @@ impl Upstream {
         let now = Instant::now();
         self.endpoints.iter().filter(|e| e.available(now)).count()
     }
-
-    /// Runs active health checks until `stop` is cancelled.
-    pub(crate) fn start_health_checks(
-        self: &Arc<Self>,
-        background: &Handle,
-        stop: CancellationToken,
-    ) {
-        let Some(hc) = self.config.health_check.clone() else {
-            return;
-        };
-        let this = Arc::clone(self);
-        background.spawn(async move {
-            let mut check = HttpHealthCheck::new("localhost", false);
-            check.peer_template.options.connection_timeout = Some(hc.timeout);
-            check.peer_template.options.read_timeout = Some(hc.timeout);
-            check.peer_template.options.total_connection_timeout = Some(hc.timeout);
-            match pingora_http::RequestHeader::build("GET", hc.path.as_bytes(), None) {
-                Ok(mut req) => {
-                    let _ = req.insert_header("Host", "localhost");
-                    let _ = req.insert_header("User-Agent", "vantage-gateway-healthcheck");
-                    check.req = req;
-                }
-                Err(e) => {
-                    tracing::error!(upstream = %this.name, error = %e, "Invalid health check request; checks disabled.");
-                    return;
-                }
-            }
-            check.validator = Some(Box::new(|resp: &pingora_http::ResponseHeader| {
-                if resp.status.is_success() {
-                    Ok(())
-                } else {
-                    pingora_core::Error::e_explain(pingora_core::ErrorType::new("HealthCheckFailed"), format!("status {}", resp.status))
-                }
-            }));
-            let backends: Vec<Backend> = this
-                .endpoints
-                .iter()
-                .filter_map(|e| Backend::new(&e.addr.to_string()).ok())
-                .collect();
-            let mut streak: Vec<(bool, u32)> = vec![(true, 0); this.endpoints.len()];
-            loop {
-                for (i, (endpoint, backend)) in this.endpoints.iter().zip(&backends).enumerate() {
-                    let ok = tokio::time::timeout(hc.timeout + Duration::from_millis(100), check.check(backend))
-                        .await
-                        .map(|r| r.is_ok())
-                        .unwrap_or(false);
-                    let (last, count) = &mut streak[i];
-                    if ok == *last {
-                        *count += 1;
-                    } else {
-                        *last = ok;
-                        *count = 1;
-                    }
-                    let healthy = endpoint.active_healthy.load(Ordering::Relaxed);
-                    if healthy && !ok && *count >= hc.unhealthy_threshold {
-                        endpoint.active_healthy.store(false, Ordering::Relaxed);
-                        tracing::warn!(upstream = %this.name, endpoint = %endpoint.addr, "Health check failed; endpoint marked unhealthy.");
-                    } else if !healthy && ok && *count >= hc.healthy_threshold {
-                        endpoint.active_healthy.store(true, Ordering::Relaxed);
-                        tracing::info!(upstream = %this.name, endpoint = %endpoint.addr, "Health check passed; endpoint healthy again.");
-                    }
-                }
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(hc.interval) => {}
-                }
-            }
-        });
-    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -339,5 +292,25 @@ mod tests {
         b.on_success();
         assert!(b.allow());
         assert_eq!(b.state_name(), "closed");
+    }
+
+    #[test]
+    fn a_failed_trial_reopens_and_a_lost_trial_does_not_leave_it_stuck() {
+        let b = CircuitBreaker::new(CircuitBreakerConfig {
+            failure_threshold: 1,
+            open_for: Duration::from_millis(30),
+        });
+        assert!(b.on_failure());
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(b.allow(), "trial");
+        assert!(b.on_failure(), "a failed trial opens it again");
+        assert_eq!(b.state_name(), "open");
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(b.allow(), "second trial");
+        // That trial never reports back; after open_for another one may go.
+        assert!(!b.allow());
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(b.allow(), "a lost trial is replaced");
+        assert_eq!(b.state_value(), 1);
     }
 }

@@ -229,6 +229,97 @@ pub(crate) struct ExportSettings {
     pub(crate) protocol: Protocol,
     /// Full URL the exporter is built with: for HTTP it already ends in `/v1/traces`.
     pub(crate) endpoint: String,
+    /// TLS to the collector: the CA to trust and the client certificate to present.
+    pub(crate) tls: ExportTls,
+}
+
+/// `OTEL_EXPORTER_OTLP_[TRACES_]CERTIFICATE`, `…_CLIENT_CERTIFICATE`, `…_CLIENT_KEY`, read once.
+/// An `https` endpoint without a CA file trusts the web's public roots.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub(crate) struct ExportTls {
+    /// PEM CA certificates the collector's certificate must chain to.
+    pub(crate) ca_pem: Option<Vec<u8>>,
+    /// PEM certificate and key presented to the collector (mutual TLS).
+    pub(crate) client_pem: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl fmt::Debug for ExportTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the key.
+        f.debug_struct("ExportTls")
+            .field("ca", &self.ca_pem.is_some())
+            .field("client_certificate", &self.client_pem.is_some())
+            .finish()
+    }
+}
+
+/// The signal-specific variable when set, else the generic one.
+fn otlp_var(
+    p: &EnvParser<'_>,
+    traces: &'static str,
+    generic: &'static str,
+) -> Option<(&'static str, String)> {
+    p.var(traces)
+        .map(|v| (traces, v))
+        .or_else(|| p.var(generic).map(|v| (generic, v)))
+}
+
+/// Reads a PEM file named by `variable`, which must hold a `kind` block.
+fn pem_file(
+    p: &mut EnvParser<'_>,
+    variable: &'static str,
+    path: String,
+    kind: &str,
+) -> Option<Vec<u8>> {
+    match std::fs::read(&path) {
+        Ok(pem) if String::from_utf8_lossy(&pem).contains(&format!("-----BEGIN {kind}")) => {
+            Some(pem)
+        }
+        Ok(_) => {
+            p.invalid(variable, path, format!("the file holds no PEM {kind}"));
+            None
+        }
+        Err(e) => {
+            p.invalid(variable, path, format!("cannot read the file: {e}"));
+            None
+        }
+    }
+}
+
+fn export_tls(p: &mut EnvParser<'_>) -> ExportTls {
+    let ca_pem = otlp_var(
+        p,
+        "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+        "OTEL_EXPORTER_OTLP_CERTIFICATE",
+    )
+    .and_then(|(var, path)| pem_file(p, var, path, "CERTIFICATE"));
+    let cert = otlp_var(
+        p,
+        "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
+        "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+    );
+    let key = otlp_var(
+        p,
+        "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
+        "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+    );
+    let client_pem = match (cert, key) {
+        (None, None) => None,
+        (Some((cv, cert)), Some((kv, key))) => {
+            let cert = pem_file(p, cv, cert, "CERTIFICATE");
+            let key = pem_file(p, kv, key, "");
+            cert.zip(key)
+        }
+        (Some((var, _)), None) | (None, Some((var, _))) => {
+            p.error(
+                var,
+                "a client certificate needs its key and the key its certificate \
+                 (OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE with OTEL_EXPORTER_OTLP_CLIENT_KEY)",
+            );
+            None
+        }
+    };
+    ExportTls { ca_pem, client_pem }
 }
 
 /// Everything `init` needs, validated.
@@ -331,8 +422,13 @@ impl Settings {
         } else {
             None
         };
+        let tls = export_tls(&mut p);
         let export = match (exporter_enabled, endpoint) {
-            (true, Some(endpoint)) => Some(ExportSettings { protocol, endpoint }),
+            (true, Some(endpoint)) => Some(ExportSettings {
+                protocol,
+                endpoint,
+                tls,
+            }),
             _ => None,
         };
 
@@ -553,7 +649,8 @@ mod tests {
             http.export,
             Some(ExportSettings {
                 protocol: Protocol::HttpProtobuf,
-                endpoint: "http://collector:4318/v1/traces".into()
+                endpoint: "http://collector:4318/v1/traces".into(),
+                tls: ExportTls::default(),
             })
         );
         let grpc = settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317")]).unwrap();
@@ -561,7 +658,8 @@ mod tests {
             grpc.export,
             Some(ExportSettings {
                 protocol: Protocol::Grpc,
-                endpoint: "http://collector:4317".into()
+                endpoint: "http://collector:4317".into(),
+                tls: ExportTls::default(),
             })
         );
         let signal = settings(&[

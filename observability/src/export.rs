@@ -11,12 +11,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use opentelemetry_sdk::Resource;
 
-use crate::env::{ExportSettings, Protocol};
+use crate::env::{ExportSettings, ExportTls, Protocol};
 use crate::InitError;
 
 /// Per-export deadline; the SDK default (10 s) would stall shutdown when the collector is down.
@@ -46,18 +46,30 @@ impl OwnedRuntimeExporter {
         let inner = {
             // tonic spawns its connection worker while building; it must land on our runtime.
             let _entered = runtime.enter();
+            let https = settings.endpoint.starts_with("https://");
+            let tls = &settings.tls;
             match settings.protocol {
-                Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
-                    .with_tonic()
-                    .with_endpoint(settings.endpoint.clone())
-                    .with_timeout(EXPORT_TIMEOUT)
-                    .build(),
-                Protocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
-                    .with_http()
-                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                    .with_endpoint(settings.endpoint.clone())
-                    .with_timeout(EXPORT_TIMEOUT)
-                    .build(),
+                Protocol::Grpc => {
+                    let mut builder = opentelemetry_otlp::SpanExporter::builder()
+                        .with_tonic()
+                        .with_endpoint(settings.endpoint.clone())
+                        .with_timeout(EXPORT_TIMEOUT);
+                    if https || tls.ca_pem.is_some() || tls.client_pem.is_some() {
+                        builder = builder.with_tls_config(grpc_tls(tls));
+                    }
+                    builder.build()
+                }
+                Protocol::HttpProtobuf => {
+                    let mut builder = opentelemetry_otlp::SpanExporter::builder()
+                        .with_http()
+                        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                        .with_endpoint(settings.endpoint.clone())
+                        .with_timeout(EXPORT_TIMEOUT);
+                    if tls.ca_pem.is_some() || tls.client_pem.is_some() {
+                        builder = builder.with_http_client(http_client(tls)?);
+                    }
+                    builder.build()
+                }
             }
             .map_err(InitError::Exporter)?
         };
@@ -66,6 +78,41 @@ impl OwnedRuntimeExporter {
             runtime: Some(runtime),
         })
     }
+}
+
+/// tonic's TLS for the collector: the configured CA (else the web's public roots) and, for
+/// mutual TLS, the client certificate.
+fn grpc_tls(tls: &ExportTls) -> tonic::transport::ClientTlsConfig {
+    let mut config = tonic::transport::ClientTlsConfig::new();
+    config = match &tls.ca_pem {
+        Some(ca) => config.ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+        None => config.with_webpki_roots(),
+    };
+    if let Some((cert, key)) = &tls.client_pem {
+        config = config.identity(tonic::transport::Identity::from_pem(cert, key));
+    }
+    config
+}
+
+/// A reqwest client trusting the configured CA and presenting the client certificate.
+fn http_client(tls: &ExportTls) -> Result<reqwest::Client, InitError> {
+    let mut builder = reqwest::Client::builder().timeout(EXPORT_TIMEOUT);
+    if let Some(ca) = &tls.ca_pem {
+        for cert in
+            reqwest::Certificate::from_pem_bundle(ca).map_err(|e| InitError::Tls(e.to_string()))?
+        {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    if let Some((cert, key)) = &tls.client_pem {
+        let mut pem = cert.clone();
+        pem.push(b'\n');
+        pem.extend_from_slice(key);
+        builder = builder.identity(
+            reqwest::Identity::from_pem(&pem).map_err(|e| InitError::Tls(e.to_string()))?,
+        );
+    }
+    builder.build().map_err(|e| InitError::Tls(e.to_string()))
 }
 
 impl SpanExporter for OwnedRuntimeExporter {

@@ -115,6 +115,9 @@ pub enum InitError {
     /// The OTLP exporter rejected its configuration.
     #[error("failed to build the OTLP span exporter")]
     Exporter(#[source] opentelemetry_otlp::ExporterBuildError),
+    /// The collector's TLS settings (CA or client certificate files) could not be used.
+    #[error("cannot set up TLS to the OTLP collector: {0}")]
+    Tls(String),
     /// The exporter's runtime could not start (thread or reactor creation failed).
     #[error("failed to start the telemetry export runtime")]
     Runtime(#[source] std::io::Error),

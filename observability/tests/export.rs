@@ -403,3 +403,127 @@ fn invalid_configuration_is_rejected_before_anything_starts() {
 }
 
 use opentelemetry::trace::TraceContextExt as _;
+
+// === TLS to the collector ===
+
+/// A CA, a receiver that speaks TLS and requires a client certificate from that CA, and the
+/// PEM files an exporter needs (CA, client certificate, client key).
+struct TlsCollector {
+    receiver: OtlpReceiver,
+    dir: tempfile::TempDir,
+}
+
+impl TlsCollector {
+    fn start() -> TlsCollector {
+        use identity::dev_ca::DevCa;
+        use rustls_pki_types::pem::PemObject;
+        let ca = DevCa::new("collector test CA").unwrap();
+        let server = ca
+            .issue_edge(&["127.0.0.1"], Duration::from_secs(3600))
+            .unwrap();
+        let client_id = "spiffe://vantage.local/gateway".parse().unwrap();
+        let client = ca
+            .issue_svid(&client_id, Duration::from_secs(3600))
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.bundle_pem()).unwrap();
+        std::fs::write(dir.path().join("client.pem"), &client.cert_pem).unwrap();
+        std::fs::write(dir.path().join("client.key"), &client.key_pem).unwrap();
+
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca.bundle_pem().as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let provider = std::sync::Arc::clone(identity::tls::provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            roots.into(),
+            provider.clone(),
+        )
+        .build()
+        .unwrap();
+        let chain = rustls_pki_types::CertificateDer::pem_slice_iter(server.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key =
+            rustls_pki_types::PrivateKeyDer::from_pem_slice(server.key_pem.as_bytes()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .unwrap();
+        TlsCollector {
+            receiver: OtlpReceiver::start_tls(std::sync::Arc::new(config)),
+            dir,
+        }
+    }
+
+    fn env(&self, protocol: &str) -> HashMap<String, String> {
+        let mut env = env(&self.receiver, protocol);
+        let file = |name: &str| self.dir.path().join(name).display().to_string();
+        env.insert("OTEL_EXPORTER_OTLP_CERTIFICATE".into(), file("ca.pem"));
+        env.insert(
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE".into(),
+            file("client.pem"),
+        );
+        env.insert("OTEL_EXPORTER_OTLP_CLIENT_KEY".into(), file("client.key"));
+        env
+    }
+}
+
+#[test]
+fn spans_reach_a_tls_collector_with_a_client_certificate_over_grpc_and_http() {
+    for protocol in ["grpc", "http/protobuf"] {
+        let collector = TlsCollector::start();
+        assert!(collector.receiver.grpc_endpoint().starts_with("https://"));
+        let (telemetry, dispatch) = observability::build(
+            "export-test",
+            "1.2.3",
+            &collector.env(protocol),
+            std::io::sink,
+        )
+        .unwrap();
+        let name = format!("tls {protocol}");
+        tracing::dispatcher::with_default(&dispatch, || {
+            let span = tracing::info_span!("tls", otel.name = %name);
+            let _entered = span.enter();
+        });
+        telemetry.shutdown();
+        let spans = collector
+            .receiver
+            .wait_for_blocking(|spans| spans.iter().any(|s| s.name() == name), WAIT)
+            .unwrap_or_else(|e| panic!("{protocol}: {e}"));
+        check_resource(spans.iter().find(|s| s.name() == name).unwrap());
+        assert!(
+            collector.receiver.client_certificates() >= 1,
+            "{protocol}: the exporter presented its client certificate"
+        );
+    }
+}
+
+#[test]
+fn unreadable_or_half_configured_tls_files_are_configuration_errors_naming_the_file() {
+    let collector = TlsCollector::start();
+    let mut env = collector.env("grpc");
+    env.insert(
+        "OTEL_EXPORTER_OTLP_CERTIFICATE".into(),
+        "/nowhere/ca.pem".into(),
+    );
+    env.remove("OTEL_EXPORTER_OTLP_CLIENT_KEY");
+    let error = observability::build("export-test", "1", &env, std::io::sink)
+        .map(|_| ())
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        error.contains("OTEL_EXPORTER_OTLP_CERTIFICATE") && error.contains("/nowhere/ca.pem"),
+        "{error}"
+    );
+    assert!(
+        error.contains("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE"),
+        "{error}"
+    );
+    assert!(
+        !error.contains("BEGIN"),
+        "no key material in errors: {error}"
+    );
+}

@@ -4,12 +4,17 @@
 //! journey (a `stack --demo` run, or one loadgen iteration) is one trace in Jaeger.
 //! When a [`Recorder`] is attached, every response (or transport failure) is recorded
 //! under its route template, never under the raw path, so ids do not explode the table.
+//!
+//! The one shop client of the repo: loadgen, `stack --demo` and the end-to-end tests (through
+//! [`ShopClient::request`], for the statuses they assert) all talk to the shop with it.
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use rand::Rng;
+use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -311,16 +316,8 @@ impl ShopClient {
 
     /// `GET /api/products/{id}`.
     pub async fn product(&self, trace: &Trace, id: &str) -> Result<Product, ApiError> {
-        let v = self
-            .call(
-                Route::Product,
-                &format!("/api/products/{id}"),
-                trace,
-                None,
-                None,
-            )
-            .await?;
-        decode(Route::Product, v)
+        self.get_decoded(Route::Product, &format!("/api/products/{id}"), trace)
+            .await
     }
 
     /// `POST /api/cart/items {product_id, quantity}`.
@@ -369,16 +366,8 @@ impl ShopClient {
 
     /// `GET /api/orders/{id}`.
     pub async fn order(&self, trace: &Trace, id: &str) -> Result<Order, ApiError> {
-        let v = self
-            .call(
-                Route::Order,
-                &format!("/api/orders/{id}"),
-                trace,
-                None,
-                None,
-            )
-            .await?;
-        decode(Route::Order, v)
+        self.get_decoded(Route::Order, &format!("/api/orders/{id}"), trace)
+            .await
     }
 
     /// Polls an order every `every` until it reaches a final status or `deadline` passes.
@@ -421,6 +410,17 @@ impl ShopClient {
         }
     }
 
+    /// `GET path` as `route`, its body decoded into `T`.
+    async fn get_decoded<T: serde::de::DeserializeOwned>(
+        &self,
+        route: Route,
+        path: &str,
+        trace: &Trace,
+    ) -> Result<T, ApiError> {
+        let v = self.call(route, path, trace, None, None).await?;
+        decode(route, v)
+    }
+
     async fn call(
         &self,
         route: Route,
@@ -433,8 +433,43 @@ impl ShopClient {
             .await
     }
 
-    /// Sends one request and records it; `tolerated` statuses are recorded but are not
-    /// errors in the statistics (the caller still gets them as `Err`).
+    /// One request to the shop API as given, with nothing checked or recorded: `token` as the
+    /// bearer, `body` as JSON, `headers` as they are (no `traceparent` is added). The typed calls
+    /// build on it; tests use it for the statuses the typed calls treat as errors.
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Result<Reply, reqwest::Error> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base_url));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.bytes().await?;
+        Ok(Reply {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// Sends one request of `route` (with a `traceparent` of `trace` and this client's token)
+    /// and records it; `tolerated` statuses are recorded but are not errors in the statistics
+    /// (the caller still gets them as `Err`).
     async fn send(
         &self,
         route: Route,
@@ -445,32 +480,25 @@ impl ShopClient {
         tolerated: &[u16],
     ) -> Result<Value, ApiError> {
         let traceparent = trace.traceparent(&mut rand::rng());
-        let mut req = self
-            .http
-            .request(route.method(), format!("{}{path}", self.base_url))
-            .header("traceparent", traceparent);
-        if let Some(token) = &self.token {
-            req = req.bearer_auth(token);
-        }
+        let mut headers = vec![("traceparent", traceparent.as_str())];
         if let Some(key) = idempotency_key {
-            req = req.header("Idempotency-Key", key);
-        }
-        if let Some(body) = body {
-            req = req.json(&body);
+            headers.push(("Idempotency-Key", key));
         }
 
         let started = Instant::now();
-        let result = async {
-            let resp = req.send().await?;
-            let status = resp.status();
-            let bytes = resp.bytes().await?;
-            Ok::<_, reqwest::Error>((status, bytes))
-        }
-        .await;
+        let result = self
+            .request(
+                route.method(),
+                path,
+                self.token.as_deref(),
+                body.as_ref(),
+                &headers,
+            )
+            .await;
         let elapsed = started.elapsed();
 
-        let (status, bytes) = match result {
-            Ok(ok) => ok,
+        let reply = match result {
+            Ok(reply) => reply,
             Err(source) => {
                 if let Some(r) = &self.recorder {
                     r.record(route, None, elapsed);
@@ -478,6 +506,7 @@ impl ShopClient {
                 return Err(ApiError::Transport { route, source });
             }
         };
+        let status = reply.status;
         if let Some(r) = &self.recorder {
             let code = status.as_u16();
             if tolerated.contains(&code) {
@@ -487,20 +516,37 @@ impl ShopClient {
             }
         }
         if !status.is_success() {
-            let body = String::from_utf8_lossy(&bytes);
+            let body = String::from_utf8_lossy(&reply.body);
             return Err(ApiError::Status {
                 route,
                 status,
                 body: body.chars().take(200).collect(),
             });
         }
-        if bytes.is_empty() {
+        if reply.body.is_empty() {
             return Ok(Value::Null);
         }
-        serde_json::from_slice(&bytes).map_err(|e| ApiError::Decode {
+        serde_json::from_slice(&reply.body).map_err(|e| ApiError::Decode {
             route,
             reason: e.to_string(),
         })
+    }
+}
+
+/// A response as it came, from [`ShopClient::request`].
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// The body as JSON, or as a JSON string of its text when it is not JSON (an empty body
+    /// is `""`): what a test prints or compares whatever the server sent.
+    pub fn json_or_text(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&self.body).into_owned()))
     }
 }
 
@@ -542,6 +588,18 @@ mod tests {
         assert_eq!(list[0].path_id(), "3");
         assert_eq!(list[1].path_id(), "p-9");
         assert_eq!(list[1].available, None);
+    }
+
+    #[test]
+    fn a_reply_body_is_json_or_its_text() {
+        let reply = |body: &'static str| Reply {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: Bytes::from_static(body.as_bytes()),
+        };
+        assert_eq!(reply(r#"{"a":1}"#).json_or_text(), json!({"a": 1}));
+        assert_eq!(reply("not json").json_or_text(), json!("not json"));
+        assert_eq!(reply("").json_or_text(), json!(""));
     }
 
     #[test]

@@ -25,6 +25,14 @@ pub const MAX_HEADER_BYTES: usize = 8192;
 pub const MAX_REQUEST_HEADER_BYTES: usize = 32 * 1024;
 /// `server.max_headers`.
 pub const MAX_HEADERS: usize = 100;
+/// `server.request_head_timeout_ms`: a request head must be complete this soon after it is due.
+pub const REQUEST_HEAD_TIMEOUT_MS: u64 = 10_000;
+/// `server.keepalive_timeout_secs`: idle client connections are closed after this.
+pub const KEEPALIVE_TIMEOUT_SECS: u64 = 60;
+/// `server.max_connections`: client connections open at once on the public listeners.
+pub const MAX_CONNECTIONS: usize = 10_000;
+/// `server.connection_buffer_bytes`: the read buffer of each client connection.
+pub const CONNECTION_BUFFER_BYTES: usize = 16 * 1024;
 /// Identity headers every client copy of is stripped, whatever `identity_headers` adds.
 pub const IDENTITY_HEADERS: [&str; 2] = ["x-user-id", "x-user-scopes"];
 
@@ -86,6 +94,16 @@ pub(crate) fn by_name() -> Vec<(&'static str, String)> {
             MAX_REQUEST_HEADER_BYTES.to_string(),
         ),
         ("MAX_HEADERS", MAX_HEADERS.to_string()),
+        (
+            "REQUEST_HEAD_TIMEOUT_MS",
+            REQUEST_HEAD_TIMEOUT_MS.to_string(),
+        ),
+        ("KEEPALIVE_TIMEOUT_SECS", KEEPALIVE_TIMEOUT_SECS.to_string()),
+        ("MAX_CONNECTIONS", MAX_CONNECTIONS.to_string()),
+        (
+            "CONNECTION_BUFFER_BYTES",
+            CONNECTION_BUFFER_BYTES.to_string(),
+        ),
         ("CONNECT_TIMEOUT_MS", CONNECT_TIMEOUT_MS.to_string()),
         ("READ_TIMEOUT_MS", READ_TIMEOUT_MS.to_string()),
         ("RETRIES", RETRIES.to_string()),

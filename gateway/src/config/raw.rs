@@ -19,6 +19,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub(crate) server: Option<serde_yaml::Value>,
     #[serde(default)]
+    pub(crate) edge_tls: Option<serde_yaml::Value>,
+    #[serde(default)]
     pub(crate) identity_headers: Option<serde_yaml::Value>,
     #[serde(default)]
     pub(crate) upstreams: BTreeMap<String, serde_yaml::Value>,
@@ -35,6 +37,28 @@ pub(crate) struct RawConfig {
 pub(crate) struct RawListeners {
     pub(crate) public: Option<String>,
     pub(crate) admin: Option<String>,
+    pub(crate) public_tls: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawEdgeTls {
+    pub(crate) cert_file: String,
+    pub(crate) key_file: String,
+    pub(crate) redirect_http: Option<bool>,
+    pub(crate) hsts_max_age_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUpstreamTls {
+    pub(crate) svid_dir: Option<String>,
+    pub(crate) cert_file: Option<String>,
+    pub(crate) key_file: Option<String>,
+    pub(crate) bundle_file: Option<String>,
+    #[serde(default)]
+    pub(crate) spiffe_ids: Vec<String>,
+    pub(crate) server_name: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -58,6 +82,10 @@ pub(crate) struct RawServer {
     pub(crate) max_header_bytes: Option<usize>,
     pub(crate) max_request_header_bytes: Option<usize>,
     pub(crate) max_headers: Option<usize>,
+    pub(crate) request_head_timeout_ms: Option<u64>,
+    pub(crate) keepalive_timeout_secs: Option<u64>,
+    pub(crate) max_connections: Option<usize>,
+    pub(crate) connection_buffer_bytes: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -71,6 +99,7 @@ pub(crate) struct RawUpstream {
     pub(crate) health_check: Option<RawHealthCheck>,
     pub(crate) passive_ejection: Option<RawPassive>,
     pub(crate) circuit_breaker: Option<RawBreaker>,
+    pub(crate) tls: Option<RawUpstreamTls>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]

@@ -1,7 +1,8 @@
 //! Turns a [`RawConfig`] into a [`Config`], collecting every error with its location.
 //!
 //! One file per section of the policy: [`listeners`] (listeners and admin), [`server`] (server
-//! settings and identity headers), [`upstreams`], [`issuers`], [`rate_limits`], [`routes`].
+//! settings and identity headers), [`tls`] (the edge certificate, upstream mTLS), [`upstreams`],
+//! [`issuers`], [`rate_limits`], [`routes`].
 //! Sections are checked independently, so one broken section never hides another's errors;
 //! routes are checked last, against the names the other sections defined.
 
@@ -10,6 +11,7 @@ mod listeners;
 mod rate_limits;
 mod routes;
 mod server;
+mod tls;
 mod upstreams;
 
 use std::collections::BTreeMap;
@@ -124,6 +126,7 @@ fn build(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> Config {
         listeners,
         admin,
         server,
+        edge_tls,
         identity_headers,
         upstreams,
         issuers,
@@ -133,7 +136,18 @@ fn build(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> Config {
     let (listeners, admin) = listeners::listeners_and_admin(errs, listeners, admin);
     let server_settings = server::server(errs, server);
     let identity_headers = server::identity_headers(errs, identity_headers);
-    let upstreams = errs.named("upstreams", upstreams, upstreams::upstream);
+    let edge_tls = tls::edge(errs, edge_tls, base_dir);
+    match (listeners.public_tls, &edge_tls) {
+        (Some(_), None) => errs.push(
+            "listeners.public_tls",
+            "needs edge_tls (the certificate to serve)",
+        ),
+        (None, Some(_)) => errs.push("edge_tls", "is served only on listeners.public_tls; set it"),
+        _ => {}
+    }
+    let upstreams = errs.named("upstreams", upstreams, |errs, loc, raw| {
+        upstreams::upstream(errs, loc, raw, base_dir)
+    });
     let issuers = errs.named("issuers", issuers, |errs, loc, raw| {
         issuers::issuer(errs, loc, raw, base_dir)
     });
@@ -152,6 +166,7 @@ fn build(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> Config {
         listeners,
         admin,
         server: server_settings,
+        edge_tls,
         identity_headers,
         upstreams,
         issuers,

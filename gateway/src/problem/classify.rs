@@ -37,6 +37,14 @@ impl UpstreamErrorKind {
         }
     }
 
+    /// What the client gets when this was the last attempt: 504 for a timeout, else 502.
+    pub(crate) fn answer(self) -> GatewayError {
+        match self {
+            Self::ConnectTimeout | Self::Timeout => GatewayError::UpstreamTimeout,
+            _ => GatewayError::BadGateway,
+        }
+    }
+
     /// Stable label value.
     pub(crate) fn as_str(self) -> &'static str {
         match self {

@@ -31,14 +31,17 @@ pub(crate) fn begin(
     let route = ctx.route.clone().ok_or(GatewayError::Internal)?;
     let upstream = &route.upstream;
     ctx.upstream.count += 1;
-    let endpoint = upstream
-        .select(ctx.upstream.last_failed)
-        .map_err(|u| match u {
-            Unavailable::CircuitOpen => GatewayError::CircuitOpen(upstream.name.clone()),
-            Unavailable::NoHealthyEndpoint => {
+    let endpoint = upstream.select(ctx.upstream.last_failed).map_err(|u| {
+        match (ctx.upstream.last_failure, u) {
+            // A retry that finds no other endpoint answers with what the client's request
+            // actually met (a timeout stays a 504), not with the pool's state.
+            (Some(kind), _) => kind.answer(),
+            (None, Unavailable::CircuitOpen) => GatewayError::CircuitOpen(upstream.name.clone()),
+            (None, Unavailable::NoHealthyEndpoint) => {
                 GatewayError::NoHealthyEndpoint(upstream.name.clone())
             }
-        })?;
+        }
+    })?;
     metrics
         .upstream_attempts
         .get_or_create(&UpstreamLabels {
@@ -46,13 +49,21 @@ pub(crate) fn begin(
         })
         .inc();
     ctx.upstream.inflight = Some(endpoint.track());
-    let url = format!("http://{}{}", endpoint.addr, path);
+    let scheme = if upstream.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let url = format!("{scheme}://{}{}", endpoint.addr, path);
     let mut span = ctx.span.client(method, &url, ctx.upstream.count - 1);
     span.set_attribute(KeyValue::new("vantage.upstream", upstream.name.clone()));
     ctx.upstream.span = Some(span);
 
     let cfg = &upstream.config;
-    let mut peer = HttpPeer::new(endpoint.addr, false, String::new());
+    let mut peer = HttpPeer::new(endpoint.addr, upstream.tls.is_some(), String::new());
+    if let Some(tls) = &upstream.tls {
+        tls.apply(&mut peer);
+    }
     peer.options.connection_timeout = Some(cfg.connect_timeout);
     peer.options.total_connection_timeout = Some(cfg.connect_timeout);
     peer.options.read_timeout = Some(cfg.read_timeout);
@@ -60,6 +71,60 @@ pub(crate) fn begin(
     peer.options.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
     ctx.upstream.endpoint = Some(endpoint);
     Ok(Box::new(peer))
+}
+
+/// Checks, right after connecting and before a byte of the request is sent, that a TLS
+/// upstream proved an allowed SPIFFE ID; records it on the attempt's span. A refusal is
+/// counted, put on the span and answered with 502 `upstream-identity`.
+pub(crate) fn verify_peer(
+    ctx: &mut RequestCtx,
+    metrics: &Metrics,
+    digest: Option<&pingora_core::protocols::Digest>,
+) -> Result<(), GatewayError> {
+    let Some(route) = ctx.route.clone() else {
+        return Ok(());
+    };
+    let Some(tls) = &route.upstream.tls else {
+        return Ok(());
+    };
+    match tls.check(digest) {
+        Ok(id) => {
+            if let Some(span) = &mut ctx.upstream.span {
+                span.set_attribute(KeyValue::new("vantage.upstream.spiffe_id", id));
+                if let Some(ssl) = digest.and_then(|d| d.ssl_digest.as_ref()) {
+                    span.set_attribute(KeyValue::new(
+                        "tls.protocol.version",
+                        ssl.version.to_string(),
+                    ));
+                    span.set_attribute(KeyValue::new("tls.cipher", ssl.cipher.to_string()));
+                }
+            }
+            Ok(())
+        }
+        Err(refusal) => {
+            metrics
+                .upstream_identity_refusals
+                .get_or_create(&crate::metrics::IdentityRefusalLabels {
+                    upstream: route.upstream.name.clone(),
+                    reason: refusal.reason(),
+                })
+                .inc();
+            if let Some(ep) = &ctx.upstream.endpoint {
+                route.upstream.record_endpoint_failure(ep);
+            }
+            if let Some(mut span) = ctx.upstream.span.take() {
+                if let crate::tls::IdentityRefusal::WrongIdentity(id) = &refusal {
+                    span.set_attribute(KeyValue::new("vantage.upstream.spiffe_id", id.clone()));
+                }
+                span.record_error(refusal.reason());
+            }
+            tracing::warn!(upstream = %route.upstream.name, reason = refusal.reason(), presented = ?refusal, "Refused an upstream's TLS identity.");
+            Err(GatewayError::UpstreamIdentity {
+                upstream: route.upstream.name.clone(),
+                reason: refusal.reason(),
+            })
+        }
+    }
 }
 
 /// Records a failed attempt (metrics, passive ejection, the attempt's span) and returns the
@@ -79,6 +144,7 @@ pub(crate) fn failed(ctx: &mut RequestCtx, metrics: &Metrics, e: &Error) -> Opti
         upstream.record_endpoint_failure(ep);
     }
     ctx.upstream.last_failed = ctx.upstream.endpoint.as_ref().map(|ep| ep.addr);
+    ctx.upstream.last_failure = Some(kind);
     ctx.upstream.failed = true;
     if let Some(mut span) = ctx.upstream.span.take() {
         span.record_error(kind.as_str());
@@ -87,13 +153,21 @@ pub(crate) fn failed(ctx: &mut RequestCtx, metrics: &Metrics, e: &Error) -> Opti
 }
 
 /// Whether to retry after a connect failure: nothing reached the upstream, so any method may
-/// be retried, within the budget.
+/// be retried, within the budget — on another endpoint, never the one that just failed.
 pub(crate) fn retry_after_connect_failure(
     ctx: &mut RequestCtx,
     metrics: &Metrics,
     e: &Error,
 ) -> bool {
     failed(ctx, metrics, e).is_some_and(|retries| ctx.upstream.count <= retries)
+        && has_alternative(ctx)
+}
+
+/// Whether another endpoint than the one that just failed can take a retry.
+fn has_alternative(ctx: &RequestCtx) -> bool {
+    ctx.route
+        .as_ref()
+        .is_some_and(|r| r.upstream.has_alternative(ctx.upstream.last_failed))
 }
 
 /// Whether to retry after a failure mid-exchange: the request may have reached the upstream,
@@ -105,6 +179,7 @@ pub(crate) fn retry_after_proxy_error(
     idempotent: bool,
 ) -> bool {
     failed(ctx, metrics, e).is_some_and(|retries| idempotent && ctx.upstream.count <= retries)
+        && has_alternative(ctx)
 }
 
 /// Records the upstream's response head: the attempt's status, and its endpoint's passive
@@ -124,12 +199,32 @@ pub(crate) fn responded(ctx: &mut RequestCtx, response: &ResponseHeader) {
     }
 }
 
-/// Feeds the circuit breaker one outcome per request that reached the upstream, after retries.
+/// Feeds the circuit breaker one outcome per request that wanted this upstream, after
+/// retries: what the client experienced. A transport failure, a 502–504 from the upstream, an
+/// identity refusal and "no healthy endpoint" are failures; a request refused because the
+/// circuit is open, or one that never got as far as the upstream (auth, limits, a client that
+/// left), is not an outcome.
 pub(crate) fn finished(ctx: &RequestCtx, e: Option<&Error>) {
-    let Some(route) = ctx.route.as_ref().filter(|_| ctx.upstream.count > 0) else {
+    let Some(route) = ctx.route.as_ref() else {
         return;
     };
+    let refused = match &ctx.failure {
+        Some(crate::context::Failure::Answered { error, .. }) => match error {
+            GatewayError::CircuitOpen(_) => return,
+            GatewayError::NoHealthyEndpoint(_) | GatewayError::UpstreamIdentity { .. } => true,
+            _ => false,
+        },
+        _ => false,
+    };
+    if refused {
+        route.upstream.record_request_outcome(false);
+        return;
+    }
+    if ctx.upstream.count == 0 {
+        return;
+    }
     let failed_upstream = e.is_some_and(|e| e.esource() == &pingora_core::ErrorSource::Upstream)
+        || ctx.upstream.failed && ctx.upstream.status.is_none()
         || ctx.upstream.status.is_some_and(|s| matches!(s, 502..=504));
     if e.is_none() || ctx.upstream.failed || ctx.upstream.status.is_some() {
         route.upstream.record_request_outcome(!failed_upstream);

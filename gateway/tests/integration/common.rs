@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -17,6 +16,7 @@ use base64::Engine;
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
+use stack::supervisor::{Launch, Signal, Supervisor};
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-7f3a";
 
@@ -211,8 +211,10 @@ impl JwksServer {
 
 // === the gateway process ===
 
+/// A real `gateway` process, run by `stack`'s supervisor (the harness every process test uses):
+/// its log in `dir/gateway.log`, killed when dropped.
 pub struct Gateway {
-    child: Child,
+    sup: Supervisor,
     pub public: SocketAddr,
     pub admin: SocketAddr,
     pub dir: PathBuf,
@@ -220,18 +222,15 @@ pub struct Gateway {
     pub log_path: PathBuf,
 }
 
+/// The supervised process's name (and so its log file's).
+const GATEWAY: &str = "gateway";
+/// How long the gateway may take to answer its admin endpoint.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// A fresh directory per call. Names must never repeat within a run: a gateway hot-reloads its
 /// policy file, so two tests sharing a directory would swap each other's configs.
 pub fn temp_dir(tag: &str) -> PathBuf {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "vantage-gw-{tag}-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::SeqCst)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    test_support::scratch_dir(&format!("vantage-gw-{tag}"))
 }
 
 impl Gateway {
@@ -243,14 +242,14 @@ impl Gateway {
 
     /// Like [`Gateway::start`] with extra environment variables (e.g. OTEL_*).
     pub async fn start_with_env(body: &str, env: &[(&str, &str)]) -> Gateway {
-        let gw = Self::spawn(body, env);
+        let mut gw = Self::spawn(body, env);
         gw.wait_ready().await;
         gw
     }
 
     /// Starts the gateway and waits only for liveness (`/healthz`), not readiness.
     pub async fn start_live(body: &str) -> Gateway {
-        let gw = Self::spawn(body, &[]);
+        let mut gw = Self::spawn(body, &[]);
         gw.wait_for("/healthz").await;
         gw
     }
@@ -265,20 +264,19 @@ impl Gateway {
         let dir = temp_dir("run");
         let config_path = dir.join("gateway.yaml");
         std::fs::write(&config_path, Self::config_text(public, admin, body)).unwrap();
-        let log_path = dir.join("gateway.log");
-        let log = std::fs::File::create(&log_path).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
-            .args(["run", "--config"])
-            .arg(&config_path)
-            .env("VANTAGE_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("RUST_LOG", "info")
-            .envs(env.iter().copied())
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn gateway");
+        let mut sup = Supervisor::new(dir.clone());
+        sup.spawn(
+            Launch::new(GATEWAY, env!("CARGO_BIN_EXE_gateway"))
+                .args(["run", "--config"])
+                .args([&config_path])
+                .env("VANTAGE_ADMIN_TOKEN", ADMIN_TOKEN)
+                .env("RUST_LOG", "info")
+                .envs(env.iter().copied()),
+        )
+        .expect("spawn gateway");
+        let log_path = sup.log_path(GATEWAY);
         Gateway {
-            child,
+            sup,
             public,
             admin,
             dir,
@@ -287,44 +285,43 @@ impl Gateway {
         }
     }
 
-    /// The listeners and test server settings, then `body`. A first line `server: {…}` in `body`
-    /// adds its fields to the test server settings.
+    /// The listeners and test server settings, then `body`. Leading lines `listeners: {…}` and
+    /// `server: {…}` in `body` add their fields to the test's listeners and server settings.
     pub fn config_text(public: SocketAddr, admin: SocketAddr, body: &str) -> String {
-        let (extra, body) = match body
-            .strip_prefix("server: {")
-            .and_then(|rest| rest.split_once("}\n"))
-        {
-            Some((fields, rest)) => (format!(", {fields}"), rest),
-            None => (String::new(), body),
-        };
+        let mut body = body;
+        let mut extra = [String::new(), String::new()];
+        for _ in 0..2 {
+            for (i, section) in ["listeners: {", "server: {"].iter().enumerate() {
+                if let Some((fields, rest)) = body
+                    .strip_prefix(section)
+                    .and_then(|rest| rest.split_once("}\n"))
+                {
+                    extra[i] = format!(", {fields}");
+                    body = rest;
+                }
+            }
+        }
+        let [listeners, server] = extra;
         format!(
-            "listeners: {{public: \"{public}\", admin: \"{admin}\"}}\nserver: {{workers: 1, reload_poll_ms: 200, shutdown_timeout_secs: 1{extra}}}\n{body}"
+            "listeners: {{public: \"{public}\", admin: \"{admin}\"{listeners}}}\nserver: {{workers: 1, reload_poll_ms: 200, shutdown_timeout_secs: 1{server}}}\n{body}"
         )
     }
 
-    async fn wait_ready(&self) {
+    async fn wait_ready(&mut self) {
         self.wait_for("/readyz").await
     }
 
-    async fn wait_for(&self, path: &str) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let client = reqwest::Client::new();
-        loop {
-            if let Ok(r) = client
-                .get(format!("http://{}{path}", self.admin))
-                .send()
-                .await
-            {
-                if r.status() == 200 {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "gateway {path} not OK within 20 s; log:\n{}",
+    async fn wait_for(&mut self, path: &str) {
+        let url = format!("http://{}{path}", self.admin);
+        let ready = self
+            .sup
+            .wait_ready(GATEWAY, &url, READY_TIMEOUT, &reqwest::Client::new())
+            .await;
+        if let Err(e) = ready {
+            panic!(
+                "gateway {path} not OK within 20 s ({e}); log:\n{}",
                 self.log()
             );
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -361,12 +358,9 @@ impl Gateway {
     }
 
     pub fn sighup(&self) {
-        let status = Command::new("kill")
-            .arg("-HUP")
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -HUP failed");
+        self.sup
+            .signal(GATEWAY, Signal::SIGHUP)
+            .expect("SIGHUP to the gateway");
     }
 
     /// Sends raw bytes and returns the response status code.
@@ -411,8 +405,7 @@ impl Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.sup.stop_now();
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }

@@ -5,10 +5,13 @@
 mod admin;
 mod auth;
 mod common;
+mod connections;
+mod failures;
 mod hardening;
 mod ratelimit;
 mod raw_upstream;
 mod reload;
 mod resilience;
 mod routing;
+mod tls;
 mod tracing;

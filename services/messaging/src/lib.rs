@@ -47,6 +47,7 @@ pub mod events;
 pub mod inbox;
 mod metrics;
 pub mod outbox;
+pub mod probe;
 pub mod provenance;
 mod relay;
 mod topology;

@@ -626,11 +626,8 @@ async fn amqps_trusts_only_the_configured_ca() {
     let s = Secured::import();
     let dir = tempfile::tempdir().unwrap();
     let other = dir.path().join("other-ca.crt");
-    std::fs::write(
-        &other,
-        test_support::TestCa::new("Somebody else").cert_pem(),
-    )
-    .unwrap();
+    let somebody_else = identity::dev_ca::DevCa::new("Somebody else").unwrap();
+    std::fs::write(&other, somebody_else.bundle_pem()).unwrap();
 
     let good = s.amqp("orders", true);
     let conn = good.connect("tls").await.unwrap();

@@ -37,7 +37,7 @@ pub use config::{Config, ConfigError, Options};
 pub use error::StackError;
 
 use preflight::BuildTree;
-use supervisor::Supervisor;
+use supervisor::{Launch, Supervisor};
 
 /// How long the broker may take to accept the service users after the import.
 const BROKER_CHECK: Duration = Duration::from_secs(15);
@@ -145,7 +145,11 @@ async fn serve(
 ) -> Result<Outcome, StackError> {
     let http = reqwest::Client::new();
     for (svc, bin) in config.services.iter().zip(&binaries.services) {
-        sup.spawn(svc.name, bin, &[], &service_env(config, svc, dirs, broker))?;
+        sup.spawn(
+            Launch::new(svc.name, bin)
+                .envs(service_env(config, svc, dirs, broker))
+                .own_process_group(),
+        )?;
     }
     for svc in &config.services {
         let url = format!("http://{}/readyz", svc.addr);
@@ -169,7 +173,12 @@ async fn serve(
     if let Some(token) = &dirs.admin_token {
         env.push((ADMIN_TOKEN_ENV.to_owned(), token.clone()));
     }
-    sup.spawn("gateway", &binaries.gateway, &args, &env)?;
+    sup.spawn(
+        Launch::new("gateway", &binaries.gateway)
+            .args(args)
+            .envs(env)
+            .own_process_group(),
+    )?;
     let url = format!("{}/readyz", config.admin_url());
     let took = sup
         .wait_ready("gateway", &url, config.ready_timeout, &http)

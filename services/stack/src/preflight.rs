@@ -1,8 +1,7 @@
 //! Checks made before anything starts, so a missing broker or a taken port is one clear
 //! line instead of a hang or a child crashing later.
 
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs as _};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -11,83 +10,13 @@ use crate::error::StackError;
 /// How long the broker check waits to connect and for the broker's first frame.
 const BROKER_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// The `host:port` an AMQP URL points at (port 5672, or 5671 for amqps, by default).
-pub fn amqp_authority(url: &str) -> Option<(String, u16)> {
-    let (scheme, rest) = url.split_once("://")?;
-    let default_port = if scheme == "amqps" { 5671 } else { 5672 };
-    let authority = rest.split(['/', '?']).next()?;
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
-    if host_port.is_empty() {
-        return None;
-    }
-    if let Some(v6) = host_port.strip_prefix('[') {
-        let (host, after) = v6.split_once(']')?;
-        let port = match after.strip_prefix(':') {
-            Some(p) => p.parse().ok()?,
-            None => default_port,
-        };
-        return Some((host.to_owned(), port));
-    }
-    match host_port.rsplit_once(':') {
-        Some((host, port)) => Some((host.to_owned(), port.parse().ok()?)),
-        None => Some((host_port.to_owned(), default_port)),
-    }
-}
-
-/// Connects to the broker and checks that it speaks AMQP: after the protocol header a
-/// broker answers with a method frame (type 1, `connection.start`). No credentials are sent.
-/// For `amqps://` only the TCP connection is checked here; the TLS handshake (with the CA
-/// bundle) is part of checking the service users ([`crate::broker`]).
+/// Checks that a broker speaking AMQP answers at `amqp_url` ([`messaging::probe::greet`]).
+/// No credentials are sent, and none are shown in the error.
 pub fn check_broker(amqp_url: &str) -> Result<(), StackError> {
-    let tls = amqp_url.starts_with("amqps://");
-    let unreachable = |addr: &str, reason: String| StackError::RabbitUnreachable {
-        addr: addr.to_owned(),
-        reason,
-    };
-    let Some((host, port)) = amqp_authority(amqp_url) else {
-        return Err(unreachable(
-            amqp_url,
-            "cannot read host and port from AMQP_URL".into(),
-        ));
-    };
-    let shown = format!("{host}:{port}");
-    let addrs: Vec<SocketAddr> = (host.as_str(), port)
-        .to_socket_addrs()
-        .map_err(|e| unreachable(&shown, e.to_string()))?
-        .collect();
-    let mut last = "no address".to_owned();
-    for addr in addrs {
-        let probed = if tls {
-            TcpStream::connect_timeout(&addr, BROKER_TIMEOUT)
-                .map(drop)
-                .map_err(|e| e.to_string())
-        } else {
-            probe_amqp(addr)
-        };
-        match probed {
-            Ok(()) => return Ok(()),
-            Err(e) => last = e,
-        }
-    }
-    Err(unreachable(&shown, last))
-}
-
-fn probe_amqp(addr: SocketAddr) -> Result<(), String> {
-    let mut stream =
-        TcpStream::connect_timeout(&addr, BROKER_TIMEOUT).map_err(|e| e.to_string())?;
-    stream
-        .set_read_timeout(Some(BROKER_TIMEOUT))
-        .map_err(|e| e.to_string())?;
-    stream
-        .write_all(b"AMQP\x00\x00\x09\x01")
-        .map_err(|e| e.to_string())?;
-    let mut first = [0u8; 1];
-    match stream.read(&mut first) {
-        Ok(1) if first[0] == 1 => Ok(()),
-        Ok(0) => Err("the connection was closed without an AMQP greeting".into()),
-        Ok(_) => Err("something answers there, but it is not an AMQP 0-9-1 broker".into()),
-        Err(e) => Err(format!("no AMQP greeting: {e}")),
-    }
+    messaging::probe::greet(amqp_url, BROKER_TIMEOUT).map_err(|e| StackError::RabbitUnreachable {
+        addr: e.address().to_owned(),
+        reason: e.reason().to_owned(),
+    })
 }
 
 /// Fails on the first address that cannot be bound, naming who needed it.
@@ -176,24 +105,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn amqp_urls_give_host_and_port() {
-        let a = |u: &str| amqp_authority(u);
-        assert_eq!(
-            a("amqp://guest:guest@127.0.0.1:5672/%2f"),
-            Some(("127.0.0.1".into(), 5672))
-        );
-        assert_eq!(a("amqp://rabbitmq"), Some(("rabbitmq".into(), 5672)));
-        assert_eq!(
-            a("amqps://u:p@mq.example:5999/vh"),
-            Some(("mq.example".into(), 5999))
-        );
-        assert_eq!(a("amqps://mq/"), Some(("mq".into(), 5671)));
-        assert_eq!(a("amqp://[::1]:5673/%2f"), Some(("::1".into(), 5673)));
-        assert_eq!(a("amqp://u:p@host:notaport"), None);
-        assert_eq!(a("not a url"), None);
-    }
-
-    #[test]
     fn a_closed_port_is_an_unreachable_broker_with_advice() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -213,17 +124,10 @@ mod tests {
 
     #[test]
     fn a_listener_that_is_not_amqp_is_rejected() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let server = std::thread::spawn(move || {
-            let (mut s, _) = listener.accept().unwrap();
-            let mut buf = [0u8; 8];
-            s.read_exact(&mut buf).unwrap();
-            s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").unwrap();
-        });
-        let err = check_broker(&format!("amqp://127.0.0.1:{port}")).unwrap_err();
+        let server = test_support::OneShotServer::start(8, b"HTTP/1.1 400 Bad Request\r\n\r\n");
+        let err = check_broker(&format!("amqp://127.0.0.1:{}", server.port)).unwrap_err();
         assert!(err.to_string().contains("not an AMQP"), "{err}");
-        server.join().unwrap();
+        server.join();
     }
 
     #[test]

@@ -9,76 +9,32 @@
 //! vhost and users are deleted afterwards. Without a broker the tests fail and say how to start
 //! one; they never skip.
 
-use std::io::Read as _;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::Duration;
 
 use stack::config::SERVICES;
-
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use stack::supervisor::{tail, Launch, Signal, Supervisor};
+use test_support::{amqp_url, binary, workspace_root};
 
 /// Debug builds on a shared 2-core machine start slowly; this is the ceiling, not the norm.
 const START_TIMEOUT: Duration = Duration::from_secs(240);
-const DEFAULT_AMQP_URL: &str = "amqp://127.0.0.1:5672/vantage";
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .nth(2)
-        .expect("services/stack sits two levels below the workspace root")
-        .to_path_buf()
-}
-
-/// Builds every binary of the workspace once per test process and returns their directory.
-fn bin_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let root = workspace_root();
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--bins", "--quiet"])
-            .current_dir(&root)
-            .status()
-            .expect("running cargo build --bins");
-        assert!(status.success(), "cargo build --bins failed: {status}");
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.join("target"));
-        target.join("debug")
-    })
-}
-
-fn amqp_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| DEFAULT_AMQP_URL.to_owned())
-}
+/// The supervised process: the `stack` binary under test.
+const STACK: &str = "stack";
 
 /// The broker of `AMQP_URL` with the vhost `vhost` and no credentials: what the stack takes.
 fn broker_url(vhost: &str) -> String {
-    let (host, port) = stack::preflight::amqp_authority(&amqp_url())
-        .unwrap_or_else(|| ("127.0.0.1".to_owned(), 5672));
+    let (host, port) =
+        messaging::probe::authority(&amqp_url()).unwrap_or_else(|| ("127.0.0.1".to_owned(), 5672));
     format!("amqp://{host}:{port}/{vhost}")
 }
 
 /// Fails the test, with how to start a broker, when none answers at AMQP_URL.
 fn require_broker() {
-    if let Err(e) = stack::preflight::check_broker(&amqp_url()) {
+    if let Err(e) = test_support::require_rabbitmq(&amqp_url()) {
         panic!("these tests need RabbitMQ: {e}");
     }
-}
-
-/// A unique name for queues and directories of one test.
-fn unique(tag: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "stacktest-{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    )
 }
 
 /// Ports for one stack: seven consecutive ones for the services plus gateway and admin.
@@ -108,10 +64,11 @@ impl Ports {
     }
 }
 
-/// A `stack` process under test, with its output captured to files. Dropping it stops
-/// the stack (and so its children) if the test did not already.
+/// A `stack` process under test, run by the supervisor with its stdout and stderr captured to
+/// files. Dropping it stops the stack (SIGTERM, so it stops its children) if the test did not
+/// already, then deletes its vhost and broker users.
 struct Stack {
-    child: Option<Child>,
+    sup: Supervisor,
     ports: Ports,
     dir: PathBuf,
     /// The vhost of this stack (also its queue and user prefix, with a dot), deleted on drop
@@ -122,27 +79,34 @@ struct Stack {
 impl Stack {
     fn start(extra: &[&str], env: &[(&str, &str)]) -> Stack {
         let ports = Ports::free();
-        let name = unique("run");
-        let dir = std::env::temp_dir().join(&name);
-        std::fs::create_dir_all(&dir).unwrap();
-        let stdout = std::fs::File::create(dir.join("stdout.txt")).unwrap();
-        let stderr = std::fs::File::create(dir.join("stderr.txt")).unwrap();
-        let child = Command::new(bin_dir().join("stack"))
-            .arg("--no-build")
-            .args(["--base-port", &ports.base.to_string()])
-            .args(["--gateway-addr", &format!("127.0.0.1:{}", ports.gateway)])
-            .args(["--admin-addr", &format!("127.0.0.1:{}", ports.admin)])
-            .args(["--run-dir", &dir.join("run").display().to_string()])
-            .args(["--queue-prefix", &format!("{name}.")])
-            .args(["--ready-timeout-secs", &START_TIMEOUT.as_secs().to_string()])
+        let dir = test_support::scratch_dir("stacktest-run");
+        let name = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("a scratch dir has a UTF-8 name")
+            .to_owned();
+        let launch = Launch::new(STACK, binary("stack"))
             .args([
+                "--no-build",
+                "--base-port",
+                &ports.base.to_string(),
+                "--gateway-addr",
+                &format!("127.0.0.1:{}", ports.gateway),
+                "--admin-addr",
+                &format!("127.0.0.1:{}", ports.admin),
+                "--run-dir",
+                &dir.join("run").display().to_string(),
+                "--queue-prefix",
+                &format!("{name}."),
+                "--ready-timeout-secs",
+                &START_TIMEOUT.as_secs().to_string(),
                 "--gateway-config",
                 &workspace_root()
                     .join("gateway/config/example.yaml")
                     .display()
                     .to_string(),
             ])
-            .args(extra)
+            .args(extra.iter().copied())
             .env("AMQP_URL", broker_url(&name))
             // Debug builds hash slowly (argon2 at its default cost took over the gateway's 5 s
             // upstream timeout on a loaded 2-core machine); the cost is not what these tests
@@ -150,13 +114,12 @@ impl Stack {
             .env("USERS_ARGON2_MEMORY_KIB", "1024")
             .env("USERS_ARGON2_ITERATIONS", "1")
             .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .spawn()
-            .expect("starting the stack binary");
+            .stderr_apart()
+            .stop_on_drop(Duration::from_secs(30));
+        let mut sup = Supervisor::new(dir.clone());
+        sup.spawn(launch).expect("starting the stack binary");
         Stack {
-            child: Some(child),
+            sup,
             ports,
             dir,
             vhost: name,
@@ -168,11 +131,11 @@ impl Stack {
     }
 
     fn stdout(&self) -> String {
-        std::fs::read_to_string(self.dir.join("stdout.txt")).unwrap_or_default()
+        std::fs::read_to_string(self.sup.log_path(STACK)).unwrap_or_default()
     }
 
     fn stderr(&self) -> String {
-        std::fs::read_to_string(self.dir.join("stderr.txt")).unwrap_or_default()
+        std::fs::read_to_string(self.sup.stderr_path(STACK)).unwrap_or_default()
     }
 
     /// Everything worth seeing when a test fails: the stack's output and each child's log tail.
@@ -185,17 +148,12 @@ impl Stack {
         let logs = self.dir.join("run").join("logs");
         if let Ok(entries) = std::fs::read_dir(&logs) {
             for entry in entries.flatten() {
-                let mut text = String::new();
-                if let Ok(mut f) = std::fs::File::open(entry.path()) {
-                    let _ = f.read_to_string(&mut text);
-                }
-                let tail: Vec<&str> = text.lines().rev().take(15).collect();
                 out.push_str(&format!(
                     "--- {} (last lines) ---\n",
                     entry.path().display()
                 ));
-                for line in tail.into_iter().rev() {
-                    out.push_str(line);
+                for line in tail(&entry.path(), 15) {
+                    out.push_str(&line);
                     out.push('\n');
                 }
             }
@@ -204,64 +162,69 @@ impl Stack {
     }
 
     /// Waits until the stack says it is up; fails with its output if it exits first.
-    fn wait_up(&mut self) {
-        let started = Instant::now();
-        while started.elapsed() < START_TIMEOUT {
-            if self.stdout().contains("Vantage is up.") {
-                return;
-            }
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
-                    "stack exited ({status}) before it was up\n{}",
-                    self.report()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(250));
+    async fn wait_up(&mut self) {
+        let stdout = self.sup.log_path(STACK);
+        let up = self
+            .sup
+            .wait_until(STACK, START_TIMEOUT, async || {
+                std::fs::read_to_string(&stdout).is_ok_and(|out| out.contains("Vantage is up."))
+            })
+            .await;
+        if let Err(e) = up {
+            panic!("stack was not up: {e}\n{}", self.report());
         }
-        panic!("stack not up after {START_TIMEOUT:?}\n{}", self.report());
     }
 
     /// Waits for the stack to exit on its own.
-    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                self.child = None;
-                return status;
-            }
-            if started.elapsed() > timeout {
-                panic!("stack still running after {timeout:?}\n{}", self.report());
-            }
-            std::thread::sleep(Duration::from_millis(200));
+    async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        match self.sup.wait_exit(STACK, timeout).await {
+            Some(status) => status,
+            None => panic!("stack still running after {timeout:?}\n{}", self.report()),
         }
     }
 
     /// SIGTERM, as `docker stop` or a service manager would send it.
-    fn terminate(&mut self) -> ExitStatus {
-        let pid = self.child.as_ref().unwrap().id();
-        kill(Pid::from_raw(pid as i32), Signal::SIGTERM).unwrap();
-        self.wait_exit(Duration::from_secs(60))
+    async fn terminate(&mut self) -> ExitStatus {
+        self.sup.signal(STACK, Signal::SIGTERM).unwrap();
+        self.wait_exit(Duration::from_secs(60)).await
     }
 }
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            if !matches!(child.try_wait(), Ok(Some(_))) {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
+        // The process must be gone before its vhost and users are deleted.
+        self.sup.stop_now();
         delete_broker_state(&self.vhost);
     }
+}
+
+/// Runs `stack --demo` with `env` to its end; asserts it exited 0 and returns what it printed.
+async fn run_demo(env: &[(&str, &str)]) -> (Stack, String) {
+    let mut stack = Stack::start(&["--demo", "--demo-timeout-secs", "90"], env);
+    let status = stack
+        .wait_exit(START_TIMEOUT + Duration::from_secs(120))
+        .await;
+    let out = stack.stdout();
+    assert!(
+        status.success(),
+        "demo failed ({status})\n{}",
+        stack.report()
+    );
+    (stack, out)
+}
+
+/// The trace id `--demo` printed, checked to be 32 hex digits.
+fn printed_trace_id(out: &str) -> String {
+    let trace_id = out
+        .lines()
+        .find_map(|l| l.strip_prefix("demo: trace id "))
+        .unwrap_or_else(|| panic!("no trace id printed\n{out}"));
+    assert_eq!(trace_id.len(), 32, "{trace_id}");
+    assert!(
+        trace_id.chars().all(|c| c.is_ascii_hexdigit()),
+        "{trace_id}"
+    );
+    trace_id.to_owned()
 }
 
 /// Deletes the vhost a stack provisioned (its queues and exchanges with it) and its users, so
@@ -331,11 +294,11 @@ fn assert_services_use_their_own_broker_users(stack: &Stack) {
     );
 }
 
-#[test]
-fn stack_carries_loadgen_traffic_and_every_order_becomes_final() {
+#[tokio::test]
+async fn stack_carries_loadgen_traffic_and_every_order_becomes_final() {
     require_broker();
     let mut stack = Stack::start(&[], &[]);
-    stack.wait_up();
+    stack.wait_up().await;
     assert_services_use_their_own_broker_users(&stack);
     let up = stack.stdout();
     assert!(
@@ -348,7 +311,7 @@ fn stack_carries_loadgen_traffic_and_every_order_becomes_final() {
     );
 
     let summary_path = stack.dir.join("summary.json");
-    let out = Command::new(bin_dir().join("loadgen"))
+    let out = tokio::process::Command::new(binary("loadgen"))
         .args(["--gateway-url", &stack.gateway_url()])
         // The example policy allows 20 req/s per user and 50 anonymous req/s per IP; at
         // 15 iterations/s over 4 users the run stays under both, so any 429 is a real error.
@@ -357,6 +320,7 @@ fn stack_carries_loadgen_traffic_and_every_order_becomes_final() {
         .args(["--settle-timeout", "90s", "--no-progress"])
         .args(["--summary-json", &summary_path.display().to_string()])
         .output()
+        .await
         .expect("running loadgen");
     let table = String::from_utf8_lossy(&out.stdout).into_owned();
     let why = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -406,7 +370,7 @@ fn stack_carries_loadgen_traffic_and_every_order_becomes_final() {
         );
     }
 
-    let status = stack.terminate();
+    let status = stack.terminate().await;
     assert!(
         status.success(),
         "SIGTERM is a clean stop: {status}\n{}",
@@ -426,30 +390,15 @@ fn stack_carries_loadgen_traffic_and_every_order_becomes_final() {
     }
 }
 
-#[test]
-fn stack_demo_ships_one_order_and_exits_zero() {
+#[tokio::test]
+async fn stack_demo_ships_one_order_and_exits_zero() {
     require_broker();
-    let mut stack = Stack::start(&["--demo", "--demo-timeout-secs", "90"], &[]);
-    let status = stack.wait_exit(START_TIMEOUT + Duration::from_secs(120));
-    let out = stack.stdout();
-    assert!(
-        status.success(),
-        "demo failed ({status})\n{}",
-        stack.report()
-    );
+    let (stack, out) = run_demo(&[]).await;
     assert!(out.contains("final status SHIPPED"), "{out}");
     for expected in ["PENDING", "PAID", "SHIPPED"] {
         assert!(out.contains(expected), "timeline shows {expected}\n{out}");
     }
-    let trace_id = out
-        .lines()
-        .find_map(|l| l.strip_prefix("demo: trace id "))
-        .unwrap_or_else(|| panic!("no trace id printed\n{out}"));
-    assert_eq!(trace_id.len(), 32, "{trace_id}");
-    assert!(
-        trace_id.chars().all(|c| c.is_ascii_hexdigit()),
-        "{trace_id}"
-    );
+    printed_trace_id(&out);
     for port in stack.ports.all() {
         assert!(
             test_support::port_is_free(port),
@@ -458,35 +407,22 @@ fn stack_demo_ships_one_order_and_exits_zero() {
     }
 }
 
-#[test]
-fn the_demo_trace_id_is_the_trace_every_hop_exports() {
+#[tokio::test]
+async fn the_demo_trace_id_is_the_trace_every_hop_exports() {
     require_broker();
     let receiver = test_support::OtlpReceiver::start();
     let endpoint = receiver.grpc_endpoint();
-    let mut stack = Stack::start(
-        &["--demo", "--demo-timeout-secs", "90"],
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-            ("OTEL_TRACES_SAMPLER", "parentbased_always_on"),
-        ],
-    );
-    let status = stack.wait_exit(START_TIMEOUT + Duration::from_secs(120));
-    let out = stack.stdout();
-    assert!(
-        status.success(),
-        "demo failed ({status})\n{}",
-        stack.report()
-    );
+    let (stack, out) = run_demo(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_TRACES_SAMPLER", "parentbased_always_on"),
+    ])
+    .await;
     assert!(
         out.contains("traces    OTLP to"),
         "the banner says where traces go\n{out}"
     );
-    let trace_id = out
-        .lines()
-        .find_map(|l| l.strip_prefix("demo: trace id "))
-        .unwrap_or_else(|| panic!("no trace id printed\n{out}"))
-        .to_owned();
+    let trace_id = printed_trace_id(&out);
     assert!(
         out.contains(&format!("http://localhost:16686/trace/{trace_id}")),
         "{out}"
@@ -497,16 +433,18 @@ fn the_demo_trace_id_is_the_trace_every_hop_exports() {
     let expected: Vec<&str> = std::iter::once("gateway")
         .chain(stack::config::SERVICES)
         .collect();
-    let found = receiver.wait_for_blocking(
-        |spans| {
-            expected.iter().all(|svc| {
-                spans
-                    .iter()
-                    .any(|s| s.service_name == *svc && s.trace_id() == trace_id)
-            })
-        },
-        Duration::from_secs(20),
-    );
+    let found = receiver
+        .wait_for(
+            |spans| {
+                expected.iter().all(|svc| {
+                    spans
+                        .iter()
+                        .any(|s| s.service_name == *svc && s.trace_id() == trace_id)
+                })
+            },
+            Duration::from_secs(20),
+        )
+        .await;
     let spans = match found {
         Ok(spans) => spans,
         Err(missing) => panic!(
@@ -668,11 +606,11 @@ fn assert_trace_shape(trace_id: &str, all: &[test_support::ReceivedSpan]) {
     }
 }
 
-#[test]
-fn stack_without_rabbitmq_says_how_to_start_one() {
+#[tokio::test]
+async fn stack_without_rabbitmq_says_how_to_start_one() {
     let closed = test_support::free_port();
     let url = format!("amqp://127.0.0.1:{closed}/vantage");
-    let out = Command::new(bin_dir().join("stack"))
+    let out = Command::new(binary("stack"))
         .args(["--no-build", "--amqp-url", &url])
         .output()
         .unwrap();
@@ -685,7 +623,7 @@ fn stack_without_rabbitmq_says_how_to_start_one() {
 
     // Credentials in AMQP_URL are refused (every service gets its own user), and not printed.
     let url = format!("amqp://guest:s3cret@127.0.0.1:{closed}/%2f");
-    let out = Command::new(bin_dir().join("stack"))
+    let out = Command::new(binary("stack"))
         .args(["--no-build", "--amqp-url", &url])
         .output()
         .unwrap();
@@ -699,12 +637,12 @@ fn stack_without_rabbitmq_says_how_to_start_one() {
     );
 }
 
-#[test]
-fn stack_names_the_port_that_is_taken() {
+#[tokio::test]
+async fn stack_names_the_port_that_is_taken() {
     require_broker();
     let ports = Ports::free();
     let _held = TcpListener::bind(("127.0.0.1", ports.base + 2)).unwrap();
-    let out = Command::new(bin_dir().join("stack"))
+    let out = Command::new(binary("stack"))
         .arg("--no-build")
         .args(["--base-port", &ports.base.to_string()])
         .args(["--gateway-addr", &format!("127.0.0.1:{}", ports.gateway)])

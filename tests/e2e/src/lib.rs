@@ -1,5 +1,6 @@
 //! Harness for end-to-end tests: builds the real binaries, starts every shop service and the
-//! gateway on free ports with their own databases and queue prefix, and stops them on drop.
+//! gateway on free ports with their own databases and queue prefix (processes run under
+//! `stack::supervisor`, the harness `stack` itself uses), and stops them on drop.
 //!
 //! # How to use
 //!
@@ -16,15 +17,18 @@
 //! (`stack::broker`, through the management API) into a vhost of each test's own, deleted on
 //! [`Stack::stop`]. Needs `rabbitmq-server` installed; fails with instructions when it is not.
 
+pub mod dashboards;
+pub mod private_broker;
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use reqwest::StatusCode;
+use loadgen::api::{Reply, ShopClient};
+use reqwest::{Method, StatusCode};
 use serde_json::Value;
+use stack::supervisor::{tail, Launch, Signal, Supervisor};
 use test_support::BrokerNode;
 
 /// Every service, in start order (users first: the gateway reads its JWKS).
@@ -32,41 +36,19 @@ pub use stack::config::SERVICES;
 pub const ADMIN_EMAIL: &str = "admin@e2e.test";
 pub const ADMIN_PASSWORD: &str = "admin-password-e2e";
 const GATEWAY_ADMIN_TOKEN: &str = "e2e-admin-token";
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
-/// Builds every binary once per test process and returns the directory holding them.
-pub fn binaries() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let root = workspace_root();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.current_dir(&root).args(["build", "--quiet"]);
-        for b in SERVICES.iter().chain(&["gateway"]) {
-            cmd.args(["--bin", b]);
-        }
-        let status = cmd.status().expect("run cargo build");
-        assert!(
-            status.success(),
-            "cargo build of the service binaries failed"
-        );
-        let target = std::env::var("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| root.join("target"));
-        target.join("debug")
-    })
-}
+/// How long each process may take to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Log lines shown in a failure message.
+const LOG_LINES: usize = 40;
 
 /// Sets up this stack's corner of the test broker: vhost, users, queues, through the stack's own
 /// provisioning; returns it and the node.
 async fn secured_broker(dir: &Path, prefix: &str) -> (stack::broker::Broker, &'static BrokerNode) {
-    let node = BrokerNode::shared();
+    // Booting the node blocks for seconds: off the runtime, so other futures (another broker
+    // starting beside this stack) go on meanwhile.
+    let node = tokio::task::spawn_blocking(BrokerNode::shared)
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
     let vhost = prefix.trim_end_matches('.');
     let url = format!("amqps://localhost:{}/{vhost}", node.amqps_port());
     let options = stack::broker::BrokerOptions {
@@ -89,56 +71,26 @@ async fn secured_broker(dir: &Path, prefix: &str) -> (stack::broker::Broker, &'s
     (broker, node)
 }
 
-struct Process {
-    name: String,
-    child: Child,
-    log: PathBuf,
-}
-
-/// JSON-over-HTTP client for the gateway.
+/// The gateway's public API, as a test sees it: every call returns the status and the body
+/// (JSON, or the text as a JSON string) and panics only when no response came. A thin layer
+/// over [`ShopClient::request`], the one shop client.
 pub struct Api {
-    pub http: reqwest::Client,
-    pub base: String,
+    client: ShopClient,
 }
 
 impl Api {
-    async fn send(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<&Value>,
-        headers: &[(&str, &str)],
-    ) -> (StatusCode, Value, reqwest::header::HeaderMap) {
-        let mut req = self.http.request(method, format!("{}{}", self.base, path));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let resp = req.send().await.unwrap_or_else(|e| panic!("{path}: {e}"));
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let text = resp.text().await.unwrap();
-        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        (status, value, headers)
-    }
-
     pub async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
-        let (s, v, _) = self
-            .send(reqwest::Method::GET, path, token, None, &[])
-            .await;
+        let (s, v, _) = answer(
+            path,
+            self.client
+                .request(Method::GET, path, token, None, &[])
+                .await,
+        );
         (s, v)
     }
 
     pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (StatusCode, Value) {
-        let (s, v, _) = self
-            .send(reqwest::Method::POST, path, token, Some(&body), &[])
-            .await;
+        let (s, v, _) = self.post_with(path, token, body, &[]).await;
         (s, v)
     }
 
@@ -149,23 +101,31 @@ impl Api {
         body: Value,
         headers: &[(&str, &str)],
     ) -> (StatusCode, Value, reqwest::header::HeaderMap) {
-        self.send(reqwest::Method::POST, path, token, Some(&body), headers)
-            .await
-    }
-
-    pub async fn put(&self, path: &str, token: Option<&str>, body: Value) -> (StatusCode, Value) {
-        let (s, v, _) = self
-            .send(reqwest::Method::PUT, path, token, Some(&body), &[])
+        let sent = self
+            .client
+            .request(Method::POST, path, token, Some(&body), headers)
             .await;
-        (s, v)
+        answer(path, sent)
     }
 
     pub async fn delete(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
-        let (s, v, _) = self
-            .send(reqwest::Method::DELETE, path, token, None, &[])
+        let sent = self
+            .client
+            .request(Method::DELETE, path, token, None, &[])
             .await;
+        let (s, v, _) = answer(path, sent);
         (s, v)
     }
+}
+
+/// Status, body and headers of a reply; panics when no response came.
+fn answer(
+    path: &str,
+    sent: Result<Reply, reqwest::Error>,
+) -> (StatusCode, Value, reqwest::header::HeaderMap) {
+    let reply = sent.unwrap_or_else(|e| panic!("{path}: {e}"));
+    let value = reply.json_or_text();
+    (reply.status, value, reply.headers)
 }
 
 /// A running shop: seven services and the gateway.
@@ -174,16 +134,22 @@ pub struct Stack {
     /// Service name → `127.0.0.1:port`, for assertions on internal state.
     pub addrs: HashMap<&'static str, String>,
     pub prefix: String,
-    processes: Vec<Process>,
+    /// The gateway's admin listener, `127.0.0.1:port`.
+    pub admin_addr: String,
+    /// For calls that bypass the gateway (a service's own API and `/metrics`).
+    http: reqwest::Client,
+    /// This stack's vhost and users on the test broker node.
     broker: stack::broker::Broker,
     node: &'static BrokerNode,
+    /// Declared before `dir`: the processes are gone before their directory is.
+    sup: Supervisor,
     dir: tempfile::TempDir,
 }
 
 impl Stack {
     /// Starts everything; `extra_env` is `(service, variable, value)`.
     pub async fn start(extra_env: &[(&str, &str, &str)]) -> Stack {
-        let bin = binaries();
+        let bin = test_support::binaries();
         let dir = tempfile::tempdir().unwrap();
         let prefix = format!("e2e-{}.", uuid::Uuid::new_v4().simple());
         let (broker, node) = secured_broker(dir.path(), &prefix).await;
@@ -196,16 +162,19 @@ impl Stack {
             .zip(&ports)
             .map(|(s, p)| (*s, format!("127.0.0.1:{p}")))
             .collect();
+        let (gateway_port, admin_port) = (ports[SERVICES.len()], ports[SERVICES.len() + 1]);
+        let http = reqwest::Client::new();
         let mut stack = Stack {
             api: Api {
-                http: reqwest::Client::new(),
-                base: String::new(),
+                client: ShopClient::new(http.clone(), &format!("http://127.0.0.1:{gateway_port}")),
             },
             addrs: addrs.clone(),
             prefix: prefix.clone(),
-            processes: Vec::new(),
+            admin_addr: format!("127.0.0.1:{admin_port}"),
+            http,
             broker,
             node,
+            sup: Supervisor::new(dir.path().to_path_buf()),
             dir,
         };
         for svc in SERVICES {
@@ -240,13 +209,12 @@ impl Stack {
                     env.push(((*k).into(), (*v).into()));
                 }
             }
-            stack.spawn(svc, &bin.join(svc), &[], &env);
+            stack.spawn(svc, &bin.join(svc), &[], env);
         }
         for svc in SERVICES {
             let url = format!("http://{}/readyz", addrs[svc]);
-            stack.wait_for(svc, &url, Duration::from_secs(30)).await;
+            stack.wait_for(svc, &url).await;
         }
-        let (gateway_port, admin_port) = (ports[SERVICES.len()], ports[SERVICES.len() + 1]);
         let config = stack.gateway_config(gateway_port, admin_port);
         let config_path = stack.dir.path().join("gateway.yaml");
         std::fs::write(&config_path, config).unwrap();
@@ -254,16 +222,13 @@ impl Stack {
             "gateway",
             &bin.join("gateway"),
             &["run", "--config", &config_path.display().to_string()],
-            &[
+            vec![
                 ("VANTAGE_ADMIN_TOKEN".into(), GATEWAY_ADMIN_TOKEN.into()),
                 ("RUST_LOG".into(), "info".into()),
             ],
         );
-        stack.api.base = format!("http://127.0.0.1:{gateway_port}");
-        let url = format!("{}/api/products", stack.api.base);
-        stack
-            .wait_for("gateway", &url, Duration::from_secs(30))
-            .await;
+        let url = format!("http://127.0.0.1:{gateway_port}/api/products");
+        stack.wait_for("gateway", &url).await;
         stack.assert_running();
         stack
     }
@@ -271,20 +236,26 @@ impl Stack {
     /// Panics with the log of any process that has exited: one that could not bind its port
     /// would otherwise leave the test talking to whatever else answers there.
     pub fn assert_running(&mut self) {
-        let exited: Vec<(String, std::process::ExitStatus)> = self
-            .processes
-            .iter_mut()
-            .filter_map(|p| Some((p.name.clone(), p.child.try_wait().ok().flatten()?)))
-            .collect();
-        if let Some((name, status)) = exited.first() {
-            panic!("{name} exited ({status}); log:\n{}", self.log(name));
+        let exited = self
+            .sup
+            .exited()
+            .unwrap_or_else(|e| panic!("watching the stack: {e}"));
+        if let Some(exited) = exited {
+            panic!(
+                "{} exited ({}); log:\n{}",
+                exited.name,
+                exited.status,
+                self.log(&exited.name)
+            );
         }
     }
 
     /// The example gateway policy, pointed at this stack's ports.
     fn gateway_config(&self, public: u16, admin: u16) -> String {
-        let example = std::fs::read_to_string(workspace_root().join("gateway/config/example.yaml"))
-            .expect("gateway/config/example.yaml");
+        let example = std::fs::read_to_string(
+            test_support::workspace_root().join("gateway/config/example.yaml"),
+        )
+        .expect("gateway/config/example.yaml");
         let services: Vec<std::net::SocketAddr> = SERVICES
             .iter()
             .map(|svc| self.addrs[svc].parse().expect("service address"))
@@ -300,60 +271,37 @@ impl Stack {
         moved.text
     }
 
-    fn spawn(&mut self, name: &str, bin: &Path, args: &[&str], env: &[(String, String)]) {
-        let log = self.dir.path().join(format!("{name}.log"));
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(bin)
+    fn spawn(&mut self, name: &str, bin: &Path, args: &[&str], env: Vec<(String, String)>) {
+        let launch = Launch::new(name, bin)
             .args(args)
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(env)
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             // An error that ends a process is one line in its log, not a backtrace that pushes
             // the cause out of the tail shown in failure messages.
             .env("RUST_LIB_BACKTRACE", "0")
-            .current_dir(self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
+            .current_dir(self.dir.path());
+        self.sup
+            .spawn(launch)
             .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
-        self.processes.push(Process {
-            name: name.to_owned(),
-            child,
-            log,
-        });
     }
 
-    async fn wait_for(&mut self, name: &str, url: &str, timeout: Duration) {
-        let start = Instant::now();
-        loop {
-            if let Ok(r) = self.api.http.get(url).send().await {
-                if r.status().is_success() {
-                    return;
-                }
-            }
-            let exited = self
-                .processes
-                .iter_mut()
-                .find(|p| p.name == name)
-                .and_then(|p| p.child.try_wait().ok().flatten());
-            if exited.is_some() || start.elapsed() > timeout {
-                panic!(
-                    "{name} did not become ready at {url} ({exited:?}); log:\n{}",
-                    self.log(name)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+    /// Waits until `url` answers 200; panics with the log of `name` if it exits or times out.
+    async fn wait_for(&mut self, name: &str, url: &str) {
+        if let Err(e) = self
+            .sup
+            .wait_ready(name, url, READY_TIMEOUT, &self.http)
+            .await
+        {
+            panic!(
+                "{name} did not become ready at {url} ({e}); log:\n{}",
+                self.log(name)
+            );
         }
     }
 
     /// The last part of a process's log, for failure messages.
     pub fn log(&self, name: &str) -> String {
-        let Some(p) = self.processes.iter().find(|p| p.name == name) else {
-            return String::new();
-        };
-        let text = std::fs::read_to_string(&p.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        tail(&self.sup.log_path(name), LOG_LINES).join("\n")
     }
 
     pub async fn login(&self, email: &str, password: &str) -> String {
@@ -385,23 +333,53 @@ impl Stack {
         (body["id"].as_str().unwrap().to_owned(), token)
     }
 
+    /// `POST /api/cart/items` as `token`; asserts 200.
+    pub async fn add_to_cart(&self, token: &str, product: &str, quantity: u32) {
+        let (s, body) = self
+            .api
+            .post(
+                "/api/cart/items",
+                Some(token),
+                serde_json::json!({"product_id": product, "quantity": quantity}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "add to cart: {body}");
+    }
+
+    /// `POST /api/cart/checkout` as `token`; asserts 202 with the order's `Location`, returns
+    /// the order id.
+    pub async fn checkout(&self, token: &str, payment_token: &str) -> String {
+        let (s, body, headers) = self
+            .api
+            .post_with(
+                "/api/cart/checkout",
+                Some(token),
+                serde_json::json!({"payment_token": payment_token}),
+                &[],
+            )
+            .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "checkout: {body}");
+        let id = body["order_id"].as_str().unwrap().to_owned();
+        assert_eq!(headers["location"], format!("/api/orders/{id}").as_str());
+        id
+    }
+
     /// Calls a service directly (bypassing the gateway) as the admin, for internal state.
     pub async fn internal_admin_get(&self, service: &str, path: &str) -> Value {
-        let resp = self
-            .api
-            .http
-            .get(format!("http://{}{}", self.addrs[service], path))
-            .header("x-user-id", "e2e-admin")
-            .header("x-user-scopes", "shop admin")
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            resp.status().is_success(),
-            "{service}{path}: {}",
-            resp.status()
-        );
-        resp.json().await.unwrap()
+        let url = format!("http://{}{}", self.addrs[service], path);
+        let headers = [("x-user-id", "e2e-admin"), ("x-user-scopes", "shop admin")];
+        self.direct_get(&url, &headers).await.json().await.unwrap()
+    }
+
+    /// `GET url` straight to one process of the stack; panics unless it answers 2xx.
+    async fn direct_get(&self, url: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut req = self.http.get(url);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let resp = req.send().await.unwrap_or_else(|e| panic!("{url}: {e}"));
+        assert!(resp.status().is_success(), "{url}: {}", resp.status());
+        resp
     }
 
     /// Takes every message out of `<prefix><consumer>.dlq` (bodies as JSON when they parse),
@@ -432,15 +410,23 @@ impl Stack {
     /// A service's `/metrics` text.
     pub async fn metrics(&self, service: &str) -> String {
         let url = format!("http://{}/metrics", self.addrs[service]);
-        self.api
-            .http
-            .get(url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        self.direct_get(&url, &[]).await.text().await.unwrap()
+    }
+
+    /// The gateway's `/metrics` text (with the admin token).
+    pub async fn gateway_metrics(&self) -> String {
+        let url = format!("http://{}/metrics", self.admin_addr);
+        let bearer = format!("Bearer {GATEWAY_ADMIN_TOKEN}");
+        let headers = [("authorization", bearer.as_str())];
+        self.direct_get(&url, &headers).await.text().await.unwrap()
+    }
+
+    /// Sends `signal` to one process of the stack (`"gateway"` or a service): SIGHUP makes the
+    /// gateway reload its policy, SIGKILL takes an upstream away.
+    pub fn signal(&self, name: &str, signal: Signal) {
+        self.sup
+            .signal(name, signal)
+            .unwrap_or_else(|e| panic!("{signal} to {name}: {e}"));
     }
 
     /// Polls `GET path` until `done(body)` or the timeout; returns the last body.
@@ -514,27 +500,13 @@ impl Stack {
     }
 
     /// Stops the processes and deletes this stack's vhost (queues and exchanges with it) and
-    /// broker users.
+    /// broker users. Dropping the stack stops the processes too, but leaves the vhost.
     pub async fn stop(mut self) {
-        self.kill();
+        self.sup.kill_all().await;
         let _ = self.node.delete_vhost(&self.broker.plan.vhost);
         for svc in SERVICES {
             let _ = self.node.delete_user(&self.broker.plan.topology.user(svc));
         }
-    }
-
-    fn kill(&mut self) {
-        for p in &mut self.processes {
-            let _ = p.child.kill();
-            let _ = p.child.wait();
-        }
-        self.processes.clear();
-    }
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 

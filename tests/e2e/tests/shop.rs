@@ -37,34 +37,6 @@ async fn stock(stack: &Stack, id: &str) -> (i64, i64, i64) {
     )
 }
 
-async fn add(stack: &Stack, token: &str, product: &str, quantity: u32) {
-    let (s, body) = stack
-        .api
-        .post(
-            "/api/cart/items",
-            Some(token),
-            json!({"product_id": product, "quantity": quantity}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "add to cart: {body}");
-}
-
-async fn checkout(stack: &Stack, token: &str, payment_token: &str) -> String {
-    let (s, body, headers) = stack
-        .api
-        .post_with(
-            "/api/cart/checkout",
-            Some(token),
-            json!({"payment_token": payment_token}),
-            &[],
-        )
-        .await;
-    assert_eq!(s, StatusCode::ACCEPTED, "checkout: {body}");
-    let id = body["order_id"].as_str().unwrap().to_owned();
-    assert_eq!(headers["location"], format!("/api/orders/{id}").as_str());
-    id
-}
-
 async fn final_order(stack: &Stack, token: &str, id: &str) -> Value {
     stack
         .poll(&format!("/api/orders/{id}"), token, SAGA_TIMEOUT, |o| {
@@ -180,9 +152,9 @@ async fn the_order_saga_end_to_end_through_the_gateway() {
         )
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "empty cart: {body}");
-    add(&stack, &alice, &mug, 2).await;
-    add(&stack, &alice, &tee, 1).await;
-    add(&stack, &alice, &lamp, 1).await;
+    stack.add_to_cart(&alice, &mug, 2).await;
+    stack.add_to_cart(&alice, &tee, 1).await;
+    stack.add_to_cart(&alice, &lamp, 1).await;
     let (s, _) = api
         .delete(&format!("/api/cart/items/{lamp}"), Some(&alice))
         .await;
@@ -235,13 +207,13 @@ async fn the_order_saga_end_to_end_through_the_gateway() {
     assert_eq!(cart["items"], json!([]), "checkout empties the cart");
 
     // --- tok_declined, tok_error and out-of-stock, all in flight at once ---
-    add(&stack, &bob, &mug, 1).await;
-    let declined = checkout(&stack, &bob, "tok_declined").await;
-    add(&stack, &bob, &tee, 1).await;
-    let errored = checkout(&stack, &bob, "tok_error").await;
-    add(&stack, &bob, &lamp, 4).await; // only 3 in stock
-    add(&stack, &bob, &mug, 1).await;
-    let out_of_stock = checkout(&stack, &bob, "tok_visa").await;
+    stack.add_to_cart(&bob, &mug, 1).await;
+    let declined = stack.checkout(&bob, "tok_declined").await;
+    stack.add_to_cart(&bob, &tee, 1).await;
+    let errored = stack.checkout(&bob, "tok_error").await;
+    stack.add_to_cart(&bob, &lamp, 4).await; // only 3 in stock
+    stack.add_to_cart(&bob, &mug, 1).await;
+    let out_of_stock = stack.checkout(&bob, "tok_visa").await;
 
     let order = final_order(&stack, &alice, &happy).await;
     assert_eq!(order["status"], "SHIPPED", "{order}");
@@ -454,7 +426,7 @@ async fn an_unpaid_order_times_out_and_the_late_payment_is_refunded() {
     let mug = product_id(&catalogue, "MUG-001");
     let before = stock(&stack, &mug).await;
 
-    add(&stack, &carol, &mug, 3).await;
+    stack.add_to_cart(&carol, &mug, 3).await;
     let trace_id = uuid::Uuid::new_v4().simple().to_string();
     let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
     let (s, body, _) = api
@@ -535,8 +507,8 @@ async fn a_failing_inventory_dead_letters_the_order_and_the_timeout_cancels_it()
     let mug = product_id(&catalogue, "MUG-001");
     let before = stock(&stack, &mug).await;
 
-    add(&stack, &dave, &mug, 1).await;
-    let id = checkout(&stack, &dave, "tok_visa").await;
+    stack.add_to_cart(&dave, &mug, 1).await;
+    let id = stack.checkout(&dave, "tok_visa").await;
     let order = final_order(&stack, &dave, &id).await;
     assert_eq!(order["status"], "CANCELLED", "{order}");
     assert_eq!(history(&order), ["PENDING", "CANCELLED"]);

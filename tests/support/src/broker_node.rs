@@ -1,6 +1,6 @@
 //! A RabbitMQ node owned by the test process: its own node name, ports, config, data directory,
-//! TLS listener (certificates from a throw-away [`TestCa`]) and management API, started on
-//! first use and stopped when the test process exits.
+//! TLS listener (certificates from a throw-away `identity::dev_ca::DevCa`) and management API,
+//! started on first use and stopped when the test process exits.
 //!
 //! The shared broker on 127.0.0.1:5672 is used by everyone's tests at once and runs with
 //! `guest`; tests of broker security (users, permissions, AMQPS) need a node whose
@@ -24,11 +24,14 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
-use crate::certs::TestCa;
+use identity::dev_ca::DevCa;
 
 /// How long a node may take to boot: several seconds on an idle machine, much more on a
 /// loaded 2-core CI runner.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// How long the AMQPS listener's certificate is valid: longer than any test process lives.
+const CERT_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// The management account the harness creates.
 const ADMIN_USER: &str = "harness-admin";
@@ -82,10 +85,12 @@ impl BrokerNode {
             std::fs::create_dir_all(dir.join(sub)).map_err(|e| io_error(&dir, e))?;
         }
 
-        let ca = TestCa::new("Vantage test broker CA");
-        let server_cert = ca.issue_server(&["localhost", "127.0.0.1"]);
+        let ca = DevCa::new("Vantage test broker CA").map_err(|e| e.to_string())?;
+        let server_cert = ca
+            .issue_edge(&["localhost", "127.0.0.1"], CERT_TTL)
+            .map_err(|e| e.to_string())?;
         let ca_file = dir.join("tls/ca.crt");
-        write(&ca_file, &ca.cert_pem())?;
+        write(&ca_file, ca.bundle_pem())?;
         write(&dir.join("tls/server.crt"), &server_cert.cert_pem)?;
         write(&dir.join("tls/server.key"), &server_cert.key_pem)?;
 

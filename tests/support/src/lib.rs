@@ -18,6 +18,8 @@
 //!
 //! test_support::require_rabbitmq(&test_support::amqp_url())?; // fails (never skips) without a broker
 //! let queue = test_support::unique_name("orders-test");
+//! let logs = test_support::scratch_dir("orders-test"); // a new directory under /tmp
+//! let users = test_support::binary("users"); // every workspace binary, built once per process
 //!
 //! # let body = String::new();
 //! // GET /metrics, then:
@@ -26,25 +28,31 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Kept small on purpose: every integration test compiles it.
+//! Kept small on purpose: every integration test compiles it. Processes are started and stopped
+//! with `stack::supervisor` (one harness for `stack`, the end-to-end and the gateway tests); the
+//! broker check is `messaging::probe`.
 
+mod binaries;
 mod broker_node;
-mod certs;
 mod http;
 mod openmetrics;
 mod otlp;
 mod rabbitmq;
+mod tcp;
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+pub use binaries::{binaries, binary, workspace_root};
 pub use broker_node::BrokerNode;
-pub use certs::{IssuedCert, TestCa};
 pub use http::wait_http_ok;
-pub use openmetrics::{parse_openmetrics, Exemplar, Family, Labels, OpenMetrics, Sample};
+pub use openmetrics::{
+    parse_openmetrics, sample_suffixes, Exemplar, Family, Labels, OpenMetrics, Sample,
+};
 pub use otlp::{AttrValue, OtlpReceiver, ReceivedSpan, SpanKind};
 pub use rabbitmq::{amqp_url, require_rabbitmq, DEFAULT_AMQP_URL};
+pub use tcp::OneShotServer;
 
 /// Lowest and highest port handed out by [`free_ports`]: below Linux's ephemeral range
 /// (32768–60999), which outgoing connections and `bind(0)` servers draw from at random.
@@ -108,6 +116,16 @@ pub fn unique_name(prefix: &str) -> String {
     )
 }
 
+/// A new, empty directory under the system temp dir, named `prefix` plus a suffix from
+/// [`unique_name`]: for logs, databases and configs that must not collide between tests or runs.
+/// Left in place afterwards, so a failed test's files can be read.
+pub fn scratch_dir(prefix: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(unique_name(prefix));
+    std::fs::create_dir_all(&dir)
+        .unwrap_or_else(|e| panic!("creating scratch dir {}: {e}", dir.display()));
+    dir
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,6 +136,15 @@ mod tests {
         let b = unique_name("q");
         assert_ne!(a, b);
         assert!(a.starts_with("q-"));
+    }
+
+    #[test]
+    fn scratch_dirs_are_new_and_empty() {
+        let a = scratch_dir("scratch");
+        let b = scratch_dir("scratch");
+        assert_ne!(a, b);
+        assert!(a.is_dir() && b.is_dir());
+        assert_eq!(std::fs::read_dir(&a).unwrap().count(), 0);
     }
 
     #[test]

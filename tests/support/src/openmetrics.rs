@@ -80,7 +80,10 @@ const KINDS: &[&str] = &[
     "unknown",
 ];
 
-fn suffixes(kind: &str) -> &'static [&'static str] {
+/// The endings OpenMetrics gives the samples of a family of type `kind` (`counter` →
+/// `_total`, `_created`; `histogram` → `_bucket`, `_count`, `_sum`, `_created`; `gauge` → none):
+/// how a PromQL metric name maps back to the family that exposes it.
+pub fn sample_suffixes(kind: &str) -> &'static [&'static str] {
     match kind {
         "counter" => &["_total", "_created"],
         "histogram" => &["_bucket", "_count", "_sum", "_created"],
@@ -175,7 +178,7 @@ pub fn parse_openmetrics(text: &str) -> Result<OpenMetrics, String> {
             .name
             .strip_prefix(family_name.as_str())
             .filter(|_| !family_name.is_empty());
-        let Some(suffix) = suffix.filter(|s| suffixes(&family.kind).contains(s)) else {
+        let Some(suffix) = suffix.filter(|s| sample_suffixes(&family.kind).contains(s)) else {
             return Err(at(format!(
                 "sample `{}` does not belong to the {} family `{family_name}`",
                 sample.name, family.kind
@@ -396,6 +399,16 @@ mod tests {
         assert_eq!(exemplar.value, 0.03);
         assert_eq!(with[0].family, "http_server_request_duration_seconds");
         assert_eq!(metrics.value("up", &[]), Some(1.0));
+    }
+
+    #[test]
+    fn sample_names_follow_the_family_type() {
+        assert_eq!(sample_suffixes("counter"), ["_total", "_created"]);
+        assert!(sample_suffixes("histogram").contains(&"_bucket"));
+        assert_eq!(sample_suffixes("gauge"), [""]);
+        // The parser holds samples to them.
+        let wrong = "# TYPE requests counter\nrequests 1\n# EOF\n";
+        assert!(parse_openmetrics(wrong).is_err());
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub struct OtlpReceiver {
     http_addr: SocketAddr,
     store: Arc<Store>,
     runtime: Option<tokio::runtime::Runtime>,
+    /// `https` when started with [`OtlpReceiver::start_tls`].
+    scheme: &'static str,
 }
 
 #[derive(Default)]
@@ -38,6 +40,8 @@ struct Store {
     batches: Mutex<Vec<ResourceSpans>>,
     grpc_requests: AtomicUsize,
     http_requests: AtomicUsize,
+    /// TLS connections whose client presented a certificate.
+    client_certificates: AtomicUsize,
 }
 
 impl Store {
@@ -49,11 +53,33 @@ impl Store {
     }
 }
 
+/// How often [`OtlpReceiver::wait_for`] looks at what arrived.
+const POLL_EVERY: Duration = Duration::from_millis(25);
+
 // === impl OtlpReceiver ===
 
 impl OtlpReceiver {
     /// Binds both servers on `127.0.0.1:0` and starts serving.
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// Like [`start`](Self::start), but both servers speak TLS with `config` (e.g. one that
+    /// requires a client certificate); endpoints are `https://`.
+    pub fn start_tls(config: Arc<rustls::ServerConfig>) -> Self {
+        Self::start_with(Some(config))
+    }
+
+    fn start_with(tls: Option<Arc<rustls::ServerConfig>>) -> Self {
+        // gRPC needs h2; the HTTP receiver speaks HTTP/1.1 only.
+        let acceptor = |alpn: &[u8]| {
+            tls.as_ref().map(|c| {
+                let mut config = rustls::ServerConfig::clone(c);
+                config.alpn_protocols = vec![alpn.to_vec()];
+                tokio_rustls::TlsAcceptor::from(Arc::new(config))
+            })
+        };
+        let (grpc_tls, http_tls) = (acceptor(b"h2"), acceptor(b"http/1.1"));
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("otlp-receiver")
@@ -76,40 +102,63 @@ impl OtlpReceiver {
         let http = tokio::net::TcpListener::from_std(http).expect("HTTP listener");
 
         let service = TraceServiceServer::new(GrpcTraces(Arc::clone(&store)));
-        runtime.spawn(async move {
-            let incoming = tonic::transport::server::TcpIncoming::from(grpc);
-            if let Err(error) = tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming(incoming)
-                .await
-            {
-                eprintln!("OTLP gRPC receiver stopped: {error}");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        match grpc_tls {
+            None => {
+                runtime.spawn(async move {
+                    let incoming = tonic::transport::server::TcpIncoming::from(grpc);
+                    if let Err(error) = tonic::transport::Server::builder()
+                        .add_service(service)
+                        .serve_with_incoming(incoming)
+                        .await
+                    {
+                        eprintln!("OTLP gRPC receiver stopped: {error}");
+                    }
+                });
             }
-        });
-        runtime.spawn(serve_http(http, Arc::clone(&store)));
+            Some(acceptor) => {
+                let incoming = tls_incoming(grpc, acceptor, Arc::clone(&store));
+                runtime.spawn(async move {
+                    if let Err(error) = tonic::transport::Server::builder()
+                        .add_service(service)
+                        .serve_with_incoming(incoming)
+                        .await
+                    {
+                        eprintln!("OTLP gRPC receiver stopped: {error}");
+                    }
+                });
+            }
+        }
+        runtime.spawn(serve_http(http, Arc::clone(&store), http_tls));
 
         Self {
             grpc_addr,
             http_addr,
             store,
             runtime: Some(runtime),
+            scheme,
         }
     }
 
     /// `http://127.0.0.1:<port>`: the value for `OTEL_EXPORTER_OTLP_ENDPOINT` with protocol `grpc`.
     pub fn grpc_endpoint(&self) -> String {
-        format!("http://{}", self.grpc_addr)
+        format!("{}://{}", self.scheme, self.grpc_addr)
+    }
+
+    /// TLS connections on which the exporter presented a client certificate.
+    pub fn client_certificates(&self) -> usize {
+        self.store.client_certificates.load(Ordering::SeqCst)
     }
 
     /// `http://127.0.0.1:<port>`: the value for `OTEL_EXPORTER_OTLP_ENDPOINT` with protocol
     /// `http/protobuf` (exporters append `/v1/traces`).
     pub fn http_endpoint(&self) -> String {
-        format!("http://{}", self.http_addr)
+        format!("{}://{}", self.scheme, self.http_addr)
     }
 
     /// `http://127.0.0.1:<port>/v1/traces`: for `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`.
     pub fn http_traces_url(&self) -> String {
-        format!("http://{}/v1/traces", self.http_addr)
+        format!("{}://{}/v1/traces", self.scheme, self.http_addr)
     }
 
     /// Export requests received over gRPC so far.
@@ -180,27 +229,27 @@ impl OtlpReceiver {
             if Instant::now() >= deadline {
                 return Err(self.timeout_message(&spans, timeout));
             }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+            tokio::time::sleep(POLL_EVERY).await;
         }
     }
 
-    /// [`OtlpReceiver::wait_for`] for tests without an async runtime.
+    /// [`OtlpReceiver::wait_for`] for tests without an async runtime (or inside one that may
+    /// block): the wait runs on the receiver's own runtime, from a thread of its own.
     pub fn wait_for_blocking(
         &self,
-        predicate: impl Fn(&[ReceivedSpan]) -> bool,
+        predicate: impl Fn(&[ReceivedSpan]) -> bool + Send,
         timeout: Duration,
     ) -> Result<Vec<ReceivedSpan>, String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let spans = self.spans();
-            if predicate(&spans) {
-                return Ok(spans);
-            }
-            if Instant::now() >= deadline {
-                return Err(self.timeout_message(&spans, timeout));
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
+        let runtime = self
+            .runtime
+            .as_ref()
+            .expect("the receiver runs until dropped");
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| runtime.block_on(self.wait_for(predicate, timeout)))
+                .join()
+                .expect("the predicate panicked")
+        })
     }
 
     fn timeout_message(&self, spans: &[ReceivedSpan], timeout: Duration) -> String {
@@ -240,18 +289,65 @@ impl TraceService for GrpcTraces {
     }
 }
 
-async fn serve_http(listener: tokio::net::TcpListener, store: Arc<Store>) {
+/// Accepted TLS connections, for tonic; counts those with a client certificate.
+fn tls_incoming(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    store: Arc<Store>,
+) -> tokio_stream::wrappers::ReceiverStream<
+    std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let (acceptor, tx, store) = (acceptor.clone(), tx.clone(), Arc::clone(&store));
+            tokio::spawn(async move {
+                if let Ok(tls) = acceptor.accept(stream).await {
+                    if tls.get_ref().1.peer_certificates().is_some() {
+                        store.client_certificates.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let _ = tx.send(Ok(tls)).await;
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    store: Arc<Store>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let store = Arc::clone(&store);
+        let (store, tls) = (Arc::clone(&store), tls.clone());
         tokio::spawn(async move {
+            let handler = Arc::clone(&store);
             let service =
-                hyper::service::service_fn(move |req| handle_http(req, Arc::clone(&store)));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+                hyper::service::service_fn(move |req| handle_http(req, Arc::clone(&handler)));
+            let builder = hyper::server::conn::http1::Builder::new();
+            match tls {
+                None => {
+                    let _ = builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                }
+                Some(acceptor) => {
+                    let Ok(tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    if tls.get_ref().1.peer_certificates().is_some() {
+                        store.client_certificates.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let _ = builder.serve_connection(TokioIo::new(tls), service).await;
+                }
+            }
         });
     }
 }

@@ -15,7 +15,9 @@ pub(super) fn listeners_and_admin(
     let RawListeners {
         public,
         admin: admin_addr,
+        public_tls,
     } = errs.optional("listeners", listeners);
+    let public_tls = public_tls.map(|a| addr(errs, "listeners.public_tls", &a));
     let public = addr(
         errs,
         "listeners.public",
@@ -44,6 +46,12 @@ pub(super) fn listeners_and_admin(
     if public == admin_addr {
         errs.push("listeners.admin", "must differ from listeners.public");
     }
+    if public_tls.is_some_and(|t| t == public || t == admin_addr) {
+        errs.push(
+            "listeners.public_tls",
+            "must differ from listeners.public and listeners.admin",
+        );
+    }
     let token_env = token_env.unwrap_or_else(|| defaults::ADMIN_TOKEN_ENV.to_string());
     if token_env.is_empty() {
         errs.push("admin.token_env", "must name an environment variable");
@@ -52,6 +60,7 @@ pub(super) fn listeners_and_admin(
         Listeners {
             public,
             admin: admin_addr,
+            public_tls,
         },
         AdminSettings {
             token_env,

@@ -7,7 +7,7 @@ use http::HeaderName;
 
 use super::super::defaults;
 use super::super::raw::RawServer;
-use super::super::{HeadLimits, ServerSettings};
+use super::super::{ConnectionSettings, HeadLimits, ServerSettings};
 use super::Errors;
 
 pub(super) fn server(errs: &mut Errors, raw: Option<serde_yaml::Value>) -> ServerSettings {
@@ -23,6 +23,10 @@ pub(super) fn server(errs: &mut Errors, raw: Option<serde_yaml::Value>) -> Serve
         max_header_bytes,
         max_request_header_bytes,
         max_headers,
+        request_head_timeout_ms,
+        keepalive_timeout_secs,
+        max_connections,
+        connection_buffer_bytes,
     } = errs.optional("server", raw);
     let workers = workers.unwrap_or_else(|| {
         std::thread::available_parallelism()
@@ -63,6 +67,28 @@ pub(super) fn server(errs: &mut Errors, raw: Option<serde_yaml::Value>) -> Serve
                 defaults::MAX_REQUEST_HEADER_BYTES,
             ),
             max_headers: errs.positive("server.max_headers", max_headers, defaults::MAX_HEADERS),
+        },
+        connections: ConnectionSettings {
+            request_head_timeout: Duration::from_millis(errs.positive(
+                "server.request_head_timeout_ms",
+                request_head_timeout_ms,
+                defaults::REQUEST_HEAD_TIMEOUT_MS,
+            )),
+            keepalive_timeout_secs: errs.positive(
+                "server.keepalive_timeout_secs",
+                keepalive_timeout_secs,
+                defaults::KEEPALIVE_TIMEOUT_SECS,
+            ),
+            max_connections: errs.positive(
+                "server.max_connections",
+                max_connections,
+                defaults::MAX_CONNECTIONS,
+            ),
+            buffer_bytes: errs.positive(
+                "server.connection_buffer_bytes",
+                connection_buffer_bytes,
+                defaults::CONNECTION_BUFFER_BYTES,
+            ),
         },
     }
 }

@@ -10,7 +10,12 @@ use super::super::{
 };
 use super::Errors;
 
-pub(super) fn upstream(errs: &mut Errors, loc: &str, raw: RawUpstream) -> UpstreamConfig {
+pub(super) fn upstream(
+    errs: &mut Errors,
+    loc: &str,
+    raw: RawUpstream,
+    base_dir: &std::path::Path,
+) -> UpstreamConfig {
     let RawUpstream {
         endpoints,
         load_balancing,
@@ -20,7 +25,9 @@ pub(super) fn upstream(errs: &mut Errors, loc: &str, raw: RawUpstream) -> Upstre
         health_check,
         passive_ejection,
         circuit_breaker,
+        tls,
     } = raw;
+    let name = loc.strip_prefix("upstreams.").unwrap_or(loc);
     if endpoints.is_empty() {
         errs.push(
             format!("{loc}.endpoints"),
@@ -57,6 +64,7 @@ pub(super) fn upstream(errs: &mut Errors, loc: &str, raw: RawUpstream) -> Upstre
         health_check: health_check.map(|h| health(errs, &format!("{loc}.health_check"), h)),
         passive_ejection: passive(errs, &format!("{loc}.passive_ejection"), passive_ejection),
         circuit_breaker: breaker(errs, &format!("{loc}.circuit_breaker"), circuit_breaker),
+        tls: tls.and_then(|t| super::tls::upstream(errs, &format!("{loc}.tls"), name, t, base_dir)),
     }
 }
 

@@ -1,0 +1,366 @@
+//! Connection hygiene on the public listeners: what Pingora leaves to the application.
+//!
+//! - **A deadline for every request head** (`server.request_head_timeout_ms`). Pingora times out
+//!   each *read*, so a client that sends one byte at a time is never timed out (slowloris).
+//!   [`Guarded`] wraps each HTTP/1 connection: from the moment a request head is due (the
+//!   connection opened, or the first byte after a response) it must be complete within the
+//!   deadline, or the connection is closed.
+//! - **A cap on open connections** (`server.max_connections`): past it a new connection is
+//!   closed at once, logged (at most once a second) and counted, so the process never runs out
+//!   of file descriptors and every connection already open keeps working.
+//! - Idle keep-alive connections are closed after `server.keepalive_timeout_secs` (set per
+//!   request in the proxy: Pingora's default for HTTP/1.1 is to wait forever).
+//!
+//! HTTP/2 connections (ALPN `h2` on the TLS listener) are counted against the cap but not
+//! wrapped: their framing has its own flow control and Pingora its own idle timeout.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora_core::apps::ServerApp;
+use pingora_core::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, UniqueID,
+    UniqueIDType, ALPN,
+};
+use pingora_core::server::ShutdownWatch;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+
+/// The connection metrics (handles onto the gateway's registry).
+#[derive(Clone, Default)]
+pub(crate) struct ConnectionMetrics {
+    /// `gateway_open_connections`.
+    pub(crate) open: Gauge,
+    /// `gateway_connections_refused_total`.
+    pub(crate) refused: Counter,
+    /// `gateway_request_head_timeouts_total`.
+    pub(crate) head_timeouts: Counter,
+}
+
+/// The limits [`Hygiene`] enforces.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// How long a request head may take once it is due.
+    pub(crate) head_timeout: Duration,
+    /// Most connections open at once on the public listeners.
+    pub(crate) max_connections: usize,
+}
+
+/// Wraps the proxy application: caps connections and guards every HTTP/1 connection.
+pub(crate) struct Hygiene<A> {
+    inner: Arc<A>,
+    limits: Limits,
+    permits: Arc<Semaphore>,
+    metrics: ConnectionMetrics,
+    /// When the last "connection limit reached" line was logged (ms since start).
+    last_warned_ms: AtomicU64,
+    started: Instant,
+}
+
+impl<A> Hygiene<A> {
+    pub(crate) fn new(inner: A, limits: Limits, metrics: ConnectionMetrics) -> Self {
+        Hygiene {
+            inner: Arc::new(inner),
+            permits: Arc::new(Semaphore::new(limits.max_connections)),
+            limits,
+            metrics,
+            last_warned_ms: AtomicU64::new(0),
+            started: Instant::now(),
+        }
+    }
+
+    fn refuse(&self) {
+        self.metrics.refused.inc();
+        let now = self.started.elapsed().as_millis() as u64;
+        let last = self.last_warned_ms.load(Ordering::Relaxed);
+        if (now.saturating_sub(last) >= 1000 || last == 0)
+            && self
+                .last_warned_ms
+                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                max_connections = self.limits.max_connections,
+                "Connection limit reached; closing new connections until others finish."
+            );
+        }
+    }
+}
+
+#[async_trait]
+impl<A> ServerApp for Hygiene<A>
+where
+    A: ServerApp + Send + Sync + 'static,
+{
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        // A kept-alive connection comes back already guarded, holding its permit.
+        if stream.as_any().is::<Guarded>() {
+            return self.inner.process_new(stream, shutdown).await;
+        }
+        let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
+            self.refuse();
+            return None;
+        };
+        self.metrics.open.inc();
+        let guarded: Stream = Box::new(Guarded::new(
+            stream,
+            self.limits.head_timeout,
+            permit,
+            self.metrics.clone(),
+        ));
+        self.inner.process_new(guarded, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await;
+    }
+}
+
+/// Where the request on a connection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// A head is due: it must be complete by the deadline (armed from the first byte of a
+    /// kept-alive request, from the accept for the first).
+    Head,
+    /// The head arrived; the body and the response follow.
+    Rest,
+}
+
+/// An HTTP/1 connection with a deadline on each request head, and a permit of the
+/// connection cap released when it closes.
+pub(crate) struct Guarded {
+    inner: Stream,
+    phase: Phase,
+    h1: bool,
+    head_timeout: Duration,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The last bytes read, to find `\r\n\r\n` across reads.
+    tail: [u8; 3],
+    _permit: OwnedSemaphorePermit,
+    metrics: ConnectionMetrics,
+}
+
+impl std::fmt::Debug for Guarded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guarded")
+            .field("phase", &self.phase)
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Guarded {
+    fn new(
+        inner: Stream,
+        head_timeout: Duration,
+        permit: OwnedSemaphorePermit,
+        metrics: ConnectionMetrics,
+    ) -> Self {
+        let h1 = !matches!(inner.selected_alpn_proto(), Some(ALPN::H2));
+        Guarded {
+            inner,
+            phase: Phase::Head,
+            h1,
+            head_timeout,
+            deadline: h1.then(|| Box::pin(tokio::time::sleep(head_timeout))),
+            tail: [0; 3],
+            _permit: permit,
+            metrics,
+        }
+    }
+
+    /// Scans newly read bytes for the end of the head (a blank line).
+    fn saw(&mut self, bytes: &[u8]) {
+        if self.phase != Phase::Head || bytes.is_empty() {
+            return;
+        }
+        if self.deadline.is_none() {
+            // First bytes of a kept-alive request: the head is due from now.
+            self.deadline = Some(Box::pin(tokio::time::sleep(self.head_timeout)));
+        }
+        // A blank line inside these bytes, or one that straddles the previous read.
+        let mut joint = [0u8; 6];
+        joint[..3].copy_from_slice(&self.tail);
+        let k = bytes.len().min(3);
+        joint[3..3 + k].copy_from_slice(&bytes[..k]);
+        let done = has_blank_line(&joint[..3 + k]) || has_blank_line(bytes);
+        if bytes.len() >= 3 {
+            self.tail.copy_from_slice(&bytes[bytes.len() - 3..]);
+        } else {
+            self.tail.rotate_left(bytes.len());
+            self.tail[3 - bytes.len()..].copy_from_slice(bytes);
+        }
+        if done {
+            self.phase = Phase::Rest;
+            self.deadline = None;
+            self.tail = [0; 3];
+        }
+    }
+}
+
+/// Whether `bytes` hold the blank line that ends a head (CRLF CRLF, or bare LF LF).
+fn has_blank_line(bytes: &[u8]) -> bool {
+    bytes.windows(4).any(|w| w == b"\r\n\r\n") || bytes.windows(2).any(|w| w == b"\n\n")
+}
+
+impl AsyncRead for Guarded {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if !this.h1 {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                this.saw(&buf.filled()[before..]);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                if let Some(deadline) = this.deadline.as_mut() {
+                    if this.phase == Phase::Head && deadline.as_mut().poll(cx).is_ready() {
+                        this.metrics.head_timeouts.inc();
+                        return Poll::Ready(Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "request head not complete in time",
+                        )));
+                    }
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Guarded {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let written = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if this.h1 && matches!(written, Poll::Ready(Ok(n)) if n > 0) && this.phase == Phase::Rest {
+            // A response is going out: the next bytes read start the next head.
+            this.phase = Phase::Head;
+            this.deadline = None;
+        }
+        written
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let written = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if this.h1 && matches!(written, Poll::Ready(Ok(n)) if n > 0) && this.phase == Phase::Rest {
+            this.phase = Phase::Head;
+            this.deadline = None;
+        }
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        self.metrics.open.dec();
+    }
+}
+
+#[async_trait]
+impl Shutdown for Guarded {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await;
+    }
+}
+
+impl UniqueID for Guarded {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for Guarded {
+    fn get_ssl(&self) -> Option<&pingora_core::protocols::tls::TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<pingora_core::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for Guarded {
+    fn get_timing_digest(&self) -> Vec<Option<pingora_core::protocols::TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for Guarded {
+    fn get_proxy_digest(&self) -> Option<Arc<pingora_core::protocols::raw_connect::ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: pingora_core::protocols::raw_connect::ProxyDigest) {
+        self.inner.set_proxy_digest(digest);
+    }
+}
+
+impl GetSocketDigest for Guarded {
+    fn get_socket_digest(&self) -> Option<Arc<pingora_core::protocols::SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, digest: pingora_core::protocols::SocketDigest) {
+        self.inner.set_socket_digest(digest);
+    }
+}
+
+#[async_trait]
+impl Peek for Guarded {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}

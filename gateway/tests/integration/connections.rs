@@ -1,0 +1,167 @@
+//! Client connection hygiene: slow request heads are cut off, idle keep-alive connections are
+//! closed, the connection cap holds — against the real gateway over real sockets.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::common::*;
+
+async fn gateway(server: &str) -> (Upstream, Gateway) {
+    let up = Upstream::start("app").await;
+    let body = format!(
+        "server: {{{server}}}\nupstreams:\n  app: {{endpoints: [\"{}\"]}}\n\
+         routes:\n  - {{name: all, match: {{path_prefix: /}}, upstream: app, auth: none}}\n",
+        up.addr
+    );
+    (up, Gateway::start(&body).await)
+}
+
+/// Reads until the peer closes (Ok(bytes)) or `limit` passes (Err).
+async fn read_until_closed(s: &mut TcpStream, limit: Duration) -> Result<Vec<u8>, ()> {
+    let mut all = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => all.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(limit, read).await.map_err(|_| ())?;
+    Ok(all)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_head_sent_a_byte_at_a_time_is_cut_off_at_the_deadline() {
+    let (up, gw) = gateway("request_head_timeout_ms: 1500").await;
+    let mut s = TcpStream::connect(gw.public).await.unwrap();
+    let started = Instant::now();
+    let head = b"GET /x HTTP/1.1\r\nHost: gw\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaa";
+    let mut closed_at = None;
+    for byte in head {
+        if s.write_all(&[*byte]).await.is_err() {
+            closed_at = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut probe = [0u8; 1];
+        if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(1), s.read(&mut probe)).await
+        {
+            closed_at = Some(started.elapsed());
+            break;
+        }
+    }
+    let closed_at = closed_at.expect("the trickling connection was never closed");
+    assert!(
+        closed_at >= Duration::from_millis(1400) && closed_at < Duration::from_millis(3500),
+        "closed after {closed_at:?}"
+    );
+    assert_eq!(up.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let m = gw
+        .metrics_containing("gateway_request_head_timeouts_total 1")
+        .await;
+    assert!(m.contains("gateway_request_head_timeouts_total 1"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_that_never_sends_a_head_is_closed_and_a_slow_body_is_not() {
+    let (_up, gw) = gateway("request_head_timeout_ms: 800").await;
+    let mut silent = TcpStream::connect(gw.public).await.unwrap();
+    let started = Instant::now();
+    read_until_closed(&mut silent, Duration::from_secs(5))
+        .await
+        .expect("a silent connection is closed");
+    assert!(
+        started.elapsed() >= Duration::from_millis(700),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // The deadline covers the head only: a body may take longer.
+    let mut s = TcpStream::connect(gw.public).await.unwrap();
+    s.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: gw\r\nContent-Length: 4\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    for b in b"body" {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        s.write_all(&[*b]).await.unwrap();
+    }
+    let answer = read_until_closed(&mut s, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("\"body_len\":4"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_keep_alive_connections_are_closed_and_busy_ones_are_not() {
+    let (_up, gw) = gateway("keepalive_timeout_secs: 1, request_head_timeout_ms: 800").await;
+    let mut s = TcpStream::connect(gw.public).await.unwrap();
+    for _ in 0..3 {
+        // Each request on the kept connection gets a fresh head deadline.
+        s.write_all(b"GET /x HTTP/1.1\r\nHost: gw\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 8192];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    let started = Instant::now();
+    read_until_closed(&mut s, Duration::from_secs(5))
+        .await
+        .expect("the idle connection is closed");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn past_the_connection_cap_new_connections_are_closed_and_counted() {
+    let (_up, gw) = gateway("max_connections: 4, request_head_timeout_ms: 30000").await;
+    // Four idle connections, each with a head on its way.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut s = TcpStream::connect(gw.public).await.unwrap();
+        s.write_all(b"GET /x HTTP/1.1\r\n").await.unwrap();
+        held.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut fifth = TcpStream::connect(gw.public).await.unwrap();
+    let _ = fifth
+        .write_all(b"GET /x HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .await;
+    let answer = read_until_closed(&mut fifth, Duration::from_secs(3))
+        .await
+        .expect("the fifth connection is closed at once");
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    let m = gw
+        .metrics_containing("gateway_connections_refused_total 1")
+        .await;
+    assert!(m.contains("gateway_connections_refused_total 1"), "{m}");
+    assert!(m.contains("gateway_open_connections 4"), "{m}");
+    assert!(gw.log().contains("Connection limit reached"));
+
+    // The held ones still work, and once one closes a new client gets in.
+    let mut first = held.remove(0);
+    first
+        .write_all(b"Host: gw\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut first, Duration::from_secs(3))
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = client().get(gw.url("/x")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
