@@ -249,6 +249,13 @@ async fn upstreams_from_another_ca_or_with_an_expired_svid_are_refused() {
         assert_eq!(r.status(), 502);
         let p: Value = r.json().await.unwrap();
         assert_eq!(p["type"], "https://vantage.dev/problems/bad-gateway");
+        let m = gw.metrics_containing("kind=\"tls_handshake\"").await;
+        assert!(
+            m.contains(
+                "gateway_upstream_errors_total{upstream=\"orders\",kind=\"tls_handshake\"} 1"
+            ),
+            "{m}"
+        );
         assert!(
             up.requests().is_empty(),
             "nothing was sent: {:?}",
