@@ -210,6 +210,16 @@ impl Guarded {
     }
 }
 
+impl Guarded {
+    /// After a write: once a response goes out, the next bytes read start the next head.
+    fn wrote(&mut self, written: &Poll<std::io::Result<usize>>) {
+        if self.h1 && matches!(written, Poll::Ready(Ok(n)) if *n > 0) && self.phase == Phase::Rest {
+            self.phase = Phase::Head;
+            self.deadline = None;
+        }
+    }
+}
+
 /// Whether `bytes` hold the blank line that ends a head (CRLF CRLF, or bare LF LF).
 fn has_blank_line(bytes: &[u8]) -> bool {
     bytes.windows(4).any(|w| w == b"\r\n\r\n") || bytes.windows(2).any(|w| w == b"\n\n")
@@ -254,13 +264,8 @@ impl AsyncWrite for Guarded {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        let this = &mut *self;
-        let written = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if this.h1 && matches!(written, Poll::Ready(Ok(n)) if n > 0) && this.phase == Phase::Rest {
-            // A response is going out: the next bytes read start the next head.
-            this.phase = Phase::Head;
-            this.deadline = None;
-        }
+        let written = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.wrote(&written);
         written
     }
 
@@ -277,12 +282,8 @@ impl AsyncWrite for Guarded {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        let this = &mut *self;
-        let written = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        if this.h1 && matches!(written, Poll::Ready(Ok(n)) if n > 0) && this.phase == Phase::Rest {
-            this.phase = Phase::Head;
-            this.deadline = None;
-        }
+        let written = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.wrote(&written);
         written
     }
 

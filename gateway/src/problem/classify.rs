@@ -19,6 +19,9 @@ pub(crate) enum UpstreamErrorKind {
     ConnectError,
     /// The upstream closed the connection mid-exchange.
     ConnectionClosed,
+    /// The TLS handshake failed: a certificate from another CA, an expired one, no common
+    /// protocol.
+    TlsHandshake,
     /// The upstream answered something that is not valid HTTP.
     Protocol,
 }
@@ -28,11 +31,12 @@ impl UpstreamErrorKind {
     pub(crate) fn of(e: &Error) -> Self {
         use ErrorType::*;
         match e.etype() {
-            ConnectTimedout => Self::ConnectTimeout,
+            ConnectTimedout | TLSHandshakeTimedout => Self::ConnectTimeout,
             ReadTimedout | WriteTimedout => Self::Timeout,
             ConnectRefused => Self::ConnectRefused,
             ConnectError | ConnectNoRoute | BindError | SocketError => Self::ConnectError,
             ConnectionClosed => Self::ConnectionClosed,
+            TLSHandshakeFailure | InvalidCert | HandshakeError => Self::TlsHandshake,
             _ => Self::Protocol,
         }
     }
@@ -53,6 +57,7 @@ impl UpstreamErrorKind {
             Self::ConnectRefused => "connect_refused",
             Self::ConnectError => "connect_error",
             Self::ConnectionClosed => "connection_closed",
+            Self::TlsHandshake => "tls_handshake",
             Self::Protocol => "protocol",
         }
     }

@@ -161,12 +161,16 @@ impl TlsUpstream {
     }
 }
 
-fn policy(upstream: SocketAddr, gateway_svid: &Path, allowed: &str, extra: &str) -> String {
-    format!(
-        "upstreams:\n  orders:\n    endpoints: [\"{upstream}\"]\n    retries: 0\n{extra}    tls: {{svid_dir: \"{}\", spiffe_ids: [\"{allowed}\"]}}\n\
+/// A gateway whose one upstream `orders` at `upstream` is reached over mTLS with the gateway's
+/// SVID at `gateway_svid`, allowing only `spiffe://vantage.local/orders`; `extra` adds upstream
+/// fields (indented four spaces).
+async fn orders_gateway(upstream: SocketAddr, gateway_svid: &SvidPaths, extra: &str) -> Gateway {
+    Gateway::start(&format!(
+        "upstreams:\n  orders:\n    endpoints: [\"{upstream}\"]\n    retries: 0\n{extra}    tls: {{svid_dir: \"{}\", spiffe_ids: [\"{TD}/orders\"]}}\n\
          routes:\n  - {{name: all, match: {{path_prefix: /}}, upstream: orders, auth: none}}\n",
-        gateway_svid.display()
-    )
+        gateway_svid.cert.parent().unwrap().display()
+    ))
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -174,13 +178,7 @@ async fn the_upstream_sees_the_gateways_svid_and_connections_are_reused() {
     let pki = Pki::new("tls-ok");
     let gw_svid = pki.svid("gateway");
     let up = TlsUpstream::mtls(&pki.svid("orders")).await;
-    let gw = Gateway::start(&policy(
-        up.addr,
-        gw_svid.cert.parent().unwrap(),
-        &format!("{TD}/orders"),
-        "",
-    ))
-    .await;
+    let gw = orders_gateway(up.addr, &gw_svid, "").await;
     let c = client();
     for i in 0..5 {
         let r = c.get(gw.url(&format!("/orders/{i}"))).send().await.unwrap();
@@ -206,13 +204,7 @@ async fn an_upstream_with_another_identity_is_refused_before_any_request_byte() 
     let gw_svid = pki.svid("gateway");
     // A valid SVID of the same trust domain, but the wrong workload.
     let up = TlsUpstream::mtls(&pki.svid("payment")).await;
-    let gw = Gateway::start(&policy(
-        up.addr,
-        gw_svid.cert.parent().unwrap(),
-        &format!("{TD}/orders"),
-        "",
-    ))
-    .await;
+    let gw = orders_gateway(up.addr, &gw_svid, "").await;
     for _ in 0..3 {
         let r = client().get(gw.url("/orders/1")).send().await.unwrap();
         assert_eq!(r.status(), 502);
@@ -252,17 +244,18 @@ async fn upstreams_from_another_ca_or_with_an_expired_svid_are_refused() {
         TlsUpstream::plain_server_auth(&foreign.cert, &foreign.key).await,
         TlsUpstream::plain_server_auth(&expired_cert, &expired_key).await,
     ] {
-        let gw = Gateway::start(&policy(
-            up.addr,
-            gw_svid.cert.parent().unwrap(),
-            &format!("{TD}/orders"),
-            "",
-        ))
-        .await;
+        let gw = orders_gateway(up.addr, &gw_svid, "").await;
         let r = client().get(gw.url("/orders/1")).send().await.unwrap();
         assert_eq!(r.status(), 502);
         let p: Value = r.json().await.unwrap();
         assert_eq!(p["type"], "https://vantage.dev/problems/bad-gateway");
+        let m = gw.metrics_containing("kind=\"tls_handshake\"").await;
+        assert!(
+            m.contains(
+                "gateway_upstream_errors_total{upstream=\"orders\",kind=\"tls_handshake\"} 1"
+            ),
+            "{m}"
+        );
         assert!(
             up.requests().is_empty(),
             "nothing was sent: {:?}",
@@ -276,12 +269,11 @@ async fn health_checks_use_the_same_mtls_and_keep_their_connection() {
     let pki = Pki::new("tls-hc");
     let gw_svid = pki.svid("gateway");
     let good = TlsUpstream::mtls(&pki.svid("orders")).await;
-    let gw = Gateway::start(&policy(
+    let gw = orders_gateway(
         good.addr,
-        gw_svid.cert.parent().unwrap(),
-        &format!("{TD}/orders"),
+        &gw_svid,
         "    health_check: {path: /healthz, interval_ms: 100}\n",
-    ))
+    )
     .await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     let checks: Vec<Seen> = good
@@ -305,12 +297,11 @@ async fn health_checks_use_the_same_mtls_and_keep_their_connection() {
 
     // An endpoint with the wrong identity fails its checks and is taken out.
     let wrong = TlsUpstream::mtls(&pki.svid("payment")).await;
-    let gw = Gateway::start(&policy(
+    let gw = orders_gateway(
         wrong.addr,
-        gw_svid.cert.parent().unwrap(),
-        &format!("{TD}/orders"),
+        &gw_svid,
         "    health_check: {path: /healthz, interval_ms: 100, unhealthy_threshold: 2}\n",
-    ))
+    )
     .await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert!(
