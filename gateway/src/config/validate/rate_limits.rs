@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::super::defaults;
 use super::super::raw::RawRateLimit;
-use super::super::{KeyPart, Per, Quota, Quotas, RateLimitConfig};
+use super::super::{KeyPart, Mode, Per, Quota, Quotas, RateLimitConfig};
 use super::Errors;
 
 /// The placeholder quota of a policy whose quota is in error (it is never used: the file is
@@ -25,6 +25,7 @@ pub(super) fn rate_limit(errs: &mut Errors, loc: &str, raw: RawRateLimit) -> Rat
         tiers,
         idle_prune_secs,
         ipv6_prefix_len,
+        mode,
     } = raw;
     if key.is_empty() {
         errs.push(
@@ -104,6 +105,7 @@ pub(super) fn rate_limit(errs: &mut Errors, loc: &str, raw: RawRateLimit) -> Rat
                 defaults::IPV6_PREFIX_LEN
             }
         },
+        mode: super::mode(errs, &format!("{loc}.mode"), mode.as_deref()),
     }
 }
 
