@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::super::defaults;
 use super::super::raw::RawRateLimit;
-use super::super::{KeyPart, Mode, Per, Quota, Quotas, RateLimitConfig};
+use super::super::{KeyPart, Per, Quota, Quotas, RateLimitConfig};
 use super::Errors;
 
 /// The placeholder quota of a policy whose quota is in error (it is never used: the file is
