@@ -80,7 +80,12 @@ pub(crate) async fn admit(
         identity: ctx.auth.admitted(),
         headers: &req.headers,
     };
-    ratelimit::check(&route.limits, &input, &mut ctx.limits, &mut ctx.shadow_limits)
+    ratelimit::check(
+        &route.limits,
+        &input,
+        &mut ctx.limits,
+        &mut ctx.shadow_limits,
+    )
 }
 
 /// Where a plain-HTTP request goes when the policy redirects to the TLS listener.

@@ -158,8 +158,23 @@ pub(crate) async fn explain_on(
         tls,
     );
     let admitted = decision::admit(&mut req, None, &mut ctx, runtime).await;
-    let path = ctx.path.clone().unwrap_or_else(|| req.uri.path().to_string());
-    let routes = route_checks(runtime, &ctx, &req.method, &path);
+    let path = ctx
+        .path
+        .clone()
+        .unwrap_or_else(|| req.uri.path().to_string());
+    // Routes are looked at once the head passed its checks; before that none was.
+    let routed = ctx.route.is_some()
+        || matches!(
+            &admitted,
+            Err(crate::problem::GatewayError::NoRoute
+                | crate::problem::GatewayError::MethodNotAllowed { .. }
+                | crate::problem::GatewayError::AmbiguousPath)
+        );
+    let routes = if routed {
+        route_checks(runtime, &ctx, &req.method, &path)
+    } else {
+        Vec::new()
+    };
 
     let mut upstream = None;
     let status = match admitted {
@@ -211,7 +226,11 @@ pub(crate) async fn explain_on(
 fn stage(ctx: &RequestCtx, status: u16) -> &'static str {
     use crate::problem::GatewayError as E;
     let Some(Failure::Answered { error, .. }) = &ctx.failure else {
-        return if status == 200 { "forwarded" } else { "upstream" };
+        return if status == 200 {
+            "forwarded"
+        } else {
+            "upstream"
+        };
     };
     match error {
         E::Unauthorized { .. } | E::InsufficientScope { .. } => "auth",
@@ -296,7 +315,10 @@ fn describe_match(cfg: &RouteConfig) -> String {
 fn mismatch(cfg: &RouteConfig, host: Option<&str>, path: &str) -> String {
     if let Some(want) = &cfg.host {
         if host != Some(want.as_str()) {
-            return format!("host is {}, the route wants {want}", host.unwrap_or("(none)"));
+            return format!(
+                "host is {}, the route wants {want}",
+                host.unwrap_or("(none)")
+            );
         }
     }
     match &cfg.path {

@@ -93,8 +93,16 @@ impl Report {
         let mut out = format!("{}\n", self.title);
         let _ = writeln!(out, "  {:<6}{:<wn$}  {:<wr$}  got", "", "case", "request");
         for r in &self.rows {
-            let mark = if r.failures.is_empty() { "PASS" } else { "FAIL" };
-            let _ = writeln!(out, "  {mark:<6}{:<wn$}  {:<wr$}  {}", r.name, r.request, r.got);
+            let mark = if r.failures.is_empty() {
+                "PASS"
+            } else {
+                "FAIL"
+            };
+            let _ = writeln!(
+                out,
+                "  {mark:<6}{:<wn$}  {:<wr$}  {}",
+                r.name, r.request, r.got
+            );
             for f in &r.failures {
                 let _ = writeln!(out, "  {:<6}{:<wn$}  - {f}", "", "");
             }
@@ -255,7 +263,15 @@ fn describe(e: &Explanation) -> String {
         e.route.as_deref().unwrap_or("no-route")
     );
     if let Some(a) = &e.auth {
-        let _ = write!(out, " auth:{}", if a.reason.is_empty() { a.result } else { a.reason.as_str() });
+        let _ = write!(
+            out,
+            " auth:{}",
+            if a.reason.is_empty() {
+                a.result
+            } else {
+                a.reason.as_str()
+            }
+        );
         if a.shadow {
             out.push_str("(shadow)");
         }
@@ -303,7 +319,9 @@ fn compare(case: &Case, got: &Explanation) -> Vec<String> {
     }
     if let Some((policy, result)) = &x.limit {
         match got.limits.iter().find(|l| &l.policy == policy) {
-            None => failures.push(format!("expected limit {policy} to be consulted; it was not")),
+            None => failures.push(format!(
+                "expected limit {policy} to be consulted; it was not"
+            )),
             Some(l) => {
                 if let Some(r) = result.as_deref().filter(|r| *r != l.result) {
                     failures.push(format!("expected limit {policy}:{r}, got {}", l.result));
@@ -321,8 +339,15 @@ fn compare(case: &Case, got: &Explanation) -> Vec<String> {
             failures.push(format!("expected identity {identity}, got {actual}"));
         }
     }
-    if let Some(needle) = x.trail_contains.as_ref().filter(|n| !got.trail.contains(n.as_str())) {
-        failures.push(format!("expected the trail to contain {needle:?}: {}", got.trail));
+    if let Some(needle) = x
+        .trail_contains
+        .as_ref()
+        .filter(|n| !got.trail.contains(n.as_str()))
+    {
+        failures.push(format!(
+            "expected the trail to contain {needle:?}: {}",
+            got.trail
+        ));
     }
     failures
 }

@@ -458,8 +458,7 @@ mod tests {
         assert!(check(&both, &input("3.3.3.3", &h), &mut decisions, &mut shadow).is_ok());
         assert_eq!(decisions.len(), 2);
         decisions.clear();
-        let refused =
-            check(&both, &input("3.3.3.3", &h), &mut decisions, &mut shadow).unwrap_err();
+        let refused = check(&both, &input("3.3.3.3", &h), &mut decisions, &mut shadow).unwrap_err();
         assert!(shadow.is_empty());
         assert_eq!(decisions.len(), 1, "the loose policy is not consulted");
         match refused {
@@ -497,7 +496,11 @@ mod tests {
             [true, false, false],
             "the shadow bucket is really consumed"
         );
-        assert_eq!(decisions.len(), 3, "the enforced policy after it is consulted");
+        assert_eq!(
+            decisions.len(),
+            3,
+            "the enforced policy after it is consulted"
+        );
         assert!(decisions.iter().all(|d| d.policy == "p" && d.allowed));
     }
 

@@ -163,8 +163,15 @@ impl Runtime {
             .upstreams
             .iter()
             .map(|(name, cfg)| {
-                let addresses = cfg.endpoints.iter().filter_map(|e| e.parse().ok()).collect();
-                (name.clone(), Upstream::new(name.clone(), cfg.clone(), addresses, None))
+                let addresses = cfg
+                    .endpoints
+                    .iter()
+                    .filter_map(|e| e.parse().ok())
+                    .collect();
+                (
+                    name.clone(),
+                    Upstream::new(name.clone(), cfg.clone(), addresses, None),
+                )
             })
             .collect();
         let policies: BTreeMap<String, Arc<Policy>> = config

@@ -318,7 +318,11 @@ fn shadow_mode_on_limits_and_route_auth_with_every_error_listed() {
     ))
     .unwrap();
     assert_eq!(c.rate_limits["p"].mode, Mode::Shadow);
-    assert_eq!(c.rate_limits["q"].mode, Mode::Enforce, "enforce is the default");
+    assert_eq!(
+        c.rate_limits["q"].mode,
+        Mode::Enforce,
+        "enforce is the default"
+    );
     assert_eq!(c.routes[0].auth.mode(), Mode::Shadow);
     let errs = errors(&format!(
         "{issuers}rate_limits:\n  p: {{key: [client_ip], rate: 1, per: second, mode: shadwo}}\n\
@@ -330,7 +334,10 @@ fn shadow_mode_on_limits_and_route_auth_with_every_error_listed() {
         errs[0].starts_with("rate_limits.p.mode: ") && errs[0].contains("did you mean \"shadow\""),
         "{errs:?}"
     );
-    assert!(errs[1].starts_with("routes[0] \"r\".auth_mode: "), "{errs:?}");
+    assert!(
+        errs[1].starts_with("routes[0] \"r\".auth_mode: "),
+        "{errs:?}"
+    );
     assert!(errs[1].contains("enforce, shadow"), "{errs:?}");
     assert!(
         errs[2].starts_with("routes[1] \"s\".auth_mode: auth: none has nothing to shadow"),

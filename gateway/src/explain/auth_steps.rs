@@ -175,7 +175,12 @@ fn passed(stage: Stage, p: Option<&Peek>, decision: &AuthDecision, auth: &Authen
 }
 
 /// Why the step that decided refused.
-fn failed(stage: Stage, reject: Option<Reject>, decision: &AuthDecision, p: Option<&Peek>) -> String {
+fn failed(
+    stage: Stage,
+    reject: Option<Reject>,
+    decision: &AuthDecision,
+    p: Option<&Peek>,
+) -> String {
     let claims = p.and_then(|p| p.claims.as_ref());
     match (stage, reject) {
         (Stage::Scopes, _) => format!(

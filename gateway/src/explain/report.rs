@@ -245,7 +245,11 @@ impl Explanation {
             let _ = writeln!(out, "\nrate limits (from full buckets)");
         }
         for l in &self.limits {
-            let tier = l.tier.as_ref().map(|t| format!("[{t}]")).unwrap_or_default();
+            let tier = l
+                .tier
+                .as_ref()
+                .map(|t| format!("[{t}]"))
+                .unwrap_or_default();
             let shadow = if l.mode == Mode::Shadow.name() {
                 " (shadow: not enforced)"
             } else {

@@ -127,8 +127,12 @@ const DEFAULT_EXPIRES_IN_SECS: i64 = 300;
 /// Reads and checks the cases file at `path` against `config`.
 pub(super) fn load(path: &Path, config: &Config) -> Result<Cases, Vec<ConfigError>> {
     let err = |location: String, message: String| ConfigError { location, message };
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| vec![err(path.display().to_string(), format!("cannot read file: {e}"))])?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![err(
+            path.display().to_string(),
+            format!("cannot read file: {e}"),
+        )]
+    })?;
     let raw: RawFile = serde_yaml::from_str(&text).map_err(|e| {
         let location = e
             .location()
@@ -211,7 +215,12 @@ fn parse_keys(
                 ".issuer",
                 format!(
                     "unknown issuer {issuer:?} (the policy's: {}){}",
-                    config.issuers.keys().cloned().collect::<Vec<_>>().join(", "),
+                    config
+                        .issuers
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     suggest::hint(&issuer, config.issuers.keys().map(String::as_str))
                 ),
             );
@@ -402,7 +411,10 @@ fn parse_case(
                 ),
             );
         }
-        if let Some(r) = result.as_deref().filter(|r| !["allowed", "limited"].contains(r)) {
+        if let Some(r) = result
+            .as_deref()
+            .filter(|r| !["allowed", "limited"].contains(r))
+        {
             push(
                 "expect.limit",
                 format!("{r:?} is not allowed or limited (write policy or policy:limited)"),

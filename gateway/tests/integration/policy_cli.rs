@@ -36,8 +36,10 @@ fn policy_cases_of_the_example_policy_pass() {
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
     let cases: Value = serde_yaml::from_str(
-        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example.cases.yaml"))
-            .unwrap(),
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example.cases.yaml"),
+        )
+        .unwrap(),
     )
     .unwrap();
     let names: Vec<&str> = cases["cases"]
@@ -56,7 +58,11 @@ fn policy_cases_of_the_example_policy_pass() {
         );
     }
     assert!(
-        stdout.contains(&format!("{} case(s): {} passed, 0 failed", names.len(), names.len())),
+        stdout.contains(&format!(
+            "{} case(s): {} passed, 0 failed",
+            names.len(),
+            names.len()
+        )),
         "{stdout}"
     );
 }
@@ -88,8 +94,14 @@ fn a_failing_case_exits_1_and_the_table_names_it_with_what_differed() {
         .lines()
         .find(|l| l.trim_start().starts_with("FAIL"))
         .unwrap_or_else(|| panic!("no FAIL row:\n{stdout}"));
-    assert!(fail.contains("wrongly expects the admin route open"), "{fail}");
-    assert!(fail.contains("403 audit"), "the row says what happened: {fail}");
+    assert!(
+        fail.contains("wrongly expects the admin route open"),
+        "{fail}"
+    );
+    assert!(
+        fail.contains("403 audit"),
+        "the row says what happened: {fail}"
+    );
     assert!(stdout.contains("expected status 200, got 403"), "{stdout}");
     assert!(
         stdout.contains("expected auth allowed, got forbidden (insufficient_scope)"),
@@ -138,7 +150,10 @@ fn a_malformed_cases_file_lists_every_error_with_its_location() {
     ] {
         assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
     }
-    assert!(stdout.is_empty(), "no case runs from a broken file: {stdout}");
+    assert!(
+        stdout.is_empty(),
+        "no case runs from a broken file: {stdout}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -177,7 +192,12 @@ fn steps(v: &Value) -> Vec<(String, bool)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|s| (s["step"].as_str().unwrap().to_string(), s["ok"].as_bool().unwrap()))
+        .map(|s| {
+            (
+                s["step"].as_str().unwrap().to_string(),
+                s["ok"].as_bool().unwrap(),
+            )
+        })
         .collect()
 }
 
@@ -189,19 +209,46 @@ fn explain_follows_a_valid_token_through_every_step_to_the_upstream() {
     let auth = format!("Authorization: Bearer {token}");
     let (code, v) = explain_json(
         &policy,
-        &["-H", &auth, "-H", "X-User-Id: admin", "GET", "http://api.example/secure/orders?x=1"],
+        &[
+            "-H",
+            &auth,
+            "-H",
+            "X-User-Id: admin",
+            "GET",
+            "http://api.example/secure/orders?x=1",
+        ],
     );
     assert_eq!(code, Some(0), "{v:#}");
     assert_eq!(v["route"], "secure");
     assert_eq!(v["routes"][0]["name"], "public");
     assert_eq!(v["routes"][0]["matched"], false);
-    assert_eq!(v["routes"][0]["reason"], "/secure/orders is not under /public");
+    assert_eq!(
+        v["routes"][0]["reason"],
+        "/secure/orders is not under /public"
+    );
     assert_eq!(v["routes"][1]["matched"], true);
     assert_eq!(
-        steps(&v).iter().map(|(s, ok)| format!("{s}:{ok}")).collect::<Vec<_>>(),
-        ["token:true", "header:true", "issuer:true", "key:true", "signature:true", "claims:true", "scopes:true"]
+        steps(&v)
+            .iter()
+            .map(|(s, ok)| format!("{s}:{ok}"))
+            .collect::<Vec<_>>(),
+        [
+            "token:true",
+            "header:true",
+            "issuer:true",
+            "key:true",
+            "signature:true",
+            "claims:true",
+            "scopes:true"
+        ]
     );
-    assert!(v["auth"]["steps"][3]["detail"].as_str().unwrap().contains("kid es-1 (ES256)"), "{v:#}");
+    assert!(
+        v["auth"]["steps"][3]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("kid es-1 (ES256)"),
+        "{v:#}"
+    );
     assert_eq!(v["auth"]["result"], "allowed");
     assert_eq!(v["limits"][0]["policy"], "per_user");
     assert_eq!(v["limits"][0]["key"], "sub=user-7");
@@ -238,7 +285,10 @@ fn explain_says_where_a_bad_or_missing_token_stopped() {
     assert_eq!(v["auth"]["reason"], "bad_signature");
     assert_eq!(steps(&v).last().unwrap(), &("signature".to_string(), false));
     assert!(v["upstream"].is_null(), "a refused request goes nowhere");
-    assert_eq!(v["trail"], "route:secure > auth:denied:bad_signature@test => 401 unauthorized");
+    assert_eq!(
+        v["trail"],
+        "route:secure > auth:denied:bad_signature@test => 401 unauthorized"
+    );
 
     // No Authorization header at all.
     let (code, v) = explain_json(&policy, &["GET", "/secure/x"]);
@@ -265,7 +315,10 @@ fn explain_says_where_a_bad_or_missing_token_stopped() {
         "/secure/x",
     ]);
     let (stdout, _) = text(&out);
-    assert!(stdout.contains("NO token: missing_token: no bearer token"), "{stdout}");
+    assert!(
+        stdout.contains("NO token: missing_token: no bearer token"),
+        "{stdout}"
+    );
     assert!(stdout.contains("401 unauthorized at auth"), "{stdout}");
     assert!(
         stdout.contains("trail: route:secure > auth:denied:missing_token => 401 unauthorized"),
@@ -289,8 +342,22 @@ fn explain_lists_why_no_route_matched_and_masks_keyed_headers() {
         .iter()
         .map(|r| r["reason"].as_str().unwrap())
         .collect();
-    assert_eq!(reasons, ["/nowhere is not under /public", "/nowhere is not under /secure"]);
+    assert_eq!(
+        reasons,
+        [
+            "/nowhere is not under /public",
+            "/nowhere is not under /secure"
+        ]
+    );
     assert_eq!(v["trail"], "route:none => 404 no-route");
+
+    // Refused before any route is looked at: two Host headers.
+    let (code, v) = explain_json(&policy, &["-H", "Host: a.example", "-H", "Host: b.example", "GET", "/public/x"]);
+    assert_eq!(code, Some(1));
+    assert_eq!(v["outcome"]["status"], 400, "{v:#}");
+    assert_eq!(v["outcome"]["stage"], "request_head");
+    assert_eq!(v["routes"], json!([]), "no route was looked at");
+    assert_eq!(v["trail"], "route:none => 400 bad-host");
 
     // A method the path's route does not list.
     let (_, v) = explain_json(&policy, &["DELETE", "/secure/x"]);
@@ -301,12 +368,21 @@ fn explain_lists_why_no_route_matched_and_masks_keyed_headers() {
         .contains("DELETE is not one of its methods (GET)"));
 
     // A shadow limit keyed on an API key: counted, never enforced, the key never printed.
-    let (code, v) = explain_json(&policy, &["-H", "X-Api-Key: sk-secret-123", "GET", "/public/a"]);
+    let (code, v) = explain_json(
+        &policy,
+        &["-H", "X-Api-Key: sk-secret-123", "GET", "/public/a"],
+    );
     assert_eq!(code, Some(0));
     assert_eq!(v["limits"][0]["mode"], "shadow");
     assert_eq!(v["limits"][0]["key"], "x-api-key=<13 bytes>");
     assert!(!v.to_string().contains("sk-secret-123"), "{v}");
-    assert!(v["trail"].as_str().unwrap().contains("limit:keyed:allowed:0/1(shadow)"), "{v:#}");
+    assert!(
+        v["trail"]
+            .as_str()
+            .unwrap()
+            .contains("limit:keyed:allowed:0/1(shadow)"),
+        "{v:#}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -325,9 +401,18 @@ fn explain_refuses_broken_input_with_a_clear_error() {
     ]);
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(78));
-    assert!(stderr.contains("header 1 \"no colon here\" is not `Name: value`"), "{stderr}");
+    assert!(
+        stderr.contains("header 1 \"no colon here\" is not `Name: value`"),
+        "{stderr}"
+    );
 
-    let out = gateway(&["explain", "--config", policy.to_str().unwrap(), "G(T", "/public"]);
+    let out = gateway(&[
+        "explain",
+        "--config",
+        policy.to_str().unwrap(),
+        "G(T",
+        "/public",
+    ]);
     assert_eq!(out.status.code(), Some(78));
     assert!(text(&out).1.contains("is not an HTTP method"));
 
@@ -339,6 +424,9 @@ fn explain_refuses_broken_input_with_a_clear_error() {
     let out = gateway(&["explain", "--config", policy.to_str().unwrap(), "GET", "/"]);
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(78));
-    assert!(stderr.contains("routes[0] \"r\".upstream: unknown upstream \"nope\""), "{stderr}");
+    assert!(
+        stderr.contains("routes[0] \"r\".upstream: unknown upstream \"nope\""),
+        "{stderr}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -66,7 +66,11 @@ async fn shadow_auth_lets_refused_requests_through_without_identity_and_counts_t
     let good = sign_es(&keys.es, "es-1", &claims("user-7", "shop"));
     let got = echo(c.get(&url).bearer_auth(&good).send().await.unwrap()).await;
     assert_eq!(got["headers"]["x-user-id"], "user-7");
-    assert_eq!(up.hits.load(Ordering::SeqCst), 3, "every request reached the upstream");
+    assert_eq!(
+        up.hits.load(Ordering::SeqCst),
+        3,
+        "every request reached the upstream"
+    );
 
     let m = gw
         .metrics_containing("gateway_shadow_decisions_total{kind=\"auth\",policy=\"trial-auth\",outcome=\"allowed\"")
@@ -120,7 +124,10 @@ async fn shadow_auth_lets_refused_requests_through_without_identity_and_counts_t
         denied.attr("vantage.auth.shadow"),
         Some(test_support::AttrValue::Bool(true))
     );
-    assert_eq!(denied.attr_str("vantage.auth.result").as_deref(), Some("denied"));
+    assert_eq!(
+        denied.attr_str("vantage.auth.result").as_deref(),
+        Some("denied")
+    );
     assert_eq!(
         denied.attr_str("vantage.decision").as_deref(),
         Some("route:trial-auth > auth:denied:missing_token(shadow) > upstream:api => 200")
@@ -154,13 +161,14 @@ async fn a_shadow_limit_counts_what_it_would_refuse_and_refuses_nothing() {
             .unwrap_or_default()
             .to_string();
         assert!(fields.contains("\"roomy\""), "{fields}");
-        assert!(!fields.contains("trial"), "a shadow quota was advertised: {fields}");
+        assert!(
+            !fields.contains("trial"),
+            "a shadow quota was advertised: {fields}"
+        );
     }
     assert_eq!(up.hits.load(Ordering::SeqCst), 3);
 
-    let m = gw
-        .metrics_containing("outcome=\"limited\"")
-        .await;
+    let m = gw.metrics_containing("outcome=\"limited\"").await;
     let families = test_support::parse_openmetrics(&m).unwrap();
     let shadow = |outcome: &str| {
         families.value(
@@ -180,7 +188,9 @@ async fn a_shadow_limit_counts_what_it_would_refuse_and_refuses_nothing() {
         "the shadow policy was counted as enforced:\n{m}"
     );
 
-    let log = gw.log_containing("\"ratelimit_shadow\":\"trial:limited:0\"").await;
+    let log = gw
+        .log_containing("\"ratelimit_shadow\":\"trial:limited:0\"")
+        .await;
     assert!(
         log.contains("\"ratelimit_shadow\":\"trial:limited:0\""),
         "no shadow limit in the access log:\n{log}"
@@ -202,7 +212,9 @@ async fn a_shadow_limit_counts_what_it_would_refuse_and_refuses_nothing() {
         .find(|s| s.attr_str("vantage.ratelimit.shadow.result").as_deref() == Some("limited"))
         .unwrap();
     assert_eq!(
-        limited.attr_str("vantage.ratelimit.shadow.policy").as_deref(),
+        limited
+            .attr_str("vantage.ratelimit.shadow.policy")
+            .as_deref(),
         Some("trial")
     );
     assert_eq!(
