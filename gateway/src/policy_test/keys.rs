@@ -78,9 +78,11 @@ fn generate(alg: Algorithm) -> Result<EncodingKey, String> {
     let curve = match alg {
         Algorithm::ES256 => &ECDSA_P256_SHA256_FIXED_SIGNING,
         Algorithm::ES384 => &ECDSA_P384_SHA384_FIXED_SIGNING,
-        other => return Err(format!(
+        other => {
+            return Err(format!(
             "{other:?} keys are not generated; give private_key_file (PEM), or use ES256 or ES384"
-        )),
+        ))
+        }
     };
     let pkcs8 = EcdsaKeyPair::generate_pkcs8(curve, &SystemRandom::new())
         .map_err(|_| "cannot generate a key".to_string())?;

@@ -352,7 +352,17 @@ fn explain_lists_why_no_route_matched_and_masks_keyed_headers() {
     assert_eq!(v["trail"], "route:none => 404 no-route");
 
     // Refused before any route is looked at: two Host headers.
-    let (code, v) = explain_json(&policy, &["-H", "Host: a.example", "-H", "Host: b.example", "GET", "/public/x"]);
+    let (code, v) = explain_json(
+        &policy,
+        &[
+            "-H",
+            "Host: a.example",
+            "-H",
+            "Host: b.example",
+            "GET",
+            "/public/x",
+        ],
+    );
     assert_eq!(code, Some(1));
     assert_eq!(v["outcome"]["status"], 400, "{v:#}");
     assert_eq!(v["outcome"]["stage"], "request_head");
