@@ -205,6 +205,8 @@ pub enum Reject {
     UnsupportedCritical,
     /// A `scope` or `scp` value that is not a list of RFC 6749 scope tokens.
     InvalidScope,
+    /// Revoked by `POST /revocations` (its `jti`, or its `sub` before it was issued).
+    Revoked,
 }
 
 impl Reject {
@@ -227,6 +229,7 @@ impl Reject {
             Reject::IssuedInFuture => "iat_in_future",
             Reject::UnsupportedCritical => "crit_unsupported",
             Reject::InvalidScope => "invalid_scope",
+            Reject::Revoked => "revoked",
         }
     }
 
@@ -249,6 +252,7 @@ impl Reject {
             Reject::IssuedInFuture => "the token was issued in the future",
             Reject::UnsupportedCritical => "the token requires unsupported critical extensions",
             Reject::InvalidScope => "the token's scope claim is malformed",
+            Reject::Revoked => "token revoked",
         }
     }
 }

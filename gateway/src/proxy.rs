@@ -108,7 +108,7 @@ impl Gateway {
             identity: ctx.auth.admitted(),
             headers: &req.headers,
         };
-        ratelimit::check(&route.limits, &input, &mut ctx.limits)
+        ratelimit::check(&route.limits, &input, &mut ctx.limits).await
     }
 }
 
