@@ -118,7 +118,8 @@ impl AdminApp {
         match self.shared.revocations.revoke(r).await {
             Ok(shared) => {
                 tracing::info!(what, until, shared, "Token revoked.");
-                let body = serde_json::json!({"revoked": {what: value}, "until": until, "shared": shared});
+                let body =
+                    serde_json::json!({"revoked": {what: value}, "until": until, "shared": shared});
                 respond(
                     StatusCode::CREATED,
                     "application/json",
@@ -126,7 +127,12 @@ impl AdminApp {
                 )
             }
             Err(error) => {
-                tracing::warn!(what, until, error = error.as_str(), "Token revoked here only: the store is unavailable.");
+                tracing::warn!(
+                    what,
+                    until,
+                    error = error.as_str(),
+                    "Token revoked here only: the store is unavailable."
+                );
                 problem(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "store-unavailable",

@@ -166,7 +166,11 @@ const SINGLE: &str = "";
 
 impl Policy {
     /// The policy `name`; `store` is the store its config names (resolved by the caller).
-    pub(crate) fn new(name: String, config: RateLimitConfig, store: Option<Arc<Store>>) -> Arc<Self> {
+    pub(crate) fn new(
+        name: String,
+        config: RateLimitConfig,
+        store: Option<Arc<Store>>,
+    ) -> Arc<Self> {
         let limiters = match &config.quotas {
             Quotas::Single { quota } => {
                 BTreeMap::from([(SINGLE.to_string(), Limiter::new(*quota))])

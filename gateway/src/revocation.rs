@@ -40,7 +40,11 @@ pub(crate) enum Revocation {
     Jti { jti: String, until: u64 },
     /// Every token of `sub` issued at or before `before` (its `iat`; a token without `iat`
     /// counts as issued before), until `until`.
-    Subject { sub: String, before: u64, until: u64 },
+    Subject {
+        sub: String,
+        before: u64,
+        until: u64,
+    },
 }
 
 impl Revocation {
@@ -99,7 +103,9 @@ impl Revocation {
             .map_err(|e| format!("expected {{\"jti\": …}} or {{\"sub\": …}}: {e}"))?;
         let latest = now + longest;
         let until = match exp {
-            Some(exp) if exp <= now => return Err("exp is in the past: that token is already refused".into()),
+            Some(exp) if exp <= now => {
+                return Err("exp is in the past: that token is already refused".into())
+            }
             Some(exp) => exp.min(latest),
             None => latest,
         };
@@ -344,12 +350,21 @@ mod tests {
         r.insert(Revocation::from_request(br#"{"jti": "t1", "exp": 1100}"#, now, 3600).unwrap());
         assert!(r.is_revoked(&identity("u", Some("t1"), Some(900)), now));
         assert!(!r.is_revoked(&identity("u", Some("t2"), Some(900)), now));
-        assert!(!r.is_revoked(&identity("u", Some("t1"), Some(900)), 1100), "expired");
+        assert!(
+            !r.is_revoked(&identity("u", Some("t1"), Some(900)), 1100),
+            "expired"
+        );
 
         r.insert(Revocation::from_request(br#"{"sub": "alice"}"#, now, 3600).unwrap());
         assert!(r.is_revoked(&identity("alice", None, Some(999)), now));
-        assert!(r.is_revoked(&identity("alice", None, None), now), "no iat: issued before");
-        assert!(!r.is_revoked(&identity("alice", None, Some(1001)), now + 1), "issued after");
+        assert!(
+            r.is_revoked(&identity("alice", None, None), now),
+            "no iat: issued before"
+        );
+        assert!(
+            !r.is_revoked(&identity("alice", None, Some(1001)), now + 1),
+            "issued after"
+        );
         assert!(!r.is_revoked(&identity("bob", None, Some(999)), now));
     }
 

@@ -152,7 +152,11 @@ impl Runtime {
             }
             // Kept when its definition and its resolved addresses are the same.
             let kept = previous.and_then(|p| p.upstreams.get(name)).filter(|u| {
-                u.config == *cfg && u.endpoints.iter().map(|e| e.addr).eq(addresses.iter().copied())
+                u.config == *cfg
+                    && u.endpoints
+                        .iter()
+                        .map(|e| e.addr)
+                        .eq(addresses.iter().copied())
             });
             let tls = match kept {
                 Some(u) => Ok(u.tls.clone()),

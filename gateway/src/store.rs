@@ -7,14 +7,18 @@
 //! manager), so a Redis that is down at start or goes away later needs no restart. Every
 //! operation goes through [`Store::run`], which bounds it by `timeout_ms` and records failures:
 //! the `gateway_store_errors_total` counter, the `gateway_store_up` gauge, and the store's
-//! entry in `/readyz`. What a failed operation means for a request is the caller's `on_error`.
+//! entry in `/readyz`. A store failing for longer than [`REBUILD_AFTER`] also gets a brand-new
+//! connection (a Redis behind a network partition never closes the old one). What a failed
+//! operation means for a request is the caller's `on_error`.
 
 pub(crate) mod redis_gcra;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
 
 use parking_lot::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -24,6 +28,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::config::{OnError, StoreConfig};
+
+/// How long a store may fail before its connection is replaced (and then at most this often).
+pub(crate) const REBUILD_AFTER: Duration = Duration::from_secs(1);
 
 /// How long establishing a connection may take. Operations are still bounded by `timeout_ms`;
 /// this only keeps a half-open connect from lingering in the background.
@@ -72,7 +79,12 @@ pub(crate) struct StoreMetrics {
 pub(crate) struct Store {
     pub(crate) name: Arc<str>,
     pub(crate) config: StoreConfig,
-    connection: ConnectionManager,
+    client: redis::Client,
+    manager_config: ConnectionManagerConfig,
+    connection: ArcSwap<ConnectionManager>,
+    /// Since when every operation has failed, and when the connection was last replaced.
+    down_since: Mutex<Option<Instant>>,
+    rebuilt_at: Mutex<Instant>,
     /// Whether the last operation succeeded (true until one fails).
     up: AtomicBool,
     errors: AtomicU64,
@@ -96,8 +108,9 @@ impl Store {
             .set_connection_timeout(Some(CONNECT_TIMEOUT.max(config.timeout)))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
-        let connection = ConnectionManager::new_lazy_with_config(client, manager_config)
-            .map_err(|e| format!("cannot set up the Redis connection: {e}"))?;
+        let connection =
+            ConnectionManager::new_lazy_with_config(client.clone(), manager_config.clone())
+                .map_err(|e| format!("cannot set up the Redis connection: {e}"))?;
         let counter = |kind: StoreError| {
             metrics
                 .errors
@@ -120,7 +133,11 @@ impl Store {
             up_gauge,
             name: name.into(),
             config,
-            connection,
+            client,
+            manager_config,
+            connection: ArcSwap::from_pointee(connection),
+            down_since: Mutex::new(None),
+            rebuilt_at: Mutex::new(Instant::now()),
             up: AtomicBool::new(true),
             errors: AtomicU64::new(0),
             last_error: Mutex::new(None),
@@ -152,9 +169,8 @@ impl Store {
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        let result = match tokio::time::timeout(self.config.timeout, op(self.connection.clone()))
-            .await
-        {
+        let connection = ConnectionManager::clone(&self.connection.load());
+        let result = match tokio::time::timeout(self.config.timeout, op(connection)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(error)) => {
                 tracing::debug!(store = %self.name, %error, "Store operation failed.");
@@ -165,6 +181,7 @@ impl Store {
         match &result {
             Ok(_) => {
                 if !self.up.swap(true, Ordering::Relaxed) {
+                    *self.down_since.lock() = None;
                     self.up_gauge.set(1);
                     tracing::info!(store = %self.name, "Store reachable again.");
                 }
@@ -184,6 +201,21 @@ impl Store {
         if self.up.swap(false, Ordering::Relaxed) {
             self.up_gauge.set(0);
             tracing::warn!(store = %self.name, error = kind.as_str(), on_error = self.config.on_error.name(), "Store unavailable; decisions that need it follow on_error.");
+        }
+        let now = Instant::now();
+        let down_for = now - *self.down_since.lock().get_or_insert(now);
+        let mut rebuilt_at = self.rebuilt_at.lock();
+        if down_for >= REBUILD_AFTER && now - *rebuilt_at >= REBUILD_AFTER {
+            *rebuilt_at = now;
+            match ConnectionManager::new_lazy_with_config(
+                self.client.clone(),
+                self.manager_config.clone(),
+            ) {
+                Ok(fresh) => self.connection.store(Arc::new(fresh)),
+                Err(error) => {
+                    tracing::debug!(store = %self.name, %error, "Cannot replace the store connection.")
+                }
+            }
         }
     }
 

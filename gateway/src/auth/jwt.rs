@@ -120,12 +120,6 @@ impl Authenticator {
         }
     }
 
-    /// Cached tokens, for tests of what a reload keeps.
-    #[cfg(test)]
-    pub(crate) fn cached(&self) -> usize {
-        self.cache.lock().len()
-    }
-
     pub(crate) fn issuers(&self) -> impl Iterator<Item = &Arc<IssuerKeys>> {
         self.issuers.values()
     }

@@ -181,7 +181,13 @@ fn stateful(a: &Upstream, flaky: &Upstream, jwks_url: &str, burst: u32, other: &
 }
 
 async fn status_of(gw: &Gateway, path: &str) -> u16 {
-    client().get(gw.url(path)).send().await.unwrap().status().as_u16()
+    client()
+        .get(gw.url(path))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
 }
 
 /// Rewrites the policy and waits until `probe` is served (the reload was applied).
@@ -189,7 +195,11 @@ async fn reload_to(gw: &Gateway, body: &str, probe: &str) {
     gw.rewrite_config(body);
     let deadline = Instant::now() + Duration::from_secs(5);
     while status_of(gw, probe).await != 200 {
-        assert!(Instant::now() < deadline, "reload not applied; log:\n{}", gw.log());
+        assert!(
+            Instant::now() < deadline,
+            "reload not applied; log:\n{}",
+            gw.log()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -203,7 +213,10 @@ async fn circuit(gw: &Gateway, upstream: &str) -> String {
         .json()
         .await
         .unwrap();
-    ready["upstreams"][upstream]["circuit"].as_str().unwrap().to_string()
+    ready["upstreams"][upstream]["circuit"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -212,7 +225,9 @@ async fn a_reload_keeps_the_state_of_everything_it_did_not_change() {
     let jwks = JwksServer::start(keys.jwks()).await;
     let a = Upstream::start("a").await;
     let flaky = Upstream::start("flaky").await;
-    flaky.fail_status.store(503, std::sync::atomic::Ordering::SeqCst);
+    flaky
+        .fail_status
+        .store(503, std::sync::atomic::Ordering::SeqCst);
     let gw = Gateway::start(&stateful(&a, &flaky, &jwks.url, 3, "/other1")).await;
 
     // The bucket is used up and the breaker opens.
@@ -226,10 +241,25 @@ async fn a_reload_keeps_the_state_of_everything_it_did_not_change() {
 
     // A reload that changes only an unrelated route keeps the bucket, the open breaker and
     // the issuer's keys (no new JWKS fetch).
-    flaky.fail_status.store(0, std::sync::atomic::Ordering::SeqCst);
-    reload_to(&gw, &stateful(&a, &flaky, &jwks.url, 3, "/other2"), "/other2").await;
-    assert_eq!(status_of(&gw, "/limited").await, 429, "the exhausted bucket was kept");
-    assert_eq!(circuit(&gw, "flaky").await, "open", "the open breaker was kept");
+    flaky
+        .fail_status
+        .store(0, std::sync::atomic::Ordering::SeqCst);
+    reload_to(
+        &gw,
+        &stateful(&a, &flaky, &jwks.url, 3, "/other2"),
+        "/other2",
+    )
+    .await;
+    assert_eq!(
+        status_of(&gw, "/limited").await,
+        429,
+        "the exhausted bucket was kept"
+    );
+    assert_eq!(
+        circuit(&gw, "flaky").await,
+        "open",
+        "the open breaker was kept"
+    );
     let hits = flaky.hits.load(std::sync::atomic::Ordering::SeqCst);
     assert_eq!(status_of(&gw, "/flaky").await, 503);
     assert_eq!(
@@ -244,10 +274,20 @@ async fn a_reload_keeps_the_state_of_everything_it_did_not_change() {
     );
 
     // A changed policy starts fresh; so does a changed upstream.
-    let changed = stateful(&a, &flaky, &jwks.url, 4, "/other3")
-        .replace("failure_threshold: 1, open_secs: 60", "failure_threshold: 2, open_secs: 60");
+    let changed = stateful(&a, &flaky, &jwks.url, 4, "/other3").replace(
+        "failure_threshold: 1, open_secs: 60",
+        "failure_threshold: 2, open_secs: 60",
+    );
     reload_to(&gw, &changed, "/other3").await;
-    assert_eq!(status_of(&gw, "/limited").await, 200, "a changed policy starts fresh");
-    assert_eq!(circuit(&gw, "flaky").await, "closed", "a changed upstream starts fresh");
+    assert_eq!(
+        status_of(&gw, "/limited").await,
+        200,
+        "a changed policy starts fresh"
+    );
+    assert_eq!(
+        circuit(&gw, "flaky").await,
+        "closed",
+        "a changed upstream starts fresh"
+    );
     assert_eq!(status_of(&gw, "/flaky").await, 200);
 }

@@ -34,7 +34,10 @@ async fn refused_within(gw: &Gateway, token: &str, within: Duration) {
     loop {
         let resp = get(gw, token).await;
         if resp.status() == 401 {
-            let challenge = resp.headers()["www-authenticate"].to_str().unwrap().to_string();
+            let challenge = resp.headers()["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .to_string();
             assert!(
                 challenge.contains("error=\"invalid_token\"")
                     && challenge.contains("error_description=\"token revoked\""),
@@ -97,7 +100,11 @@ async fn a_revocation_on_one_gateway_is_refused_by_every_gateway_sharing_redis()
         "a revoked token never reaches the upstream"
     );
     for gw in [&a, &b] {
-        assert_eq!(get(gw, &other).await.status(), 200, "only that jti is revoked");
+        assert_eq!(
+            get(gw, &other).await.status(),
+            200,
+            "only that jti is revoked"
+        );
     }
 
     // By subject: every token of bob issued up to now, on both gateways; one issued later
@@ -112,7 +119,11 @@ async fn a_revocation_on_one_gateway_is_refused_by_every_gateway_sharing_redis()
     later["iat"] = json!(now() + 2);
     let bob_new = sign_es(&keys.es, "es-1", &later);
     for gw in [&a, &b] {
-        assert_eq!(get(gw, &bob_new).await.status(), 200, "issued after the revocation");
+        assert_eq!(
+            get(gw, &bob_new).await.status(),
+            200,
+            "issued after the revocation"
+        );
     }
     let log = a.log();
     assert!(!log.contains("leaked-1"), "revoked ids are not logged");

@@ -72,13 +72,21 @@ async fn three_gateways_sharing_redis_admit_one_shared_quota_under_concurrent_lo
         assert!(errors.is_empty(), "no store errors expected: {errors:?}");
     }
     let keys = keys_under(&prefix).await;
-    assert_eq!(keys, vec![format!("{prefix}:rl:quota::route=api")], "one shared bucket");
+    assert_eq!(
+        keys,
+        vec![format!("{prefix}:rl:quota::route=api")],
+        "one shared bucket"
+    );
 
     // The bucket is in Redis, not in the gateways: a fourth gateway is refused at once.
     let late = Gateway::start(&body).await;
     let resp = client().get(late.url("/late")).send().await.unwrap();
     assert_eq!(resp.status(), 429);
-    let retry: u64 = resp.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((1..=3600).contains(&retry), "Retry-After {retry}");
 }
 
@@ -98,7 +106,11 @@ async fn a_redis_that_does_not_answer_is_decided_by_on_error_within_timeout_ms()
 
     for _ in 0..3 {
         let started = Instant::now();
-        assert_eq!(status(gw.url("/open")).await, 200, "on_error: allow lets it through");
+        assert_eq!(
+            status(gw.url("/open")).await,
+            200,
+            "on_error: allow lets it through"
+        );
         let resp = client().get(gw.url("/closed")).send().await.unwrap();
         // Bounded by timeout_ms (50 ms) plus scheduling; far below the 10 s client timeout.
         assert!(
@@ -130,7 +142,10 @@ async fn a_redis_that_does_not_answer_is_decided_by_on_error_within_timeout_ms()
         .json()
         .await
         .unwrap();
-    assert_eq!(ready["status"], "ready", "a store outage does not fail readiness");
+    assert_eq!(
+        ready["status"], "ready",
+        "a store outage does not fail readiness"
+    );
     assert_eq!(ready["stores"]["closed"]["status"], "down", "{ready}");
     assert_eq!(ready["stores"]["closed"]["last_error"], "timeout");
     assert_eq!(ready["stores"]["closed"]["on_error"], "deny");
@@ -175,14 +190,26 @@ async fn redis_cut_mid_test_follows_on_error_and_is_used_again_when_it_returns()
     loop {
         match status(gw.url("/d")).await {
             200 => break,
-            429 if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
-            other => panic!("no recovery after Redis returned (last status {other}); log:\n{}", gw.log()),
+            429 if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            other => panic!(
+                "no recovery after Redis returned (last status {other}); log:\n{}",
+                gw.log()
+            ),
         }
     }
     let resp = client().get(gw.url("/e")).send().await.unwrap();
     assert_eq!(resp.status(), 429, "the shared quota of 3 is used up");
-    let retry: u64 = resp.headers()["retry-after"].to_str().unwrap().parse().unwrap();
-    assert!(retry > 1, "a real limit (Retry-After {retry}), not on_error's");
+    let retry: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        retry > 1,
+        "a real limit (Retry-After {retry}), not on_error's"
+    );
     assert_eq!(upstream.hits.load(Ordering::SeqCst), 3);
     let ready: Value = client()
         .get(gw.admin_url("/readyz"))

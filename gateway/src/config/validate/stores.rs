@@ -63,7 +63,10 @@ pub(super) fn store(errs: &mut Errors, loc: &str, raw: RawStore) -> StoreConfig 
         }
     };
     let key_prefix = key_prefix.unwrap_or_else(|| defaults::STORE_KEY_PREFIX.to_string());
-    if key_prefix.is_empty() || key_prefix.chars().any(|c| c.is_whitespace() || c.is_control())
+    if key_prefix.is_empty()
+        || key_prefix
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
     {
         errs.push(
             format!("{loc}.key_prefix"),
@@ -92,7 +95,11 @@ pub(super) fn reference(
         } else {
             format!(
                 "unknown store {name:?} (defined: {}){}",
-                stores.keys().map(String::as_str).collect::<Vec<_>>().join(", "),
+                stores
+                    .keys()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 suggest::hint(&name, stores.keys().map(String::as_str))
             )
         };
