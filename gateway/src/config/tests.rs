@@ -172,6 +172,17 @@ fn stores_are_checked_and_a_misspelt_store_gets_a_suggestion() {
     assert_eq!(store.key_prefix, "vantage");
     assert_eq!(ok.rate_limits["p"].store.as_deref(), Some("shared"));
     assert_eq!(ok.revocations.store.as_deref(), Some("shared"));
+
+    let secret = parse(&MINIMAL.replace(
+        "routes:",
+        "stores:\n  s: {redis: \"redis://gw:hunter2@cache:6379/0\"}\nroutes:",
+    ))
+    .unwrap();
+    let shown = secret.redacted_json().to_string();
+    assert!(
+        !shown.contains("hunter2") && shown.contains("cache:6379"),
+        "{shown}"
+    );
 }
 
 #[test]
