@@ -23,6 +23,8 @@
 #   pingora-bare   Pingora with no policy (gateway/examples/bare_proxy.rs)          the floor
 #   gw-plain       gateway, route auth: none, no rate limits, no exporter
 #   gw-jwt         gateway, ES256 JWT (jwks_file, cached) + per-user GCRA (claim:sub)
+#   gw-jwt-redis   gw-jwt with the GCRA policy shared through Redis (`store:`, the Redis at
+#                  REDIS_URL, default redis://127.0.0.1:6379/0): one EVALSHA per request
 #   gw-full        gw-jwt + spans exported over OTLP/gRPC at ratio 1.0 to bench/otlp-sink
 #   gw-full-w2     gw-full with `workers: 2`, the proxy on both cores
 # Optional rows: gw-trace-off (gw-plain with OTEL_SDK_DISABLED=true), gw-trace-on (gw-plain with
@@ -43,7 +45,7 @@
 # Usage: bench/gateway.sh                       (builds the release binaries if missing)
 #        ROWS="pingora-bare gw-plain" MEASURE=callgrind bench/gateway.sh
 #        KNOBS=1 bench/gateway.sh
-# Env:   MEASURE=both|wrk|callgrind  ROWS="..."  KNOBS=0|1
+# Env:   MEASURE=both|wrk|callgrind  ROWS="..."  KNOBS=0|1  REDIS_URL=redis://127.0.0.1:6379/0 (gw-jwt-redis)
 #        wrk:       DURATION=15s WARMUP=3s CONNS=50 THREADS=1 TOKENS=100 ROUNDS=1
 #        callgrind: CG_N1=1000 CG_N2=3000 CG_REPEATS=2 CG_WARMUP=500 CG_CONNS=$CONNS
 #                   CG_TOKENS=10 (tokens per batch for JWT rows) CG_IDLE=3 (seconds), CG_SETTLE=1 (export rows:
@@ -63,7 +65,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 HERE="$ROOT/bench/gateway"
 
 MEASURE="${MEASURE:-both}"
-DEFAULT_ROWS="direct nginx haproxy haproxy-jwt pingora-bare gw-plain gw-jwt gw-full gw-full-w2"
+DEFAULT_ROWS="direct nginx haproxy haproxy-jwt pingora-bare gw-plain gw-jwt gw-jwt-redis gw-full gw-full-w2"
 KNOB_ROWS="bare-ws-off bare-lt2 bare-pool8 bare-pool1024 bare-t2 bare-t2-ws-off bare-t2-2cpu gw-plain-w2-1cpu gw-plain-w2"
 ROWS="${ROWS:-$DEFAULT_ROWS}"
 [ "${KNOBS:-0}" = 1 ] && ROWS="$ROWS $KNOB_ROWS"
@@ -84,6 +86,7 @@ CG_SETTLE="${CG_SETTLE:-1}"
 CG_REP_STRINGS="${CG_REP_STRINGS:-0}"
 SYSCALLS="${SYSCALLS:-auto}"
 PROFILE_ROWS="${PROFILE_ROWS:-pingora-bare gw-plain gw-full}"
+REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379/0}"
 PROXY_CPU="${PROXY_CPU:-0}"
 LOAD_CPU="${LOAD_CPU:-1}"
 
@@ -131,6 +134,11 @@ if [ "$SYSCALLS" = auto ]; then   # syscalls/request in the wrk rows, when perf 
   if want_wrk && command -v perf >/dev/null 2>&1 \
     && perf stat -x, -e raw_syscalls:sys_enter true >/dev/null 2>&1; then SYSCALLS=1; fi
   [ "$SYSCALLS" = 1 ] || { want_wrk && say "note: no syscall counts (perf with tracepoints: apt-get install -y linux-perf, run as root)"; } || true
+fi
+if has_row gw-jwt-redis; then   # the shared-limit row needs a running Redis (never started here)
+  command -v redis-cli >/dev/null 2>&1 || die "gw-jwt-redis needs redis-cli (Debian: apt-get install -y redis-tools)"
+  redis-cli -u "$REDIS_URL" ping >/dev/null 2>&1 \
+    || die "gw-jwt-redis: no Redis answers at $REDIS_URL (start one: redis-server --daemonize yes)"
 fi
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 HAPROXY="$(command -v haproxy || echo /usr/sbin/haproxy)"
@@ -343,8 +351,8 @@ for f in haproxy-plain haproxy-jwt; do
   "$HAPROXY" -c -q -f "$WORK/$f.cfg" >&2 || die "$f.cfg invalid"
 done
 
-gw_conf() { # NAME WORKERS POLICY(plain|jwt)
-  local name=$1 workers=$2 policy=$3
+gw_conf() { # NAME WORKERS POLICY(plain|jwt|jwt-redis)
+  local name=$1 workers=$2 policy=$3 store_line=""
   {
     cat <<EOF
 listeners: { public: "127.0.0.1:$P_PROXY", admin: "127.0.0.1:$P_GW_ADMIN" }
@@ -361,6 +369,14 @@ routes:
     auth: none
 EOF
     else
+      if [ "$policy" = jwt-redis ]; then
+        # This run's keys only (PREFIX:rl:per_user:…); they expire with their buckets.
+        store_line="    store: shared"
+        cat <<EOF
+stores:
+  shared: { redis: "$REDIS_URL", timeout_ms: 50, on_error: allow, key_prefix: "vantage-bench-$$" }
+EOF
+      fi
       cat <<EOF
 issuers:
   bench:
@@ -375,6 +391,7 @@ rate_limits:
     rate: 1000000
     per: second
     burst: 1000000
+$store_line
 routes:
   - name: bench
     match: { path_prefix: / }
@@ -391,6 +408,7 @@ if [ -x "$GATEWAY" ]; then
   gw_conf gw-plain 1 plain
   gw_conf gw-plain-w2 2 plain
   gw_conf gw-jwt 1 jwt
+  has_row gw-jwt-redis && gw_conf gw-jwt-redis 1 jwt-redis
   gw_conf gw-jwt-w2 2 jwt
 fi
 
@@ -419,6 +437,7 @@ label_of() {
     pingora-bare) echo "bare Pingora proxy (the floor)";;
     gw-plain) echo "gateway, no policy";;
     gw-jwt) echo "gateway, ES256 JWT (cached) + GCRA";;
+    gw-jwt-redis) echo "gateway, ES256 JWT (cached) + GCRA shared in Redis";;
     gw-full) echo "gateway, full policy: JWT + GCRA + spans exported at ratio 1.0";;
     gw-full-w2) echo "gateway, full policy, workers: 2 on 2 cores";;
     gw-trace-off) echo "gateway, no policy, OTEL_SDK_DISABLED=true";;
@@ -453,6 +472,7 @@ row_start() {
     gw-plain|gw-trace-off|gw-trace-on) cmd=("$GATEWAY" run --config "$WORK/gw-plain.yaml");;
     gw-plain-w2|gw-plain-w2-1cpu) cmd=("$GATEWAY" run --config "$WORK/gw-plain-w2.yaml");;
     gw-jwt|gw-full) cmd=("$GATEWAY" run --config "$WORK/gw-jwt.yaml"); ROW_AUTH=jwt;;
+    gw-jwt-redis) cmd=("$GATEWAY" run --config "$WORK/gw-jwt-redis.yaml"); ROW_AUTH=jwt;;
     gw-full-w2) cmd=("$GATEWAY" run --config "$WORK/gw-jwt-w2.yaml"); ROW_AUTH=jwt;;
     *) die "no such row: $name";;
   esac

@@ -64,6 +64,23 @@ pub(crate) fn record_on_span(ctx: &mut RequestCtx, status: u16) {
         if let Some(tier) = &d.tier {
             attributes.push(KeyValue::new("vantage.ratelimit.tier", tier.clone()));
         }
+        if let Some(store) = &d.store {
+            attributes.push(KeyValue::new(
+                "vantage.ratelimit.store",
+                store.name.to_string(),
+            ));
+        }
+    }
+    // A shared policy whose store failed: its on_error made the decision.
+    if let Some(error) = ctx
+        .limits
+        .iter()
+        .find_map(|d| d.store.as_ref().and_then(|s| s.error))
+    {
+        attributes.push(KeyValue::new(
+            "vantage.ratelimit.store_error",
+            error.as_str(),
+        ));
     }
     crate::shadow::span_attributes(ctx, &mut attributes);
     attributes.push(KeyValue::new(

@@ -1,5 +1,6 @@
-//! The admin listener: `/healthz` and `/readyz` for orchestrators (no auth), `/metrics` and
-//! `/config` behind a bearer token read from the environment variable the config names.
+//! The admin listener: `/healthz` and `/readyz` for orchestrators (no auth), `/metrics`,
+//! `/config` and `POST /revocations` behind a bearer token read from the environment variable
+//! the config names.
 
 use std::sync::Arc;
 
@@ -8,6 +9,7 @@ use http::{Response, StatusCode};
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 
+use crate::revocation::{self, Revocation};
 use crate::state::Shared;
 
 /// Serves the admin endpoints.
@@ -73,6 +75,74 @@ impl AdminApp {
     }
 }
 
+impl AdminApp {
+    /// `POST /revocations`: applies the revocation here, then shares it through the store.
+    async fn revoke(
+        &self,
+        session: &mut ServerSession,
+        runtime: &crate::state::Runtime,
+    ) -> Response<Vec<u8>> {
+        let mut body = Vec::new();
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    body.extend_from_slice(&chunk);
+                    if body.len() > revocation::MAX_BODY_BYTES {
+                        return problem(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "payload-too-large",
+                            "A revocation is a small JSON object.",
+                        );
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    return problem(
+                        StatusCode::BAD_REQUEST,
+                        "bad-request",
+                        "The request body could not be read.",
+                    )
+                }
+            }
+        }
+        let now = revocation::unix_now();
+        let r = match Revocation::from_request(&body, now, runtime.longest_token_lifetime()) {
+            Ok(r) => r,
+            Err(detail) => return problem(StatusCode::BAD_REQUEST, "bad-revocation", &detail),
+        };
+        let until = r.until();
+        let (what, value) = match &r {
+            Revocation::Jti { jti, .. } => ("jti", jti.clone()),
+            Revocation::Subject { sub, .. } => ("sub", sub.clone()),
+        };
+        match self.shared.revocations.revoke(r).await {
+            Ok(shared) => {
+                tracing::info!(what, until, shared, "Token revoked.");
+                let body =
+                    serde_json::json!({"revoked": {what: value}, "until": until, "shared": shared});
+                respond(
+                    StatusCode::CREATED,
+                    "application/json",
+                    serde_json::to_vec(&body).unwrap_or_default(),
+                )
+            }
+            Err(error) => {
+                tracing::warn!(
+                    what,
+                    until,
+                    error = error.as_str(),
+                    "Token revoked here only: the store is unavailable."
+                );
+                problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store-unavailable",
+                    "Revoked on this gateway only: the revocation store did not answer. Retry; revoking again is harmless.",
+                )
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
@@ -107,15 +177,21 @@ impl ServeHttp for AdminApp {
                     .filter(|i| !i.is_ready())
                     .map(|i| i.name.clone())
                     .collect();
+                // Stores too: reported, not judged (their on_error decides what an outage means).
+                let stores: serde_json::Map<_, _> = runtime
+                    .stores
+                    .iter()
+                    .map(|(n, s)| (n.clone(), s.status_json()))
+                    .collect();
                 let (status, body) = if runtime.ready() {
                     (
                         StatusCode::OK,
-                        serde_json::json!({"status": "ready", "upstreams": upstreams}),
+                        serde_json::json!({"status": "ready", "upstreams": upstreams, "stores": stores}),
                     )
                 } else {
                     (
                         StatusCode::SERVICE_UNAVAILABLE,
-                        serde_json::json!({"status": "not_ready", "issuers_without_keys": waiting, "upstreams": upstreams}),
+                        serde_json::json!({"status": "not_ready", "issuers_without_keys": waiting, "upstreams": upstreams, "stores": stores}),
                     )
                 };
                 respond(
@@ -166,10 +242,26 @@ impl ServeHttp for AdminApp {
                     serde_json::to_vec_pretty(&body).unwrap_or_default(),
                 )
             }
+            "/revocations" => {
+                if let Err(resp) = self.authorized(session) {
+                    return *resp;
+                }
+                if session.req_header().method != http::Method::POST {
+                    let mut resp = problem(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "method-not-allowed",
+                        "POST a JSON body {\"jti\": …} or {\"sub\": …}.",
+                    );
+                    resp.headers_mut()
+                        .insert("allow", http::HeaderValue::from_static("POST"));
+                    return resp;
+                }
+                self.revoke(session, &runtime).await
+            }
             _ => problem(
                 StatusCode::NOT_FOUND,
                 "no-route",
-                "Admin endpoints: /healthz, /readyz, /metrics, /config.",
+                "Admin endpoints: /healthz, /readyz, /metrics, /config, POST /revocations.",
             ),
         }
     }

@@ -208,6 +208,8 @@ pub enum Reject {
     UnsupportedCritical,
     /// A `scope` or `scp` value that is not a list of RFC 6749 scope tokens.
     InvalidScope,
+    /// Revoked by `POST /revocations` (its `jti`, or its `sub` before it was issued).
+    Revoked,
 }
 
 impl Reject {
@@ -229,6 +231,7 @@ impl Reject {
         Reject::IssuedInFuture,
         Reject::UnsupportedCritical,
         Reject::InvalidScope,
+        Reject::Revoked,
     ];
 
     /// Stable machine-readable code.
@@ -250,6 +253,7 @@ impl Reject {
             Reject::IssuedInFuture => "iat_in_future",
             Reject::UnsupportedCritical => "crit_unsupported",
             Reject::InvalidScope => "invalid_scope",
+            Reject::Revoked => "revoked",
         }
     }
 
@@ -272,6 +276,7 @@ impl Reject {
             Reject::IssuedInFuture => "the token was issued in the future",
             Reject::UnsupportedCritical => "the token requires unsupported critical extensions",
             Reject::InvalidScope => "the token's scope claim is malformed",
+            Reject::Revoked => "token revoked",
         }
     }
 }
@@ -300,9 +305,10 @@ mod tests {
                 | Reject::KeysUnavailable
                 | Reject::IssuedInFuture
                 | Reject::UnsupportedCritical
-                | Reject::InvalidScope => {}
+                | Reject::InvalidScope
+                | Reject::Revoked => {}
             }
         }
-        assert_eq!(Reject::ALL.len(), 16, "add the new reject to Reject::ALL");
+        assert_eq!(Reject::ALL.len(), 17, "add the new reject to Reject::ALL");
     }
 }

@@ -60,6 +60,11 @@ pub struct Config {
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     /// Trusted token issuers.
     pub issuers: BTreeMap<String, IssuerConfig>,
+    /// Named shared-state stores (Redis) that rate-limit policies and revocations may use.
+    /// Default: none; every limit is local to the process.
+    pub stores: BTreeMap<String, StoreConfig>,
+    /// Where token revocations are shared.
+    pub revocations: RevocationSettings,
     /// Named rate-limit policies.
     pub rate_limits: BTreeMap<String, RateLimitConfig>,
     /// Routes, matched in order; the first match wins.
@@ -235,6 +240,48 @@ closed_set!(LoadBalancing {
     "least_connections" => LeastConnections,
 });
 
+/// What a store-backed decision does when the store does not answer within `timeout_ms`
+/// (`on_error`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    /// Let the request through (fail open). The default: a Redis outage never takes the API
+    /// down, at the price of limits not being enforced while it lasts.
+    Allow,
+    /// Refuse the request with 429 and `Retry-After: 1` (fail closed), for limits that protect
+    /// against abuse (login, signup) where letting everything through is worse than an outage.
+    Deny,
+}
+
+closed_set!(OnError {
+    "allow" => Allow,
+    "deny" => Deny,
+});
+
+/// A shared-state store: one Redis that every replica of the gateway talks to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoreConfig {
+    /// `redis://[user:password@]host:port/db`. Any user-info is redacted from `/config`.
+    #[serde(serialize_with = "ser_redacted_url")]
+    pub redis: String,
+    /// Longest wait for one store operation; past it `on_error` decides. Default 5 ms.
+    #[serde(serialize_with = "ser_duration")]
+    pub timeout: Duration,
+    /// Default `allow`.
+    pub on_error: OnError,
+    /// Prefix of every key the gateway writes, so gateways of different deployments (or
+    /// tests) can share one Redis. Default `vantage`.
+    pub key_prefix: String,
+}
+
+/// Token revocation (`POST /revocations` on the admin listener).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct RevocationSettings {
+    /// The store that shares revocations between replicas (each polls it every 500 ms).
+    /// Default: none; a revocation then applies only to the gateway that received it.
+    pub store: Option<String>,
+}
+
 /// Whether a route needs a token (`auth`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMode {
@@ -297,7 +344,7 @@ impl Per {
 }
 
 /// A named pool of upstream endpoints.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UpstreamConfig {
     /// `host:port` addresses. Host names are resolved when the config is loaded (at start and
     /// on every reload), not per request.
@@ -324,7 +371,7 @@ pub struct UpstreamConfig {
 }
 
 /// Active health check settings.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HealthCheckConfig {
     /// Path probed with GET; any 2xx is healthy. Default `/healthz`.
     pub path: String,
@@ -341,7 +388,7 @@ pub struct HealthCheckConfig {
 }
 
 /// Passive ejection settings.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PassiveEjectionConfig {
     /// Consecutive failures (connect errors, timeouts, 502/503/504) that eject an endpoint. Default 3.
     pub consecutive_failures: u32,
@@ -351,7 +398,7 @@ pub struct PassiveEjectionConfig {
 }
 
 /// Circuit breaker settings.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CircuitBreakerConfig {
     /// Consecutive failed requests that open the circuit. Default 5.
     pub failure_threshold: u32,
@@ -362,7 +409,7 @@ pub struct CircuitBreakerConfig {
 }
 
 /// Where an issuer's verification keys come from.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum KeySource {
     /// A JWKS document fetched over HTTP(S): at start, every `refresh_interval`, and when a token
@@ -387,7 +434,7 @@ pub enum KeySource {
 }
 
 /// A trusted token issuer.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct IssuerConfig {
     /// The exact `iss` claim value.
     pub issuer: String,
@@ -411,7 +458,7 @@ pub struct IssuerConfig {
 }
 
 /// A rate quota: `rate` requests per `per`, with bursts of up to `burst`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub struct Quota {
     /// Requests per period.
     pub rate: u32,
@@ -476,7 +523,7 @@ impl FromStr for KeyPart {
 }
 
 /// A named rate-limit policy.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RateLimitConfig {
     /// What identifies one bucket.
     pub key: Vec<KeyPart>,
@@ -492,10 +539,13 @@ pub struct RateLimitConfig {
     /// buckets and records what it would have refused, but never refuses (and never sends
     /// `RateLimit` fields).
     pub mode: Mode,
+    /// The store holding the buckets, so every replica shares one quota per key. Default:
+    /// none; the buckets are in this process (each replica enforces its own copy).
+    pub store: Option<String>,
 }
 
 /// One quota for everyone, or a quota chosen by a token claim.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Quotas {
     /// The same quota for every key.

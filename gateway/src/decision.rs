@@ -86,6 +86,7 @@ pub(crate) async fn admit(
         &mut ctx.limits,
         &mut ctx.shadow_limits,
     )
+    .await
 }
 
 /// Where a plain-HTTP request goes when the policy redirects to the TLS listener.

@@ -14,7 +14,8 @@
 //! retries), `upstream_request` (what the upstream receives), `problem` (every error answered,
 //! and `problem::classify`), `access_log` (the access line and the span's decisions),
 //! `metrics`. Around them: [`config`] (parse + validate), `state` (the live configuration),
-//! `reload` (SIGHUP and file watch), `admin` (health, metrics, config).
+//! `reload` (SIGHUP and file watch), `admin` (health, metrics, config, revocations), `store`
+//! (shared state in Redis), `revocation` (revoked tokens).
 
 mod access_log;
 mod admin;
@@ -35,9 +36,11 @@ mod ratelimit;
 mod reload;
 mod request_head;
 mod request_id;
+mod revocation;
 mod routing;
 mod shadow;
 mod state;
+mod store;
 mod tls;
 mod upstream;
 mod upstream_request;
@@ -119,7 +122,18 @@ pub fn run(config_path: &Path, tracer: HttpTracer) -> Result<(), StartError> {
         .build()
         .map_err(StartError::Runtime)?;
     let handle = background.handle().clone();
-    let runtime = background.block_on(state::Runtime::start(config.clone(), &handle))?;
+    let metrics = metrics::Metrics::new();
+    let revocations = revocation::Revocations::new();
+    let runtime = background.block_on(state::Runtime::start(
+        config.clone(),
+        &handle,
+        state::Inherit {
+            previous: None,
+            revocations: &revocations,
+            store_metrics: &metrics.stores,
+        },
+    ))?;
+    revocations.use_store(runtime.revocation_store());
     let admin_token = std::env::var(&config.admin.token_env)
         .ok()
         .filter(|t| !t.is_empty());
@@ -137,18 +151,22 @@ pub fn run(config_path: &Path, tracer: HttpTracer) -> Result<(), StartError> {
     }
     let shared = Arc::new(state::Shared {
         current: ArcSwap::new(runtime),
-        metrics: metrics::Metrics::new(),
+        metrics,
         background: handle,
         config_path: config_path.to_path_buf(),
         admin_token,
         tracer,
         edge_certs: Arc::clone(&edge_certs),
+        revocations: Arc::clone(&revocations),
     });
     let stop_watching = tokio_util::sync::CancellationToken::new();
     let watcher = reload::spawn_watcher(Arc::clone(&shared), stop_watching.clone());
     shared.background.spawn(
         Arc::clone(&edge_certs).watch(identity::DEFAULT_POLL_INTERVAL, stop_watching.clone()),
     );
+    shared
+        .background
+        .spawn(revocations.run_sync(stop_watching.clone()));
 
     let conf = ServerConf {
         threads: config.server.workers,

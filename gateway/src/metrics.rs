@@ -128,6 +128,7 @@ pub(crate) struct Metrics {
     pub(crate) upstream_identity_refusals: Family<IdentityRefusalLabels, Counter>,
     pub(crate) certificate_expiry: Family<CertificateLabels, Gauge>,
     pub(crate) connections: crate::downstream::ConnectionMetrics,
+    pub(crate) stores: crate::store::StoreMetrics,
 }
 
 /// Latency buckets in seconds, as the HTTP semantic conventions recommend.
@@ -237,7 +238,19 @@ impl Metrics {
             "Client connections closed because a request head took longer than server.request_head_timeout_ms",
             connections.head_timeouts.clone(),
         );
+        let stores = crate::store::StoreMetrics::default();
+        registry.register(
+            "gateway_store_errors",
+            "Store (Redis) operations that failed or timed out, by store and kind; each one was decided by the store's on_error",
+            stores.errors.clone(),
+        );
+        registry.register(
+            "gateway_store_up",
+            "Whether the last operation on each store succeeded (1) or failed (0)",
+            stores.up.clone(),
+        );
         Metrics {
+            stores,
             connections,
             registry,
             upstream_identity_refusals,

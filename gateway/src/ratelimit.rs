@@ -2,7 +2,9 @@
 //!
 //! Each named policy holds one keyed limiter per tier. Keys idle long enough to be fully
 //! replenished are pruned on a timer, so memory stays bounded by the keys active within one
-//! replenish window. Responses carry `RateLimit-Policy` / `RateLimit` fields as defined in
+//! replenish window. A policy with `store:` keeps its buckets in that store instead
+//! ([`crate::store::redis_gcra`]), so every replica shares one quota per key; when the store
+//! fails, the store's `on_error` decides. Responses carry `RateLimit-Policy` / `RateLimit` fields as defined in
 //! draft-ietf-httpapi-ratelimit-headers-09, and `Retry-After` on 429.
 
 use std::collections::BTreeMap;
@@ -20,21 +22,22 @@ use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::jwt::Identity;
-use crate::config::{KeyPart, Mode, Quota, Quotas, RateLimitConfig};
+use crate::config::{KeyPart, Mode, OnError, Quota, Quotas, RateLimitConfig};
 use crate::problem::GatewayError;
+use crate::store::{Store, StoreError};
 
 /// Counts one request against each of its route's `policies` in order, recording every
 /// enforced decision in `decisions` (they all go into the `RateLimit` fields) and every
 /// decision of a policy in shadow mode in `shadow` (see [`crate::shadow`]); stops at the first
 /// enforced policy that refuses, with the 429 to answer. A shadow policy never stops the loop.
-pub(crate) fn check(
+pub(crate) async fn check(
     policies: &[Arc<Policy>],
     input: &KeyInput<'_>,
     decisions: &mut Vec<Decision>,
     shadow: &mut Vec<Decision>,
 ) -> Result<(), GatewayError> {
     for policy in policies {
-        let decision = policy.check(input)?;
+        let decision = policy.check(input).await?;
         if policy.mode() == Mode::Shadow {
             shadow.push(decision);
             continue;
@@ -101,6 +104,17 @@ pub(crate) struct Decision {
     pub(crate) window_secs: u64,
     /// Seconds to wait before retrying, when refused.
     pub(crate) retry_after_secs: Option<u64>,
+    /// For a policy with `store:`: the store, and why it failed when `on_error` decided.
+    pub(crate) store: Option<StoreUse>,
+}
+
+/// How a shared policy's decision used its store.
+#[derive(Debug, Clone)]
+pub(crate) struct StoreUse {
+    /// The store's name.
+    pub(crate) name: Arc<str>,
+    /// Set when the store failed and its `on_error` made the decision.
+    pub(crate) error: Option<StoreError>,
 }
 
 impl Decision {
@@ -148,14 +162,21 @@ pub(crate) struct KeyInput<'a> {
 /// A named policy with its keyed state.
 pub(crate) struct Policy {
     pub(crate) name: String,
-    config: RateLimitConfig,
+    pub(crate) config: RateLimitConfig,
     limiters: BTreeMap<String, Limiter>,
+    /// The store named by `store:`; the local limiters are then unused.
+    store: Option<Arc<Store>>,
 }
 
 const SINGLE: &str = "";
 
 impl Policy {
-    pub(crate) fn new(name: String, config: RateLimitConfig) -> Arc<Self> {
+    /// The policy `name`; `store` is the store its config names (resolved by the caller).
+    pub(crate) fn new(
+        name: String,
+        config: RateLimitConfig,
+        store: Option<Arc<Store>>,
+    ) -> Arc<Self> {
         let limiters = match &config.quotas {
             Quotas::Single { quota } => {
                 BTreeMap::from([(SINGLE.to_string(), Limiter::new(*quota))])
@@ -169,6 +190,7 @@ impl Policy {
             name,
             config,
             limiters,
+            store,
         })
     }
 
@@ -180,6 +202,11 @@ impl Policy {
     /// The policy's configuration.
     pub(crate) fn config(&self) -> &RateLimitConfig {
         &self.config
+    }
+
+    /// The store holding this policy's buckets, if any.
+    pub(crate) fn store(&self) -> Option<&Arc<Store>> {
+        self.store.as_ref()
     }
 
     /// Number of keys currently tracked, across tiers.
@@ -277,7 +304,7 @@ impl Policy {
     }
 
     /// Counts one request against the policy.
-    pub(crate) fn check(&self, input: &KeyInput<'_>) -> Result<Decision, GatewayError> {
+    pub(crate) async fn check(&self, input: &KeyInput<'_>) -> Result<Decision, GatewayError> {
         let tier = self.tier(input);
         let limiter = &self.limiters[tier];
         let key = self.key(input)?;
@@ -291,7 +318,11 @@ impl Policy {
             reset_secs: 0,
             window_secs: limiter.window_secs(),
             retry_after_secs: None,
+            store: None,
         };
+        if let Some(store) = &self.store {
+            return Ok(self.check_shared(store, tier, &key, limiter, base).await);
+        }
         Ok(match limiter.inner.check_key(&key) {
             Ok(snapshot) => {
                 let remaining = snapshot.remaining_burst_capacity();
@@ -314,6 +345,65 @@ impl Policy {
                 }
             }
         })
+    }
+}
+
+impl Policy {
+    /// Counts one request in the store: `prefix:rl:policy:tier:key`, one bucket for every
+    /// replica.
+    async fn check_shared(
+        &self,
+        store: &Arc<Store>,
+        tier: &str,
+        key: &str,
+        limiter: &Limiter,
+        base: Decision,
+    ) -> Decision {
+        let bucket = store.key(&["rl", &self.name, tier, key]);
+        let quota = limiter.quota;
+        let used = StoreUse {
+            name: Arc::clone(&store.name),
+            error: None,
+        };
+        match store.gcra(&bucket, &quota).await {
+            Ok(v) if v.admitted => Decision {
+                remaining: v.remaining,
+                reset_secs: ceil_secs(v.wait),
+                store: Some(used),
+                ..base
+            },
+            Ok(v) => Decision {
+                allowed: false,
+                remaining: 0,
+                reset_secs: ceil_secs(limiter.replenish() * quota.burst),
+                retry_after_secs: Some(ceil_secs(v.wait).max(1)),
+                store: Some(used),
+                ..base
+            },
+            Err(error) => {
+                let on_error = store.on_error();
+                let store = Some(StoreUse {
+                    error: Some(error),
+                    ..used
+                });
+                match on_error {
+                    // Not counted: say the full quota is left rather than guess.
+                    OnError::Allow => Decision {
+                        remaining: quota.burst,
+                        store,
+                        ..base
+                    },
+                    OnError::Deny => Decision {
+                        allowed: false,
+                        remaining: 0,
+                        reset_secs: 1,
+                        retry_after_secs: Some(1),
+                        store,
+                        ..base
+                    },
+                }
+            }
+        }
     }
 }
 
@@ -351,7 +441,21 @@ mod tests {
 
     impl Policy {
         fn check_ok(&self, input: &KeyInput<'_>) -> Decision {
-            self.check(input).unwrap()
+            self.check_now(input).unwrap()
+        }
+
+        /// A local policy's check never waits, so it completes on first poll.
+        fn check_now(&self, input: &KeyInput<'_>) -> Result<Decision, GatewayError> {
+            now_or_never(self.check(input))
+        }
+    }
+
+    fn now_or_never<T>(f: impl std::future::Future<Output = T>) -> T {
+        let mut f = std::pin::pin!(f);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match f.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(v) => v,
+            std::task::Poll::Pending => panic!("a local policy waited"),
         }
     }
 
@@ -380,13 +484,14 @@ mod tests {
                 key: vec![KeyPart::Header(http::HeaderName::from_static("x-api-key"))],
                 ..policy(1, 1, 1).config.clone()
             },
+            None,
         );
         let mut h = HeaderMap::new();
         h.append("x-api-key", "a".parse().unwrap());
-        assert!(p.check(&input("1.1.1.1", &h)).is_ok());
+        assert!(p.check_now(&input("1.1.1.1", &h)).is_ok());
         h.append("x-api-key", "b".parse().unwrap());
         assert!(matches!(
-            p.check(&input("1.1.1.1", &h)),
+            p.check_now(&input("1.1.1.1", &h)),
             Err(GatewayError::DuplicateHeader(name)) if name == "x-api-key"
         ));
     }
@@ -406,7 +511,9 @@ mod tests {
                 idle_prune: Duration::from_secs(60),
                 ipv6_prefix_len: 64,
                 mode: Mode::Enforce,
+                store: None,
             },
+            None,
         )
     }
 
@@ -455,10 +562,22 @@ mod tests {
         let mut decisions = Vec::new();
         let mut shadow = Vec::new();
         let both = [Arc::clone(&tight), Arc::clone(&loose)];
-        assert!(check(&both, &input("3.3.3.3", &h), &mut decisions, &mut shadow).is_ok());
+        assert!(now_or_never(check(
+            &both,
+            &input("3.3.3.3", &h),
+            &mut decisions,
+            &mut shadow
+        ))
+        .is_ok());
         assert_eq!(decisions.len(), 2);
         decisions.clear();
-        let refused = check(&both, &input("3.3.3.3", &h), &mut decisions, &mut shadow).unwrap_err();
+        let refused = now_or_never(check(
+            &both,
+            &input("3.3.3.3", &h),
+            &mut decisions,
+            &mut shadow,
+        ))
+        .unwrap_err();
         assert!(shadow.is_empty());
         assert_eq!(decisions.len(), 1, "the loose policy is not consulted");
         match refused {
@@ -483,13 +602,15 @@ mod tests {
                 mode: Mode::Shadow,
                 ..policy(1, 60, 1).config.clone()
             },
+            None,
         );
         let after = policy(100, 1, 100);
         let both = [Arc::clone(&shadowed), Arc::clone(&after)];
         let h = HeaderMap::new();
         let (mut decisions, mut shadow) = (Vec::new(), Vec::new());
         for _ in 0..3 {
-            assert!(check(&both, &input("4.4.4.4", &h), &mut decisions, &mut shadow).is_ok());
+            let req = input("4.4.4.4", &h);
+            assert!(now_or_never(check(&both, &req, &mut decisions, &mut shadow)).is_ok());
         }
         assert_eq!(
             shadow.iter().map(|d| d.allowed).collect::<Vec<_>>(),

@@ -23,7 +23,7 @@ pub(crate) async fn reload(shared: &Arc<Shared>, trigger: &'static str) -> bool 
                     "Listener addresses changed; they take effect only after a restart."
                 );
             }
-            Runtime::start(config, &shared.background).await
+            Runtime::start(config, &shared.background, shared.inherit(&current)).await
         }
         Err(errors) => Err(errors),
     };

@@ -2,7 +2,7 @@
 //! pools, key sets, limiters). Swapped atomically on reload; requests in flight keep the
 //! `Arc<Runtime>` they started with, so a reload never drops them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,9 +14,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::jwt::Authenticator;
 use crate::auth::keys::IssuerKeys;
-use crate::config::{Config, ConfigError, ConfigErrors, RouteConfig};
+use crate::config::{Config, ConfigError, ConfigErrors, KeySource, RouteConfig};
 use crate::metrics::Metrics;
 use crate::ratelimit::Policy;
+use crate::revocation::Revocations;
+use crate::store::{Store, StoreMetrics};
 use crate::tls::{EdgeCerts, UpstreamTls};
 use crate::upstream::Upstream;
 
@@ -34,10 +36,27 @@ pub(crate) struct Runtime {
     pub(crate) upstreams: BTreeMap<String, Arc<Upstream>>,
     pub(crate) policies: BTreeMap<String, Arc<Policy>>,
     pub(crate) auth: Authenticator,
+    /// The stores of `stores`, connected on first use.
+    pub(crate) stores: BTreeMap<String, Arc<Store>>,
+    /// The contents of each file-keyed issuer's key file as loaded, so a reload can tell
+    /// whether the issuer changed.
+    key_files: BTreeMap<String, Vec<u8>>,
     /// `Strict-Transport-Security` for responses over TLS, when `edge_tls.hsts_max_age_secs`.
     pub(crate) hsts: Option<http::HeaderValue>,
     /// Stops this generation's background tasks (health checks, key refresh, pruning).
     stop: CancellationToken,
+}
+
+/// What a new generation takes from the process and from the generation it replaces.
+pub(crate) struct Inherit<'a> {
+    /// The running generation, on reload: every store, issuer, upstream and rate-limit policy
+    /// whose definition did not change is taken over with its state (connections, keys and
+    /// cached tokens, breaker, health and ejections, buckets); only changed ones start fresh.
+    pub(crate) previous: Option<&'a Runtime>,
+    /// The process's revoked tokens.
+    pub(crate) revocations: &'a Arc<Revocations>,
+    /// Where stores count their errors.
+    pub(crate) store_metrics: &'a StoreMetrics,
 }
 
 /// How long start-up and reload wait for JWKS URLs before serving anyway (the keys keep
@@ -49,11 +68,58 @@ impl Runtime {
     pub(crate) async fn start(
         config: Config,
         background: &Handle,
+        inherit: Inherit<'_>,
     ) -> Result<Arc<Runtime>, ConfigErrors> {
+        let previous = inherit.previous;
         let stop = CancellationToken::new();
         let mut errors = Vec::new();
+
+        let mut stores = BTreeMap::new();
+        for (name, cfg) in &config.stores {
+            let kept = previous
+                .and_then(|p| p.stores.get(name))
+                .filter(|s| s.config == *cfg);
+            let store = match kept {
+                Some(s) => Ok(Arc::clone(s)),
+                None => Store::new(name.clone(), cfg.clone(), inherit.store_metrics),
+            };
+            match store {
+                Ok(s) => {
+                    stores.insert(name.clone(), s);
+                }
+                Err(message) => errors.push(ConfigError {
+                    location: format!("stores.{name}"),
+                    message,
+                }),
+            }
+        }
+
         let mut issuers = BTreeMap::new();
+        let mut key_files = BTreeMap::new();
+        let mut kept_issuers = BTreeSet::new();
         for (name, cfg) in &config.issuers {
+            let file = match &cfg.keys {
+                KeySource::JwksFile { path } | KeySource::PemFile { path, .. } => {
+                    std::fs::read(path).ok()
+                }
+                KeySource::JwksUrl { .. } => None,
+            };
+            let kept = previous
+                .and_then(|p| {
+                    p.auth
+                        .issuers()
+                        .find(|i| i.name == *name)
+                        .filter(|_| p.key_files.get(name) == file.as_ref())
+                })
+                .filter(|i| i.config == *cfg);
+            if let Some(file) = file {
+                key_files.insert(name.clone(), file);
+            }
+            if let Some(keys) = kept {
+                kept_issuers.insert(name.clone());
+                issuers.insert(name.clone(), Arc::clone(keys));
+                continue;
+            }
             match IssuerKeys::new(name.clone(), cfg.clone(), background.clone()) {
                 Ok(keys) => {
                     issuers.insert(name.clone(), keys);
@@ -84,7 +150,19 @@ impl Runtime {
                     }),
                 }
             }
-            let tls = match cfg.tls.as_ref().map(UpstreamTls::load).transpose() {
+            // Kept when its definition and its resolved addresses are the same.
+            let kept = previous.and_then(|p| p.upstreams.get(name)).filter(|u| {
+                u.config == *cfg
+                    && u.endpoints
+                        .iter()
+                        .map(|e| e.addr)
+                        .eq(addresses.iter().copied())
+            });
+            let tls = match kept {
+                Some(u) => Ok(u.tls.clone()),
+                None => cfg.tls.as_ref().map(UpstreamTls::load).transpose(),
+            };
+            let tls = match tls {
                 Ok(tls) => tls,
                 Err(message) => {
                     errors.push(ConfigError {
@@ -101,10 +179,11 @@ impl Runtime {
                         .watch(identity::DEFAULT_POLL_INTERVAL, stop.clone()),
                 );
             }
-            upstreams.insert(
-                name.clone(),
-                Upstream::new(name.clone(), cfg.clone(), addresses, tls),
-            );
+            let upstream = match kept {
+                Some(u) => Arc::clone(u),
+                None => Upstream::new(name.clone(), cfg.clone(), addresses, tls),
+            };
+            upstreams.insert(name.clone(), upstream);
         }
         if !errors.is_empty() {
             stop.cancel();
@@ -116,7 +195,22 @@ impl Runtime {
         let policies: BTreeMap<String, Arc<Policy>> = config
             .rate_limits
             .iter()
-            .map(|(n, c)| (n.clone(), Policy::new(n.clone(), c.clone())))
+            .map(|(n, c)| {
+                let store = c.store.as_ref().map(|s| Arc::clone(&stores[s]));
+                let kept = previous.and_then(|p| p.policies.get(n)).filter(|p| {
+                    p.config == *c
+                        && match (p.store(), &store) {
+                            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                            (None, None) => true,
+                            _ => false,
+                        }
+                });
+                let policy = match kept {
+                    Some(p) => Arc::clone(p),
+                    None => Policy::new(n.clone(), c.clone(), store),
+                };
+                (n.clone(), policy)
+            })
             .collect();
         for p in policies.values() {
             p.start_pruning(background, stop.clone());
@@ -143,13 +237,19 @@ impl Runtime {
             .and_then(|e| {
                 http::HeaderValue::from_str(&format!("max-age={}", e.hsts_max_age_secs)).ok()
             });
+        let auth = Authenticator::new(issuers, Arc::clone(inherit.revocations));
+        if let Some(p) = previous {
+            auth.inherit_cache(&p.auth, |issuer| kept_issuers.contains(issuer));
+        }
         Ok(Arc::new(Runtime {
             hsts,
             config,
             routes,
             upstreams,
             policies,
-            auth: Authenticator::new(issuers),
+            auth,
+            stores,
+            key_files,
             stop,
         }))
     }
@@ -177,7 +277,7 @@ impl Runtime {
         let policies: BTreeMap<String, Arc<Policy>> = config
             .rate_limits
             .iter()
-            .map(|(n, c)| (n.clone(), Policy::new(n.clone(), c.clone())))
+            .map(|(n, c)| (n.clone(), Policy::new(n.clone(), c.clone(), None)))
             .collect();
         let routes = config
             .routes
@@ -200,9 +300,28 @@ impl Runtime {
             routes,
             upstreams,
             policies,
-            auth: Authenticator::new(issuers),
+            auth: Authenticator::new(issuers, crate::revocation::Revocations::new()),
+            stores: BTreeMap::new(),
+            key_files: BTreeMap::new(),
             stop: CancellationToken::new(),
         }
+    }
+
+    /// The store revocations are shared through (`revocations.store`), if any.
+    pub(crate) fn revocation_store(&self) -> Option<Arc<Store>> {
+        let name = self.config.revocations.store.as_ref()?;
+        self.stores.get(name).cloned()
+    }
+
+    /// The longest any accepted token lives, in seconds: how long a revocation is kept
+    /// unless the request says sooner.
+    pub(crate) fn longest_token_lifetime(&self) -> u64 {
+        self.config
+            .issuers
+            .values()
+            .map(|i| i.max_lifetime_secs + i.leeway_secs)
+            .max()
+            .unwrap_or(crate::config::defaults::MAX_LIFETIME_SECS)
     }
 
     /// The route for a request (rules in [`crate::routing`]); `path` is normalised.
@@ -298,9 +417,20 @@ pub(crate) struct Shared {
     pub(crate) tracer: HttpTracer,
     /// The certificate the public TLS listener serves (follows `edge_tls` across reloads).
     pub(crate) edge_certs: Arc<EdgeCerts>,
+    /// Revoked tokens; outlive every generation.
+    pub(crate) revocations: Arc<Revocations>,
 }
 
 impl Shared {
+    /// What the next generation inherits: the running one's state and the process's.
+    pub(crate) fn inherit<'a>(&'a self, previous: &'a Runtime) -> Inherit<'a> {
+        Inherit {
+            previous: Some(previous),
+            revocations: &self.revocations,
+            store_metrics: &self.metrics.stores,
+        }
+    }
+
     /// Swaps in a new generation (and its edge certificate) and stops the old one's background
     /// tasks. The edge certificate was checked when the policy was validated; should it have
     /// broken since, the previous one keeps serving.
@@ -308,6 +438,7 @@ impl Shared {
         if let Err(error) = self.edge_certs.install(next.config.edge_tls.as_ref()) {
             tracing::warn!(%error, "Cannot load the new edge certificate; the previous one stays in use.");
         }
+        self.revocations.use_store(next.revocation_store());
         let previous = self.current.swap(next);
         previous.stop();
     }

@@ -2,7 +2,8 @@
 //!
 //! The order matters for safety: the algorithm comes from the *key* (its JWK `alg` or curve),
 //! never from the token, so `alg: none` and RS/HS confusion (an HMAC signed with a public key)
-//! cannot pass. Verified tokens are cached (bounded LRU); `exp` is re-checked on every hit.
+//! cannot pass. Verified tokens are cached (bounded LRU); `exp` and revocation
+//! ([`crate::revocation`]) are re-checked on every hit.
 
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroUsize;
@@ -17,6 +18,7 @@ use serde_json::{Map, Value};
 
 use super::keys::IssuerKeys;
 use super::Reject;
+use crate::revocation::Revocations;
 
 /// A verified caller.
 #[derive(Debug)]
@@ -46,12 +48,29 @@ impl Identity {
     }
 }
 
+#[cfg(test)]
+impl Identity {
+    /// A verified caller with `claims`, for unit tests.
+    pub(crate) fn for_test(sub: &str, claims: Map<String, Value>) -> Identity {
+        Identity {
+            issuer: "test".into(),
+            subject: sub.into(),
+            scopes: Vec::new(),
+            claims,
+            expires_at: u64::MAX / 2,
+            leeway: 0,
+        }
+    }
+}
+
 /// Verifies bearer tokens against the configured issuers.
 pub(crate) struct Authenticator {
     issuers: BTreeMap<String, Arc<IssuerKeys>>,
     /// `iss` claim value → issuer name.
     by_iss: HashMap<String, String>,
     cache: Mutex<LruCache<String, Arc<Identity>>>,
+    /// Revoked tokens, refused even when verified (or cached).
+    revocations: Arc<Revocations>,
 }
 
 /// Largest number of verified tokens remembered. Each entry is the token plus its claims.
@@ -67,7 +86,10 @@ fn now() -> u64 {
 }
 
 impl Authenticator {
-    pub(crate) fn new(issuers: BTreeMap<String, Arc<IssuerKeys>>) -> Self {
+    pub(crate) fn new(
+        issuers: BTreeMap<String, Arc<IssuerKeys>>,
+        revocations: Arc<Revocations>,
+    ) -> Self {
         let by_iss = issuers
             .iter()
             .map(|(name, i)| (i.config.issuer.clone(), name.clone()))
@@ -78,6 +100,23 @@ impl Authenticator {
             cache: Mutex::new(LruCache::new(
                 NonZeroUsize::new(CACHE_ENTRIES).expect("non-zero"),
             )),
+            revocations,
+        }
+    }
+
+    /// Takes over `previous`'s cached tokens of the issuers `keep` names (those whose
+    /// definition a reload did not change), most recently used last so the order survives.
+    pub(crate) fn inherit_cache(&self, previous: &Authenticator, keep: impl Fn(&str) -> bool) {
+        let old: Vec<(String, Arc<Identity>)> = previous
+            .cache
+            .lock()
+            .iter()
+            .filter(|(_, id)| keep(&id.issuer))
+            .map(|(t, id)| (t.clone(), Arc::clone(id)))
+            .collect();
+        let mut cache = self.cache.lock();
+        for (token, id) in old.into_iter().rev() {
+            cache.put(token, id);
         }
     }
 
@@ -102,6 +141,9 @@ impl Authenticator {
             if hit.expires_at + hit.leeway < now() {
                 self.cache.lock().pop(token);
                 return Err((Reject::Expired, Some(hit.issuer.clone())));
+            }
+            if self.revocations.is_revoked(&hit, now()) {
+                return Err((Reject::Revoked, Some(hit.issuer.clone())));
             }
             return Ok(hit);
         }
@@ -218,6 +260,9 @@ impl Authenticator {
         self.cache
             .lock()
             .put(token.to_string(), Arc::clone(&identity));
+        if self.revocations.is_revoked(&identity, now) {
+            return Err((Reject::Revoked, Some(identity.issuer.clone())));
+        }
         Ok(identity)
     }
 

@@ -238,13 +238,16 @@ impl IssuerKeys {
         self.set.load().get(kid)
     }
 
-    /// For URL issuers: fetches now (waiting at most `initial_wait`) and then on every
-    /// `refresh_interval` until `stop` is cancelled. A failed fetch keeps the last good set.
+    /// For URL issuers: fetches now (waiting at most `initial_wait`; not when keys were
+    /// loaded already, as for an issuer a reload kept) and then on every `refresh_interval`
+    /// until `stop` is cancelled. A failed fetch keeps the last good set.
     pub(crate) async fn start(self: &Arc<Self>, stop: CancellationToken, initial_wait: Duration) {
         if !matches!(self.config.keys, KeySource::JwksUrl { .. }) {
             return;
         }
-        let _ = tokio::time::timeout(initial_wait, self.refresh(true)).await;
+        if !self.is_ready() {
+            let _ = tokio::time::timeout(initial_wait, self.refresh(true)).await;
+        }
         let this = Arc::clone(self);
         self.background.spawn(async move {
             loop {

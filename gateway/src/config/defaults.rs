@@ -75,6 +75,11 @@ pub const IDLE_PRUNE_SECS: u64 = 60;
 /// `rate_limits.*.ipv6_prefix_len`.
 pub const IPV6_PREFIX_LEN: u8 = 64;
 
+/// `stores.*.timeout_ms`: a Redis in the same zone answers in well under a millisecond.
+pub const STORE_TIMEOUT_MS: u64 = 5;
+/// `stores.*.key_prefix`.
+pub const STORE_KEY_PREFIX: &str = "vantage";
+
 /// Every default above by name, for the test that ties docs/gateway-config.md to the code.
 #[cfg(test)]
 pub(crate) fn by_name() -> Vec<(&'static str, String)> {
@@ -140,5 +145,7 @@ pub(crate) fn by_name() -> Vec<(&'static str, String)> {
         ("MAX_LIFETIME_SECS", MAX_LIFETIME_SECS.to_string()),
         ("IDLE_PRUNE_SECS", IDLE_PRUNE_SECS.to_string()),
         ("IPV6_PREFIX_LEN", IPV6_PREFIX_LEN.to_string()),
+        ("STORE_TIMEOUT_MS", STORE_TIMEOUT_MS.to_string()),
+        ("STORE_KEY_PREFIX", STORE_KEY_PREFIX.to_string()),
     ]
 }

@@ -27,6 +27,10 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub(crate) issuers: BTreeMap<String, serde_yaml::Value>,
     #[serde(default)]
+    pub(crate) stores: BTreeMap<String, serde_yaml::Value>,
+    #[serde(default)]
+    pub(crate) revocations: Option<serde_yaml::Value>,
+    #[serde(default)]
     pub(crate) rate_limits: BTreeMap<String, serde_yaml::Value>,
     #[serde(default)]
     pub(crate) routes: Vec<serde_yaml::Value>,
@@ -145,6 +149,21 @@ pub(crate) struct RawIssuer {
 
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
+pub(crate) struct RawStore {
+    pub(crate) redis: String,
+    pub(crate) timeout_ms: Option<u64>,
+    pub(crate) on_error: Option<String>,
+    pub(crate) key_prefix: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRevocations {
+    pub(crate) store: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct RawQuota {
     pub(crate) rate: u32,
     pub(crate) per: String,
@@ -163,6 +182,7 @@ pub(crate) struct RawRateLimit {
     pub(crate) idle_prune_secs: Option<u64>,
     pub(crate) ipv6_prefix_len: Option<u8>,
     pub(crate) mode: Option<String>,
+    pub(crate) store: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]

@@ -136,6 +136,57 @@ fn every_error_is_listed_with_its_location_and_a_suggestion() {
 }
 
 #[test]
+fn stores_are_checked_and_a_misspelt_store_gets_a_suggestion() {
+    let text = "stores:\n  shared: {redis: \"redis://127.0.0.1:6379/0\", timeout_ms: 5, on_error: deny}\n\
+                \x20 bad: {redis: \"http://user:hunter2@cache:6379\", timeout_ms: 0, on_error: fail-open, key_prefix: \"a b\"}\n\
+                revocations: {store: sharde}\n\
+                rate_limits:\n  p: {key: [client_ip], rate: 1, per: second, store: shraed}\n\
+                upstreams:\n  u: {endpoints: [\"127.0.0.1:1\"]}\n\
+                routes:\n  - {name: a, match: {path_prefix: /a}, upstream: u, auth: none, rate_limits: [p]}\n";
+    let errs = errors(text);
+    let expect = [
+        ("stores.bad.redis", "scheme \"http\" is not supported"),
+        ("stores.bad.timeout_ms", "greater than 0"),
+        ("stores.bad.on_error", "is not one of allow, deny"),
+        ("stores.bad.key_prefix", "without spaces"),
+        ("revocations.store", "did you mean \"shared\"?"),
+        ("rate_limits.p.store", "did you mean \"shared\"?"),
+    ];
+    for (location, hint) in expect {
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with(&format!("{location}:")) && e.contains(hint)),
+            "no error at {location} with {hint:?}:\n{}",
+            errs.join("\n")
+        );
+    }
+    assert_eq!(errs.len(), expect.len(), "{}", errs.join("\n"));
+    assert!(
+        !errs.iter().any(|e| e.contains("hunter2")),
+        "a store URL's password is never repeated: {errs:?}"
+    );
+
+    let ok = parse(&text.replace("  bad: {redis: \"http://user:hunter2@cache:6379\", timeout_ms: 0, on_error: fail-open, key_prefix: \"a b\"}\n", "").replace("sharde", "shared").replace("shraed", "shared")).unwrap();
+    let store = &ok.stores["shared"];
+    assert_eq!(store.timeout, std::time::Duration::from_millis(5));
+    assert_eq!(store.on_error, super::OnError::Deny);
+    assert_eq!(store.key_prefix, "vantage");
+    assert_eq!(ok.rate_limits["p"].store.as_deref(), Some("shared"));
+    assert_eq!(ok.revocations.store.as_deref(), Some("shared"));
+
+    let secret = parse(&MINIMAL.replace(
+        "routes:",
+        "stores:\n  s: {redis: \"redis://gw:hunter2@cache:6379/0\"}\nroutes:",
+    ))
+    .unwrap();
+    let shown = secret.redacted_json().to_string();
+    assert!(
+        !shown.contains("hunter2") && shown.contains("cache:6379"),
+        "{shown}"
+    );
+}
+
+#[test]
 fn a_syntax_error_names_its_line() {
     let errs = errors("routes: [\n");
     assert!(errs[0].starts_with("line "), "{errs:?}");

@@ -2,7 +2,7 @@
 //!
 //! One file per section of the policy: [`listeners`] (listeners and admin), [`server`] (server
 //! settings and identity headers), [`tls`] (the edge certificate, upstream mTLS), [`upstreams`],
-//! [`issuers`], [`rate_limits`], [`routes`].
+//! [`issuers`], [`stores`] (stores and revocations), [`rate_limits`], [`routes`].
 //! Sections are checked independently, so one broken section never hides another's errors;
 //! routes are checked last, against the names the other sections defined.
 
@@ -11,6 +11,7 @@ mod listeners;
 mod rate_limits;
 mod routes;
 mod server;
+mod stores;
 mod tls;
 mod upstreams;
 
@@ -142,6 +143,8 @@ fn build(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> Config {
         identity_headers,
         upstreams,
         issuers,
+        stores,
+        revocations,
         rate_limits,
         routes,
     } = raw;
@@ -163,7 +166,11 @@ fn build(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> Config {
     let issuers = errs.named("issuers", issuers, |errs, loc, raw| {
         issuers::issuer(errs, loc, raw, base_dir)
     });
-    let rate_limits = errs.named("rate_limits", rate_limits, rate_limits::rate_limit);
+    let stores = errs.named("stores", stores, stores::store);
+    let revocations = stores::revocations(errs, revocations, &stores);
+    let rate_limits = errs.named("rate_limits", rate_limits, |errs, loc, raw| {
+        rate_limits::rate_limit(errs, loc, raw, &stores)
+    });
     let routes = routes::routes(
         errs,
         routes,
@@ -182,6 +189,8 @@ fn build(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> Config {
         identity_headers,
         upstreams,
         issuers,
+        stores,
+        revocations,
         rate_limits,
         warnings: routes::overlap_warnings(&routes),
         routes,

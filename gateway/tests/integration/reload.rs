@@ -166,3 +166,128 @@ fn validate_passes_the_shipped_configs_and_lists_every_error_of_a_broken_one() {
     // Binding nothing: validating a config whose ports are taken still works.
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A policy with a limited route (local bucket of `burst`), a route to a failing upstream
+/// whose breaker opens at the first failure, and an unrelated route at `other`.
+fn stateful(a: &Upstream, flaky: &Upstream, jwks_url: &str, burst: u32, other: &str) -> String {
+    format!(
+        "{}upstreams:\n  a: {{endpoints: [\"{}\"]}}\n  flaky: {{endpoints: [\"{}\"], retries: 0, passive_ejection: {{consecutive_failures: 100}}, circuit_breaker: {{failure_threshold: 1, open_secs: 60}}}}\n\
+         rate_limits:\n  tight: {{key: [client_ip], rate: 1, per: hour, burst: {burst}}}\n\
+         routes:\n  - {{name: limited, match: {{path_prefix: /limited}}, upstream: a, auth: none, rate_limits: [tight]}}\n  - {{name: flaky, match: {{path_prefix: /flaky}}, upstream: flaky, auth: none}}\n  - {{name: other, match: {{path_prefix: {other}}}, upstream: a, auth: none}}\n",
+        issuer_yaml(jwks_url),
+        a.addr,
+        flaky.addr
+    )
+}
+
+async fn status_of(gw: &Gateway, path: &str) -> u16 {
+    client()
+        .get(gw.url(path))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Rewrites the policy and waits until `probe` is served (the reload was applied).
+async fn reload_to(gw: &Gateway, body: &str, probe: &str) {
+    gw.rewrite_config(body);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while status_of(gw, probe).await != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "reload not applied; log:\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn circuit(gw: &Gateway, upstream: &str) -> String {
+    let ready: Value = client()
+        .get(gw.admin_url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    ready["upstreams"][upstream]["circuit"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_keeps_the_state_of_everything_it_did_not_change() {
+    let keys = Keys::generate();
+    let jwks = JwksServer::start(keys.jwks()).await;
+    let a = Upstream::start("a").await;
+    let flaky = Upstream::start("flaky").await;
+    flaky
+        .fail_status
+        .store(503, std::sync::atomic::Ordering::SeqCst);
+    let gw = Gateway::start(&stateful(&a, &flaky, &jwks.url, 3, "/other1")).await;
+
+    // The bucket is used up and the breaker opens.
+    for _ in 0..3 {
+        assert_eq!(status_of(&gw, "/limited").await, 200);
+    }
+    assert_eq!(status_of(&gw, "/limited").await, 429);
+    assert_eq!(status_of(&gw, "/flaky").await, 503);
+    assert_eq!(circuit(&gw, "flaky").await, "open");
+    let fetches = jwks.fetches.load(std::sync::atomic::Ordering::SeqCst);
+
+    // A reload that changes only an unrelated route keeps the bucket, the open breaker and
+    // the issuer's keys (no new JWKS fetch).
+    flaky
+        .fail_status
+        .store(0, std::sync::atomic::Ordering::SeqCst);
+    reload_to(
+        &gw,
+        &stateful(&a, &flaky, &jwks.url, 3, "/other2"),
+        "/other2",
+    )
+    .await;
+    assert_eq!(
+        status_of(&gw, "/limited").await,
+        429,
+        "the exhausted bucket was kept"
+    );
+    assert_eq!(
+        circuit(&gw, "flaky").await,
+        "open",
+        "the open breaker was kept"
+    );
+    let hits = flaky.hits.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(status_of(&gw, "/flaky").await, 503);
+    assert_eq!(
+        flaky.hits.load(std::sync::atomic::Ordering::SeqCst),
+        hits,
+        "an open breaker does not contact the upstream"
+    );
+    assert_eq!(
+        jwks.fetches.load(std::sync::atomic::Ordering::SeqCst),
+        fetches,
+        "an unchanged issuer keeps its keys"
+    );
+
+    // A changed policy starts fresh; so does a changed upstream.
+    let changed = stateful(&a, &flaky, &jwks.url, 4, "/other3").replace(
+        "failure_threshold: 1, open_secs: 60",
+        "failure_threshold: 2, open_secs: 60",
+    );
+    reload_to(&gw, &changed, "/other3").await;
+    assert_eq!(
+        status_of(&gw, "/limited").await,
+        200,
+        "a changed policy starts fresh"
+    );
+    assert_eq!(
+        circuit(&gw, "flaky").await,
+        "closed",
+        "a changed upstream starts fresh"
+    );
+    assert_eq!(status_of(&gw, "/flaky").await, 200);
+}

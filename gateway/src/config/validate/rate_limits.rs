@@ -1,10 +1,11 @@
 //! `rate_limits`: named GCRA policies — what keys a bucket, and the quota (or quotas by tier).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::super::defaults;
 use super::super::raw::RawRateLimit;
-use super::super::{KeyPart, Per, Quota, Quotas, RateLimitConfig};
+use super::super::{KeyPart, Per, Quota, Quotas, RateLimitConfig, StoreConfig};
 use super::Errors;
 
 /// The placeholder quota of a policy whose quota is in error (it is never used: the file is
@@ -15,7 +16,12 @@ const PLACEHOLDER: Quota = Quota {
     burst: 1,
 };
 
-pub(super) fn rate_limit(errs: &mut Errors, loc: &str, raw: RawRateLimit) -> RateLimitConfig {
+pub(super) fn rate_limit(
+    errs: &mut Errors,
+    loc: &str,
+    raw: RawRateLimit,
+    stores: &BTreeMap<String, StoreConfig>,
+) -> RateLimitConfig {
     let RawRateLimit {
         key,
         rate,
@@ -26,6 +32,7 @@ pub(super) fn rate_limit(errs: &mut Errors, loc: &str, raw: RawRateLimit) -> Rat
         idle_prune_secs,
         ipv6_prefix_len,
         mode,
+        store,
     } = raw;
     if key.is_empty() {
         errs.push(
@@ -106,6 +113,7 @@ pub(super) fn rate_limit(errs: &mut Errors, loc: &str, raw: RawRateLimit) -> Rat
             }
         },
         mode: super::mode(errs, &format!("{loc}.mode"), mode.as_deref()),
+        store: super::stores::reference(errs, &format!("{loc}.store"), store, stores),
     }
 }
 
