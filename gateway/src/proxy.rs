@@ -34,6 +34,7 @@ use crate::{
 /// The gateway's proxy logic.
 pub(crate) struct Gateway {
     pub(crate) shared: Arc<Shared>,
+    pub(crate) access_log: access_log::AccessLog,
 }
 
 impl Gateway {
@@ -342,6 +343,6 @@ impl ProxyHttp for Gateway {
         ctx.upstream.span = None;
         let trace = ctx.span_ids();
         ctx.span.end();
-        access_log::write(ctx, req, status, trace.as_ref());
+        self.access_log.write(ctx, req, status, trace.as_ref());
     }
 }
