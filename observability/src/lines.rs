@@ -198,7 +198,7 @@ impl LineLog {
         let start = out.len();
         out.extend_from_slice(b",\"fields\":{");
         let mut f = JsonFields {
-            out,
+            out: &mut *out,
             first: true,
         };
         fields(&mut f);
@@ -336,7 +336,7 @@ impl JsonFields<'_> {
     pub fn display(&mut self, key: &str, value: impl fmt::Display) -> &mut Self {
         self.key(key);
         self.out.push(b'"');
-        let _ = fmt::Write::write_fmt(&mut Escaping(self.out), format_args!("{value}"));
+        let _ = fmt::Write::write_fmt(&mut Escaping(&mut *self.out), format_args!("{value}"));
         self.out.push(b'"');
         self
     }
