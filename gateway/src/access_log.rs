@@ -144,7 +144,10 @@ impl AccessLog {
                 .str("route", ctx.route_name())
                 .u64("status", u64::from(status))
                 .str("upstream", ctx.upstream_name().unwrap_or(""))
-                .u64("upstream_status", u64::from(ctx.upstream.status.unwrap_or(0)))
+                .u64(
+                    "upstream_status",
+                    u64::from(ctx.upstream.status.unwrap_or(0)),
+                )
                 .str("user_agent", user_agent);
         });
     }

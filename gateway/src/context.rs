@@ -206,6 +206,7 @@ mod tests {
         for (name, size) in parts {
             eprintln!("{name}: {size} bytes");
         }
-        assert!(size_of::<RequestCtx>() < 4096);
+        // 1,120 bytes when measured (docs/benchmarks.md): growth past this needs a reason.
+        assert!(size_of::<RequestCtx>() <= 1280, "RequestCtx grew");
     }
 }

@@ -348,14 +348,12 @@ where
                 .with_max_level_hint(tracing::Level::INFO),
             )
     });
-    let log_layer = logs::JsonLogLayer::new(
-        settings.service_name.clone(),
-        SharedWriter(log_writer),
-    )
-    .with_filter(
-        EnvFilter::try_new(&settings.log_filter)
-            .unwrap_or_else(|_| EnvFilter::new(env::DEFAULT_LOG_FILTER)),
-    );
+    let log_layer =
+        logs::JsonLogLayer::new(settings.service_name.clone(), SharedWriter(log_writer))
+            .with_filter(
+                EnvFilter::try_new(&settings.log_filter)
+                    .unwrap_or_else(|_| EnvFilter::new(env::DEFAULT_LOG_FILTER)),
+            );
     let subscriber = tracing_subscriber::registry()
         .with(otel_layer)
         .with(log_layer);

@@ -313,7 +313,8 @@ pub struct JsonFields<'a> {
 impl JsonFields<'_> {
     fn key(&mut self, key: &str) {
         debug_assert!(
-            key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.'),
+            key.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.'),
             "field name {key:?} needs escaping"
         );
         if !self.first {
