@@ -66,6 +66,11 @@ pub(crate) fn record_on_span(ctx: &mut RequestCtx, status: u16) {
             attributes.push(KeyValue::new("vantage.ratelimit.tier", tier.clone()));
         }
     }
+    crate::shadow::span_attributes(ctx, &mut attributes);
+    attributes.push(KeyValue::new(
+        "vantage.decision",
+        crate::decision::trail(ctx, status),
+    ));
     for attribute in attributes {
         ctx.span.set_attribute(attribute);
     }
@@ -126,7 +131,9 @@ impl AccessLog {
                 .str("auth_issuer", ctx.auth.issuer().unwrap_or(""))
                 .str("auth_reason", ctx.auth.reason())
                 .str("auth_result", ctx.auth.result().as_str())
+                .bool("auth_shadow", crate::shadow::auth_shadowed(ctx))
                 .str("client_ip", &ctx.client.ip)
+                .str("decision", &crate::decision::trail(ctx, status))
                 .millis("duration_ms", elapsed);
             match &ctx.upstream.endpoint {
                 Some(e) => f.display("endpoint", e.addr),
@@ -139,6 +146,7 @@ impl AccessLog {
                 .str("method", req.method.as_str())
                 .str("path", req.uri.path())
                 .str("ratelimit", &ratelimit::summary(&ctx.limits))
+                .str("ratelimit_shadow", &crate::shadow::limits_summary(ctx))
                 .u64("request_body_bytes", ctx.body_bytes)
                 .str("request_id", &ctx.request_id)
                 .str("route", ctx.route_name())

@@ -65,6 +65,17 @@ pub(crate) struct LimitLabels {
     pub(crate) result: &'static str,
 }
 
+/// Labels of `gateway_shadow_decisions_total`: `kind` `auth` (policy = route name) or
+/// `ratelimit` (policy = rate-limit policy name); `outcome` what the policy would have done;
+/// `reason` the auth reject code (empty otherwise).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ShadowLabels {
+    pub(crate) kind: &'static str,
+    pub(crate) policy: String,
+    pub(crate) outcome: &'static str,
+    pub(crate) reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct UpstreamErrorLabels {
     pub(crate) upstream: String,
@@ -110,6 +121,7 @@ pub(crate) struct Metrics {
     pub(crate) request_duration: Family<RequestLabels, HistogramWithExemplars<TraceExemplar>>,
     pub(crate) auth_decisions: Family<AuthLabels, Counter>,
     pub(crate) ratelimit_decisions: Family<LimitLabels, Counter>,
+    pub(crate) shadow_decisions: Family<ShadowLabels, Counter>,
     pub(crate) upstream_errors: Family<UpstreamErrorLabels, Counter>,
     pub(crate) upstream_attempts: Family<UpstreamLabels, Counter>,
     pub(crate) available_endpoints: Family<UpstreamLabels, Gauge>,
@@ -203,6 +215,12 @@ impl Metrics {
             "Rate-limit decisions by route, policy and result",
             ratelimit_decisions.clone(),
         );
+        let shadow_decisions = Family::<ShadowLabels, Counter>::default();
+        registry.register(
+            "gateway_shadow_decisions",
+            "Decisions of policies in shadow mode (computed, not enforced) by kind, policy, outcome and reason",
+            shadow_decisions.clone(),
+        );
         let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
         registry.register(
             "gateway_upstream_errors",
@@ -286,6 +304,7 @@ impl Metrics {
             request_duration,
             auth_decisions,
             ratelimit_decisions,
+            shadow_decisions,
             upstream_errors,
             upstream_attempts,
             available_endpoints,
@@ -297,7 +316,8 @@ impl Metrics {
     }
 
     /// Counts a finished request: its duration (with the trace as exemplar), the auth decision
-    /// and every rate-limit decision.
+    /// and every rate-limit decision; decisions made in shadow mode are counted apart
+    /// ([`crate::shadow::count`]).
     pub(crate) fn record_request(&self, ctx: &RequestCtx, method: &http::Method, status: u16) {
         let route = ctx.route_name();
         let method = Method::from_http(method);
@@ -317,7 +337,7 @@ impl Metrics {
             |k| self.request_duration.get_or_create(k).clone(),
             |h| h.observe(elapsed, exemplar, None),
         );
-        if ctx.route.is_some() {
+        if ctx.route.is_some() && !crate::shadow::auth_shadowed(ctx) {
             let (result, reason) = (ctx.auth.result().as_str(), ctx.auth.reason());
             self.resolved_auth.with(
                 |k| k.result == result && k.reason == reason && k.route == route,
@@ -347,6 +367,7 @@ impl Metrics {
                 },
             );
         }
+        crate::shadow::count(self, ctx);
     }
 
     /// Counts one attempt to `upstream`.
