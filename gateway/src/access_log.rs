@@ -6,6 +6,7 @@
 use http::header;
 use observability::http_span::HttpSpan as _;
 use observability::http_trace::Side;
+use observability::lines::{LineLog, TraceIds};
 use observability::opentelemetry::KeyValue;
 use pingora_http::RequestHeader;
 
@@ -98,43 +99,81 @@ pub(crate) fn record_on_span(ctx: &mut RequestCtx, status: u16) {
     }
 }
 
-/// Writes the access line (target `access`). `trace` is the SERVER span's ids: the line is not
-/// logged inside a `tracing` span, so it carries them itself.
-pub(crate) fn write(
-    ctx: &RequestCtx,
-    req: &RequestHeader,
-    status: u16,
-    trace: Option<&(String, String)>,
-) {
-    let elapsed = ctx.start.elapsed();
-    tracing::info!(
-        target: "access",
-        trace_id = trace.map(|(t, _)| t.as_str()).unwrap_or(""),
-        span_id = trace.map(|(_, s)| s.as_str()).unwrap_or(""),
-        request_id = %ctx.request_id,
-        method = %req.method,
-        path = %req.uri.path(),
-        host = ctx.client.host.as_deref().unwrap_or(""),
-        status,
-        duration_ms = elapsed.as_secs_f64() * 1000.0,
-        client_ip = %ctx.client.ip,
-        user_agent = req.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or(""),
-        route = %ctx.route_name(),
-        upstream = ctx.upstream_name().unwrap_or(""),
-        endpoint = ctx.upstream.endpoint.as_ref().map(|e| e.addr.to_string()).unwrap_or_default(),
-        attempts = ctx.upstream.count,
-        upstream_status = ctx.upstream.status.unwrap_or(0),
-        auth_result = ctx.auth.result().as_str(),
-        auth_reason = ctx.auth.reason(),
-        auth_issuer = ctx.auth.issuer().unwrap_or(""),
-        enduser_id = ctx.auth.subject().unwrap_or(""),
-        ratelimit = %ratelimit::summary(&ctx.limits),
-        auth_shadow = crate::shadow::auth_shadowed(ctx),
-        ratelimit_shadow = %crate::shadow::limits_summary(ctx),
-        decision = %crate::decision::trail(ctx, status),
-        request_body_bytes = ctx.body_bytes,
-        error_type = ctx.failure.as_ref().map(|f| f.error_type()).unwrap_or(""),
-        error_detail = ctx.failure.as_ref().and_then(|f| f.detail()).unwrap_or(""),
-        "request"
-    );
+/// The access log: one JSON line per request, target `access`, written straight from the
+/// [`RequestCtx`] (no `tracing` event, no second serialisation; see
+/// [`observability::lines`]). Skipped entirely when `RUST_LOG` turns target `access` off.
+#[derive(Clone)]
+pub(crate) struct AccessLog {
+    /// `None` when the log filter drops `access` lines.
+    lines: Option<LineLog>,
+}
+
+impl AccessLog {
+    /// Writes to `lines` when the installed log filter lets `access` INFO lines through (decided
+    /// once: the filter is fixed at start-up).
+    pub(crate) fn new(lines: LineLog) -> Self {
+        let enabled = tracing::enabled!(target: "access", tracing::Level::INFO);
+        AccessLog {
+            lines: enabled.then_some(lines),
+        }
+    }
+
+    /// Writes the access line. `trace` is the SERVER span's ids: the line is not written inside
+    /// a `tracing` span, so it carries them itself (as the top-level `trace_id` / `span_id`).
+    ///
+    /// Fields are written in alphabetical order, as the `tracing` lines' are; add a field by
+    /// adding its line at its place.
+    pub(crate) fn write(
+        &self,
+        ctx: &RequestCtx,
+        req: &RequestHeader,
+        status: u16,
+        trace: Option<&TraceIds>,
+    ) {
+        let Some(lines) = &self.lines else {
+            return;
+        };
+        let elapsed = ctx.start.elapsed();
+        let user_agent = req
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let (error_type, error_detail) = ctx
+            .failure
+            .as_ref()
+            .map_or(("", ""), |f| (f.error_type(), f.detail().unwrap_or("")));
+        lines.write(tracing::Level::INFO, "access", "request", trace, |f| {
+            f.u64("attempts", u64::from(ctx.upstream.count))
+                .str("auth_issuer", ctx.auth.issuer().unwrap_or(""))
+                .str("auth_reason", ctx.auth.reason())
+                .str("auth_result", ctx.auth.result().as_str())
+                .bool("auth_shadow", crate::shadow::auth_shadowed(ctx))
+                .str("client_ip", &ctx.client.ip)
+                .str("decision", &crate::decision::trail(ctx, status))
+                .millis("duration_ms", elapsed);
+            match &ctx.upstream.endpoint {
+                Some(e) => f.display("endpoint", e.addr),
+                None => f.str("endpoint", ""),
+            };
+            f.str("enduser_id", ctx.auth.subject().unwrap_or(""))
+                .str("error_detail", error_detail)
+                .str("error_type", error_type)
+                .str("host", ctx.client.host.as_deref().unwrap_or(""))
+                .str("method", req.method.as_str())
+                .str("path", req.uri.path())
+                .str("ratelimit", &ratelimit::summary(&ctx.limits))
+                .str("ratelimit_shadow", &crate::shadow::limits_summary(ctx))
+                .u64("request_body_bytes", ctx.body_bytes)
+                .str("request_id", &ctx.request_id)
+                .str("route", ctx.route_name())
+                .u64("status", u64::from(status))
+                .str("upstream", ctx.upstream_name().unwrap_or(""))
+                .u64(
+                    "upstream_status",
+                    u64::from(ctx.upstream.status.unwrap_or(0)),
+                )
+                .str("user_agent", user_agent);
+        });
+    }
 }

@@ -9,6 +9,7 @@ use std::time::Instant;
 use http::HeaderMap;
 use ipnet::IpNet;
 use observability::http_span::{ClientSpan, ServerSpan};
+use observability::lines::TraceIds;
 
 use crate::auth::AuthDecision;
 use crate::forwarded::ForwardedClient;
@@ -168,10 +169,8 @@ impl RequestCtx {
     }
 
     /// The SERVER span's trace and span id (hex), when tracing is on.
-    pub(crate) fn span_ids(&self) -> Option<(String, String)> {
-        let sc = self.span.span_context();
-        sc.is_valid()
-            .then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
+    pub(crate) fn span_ids(&self) -> Option<TraceIds> {
+        TraceIds::of(self.span.span_context())
     }
 
     /// The route name, or `unmatched`; bounded for metric labels.
@@ -185,5 +184,32 @@ impl RequestCtx {
     /// The upstream name of the matched route.
     pub(crate) fn upstream_name(&self) -> Option<&str> {
         self.route.as_ref().map(|r| r.upstream.name.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pingora keeps `CTX` inside the request's future, which is boxed and moved per request:
+    /// every byte here is copied. `cargo test -p gateway --lib ctx_size -- --nocapture` prints
+    /// the parts (docs/benchmarks.md quotes them).
+    #[test]
+    fn ctx_size() {
+        use std::mem::size_of;
+        let parts = [
+            ("RequestCtx", size_of::<RequestCtx>()),
+            ("Client", size_of::<Client>()),
+            ("Attempts", size_of::<Attempts>()),
+            ("AuthDecision", size_of::<AuthDecision>()),
+            ("Option<Failure>", size_of::<Option<Failure>>()),
+            ("ServerSpan", size_of::<ServerSpan>()),
+            ("Option<ClientSpan>", size_of::<Option<ClientSpan>>()),
+        ];
+        for (name, size) in parts {
+            eprintln!("{name}: {size} bytes");
+        }
+        // 1,120 bytes when measured (docs/benchmarks.md): growth past this needs a reason.
+        assert!(size_of::<RequestCtx>() <= 1280, "RequestCtx grew");
     }
 }

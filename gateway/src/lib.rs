@@ -50,7 +50,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use observability::http_span::HttpTracer;
+use observability::Telemetry;
 use pingora_core::apps::http_app::HttpServer;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::Server;
@@ -91,8 +91,9 @@ const BACKGROUND_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 
 /// Loads `config_path`, binds the listeners and serves until SIGINT/SIGTERM, then drains
 /// in-flight requests and returns (so the caller can flush telemetry). Request spans come from
-/// `tracer` (`Telemetry::http_tracer()`, or `HttpTracer::disabled()`).
-pub fn run(config_path: &Path, tracer: HttpTracer) -> Result<(), StartError> {
+/// `telemetry.http_tracer()`, access lines go to `telemetry.line_log()`.
+pub fn run(config_path: &Path, telemetry: &Telemetry) -> Result<(), StartError> {
+    let tracer = telemetry.http_tracer();
     let config = Config::load(config_path)?;
     for w in &config.warnings {
         tracing::warn!(location = %w.location, problem = %w.message, "Config warning.");
@@ -185,6 +186,7 @@ pub fn run(config_path: &Path, tracer: HttpTracer) -> Result<(), StartError> {
             &server.configuration,
             proxy::Gateway {
                 shared: Arc::clone(&shared),
+                access_log: access_log::AccessLog::new(telemetry.line_log()),
             },
         ),
         downstream::Limits {

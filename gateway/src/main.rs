@@ -161,7 +161,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(EX_CONFIG);
                 }
             };
-            let result = gateway::run(&config, telemetry.http_tracer());
+            let result = gateway::run(&config, &telemetry);
             telemetry.shutdown();
             match result {
                 Ok(()) => ExitCode::SUCCESS,

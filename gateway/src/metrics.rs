@@ -23,7 +23,7 @@ pub(crate) struct RequestLabels {
 }
 
 /// HTTP method, bounded: anything unusual is `_OTHER` (as in the HTTP semantic conventions).
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types, clippy::upper_case_acronyms)]
 pub(crate) enum Method {
     GET,
@@ -112,6 +112,10 @@ pub(crate) struct ReloadLabels {
 use observability::metrics::TraceExemplar;
 
 /// Every gateway metric.
+///
+/// The per-request series are reached through [`Resolved`] handles: a finished request costs no
+/// label `String`, no hash of its labels and no family lock, only a short scan of the label sets
+/// already seen.
 pub(crate) struct Metrics {
     registry: Registry,
     pub(crate) request_duration: Family<RequestLabels, HistogramWithExemplars<TraceExemplar>>,
@@ -129,6 +133,57 @@ pub(crate) struct Metrics {
     pub(crate) certificate_expiry: Family<CertificateLabels, Gauge>,
     pub(crate) connections: crate::downstream::ConnectionMetrics,
     pub(crate) stores: crate::store::StoreMetrics,
+    resolved_durations: Resolved<RequestLabels, HistogramWithExemplars<TraceExemplar>>,
+    resolved_auth: Resolved<AuthLabels, Counter>,
+    resolved_limits: Resolved<LimitLabels, Counter>,
+    resolved_attempts: Resolved<UpstreamLabels, Counter>,
+}
+
+/// Label sets resolved to their series once, for the metrics every request updates.
+///
+/// A family's `get_or_create` builds the owned label set (a `String` per name), hashes it with
+/// SipHash and takes the family's lock; here the label sets seen so far are kept next to their
+/// series and found by comparing borrowed values (status, then method, then the route name). The
+/// families never drop a series, so a kept handle stays the one `/metrics` reports. Label sets
+/// are bounded by the policy (routes, policies, upstreams) and by status codes; past
+/// [`RESOLVED_MAX`] the family is asked directly, as before.
+struct Resolved<K, M> {
+    entries: parking_lot::Mutex<Vec<(K, M)>>,
+}
+
+/// Label sets kept per [`Resolved`].
+const RESOLVED_MAX: usize = 256;
+
+impl<K, M> Default for Resolved<K, M> {
+    fn default() -> Self {
+        Self {
+            entries: parking_lot::Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl<K, M> Resolved<K, M> {
+    /// Runs `update` on the series whose labels `matches`; `labels` builds them on a miss and
+    /// `family` resolves them.
+    fn with(
+        &self,
+        matches: impl Fn(&K) -> bool,
+        labels: impl FnOnce() -> K,
+        family: impl FnOnce(&K) -> M,
+        update: impl FnOnce(&M),
+    ) {
+        let mut entries = self.entries.lock();
+        if let Some((_, m)) = entries.iter().find(|(k, _)| matches(k)) {
+            update(m);
+            return;
+        }
+        let k = labels();
+        let m = family(&k);
+        update(&m);
+        if entries.len() < RESOLVED_MAX {
+            entries.push((k, m));
+        }
+    }
 }
 
 /// Latency buckets in seconds, as the HTTP semantic conventions recommend.
@@ -251,6 +306,10 @@ impl Metrics {
         );
         Metrics {
             stores,
+            resolved_durations: Resolved::default(),
+            resolved_auth: Resolved::default(),
+            resolved_limits: Resolved::default(),
+            resolved_attempts: Resolved::default(),
             connections,
             registry,
             upstream_identity_refusals,
@@ -274,36 +333,68 @@ impl Metrics {
     /// ([`crate::shadow::count`]).
     pub(crate) fn record_request(&self, ctx: &RequestCtx, method: &http::Method, status: u16) {
         let route = ctx.route_name();
-        self.request_duration
-            .get_or_create(&RequestLabels {
+        let method = Method::from_http(method);
+        let exemplar = observability::metrics::trace_exemplar_of(ctx.span.span_context());
+        let elapsed = ctx.start.elapsed().as_secs_f64();
+        self.resolved_durations.with(
+            |k| {
+                k.http_response_status_code == status
+                    && k.http_request_method == method
+                    && k.route == route
+            },
+            || RequestLabels {
                 route: route.to_string(),
-                http_request_method: Method::from_http(method),
+                http_request_method: method,
                 http_response_status_code: status,
-            })
-            .observe(
-                ctx.start.elapsed().as_secs_f64(),
-                observability::metrics::trace_exemplar_of(ctx.span.span_context()),
-                None,
-            );
+            },
+            |k| self.request_duration.get_or_create(k).clone(),
+            |h| h.observe(elapsed, exemplar, None),
+        );
         if ctx.route.is_some() && !crate::shadow::auth_shadowed(ctx) {
-            self.auth_decisions
-                .get_or_create(&AuthLabels {
+            let (result, reason) = (ctx.auth.result().as_str(), ctx.auth.reason());
+            self.resolved_auth.with(
+                |k| k.result == result && k.reason == reason && k.route == route,
+                || AuthLabels {
                     route: route.to_string(),
-                    result: ctx.auth.result().as_str(),
-                    reason: ctx.auth.reason(),
-                })
-                .inc();
+                    result,
+                    reason,
+                },
+                |k| self.auth_decisions.get_or_create(k).clone(),
+                |c| {
+                    c.inc();
+                },
+            );
         }
         for d in &ctx.limits {
-            self.ratelimit_decisions
-                .get_or_create(&LimitLabels {
+            let result = d.result();
+            self.resolved_limits.with(
+                |k| k.result == result && k.policy == d.policy && k.route == route,
+                || LimitLabels {
                     route: route.to_string(),
                     policy: d.policy.clone(),
-                    result: d.result(),
-                })
-                .inc();
+                    result,
+                },
+                |k| self.ratelimit_decisions.get_or_create(k).clone(),
+                |c| {
+                    c.inc();
+                },
+            );
         }
         crate::shadow::count(self, ctx);
+    }
+
+    /// Counts one attempt to `upstream`.
+    pub(crate) fn count_attempt(&self, upstream: &str) {
+        self.resolved_attempts.with(
+            |k| k.upstream == upstream,
+            || UpstreamLabels {
+                upstream: upstream.to_string(),
+            },
+            |k| self.upstream_attempts.get_or_create(k).clone(),
+            |c| {
+                c.inc();
+            },
+        );
     }
 
     /// OpenMetrics text, ending in `# EOF`.

@@ -30,6 +30,7 @@ use crate::{access_log, decision, framing, request_id, upstream_request};
 /// The gateway's proxy logic.
 pub(crate) struct Gateway {
     pub(crate) shared: Arc<Shared>,
+    pub(crate) access_log: access_log::AccessLog,
 }
 
 impl Gateway {
@@ -268,6 +269,6 @@ impl ProxyHttp for Gateway {
         ctx.upstream.span = None;
         let trace = ctx.span_ids();
         ctx.span.end();
-        access_log::write(ctx, req, status, trace.as_ref());
+        self.access_log.write(ctx, req, status, trace.as_ref());
     }
 }

@@ -8,6 +8,7 @@
 //! `X-Forwarded-*`.)
 
 use http::header;
+use observability::opentelemetry::propagation::Injector;
 use pingora_http::RequestHeader;
 
 use crate::context::RequestCtx;
@@ -61,16 +62,35 @@ pub(crate) fn prepare(
     }
     // Continue the trace upstream as a child of this attempt's CLIENT span.
     if let Some(attempt) = &ctx.upstream.span {
-        let mut carrier = http::HeaderMap::new();
-        attempt.inject(&mut carrier);
-        if !carrier.is_empty() {
-            for name in TRACE_HEADERS {
-                upstream.remove_header(name);
-            }
-            for (name, value) in carrier.iter() {
-                let _ = upstream.insert_header(name.clone(), value.clone());
-            }
-        }
+        attempt.inject_into(&mut TraceHeaders {
+            upstream,
+            cleared: false,
+        });
     }
     Ok(())
+}
+
+/// Writes an attempt's trace context straight into the upstream request (no intermediate header
+/// map, no second copy of names and values). The first header written removes every trace
+/// header the client sent, so none leaks upstream unchanged; when there is no context to send
+/// nothing is removed and the client's headers pass through.
+struct TraceHeaders<'a> {
+    upstream: &'a mut RequestHeader,
+    cleared: bool,
+}
+
+impl Injector for TraceHeaders<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if !self.cleared {
+            for name in TRACE_HEADERS {
+                self.upstream.remove_header(name);
+            }
+            self.cleared = true;
+        }
+        // A `&'static str` name is not copied (Pingora keeps its case as given).
+        let _ = match TRACE_HEADERS.iter().find(|n| **n == key) {
+            Some(name) => self.upstream.insert_header(*name, value),
+            None => self.upstream.insert_header(key.to_owned(), value),
+        };
+    }
 }

@@ -264,6 +264,18 @@ impl ClientSpan {
     pub fn inject(&self, headers: &mut HeaderMap) {
         propagation::inject_http(&self.inject, headers);
     }
+
+    /// Like [`ClientSpan::inject`] into any carrier, for a proxy that writes the upstream
+    /// request's headers itself (no intermediate map). Removing stale propagation headers is the
+    /// caller's job: do it on the first `set`, so nothing is removed when nothing is sent.
+    pub fn inject_into(&self, injector: &mut dyn opentelemetry::propagation::Injector) {
+        propagation::inject(&self.inject, injector);
+    }
+
+    /// Whether attributes are kept: skip computing them when not.
+    pub fn is_recording(&self) -> bool {
+        !self.ids_only && self.span.as_ref().is_some_and(|s| s.is_recording())
+    }
 }
 
 /// What both HTTP span kinds record; a no-op when tracing is off.

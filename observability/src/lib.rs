@@ -60,6 +60,7 @@ mod logs;
 
 pub mod http_span;
 pub mod http_trace;
+pub mod lines;
 pub mod metrics;
 pub mod problem;
 pub mod propagation;
@@ -121,6 +122,9 @@ pub enum InitError {
     /// The exporter's runtime could not start (thread or reactor creation failed).
     #[error("failed to start the telemetry export runtime")]
     Runtime(#[source] std::io::Error),
+    /// The thread that writes [`lines::LineLog`] lines could not start.
+    #[error("failed to start the log line writer thread")]
+    LineLog(#[source] std::io::Error),
     /// `init` was already called, or something else installed a global subscriber.
     #[error("a global tracing subscriber is already installed")]
     AlreadyInitialized,
@@ -141,6 +145,9 @@ pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
     /// Keeps the log writer thread alive; dropping it flushes the lines still queued.
     log_guard: Option<tracing_appender::non_blocking::WorkerGuard>,
+    /// Lines written without `tracing` (see [`lines`]), and the guard of their writer thread.
+    line_log: lines::LineLog,
+    line_guard: Option<lines::LineLogGuard>,
     service_name: String,
     propagator: Arc<dyn opentelemetry::propagation::TextMapPropagator + Send + Sync>,
     exporting: Option<Protocol>,
@@ -186,6 +193,12 @@ impl Telemetry {
         )
     }
 
+    /// A writer of JSON log lines that bypasses `tracing`, for a record written on every request
+    /// (an access log): same line shape and output as the other lines, batched. See [`lines`].
+    pub fn line_log(&self) -> lines::LineLog {
+        self.line_log.clone()
+    }
+
     /// Exports every span ended so far, now. Blocks; meant for tests and before `exec`.
     pub fn force_flush(&self) {
         if let Some(provider) = &self.provider {
@@ -201,6 +214,10 @@ impl Telemetry {
     }
 
     fn shutdown_inner(&mut self) {
+        // First: its last lines go through the log writer below.
+        if let Some(mut guard) = self.line_guard.take() {
+            guard.stop();
+        }
         if let Some(provider) = self.provider.take() {
             if let Err(error) = provider.shutdown_with_timeout(Duration::from_secs(5)) {
                 tracing::warn!(%error, "Failed to flush spans at shutdown.");
@@ -281,6 +298,15 @@ where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
     let settings = env::Settings::from_env(service_name, env).map_err(InitError::InvalidEnv)?;
+    // The log layer and the line log write through the same writer.
+    let log_writer = Arc::new(log_writer);
+    let (line_log, line_guard) = {
+        let writer = Arc::clone(&log_writer);
+        lines::LineLog::start(&settings.service_name, move |chunk| {
+            let _ = std::io::Write::write_all(&mut writer.make_writer(), chunk);
+        })
+        .map_err(InitError::LineLog)?
+    };
     let propagator = propagation::build(&settings.propagators);
 
     let provider = if settings.sdk_disabled {
@@ -322,10 +348,12 @@ where
                 .with_max_level_hint(tracing::Level::INFO),
             )
     });
-    let log_layer = logs::JsonLogLayer::new(settings.service_name.clone(), log_writer).with_filter(
-        EnvFilter::try_new(&settings.log_filter)
-            .unwrap_or_else(|_| EnvFilter::new(env::DEFAULT_LOG_FILTER)),
-    );
+    let log_layer =
+        logs::JsonLogLayer::new(settings.service_name.clone(), SharedWriter(log_writer))
+            .with_filter(
+                EnvFilter::try_new(&settings.log_filter)
+                    .unwrap_or_else(|_| EnvFilter::new(env::DEFAULT_LOG_FILTER)),
+            );
     let subscriber = tracing_subscriber::registry()
         .with(otel_layer)
         .with(log_layer);
@@ -333,6 +361,8 @@ where
     let telemetry = Telemetry {
         provider,
         log_guard: None,
+        line_log,
+        line_guard: Some(line_guard),
         service_name: settings.service_name,
         propagator,
         exporting: settings.export.map(|e| e.protocol),
@@ -364,6 +394,21 @@ fn resource(settings: &env::Settings, service_version: &str) -> Resource {
         .with_attributes(from_env)
         .with_service_name(settings.service_name.clone())
         .build()
+}
+
+/// One log writer shared by the log layer and the line log.
+struct SharedWriter<W>(Arc<W>);
+
+impl<'a, W: MakeWriter<'a>> MakeWriter<'a> for SharedWriter<W> {
+    type Writer = W::Writer;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.0.make_writer()
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Self::Writer {
+        self.0.make_writer_for(meta)
+    }
 }
 
 /// Lets the process-wide propagator also serve `opentelemetry::global` users.

@@ -73,8 +73,11 @@ pub fn trace_exemplar_for(span: &tracing::Span) -> Option<TraceExemplar> {
 
 /// Like [`trace_exemplar`] for a span context (e.g. an [`crate::http_span::ServerSpan`]'s).
 pub fn trace_exemplar_of(sc: &opentelemetry::trace::SpanContext) -> Option<TraceExemplar> {
-    (sc.is_valid() && sc.is_sampled()).then(|| TraceExemplar {
-        trace_id: sc.trace_id().to_string(),
+    if !sc.is_sampled() {
+        return None;
+    }
+    crate::lines::TraceIds::of(sc).map(|ids| TraceExemplar {
+        trace_id: ids.trace_id().to_owned(),
     })
 }
 

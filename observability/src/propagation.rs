@@ -67,6 +67,12 @@ pub fn inject_http(cx: &Context, headers: &mut HeaderMap) {
     propagator().inject_context(cx, &mut HeaderInjector(headers));
 }
 
+/// Writes `cx` into any carrier with the process-wide propagators; unlike [`inject_http`] it
+/// removes nothing first.
+pub fn inject(cx: &Context, injector: &mut dyn Injector) {
+    propagator().inject_context(cx, injector);
+}
+
 /// The OpenTelemetry context of the current `tracing` span.
 ///
 /// Empty when there is no current span or telemetry is disabled.

@@ -13,7 +13,7 @@ use pingora_http::ResponseHeader;
 
 use super::Unavailable;
 use crate::context::RequestCtx;
-use crate::metrics::{Metrics, UpstreamErrorLabels, UpstreamLabels};
+use crate::metrics::{Metrics, UpstreamErrorLabels};
 use crate::problem::classify::UpstreamErrorKind;
 use crate::problem::GatewayError;
 
@@ -42,21 +42,24 @@ pub(crate) fn begin(
             }
         }
     })?;
-    metrics
-        .upstream_attempts
-        .get_or_create(&UpstreamLabels {
-            upstream: upstream.name.clone(),
-        })
-        .inc();
+    metrics.count_attempt(&upstream.name);
     ctx.upstream.inflight = Some(endpoint.track());
     let scheme = if upstream.tls.is_some() {
         "https"
     } else {
         "http"
     };
-    let url = format!("{scheme}://{}{}", endpoint.addr, path);
+    // Attributes (and the URL they are built from) only when the span is exported.
+    let recording = ctx.span.is_recording();
+    let url = if recording {
+        format!("{scheme}://{}{}", endpoint.addr, path)
+    } else {
+        String::new()
+    };
     let mut span = ctx.span.client(method, &url, ctx.upstream.count - 1);
-    span.set_attribute(KeyValue::new("vantage.upstream", upstream.name.clone()));
+    if recording {
+        span.set_attribute(KeyValue::new("vantage.upstream", upstream.name.clone()));
+    }
     ctx.upstream.span = Some(span);
 
     let cfg = &upstream.config;

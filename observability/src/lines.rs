@@ -1,0 +1,625 @@
+//! Log lines written without `tracing`, for a record a hot path writes once per request (the
+//! gateway's access log).
+//!
+//! A `tracing` event costs a dispatch, a visitor that copies every field into a JSON map and a
+//! second serialisation of that map; for a line written on every request that was a fifth of
+//! the gateway's instructions (docs/benchmarks.md). Here the caller writes each field straight
+//! from the values it holds with [`JsonFields`] (a small JSON encoder with the escaping RFC 8259
+//! requires), the line goes into a shared buffer, and one thread hands the buffer to the log's
+//! writer every [`FLUSH_INTERVAL`], or as soon as [`FLUSH_BYTES`] are queued.
+//!
+//! A line has the shape of every other log line of [`crate`]: `timestamp`, `level`, `service`,
+//! `target`, `message`, `trace_id` and `span_id` when given, then `fields` (in the order the
+//! caller wrote them).
+//!
+//! # How to use
+//!
+//! ```
+//! let env = std::collections::HashMap::<String, String>::new();
+//! let (telemetry, _dispatch) = observability::build("gateway", "1", &env, std::io::sink).unwrap();
+//! let log = telemetry.line_log();
+//! log.write(tracing::Level::INFO, "access", "request", None, |f| {
+//!     f.str("path", "/orders/42").u64("status", 200);
+//! });
+//! telemetry.shutdown(); // writes what is still queued
+//! ```
+
+use std::cell::RefCell;
+use std::fmt;
+use std::io::Write as _;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use opentelemetry::trace::SpanContext;
+use parking_lot::{Condvar, Mutex};
+
+/// How long a line may wait in the buffer before it is written: short enough that an operator
+/// tailing the log sees a request at once, long enough that a busy gateway writes in big chunks.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Queued bytes that make the writer thread write before [`FLUSH_INTERVAL`] is up.
+pub const FLUSH_BYTES: usize = 256 * 1024;
+
+/// Queued bytes above which [`LineLog::write`] waits for the writer thread (never drops a line).
+pub const MAX_QUEUED_BYTES: usize = 16 * 1024 * 1024;
+
+/// Writes JSON log lines, batched, through the log's writer; from
+/// [`crate::Telemetry::line_log`]. Cheap to clone.
+#[derive(Clone)]
+pub struct LineLog {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for LineLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LineLog")
+            .field("service", &self.shared.service)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    service: Box<str>,
+    queue: Mutex<Queue>,
+    /// The writer thread waits on it between flushes.
+    wake: Condvar,
+    /// Writers wait on it while the queue is full.
+    room: Condvar,
+}
+
+#[derive(Default)]
+struct Queue {
+    buf: Vec<u8>,
+    stopped: bool,
+}
+
+/// Stops the writer thread after a last write; held by [`crate::Telemetry`].
+pub(crate) struct LineLogGuard {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+thread_local! {
+    /// Each thread formats its lines here, so the shared buffer is locked only to append.
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(1024));
+}
+
+// === impl LineLog ===
+
+impl LineLog {
+    /// A line log for `service` whose lines go to `write` (called on the writer thread with whole
+    /// lines only), and the guard that stops that thread.
+    pub(crate) fn start(
+        service: &str,
+        mut write: impl FnMut(&[u8]) + Send + 'static,
+    ) -> std::io::Result<(LineLog, LineLogGuard)> {
+        let shared = Arc::new(Shared {
+            service: service.into(),
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            room: Condvar::new(),
+        });
+        let thread = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("line-log".into())
+                .spawn(move || {
+                    let mut out = Vec::new();
+                    loop {
+                        let stopped = {
+                            let mut q = shared.queue.lock();
+                            if q.buf.len() < FLUSH_BYTES && !q.stopped {
+                                shared.wake.wait_for(&mut q, FLUSH_INTERVAL);
+                            }
+                            // The two buffers take turns, so neither is reallocated.
+                            std::mem::swap(&mut q.buf, &mut out);
+                            q.stopped
+                        };
+                        shared.room.notify_all();
+                        if !out.is_empty() {
+                            write(&out);
+                            out.clear();
+                        }
+                        if stopped {
+                            return;
+                        }
+                    }
+                })?
+        };
+        Ok((
+            LineLog {
+                shared: Arc::clone(&shared),
+            },
+            LineLogGuard {
+                shared,
+                thread: Some(thread),
+            },
+        ))
+    }
+
+    /// The `service` every line names.
+    pub fn service(&self) -> &str {
+        &self.shared.service
+    }
+
+    /// Queues one line: `level`, `target` and `message` (plain ASCII names, written as they are),
+    /// the trace it belongs to, and the fields `fields` writes. Waits only when
+    /// [`MAX_QUEUED_BYTES`] are queued (the log's output is stuck); lines written after
+    /// [`crate::Telemetry::shutdown`] are dropped.
+    pub fn write(
+        &self,
+        level: tracing::Level,
+        target: &str,
+        message: &str,
+        trace: Option<&TraceIds>,
+        fields: impl FnOnce(&mut JsonFields<'_>),
+    ) {
+        SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+            Ok(mut line) => {
+                line.clear();
+                self.format(&mut line, level, target, message, trace, fields);
+                self.enqueue(&line);
+            }
+            Err(_) => {
+                let mut line = Vec::with_capacity(1024);
+                self.format(&mut line, level, target, message, trace, fields);
+                self.enqueue(&line);
+            }
+        });
+    }
+
+    fn format(
+        &self,
+        out: &mut Vec<u8>,
+        level: tracing::Level,
+        target: &str,
+        message: &str,
+        trace: Option<&TraceIds>,
+        fields: impl FnOnce(&mut JsonFields<'_>),
+    ) {
+        out.extend_from_slice(b"{\"timestamp\":\"");
+        write_timestamp(out, time::OffsetDateTime::now_utc());
+        out.extend_from_slice(b"\",\"level\":\"");
+        out.extend_from_slice(level.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"service\":");
+        write_str(out, &self.shared.service);
+        out.extend_from_slice(b",\"target\":");
+        write_str(out, target);
+        out.extend_from_slice(b",\"message\":");
+        write_str(out, message);
+        if let Some(ids) = trace {
+            out.extend_from_slice(b",\"trace_id\":\"");
+            out.extend_from_slice(&ids.trace_id);
+            out.extend_from_slice(b"\",\"span_id\":\"");
+            out.extend_from_slice(&ids.span_id);
+            out.push(b'"');
+        }
+        let start = out.len();
+        out.extend_from_slice(b",\"fields\":{");
+        let mut f = JsonFields {
+            out: &mut *out,
+            first: true,
+        };
+        fields(&mut f);
+        let empty = f.first;
+        if empty {
+            // No fields: no `fields` key, as the `tracing` lines do.
+            out.truncate(start);
+        } else {
+            out.push(b'}');
+        }
+        out.extend_from_slice(b"}\n");
+    }
+
+    fn enqueue(&self, line: &[u8]) {
+        let shared = &*self.shared;
+        let mut q = shared.queue.lock();
+        while q.buf.len() >= MAX_QUEUED_BYTES && !q.stopped {
+            shared.room.wait(&mut q);
+        }
+        if q.stopped {
+            return;
+        }
+        let before = q.buf.len();
+        q.buf.extend_from_slice(line);
+        let crossed = before < FLUSH_BYTES && q.buf.len() >= FLUSH_BYTES;
+        drop(q);
+        if crossed {
+            shared.wake.notify_one();
+        }
+    }
+}
+
+// === impl LineLogGuard ===
+
+impl LineLogGuard {
+    /// Writes what is queued and stops the writer thread.
+    pub(crate) fn stop(&mut self) {
+        self.shared.queue.lock().stopped = true;
+        self.shared.wake.notify_one();
+        self.shared.room.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for LineLogGuard {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A span's trace and span id as lower-case hex, formatted once (no allocation), for
+/// [`LineLog::write`] and anything else that prints them.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct TraceIds {
+    trace_id: [u8; 32],
+    span_id: [u8; 16],
+}
+
+impl TraceIds {
+    /// The ids of `sc`, or `None` for an invalid (disabled) context.
+    pub fn of(sc: &SpanContext) -> Option<TraceIds> {
+        if !sc.is_valid() {
+            return None;
+        }
+        let mut ids = TraceIds {
+            trace_id: [0; 32],
+            span_id: [0; 16],
+        };
+        hex(&sc.trace_id().to_bytes(), &mut ids.trace_id);
+        hex(&sc.span_id().to_bytes(), &mut ids.span_id);
+        Some(ids)
+    }
+
+    /// 32 hex digits.
+    pub fn trace_id(&self) -> &str {
+        // Only ASCII hex digits are ever written.
+        std::str::from_utf8(&self.trace_id).unwrap_or_default()
+    }
+
+    /// 16 hex digits.
+    pub fn span_id(&self) -> &str {
+        std::str::from_utf8(&self.span_id).unwrap_or_default()
+    }
+}
+
+impl fmt::Debug for TraceIds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TraceIds")
+            .field("trace_id", &self.trace_id())
+            .field("span_id", &self.span_id())
+            .finish()
+    }
+}
+
+fn hex(bytes: &[u8], out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in bytes.iter().enumerate() {
+        out[2 * i] = DIGITS[usize::from(b >> 4)];
+        out[2 * i + 1] = DIGITS[usize::from(b & 0xf)];
+    }
+}
+
+/// The `fields` object of one line. Keys are written as they are: pass plain ASCII names
+/// (`snake_case`); values are escaped.
+pub struct JsonFields<'a> {
+    out: &'a mut Vec<u8>,
+    first: bool,
+}
+
+impl JsonFields<'_> {
+    fn key(&mut self, key: &str) {
+        debug_assert!(
+            key.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.'),
+            "field name {key:?} needs escaping"
+        );
+        if !self.first {
+            self.out.push(b',');
+        }
+        self.first = false;
+        self.out.push(b'"');
+        self.out.extend_from_slice(key.as_bytes());
+        self.out.extend_from_slice(b"\":");
+    }
+
+    /// A string field.
+    pub fn str(&mut self, key: &str, value: &str) -> &mut Self {
+        self.key(key);
+        write_str(self.out, value);
+        self
+    }
+
+    /// A string field written by `value`'s `Display` (escaped as it is written).
+    pub fn display(&mut self, key: &str, value: impl fmt::Display) -> &mut Self {
+        self.key(key);
+        self.out.push(b'"');
+        let _ = fmt::Write::write_fmt(&mut Escaping(&mut *self.out), format_args!("{value}"));
+        self.out.push(b'"');
+        self
+    }
+
+    /// An unsigned integer field.
+    pub fn u64(&mut self, key: &str, value: u64) -> &mut Self {
+        self.key(key);
+        write_u64(self.out, value);
+        self
+    }
+
+    /// A boolean field.
+    pub fn bool(&mut self, key: &str, value: bool) -> &mut Self {
+        self.key(key);
+        self.out
+            .extend_from_slice(if value { b"true" } else { b"false" });
+        self
+    }
+
+    /// A number field; `null` when not finite (JSON has no NaN or infinity).
+    pub fn f64(&mut self, key: &str, value: f64) -> &mut Self {
+        self.key(key);
+        if value.is_finite() {
+            let _ = write!(self.out, "{value}");
+        } else {
+            self.out.extend_from_slice(b"null");
+        }
+        self
+    }
+
+    /// A duration in milliseconds with microsecond precision (`12.345`).
+    pub fn millis(&mut self, key: &str, value: Duration) -> &mut Self {
+        self.key(key);
+        let micros = u64::try_from(value.as_micros()).unwrap_or(u64::MAX);
+        write_u64(self.out, micros / 1000);
+        let frac = micros % 1000;
+        self.out.extend_from_slice(&[
+            b'.',
+            b'0' + (frac / 100) as u8,
+            b'0' + (frac / 10 % 10) as u8,
+            b'0' + (frac % 10) as u8,
+        ]);
+        self
+    }
+}
+
+/// `fmt::Write` into a JSON string body, escaping as it goes.
+struct Escaping<'a>(&'a mut Vec<u8>);
+
+impl fmt::Write for Escaping<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        escape_into(self.0, s);
+        Ok(())
+    }
+}
+
+/// Writes `s` as a JSON string, quotes included.
+fn write_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    escape_into(out, s);
+    out.push(b'"');
+}
+
+/// Appends `s` escaped for a JSON string (RFC 8259 §7: `"`, `\` and control characters; other
+/// characters as UTF-8, as serde_json does).
+fn escape_into(out: &mut Vec<u8>, s: &str) {
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0x00..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        if escape.is_empty() {
+            const DIGITS: &[u8; 16] = b"0123456789abcdef";
+            out.extend_from_slice(b"\\u00");
+            out.push(DIGITS[usize::from(b >> 4)]);
+            out.push(DIGITS[usize::from(b & 0xf)]);
+        } else {
+            out.extend_from_slice(escape);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+}
+
+fn write_u64(out: &mut Vec<u8>, mut v: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// RFC 3339 in UTC as the `tracing` lines write it (`time`'s `Rfc3339`): nanoseconds without
+/// trailing zeros, none at all on a whole second.
+fn write_timestamp(out: &mut Vec<u8>, t: time::OffsetDateTime) {
+    fn pad(out: &mut Vec<u8>, v: u32, width: usize) {
+        let mut digits = [b'0'; 10];
+        let mut v = v;
+        for d in digits[..width].iter_mut().rev() {
+            *d = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+        out.extend_from_slice(&digits[..width]);
+    }
+    let (year, month, day) = t.to_calendar_date();
+    let (hour, minute, second, nanos) = t.to_hms_nano();
+    pad(out, u32::try_from(year).unwrap_or(0), 4);
+    out.push(b'-');
+    pad(out, u32::from(u8::from(month)), 2);
+    out.push(b'-');
+    pad(out, u32::from(day), 2);
+    out.push(b'T');
+    pad(out, u32::from(hour), 2);
+    out.push(b':');
+    pad(out, u32::from(minute), 2);
+    out.push(b':');
+    pad(out, u32::from(second), 2);
+    if nanos != 0 {
+        let (mut v, mut width) = (nanos, 9);
+        while v % 10 == 0 {
+            v /= 10;
+            width -= 1;
+        }
+        out.push(b'.');
+        pad(out, v, width);
+    }
+    out.push(b'Z');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(s: &str) -> String {
+        let mut out = Vec::new();
+        write_str(&mut out, s);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn strings_are_escaped_as_serde_json_escapes_them() {
+        for s in [
+            "plain",
+            "quote \" backslash \\ slash /",
+            "control \n\r\t\u{8}\u{c}\u{0}\u{1f}\u{7f}",
+            "utf-8 é ✓ 😀",
+            "",
+        ] {
+            assert_eq!(encoded(s), serde_json::to_string(s).unwrap(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn timestamps_match_time_rfc3339() {
+        use time::format_description::well_known::Rfc3339;
+        for nanos in [0, 1, 10, 120_000_000, 123_456_789, 999_999_999] {
+            let t = time::OffsetDateTime::from_unix_timestamp(1_796_000_000)
+                .unwrap()
+                .replace_nanosecond(nanos)
+                .unwrap();
+            let mut out = Vec::new();
+            write_timestamp(&mut out, t);
+            assert_eq!(String::from_utf8(out).unwrap(), t.format(&Rfc3339).unwrap());
+        }
+    }
+
+    #[test]
+    fn a_line_is_one_json_object_with_typed_fields() {
+        let (log, mut guard) = LineLog::start("svc \"x\"", |_| {}).unwrap();
+        let mut line = Vec::new();
+        log.format(
+            &mut line,
+            tracing::Level::INFO,
+            "access",
+            "request",
+            None,
+            |f| {
+                f.str("path", "/a\"b")
+                    .u64("status", 200)
+                    .u64("zero", 0)
+                    .u64("max", u64::MAX)
+                    .millis("duration_ms", Duration::from_nanos(12_345_678))
+                    .bool("shadow", true)
+                    .f64("ratio", 0.25)
+                    .f64("nan", f64::NAN)
+                    .display("client_ip", std::net::Ipv4Addr::LOCALHOST);
+            },
+        );
+        assert_eq!(line.pop(), Some(b'\n'));
+        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(v["service"], "svc \"x\"");
+        assert_eq!(v["level"], "INFO");
+        assert_eq!(v["target"], "access");
+        assert_eq!(v["message"], "request");
+        assert!(v.get("trace_id").is_none());
+        let f = &v["fields"];
+        assert_eq!(f["path"], "/a\"b");
+        assert_eq!(f["status"], 200);
+        assert_eq!(f["zero"], 0);
+        assert_eq!(f["max"], u64::MAX);
+        assert_eq!(f["duration_ms"], 12.345);
+        assert_eq!(f["shadow"], true);
+        assert_eq!(f["ratio"], 0.25);
+        assert!(f["nan"].is_null());
+        assert_eq!(f["client_ip"], "127.0.0.1");
+        assert!(time::OffsetDateTime::parse(
+            v["timestamp"].as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339
+        )
+        .is_ok());
+
+        line.clear();
+        log.format(&mut line, tracing::Level::WARN, "t", "m", None, |_| {});
+        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert!(v.get("fields").is_none(), "{v}");
+        guard.stop();
+    }
+
+    #[test]
+    fn every_line_written_before_stop_is_written_whole_and_in_order() {
+        let written = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let sink = Arc::clone(&written);
+        let (log, mut guard) =
+            LineLog::start("svc", move |chunk| sink.lock().extend_from_slice(chunk)).unwrap();
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    for i in 0..2000u64 {
+                        log.write(tracing::Level::INFO, "access", "request", None, |f| {
+                            f.u64("thread", t).u64("i", i).str("pad", &"x".repeat(100));
+                        });
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        guard.stop();
+        let text = String::from_utf8(written.lock().clone()).unwrap();
+        let mut next = [0u64; 4];
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let t = v["fields"]["thread"].as_u64().unwrap() as usize;
+            assert_eq!(v["fields"]["i"], next[t], "thread {t} out of order");
+            next[t] += 1;
+        }
+        assert_eq!(next, [2000; 4]);
+        // After stop, nothing more is queued (and nothing blocks).
+        log.write(tracing::Level::INFO, "access", "late", None, |_| {});
+    }
+
+    #[test]
+    fn trace_ids_are_lower_case_hex() {
+        use opentelemetry::trace::{SpanId, TraceFlags, TraceId, TraceState};
+        let sc = SpanContext::new(
+            TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").unwrap(),
+            SpanId::from_hex("b7ad6b7169203331").unwrap(),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
+        );
+        let ids = TraceIds::of(&sc).unwrap();
+        assert_eq!(ids.trace_id(), sc.trace_id().to_string());
+        assert_eq!(ids.span_id(), sc.span_id().to_string());
+        assert!(TraceIds::of(&SpanContext::empty_context()).is_none());
+    }
+}
