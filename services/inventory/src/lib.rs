@@ -44,7 +44,19 @@ CREATE TABLE IF NOT EXISTS reservations (
 ";
 
 /// inventory as the kit runs it: [`messaging::contract::INVENTORY`], port 7002 by default.
-pub const SERVICE: Service = service_kit::service!(messaging::contract::INVENTORY, 7002);
+pub const SERVICE: Service =
+    service_kit::service!(messaging::contract::INVENTORY, 7002).with_authz(AUTHZ);
+
+/// Who may call inventory: the gateway, on the catalogue and stock routes; cart, reading a
+/// product for its price when it is added to a cart.
+pub const AUTHZ: service_kit::AuthzPolicy = service_kit::AuthzPolicy::new(&[
+    service_kit::Rule::new(&["gateway"], &[], &["/api/products"]),
+    service_kit::Rule::new(
+        &["cart"],
+        &[service_kit::Verb::Get, service_kit::Verb::Head],
+        &["/api/products"],
+    ),
+]);
 
 #[derive(Clone)]
 pub struct AppState {

@@ -30,6 +30,18 @@ impl Health {
             .route("/metrics", get(metrics))
             .with_state(self)
     }
+
+    /// `/healthz` and `/readyz` alone, for the API port: the gateway's health checks come over
+    /// the same mTLS as its requests. `/metrics` is on the ops port only.
+    pub(crate) fn api_router(&self) -> Router {
+        Router::new()
+            .route(
+                "/healthz",
+                get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+            )
+            .route("/readyz", get(readyz))
+            .with_state(self.clone())
+    }
 }
 
 /// 200 `{"status":"ready"}`, or a 503 problem (`not-ready`) naming what is down in `failing`

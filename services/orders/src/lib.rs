@@ -51,7 +51,16 @@ CREATE INDEX IF NOT EXISTS orders_view_open ON orders_view (deadline_ms)
 ";
 
 /// orders as the kit runs it: [`messaging::contract::ORDERS`], port 7004 by default.
-pub const SERVICE: Service = service_kit::service!(messaging::contract::ORDERS, 7004);
+pub const SERVICE: Service =
+    service_kit::service!(messaging::contract::ORDERS, 7004).with_authz(AUTHZ);
+
+/// Who may call orders: the gateway, reading orders.
+pub const AUTHZ: service_kit::AuthzPolicy =
+    service_kit::AuthzPolicy::new(&[service_kit::Rule::new(
+        &["gateway"],
+        &[service_kit::Verb::Get, service_kit::Verb::Head],
+        &["/api/orders"],
+    )]);
 
 #[derive(Clone)]
 pub struct AppState {

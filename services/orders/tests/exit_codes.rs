@@ -36,20 +36,58 @@ fn an_invalid_variable_exits_64_and_names_every_bad_one() {
         "{stderr}"
     );
     assert!(
+        stderr.contains("SVID_DIR: required in IDENTITY_MODE=mtls"),
+        "{stderr}"
+    );
+    assert!(
         !dir.path().join("orders.db").exists(),
         "nothing is opened before the configuration is valid"
     );
 }
 
 #[test]
+fn a_bad_svid_file_exits_1_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let svid = dir.path().join("svid");
+    std::fs::create_dir_all(&svid).unwrap();
+    for f in ["tls.crt", "tls.key", "ca.crt"] {
+        std::fs::write(svid.join(f), "not PEM").unwrap();
+    }
+    let out = orders(&[("SVID_DIR", svid.to_str().unwrap())], dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{}: not a PEM certificate",
+            svid.join("tls.crt").display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("orders.db").exists(),
+        "the SVID is checked before the database is opened"
+    );
+}
+
+#[test]
 fn a_failed_start_exits_1_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
+    // A valid SVID, so start-up gets as far as binding its port.
+    let ca = identity::dev_ca::DevCa::new("exit code test CA").unwrap();
+    let svid = dir.path().join("svid");
+    ca.write_svid(
+        &svid,
+        &"spiffe://vantage.local/orders".parse().unwrap(),
+        std::time::Duration::from_secs(3600),
+    )
+    .unwrap();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     // No broker is needed to fail: the port is taken before anything is published.
     let out = orders(
         &[
             ("LISTEN_ADDR", &addr),
+            ("SVID_DIR", svid.to_str().unwrap()),
             ("AMQP_URL", "amqp://orders:pw@127.0.0.1:1/vantage"),
         ],
         dir.path(),

@@ -52,7 +52,16 @@ CREATE TABLE IF NOT EXISTS cancelled_orders (
 ";
 
 /// payment as the kit runs it: [`messaging::contract::PAYMENT`], port 7005 by default.
-pub const SERVICE: Service = service_kit::service!(messaging::contract::PAYMENT, 7005);
+pub const SERVICE: Service =
+    service_kit::service!(messaging::contract::PAYMENT, 7005).with_authz(AUTHZ);
+
+/// Who may call payment: the gateway, reading payments.
+pub const AUTHZ: service_kit::AuthzPolicy =
+    service_kit::AuthzPolicy::new(&[service_kit::Rule::new(
+        &["gateway"],
+        &[service_kit::Verb::Get, service_kit::Verb::Head],
+        &["/api/payments"],
+    )]);
 
 #[derive(Clone)]
 pub struct AppState {

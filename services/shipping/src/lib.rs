@@ -36,7 +36,16 @@ CREATE TABLE IF NOT EXISTS cancelled_orders (
 ";
 
 /// shipping as the kit runs it: [`messaging::contract::SHIPPING`], port 7006 by default.
-pub const SERVICE: Service = service_kit::service!(messaging::contract::SHIPPING, 7006);
+pub const SERVICE: Service =
+    service_kit::service!(messaging::contract::SHIPPING, 7006).with_authz(AUTHZ);
+
+/// Who may call shipping: the gateway, reading shipments.
+pub const AUTHZ: service_kit::AuthzPolicy =
+    service_kit::AuthzPolicy::new(&[service_kit::Rule::new(
+        &["gateway"],
+        &[service_kit::Verb::Get, service_kit::Verb::Head],
+        &["/api/shipments"],
+    )]);
 
 #[derive(Debug, Clone)]
 pub struct Config {
