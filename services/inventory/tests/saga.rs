@@ -35,6 +35,7 @@ fn placed(order_id: &str, quantity: u32) -> OrderPlaced {
         total_cents: 9900 * i64::from(quantity),
         currency: "EUR".into(),
         payment_token: "tok_visa".into(),
+        payment_deadline: None,
     }
 }
 

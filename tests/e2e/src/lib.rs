@@ -5,7 +5,7 @@
 //! # How to use
 //!
 //! ```text
-//! let stack = Stack::start(&[("orders", "ORDERS_PAYMENT_TIMEOUT_SECS", "1")]).await;
+//! let stack = Stack::start(&[("cart", "CART_PAYMENT_TIMEOUT_SECS", "1")]).await;
 //! let token = stack.login(ADMIN_EMAIL, ADMIN_PASSWORD).await;
 //! let (status, body) = stack.api.get("/api/products", None).await;
 //! stack.stop().await; // or drop it: processes are killed either way
