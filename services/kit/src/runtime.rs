@@ -1,4 +1,5 @@
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,10 +27,11 @@ pub enum KitError {
     Db(#[from] rusqlite::Error),
     #[error(transparent)]
     Messaging(#[from] messaging::MessagingError),
-    #[error("cannot listen on {addr}: {source}")]
+    /// One line with the cause (not a chained source, which would print it twice).
+    #[error("cannot listen on {addr}: {error}")]
     Bind {
         addr: std::net::SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("service {0:?} consumes nothing (see messaging::contract), so it has no queue")]
     NoQueue(&'static str),
@@ -59,11 +61,18 @@ pub struct Kit {
     pub shutdown: CancellationToken,
     brokers: Vec<(String, BrokerStatus)>,
     tasks: Vec<JoinHandle<()>>,
+    /// The relay and the consumers, started only once the HTTP port is bound: a service that
+    /// cannot serve never takes messages off its queue, and a failed bind is one error line,
+    /// with no broker connection to tear down.
+    broker_tasks: Vec<BrokerTask>,
 }
+
+/// A broker task waiting for [`Kit::serve_on`] to spawn it.
+type BrokerTask = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
 impl Kit {
     /// Opens the database (creating its directory), applies the messaging tables and
-    /// `migrations`, and starts the outbox relay.
+    /// `migrations`, and prepares the outbox relay (it starts with [`serve`](Self::serve)).
     pub async fn start(
         service: Service,
         config: BaseConfig,
@@ -94,7 +103,7 @@ impl Kit {
         registry.with_registry(|r| metrics.register(r));
         let (relay, notifier) = Relay::new(amqp.clone(), db.clone(), metrics.clone());
         let brokers = vec![("relay".to_owned(), relay.status())];
-        let tasks = vec![tokio::spawn(relay.run(shutdown.clone()))];
+        let broker_tasks: Vec<BrokerTask> = vec![Box::pin(relay.run(shutdown.clone()))];
         Ok(Self {
             service,
             config,
@@ -105,7 +114,8 @@ impl Kit {
             notifier,
             shutdown,
             brokers,
-            tasks,
+            tasks: Vec::new(),
+            broker_tasks,
         })
     }
 
@@ -117,10 +127,10 @@ impl Kit {
         if !contract.has_queue() {
             return Err(KitError::NoQueue(contract.service));
         }
-        self.consume_with(
-            ConsumerConfig::new(self.amqp.clone(), contract.service, contract.consumes),
-            handler,
-        );
+        let mut config =
+            ConsumerConfig::new(self.amqp.clone(), contract.service, contract.consumes);
+        config.retry = self.config.retry;
+        self.consume_with(config, handler);
         Ok(())
     }
 
@@ -139,7 +149,8 @@ impl Kit {
             .map_err(KitError::HttpClient)
     }
 
-    /// Starts a consumer with explicit settings (prefetch, delivery limit).
+    /// Adds a consumer with explicit settings (prefetch, delivery limit); like the relay, it
+    /// attaches to its queue once [`serve`](Self::serve) has bound the port.
     pub fn consume_with<H: Handler>(&mut self, config: ConsumerConfig, handler: Arc<H>) {
         let name = config.name.clone();
         let consumer = Consumer::new(
@@ -151,8 +162,8 @@ impl Kit {
         );
         self.brokers
             .push((format!("consumer:{name}"), consumer.status()));
-        self.tasks
-            .push(tokio::spawn(consumer.run(self.shutdown.clone())));
+        self.broker_tasks
+            .push(Box::pin(consumer.run(self.shutdown.clone())));
     }
 
     /// Spawns a background task; it must return once the token is cancelled.
@@ -169,22 +180,30 @@ impl Kit {
         let addr = self.config.listen_addr;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
-            .map_err(|source| KitError::Bind { addr, source })?;
+            .map_err(|error| KitError::Bind { addr, error })?;
         self.serve_on(listener, api).await
     }
 
     /// Serves `api` plus the health routes on `listener` until shutdown, then waits (bounded)
-    /// for the relay, consumers and other tasks to stop.
+    /// for the relay, consumers and other tasks to stop. The relay and the consumers start
+    /// here, on a bound port.
     pub async fn serve_on(
-        self,
+        mut self,
         listener: tokio::net::TcpListener,
         api: Router,
     ) -> Result<(), KitError> {
+        for task in std::mem::take(&mut self.broker_tasks) {
+            self.tasks.push(tokio::spawn(task));
+        }
         let http = HttpServerMetrics::new(&self.registry);
+        let gauges = crate::health::ReadinessGauges::default();
+        gauges.register(&self.registry);
         let health = Health {
             db: self.db.clone(),
             brokers: self.brokers.clone(),
             registry: self.registry.clone(),
+            outbox_max_age: self.config.outbox_max_age,
+            gauges,
         };
         // SERVER spans and request metrics for the API; probes and scrapes stay untraced.
         let app = api.layer(HttpServerLayer::new(http)).merge(health.router());

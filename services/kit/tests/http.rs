@@ -181,6 +181,8 @@ async fn start(
         database_path: dir.path().join("nested/kit.db"),
         amqp: messaging::BrokerEndpoint::url(amqp_url),
         queue_prefix: format!("kit-{}.", uuid_like()),
+        retry: messaging::RetryBackoff::default(),
+        outbox_max_age: std::time::Duration::from_secs(60),
     };
     let prefix = config.queue_prefix.clone();
     let shutdown = CancellationToken::new();
@@ -272,7 +274,8 @@ async fn not_ready_without_the_broker() {
     let (code, body) = fetch(&format!("{base}/readyz")).await;
     assert_eq!(code, 503, "{body}");
     let body: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(body["failing"], serde_json::json!(["broker:relay"]));
+    // Each failing check names its state (issue 14: blocked and lost channels show too).
+    assert_eq!(body["failing"], serde_json::json!(["broker:relay (down)"]));
     assert_eq!(body["type"], "https://vantage.dev/problems/not-ready");
     assert_eq!(
         fetch(&format!("{base}/healthz")).await.0,

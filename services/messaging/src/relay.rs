@@ -93,6 +93,7 @@ impl Relay {
         let ch = conn.create_channel().await?;
         ch.confirm_select(ConfirmSelectOptions::default()).await?;
         reconnect.connected();
+        self.status.attach(&conn, &ch);
         info!("Outbox relay connected.");
         let exchange = self.amqp.topology.exchange();
         loop {
