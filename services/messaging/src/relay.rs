@@ -112,6 +112,13 @@ impl Relay {
                     _ = self.notifier.0.notified() => {}
                     _ = tokio::time::sleep(POLL) => {}
                 }
+                // An idle relay sends nothing, so it would never notice a connection the broker
+                // dropped (a restart) and stay on it, not ready, until the next event.
+                if !conn.status().connected() || !ch.status().connected() {
+                    return Err(MessagingError::Amqp(lapin::Error::from(
+                        lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed),
+                    )));
+                }
                 continue;
             }
             let mut pending = Vec::with_capacity(rows.len());
