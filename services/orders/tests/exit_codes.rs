@@ -68,8 +68,9 @@ fn a_failed_start_exits_1_with_the_reason() {
 /// panic while the runtime shuts down, and nothing was taken off the queue.
 #[test]
 fn a_taken_port_is_one_error_line_even_with_a_broker() {
-    let url = test_support::amqp_url();
-    test_support::require_rabbitmq(&url).unwrap_or_else(|why| panic!("{why}"));
+    // A broker that answers (services refuse `guest`, so as their own user name).
+    test_support::require_rabbitmq(&test_support::amqp_url()).unwrap_or_else(|why| panic!("{why}"));
+    let url = "amqp://orders:pw@127.0.0.1:5672/vantage".to_owned();
     let dir = tempfile::tempdir().unwrap();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
