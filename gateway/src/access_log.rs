@@ -65,6 +65,11 @@ pub(crate) fn record_on_span(ctx: &mut RequestCtx, status: u16) {
             attributes.push(KeyValue::new("vantage.ratelimit.tier", tier.clone()));
         }
     }
+    crate::shadow::span_attributes(ctx, &mut attributes);
+    attributes.push(KeyValue::new(
+        "vantage.decision",
+        crate::decision::trail(ctx, status),
+    ));
     for attribute in attributes {
         ctx.span.set_attribute(attribute);
     }
@@ -107,6 +112,9 @@ pub(crate) fn write(
         auth_issuer = ctx.auth.issuer().unwrap_or(""),
         enduser_id = ctx.auth.subject().unwrap_or(""),
         ratelimit = %ratelimit::summary(&ctx.limits),
+        auth_shadow = crate::shadow::auth_shadowed(ctx),
+        ratelimit_shadow = %crate::shadow::limits_summary(ctx),
+        decision = %crate::decision::trail(ctx, status),
         request_body_bytes = ctx.body_bytes,
         error_type = ctx.failure.as_ref().map(|f| f.error_type()).unwrap_or(""),
         error_detail = ctx.failure.as_ref().and_then(|f| f.detail()).unwrap_or(""),

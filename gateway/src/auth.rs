@@ -24,7 +24,10 @@ pub(crate) async fn check(
     headers: &HeaderMap,
     authenticator: &Authenticator,
 ) -> AuthDecision {
-    let AuthPolicy::Required { scopes, issuers } = policy else {
+    let AuthPolicy::Required {
+        scopes, issuers, ..
+    } = policy
+    else {
         return AuthDecision::Skipped;
     };
     // Two values are enough to know the header is repeated (which is refused).
@@ -208,6 +211,26 @@ pub enum Reject {
 }
 
 impl Reject {
+    /// Every reject, for tools that name them (`gateway test` expectations).
+    pub const ALL: &'static [Reject] = &[
+        Reject::Missing,
+        Reject::Malformed,
+        Reject::AlgorithmNotAllowed,
+        Reject::UnknownKey,
+        Reject::AlgorithmMismatch,
+        Reject::BadSignature,
+        Reject::Expired,
+        Reject::NotYetValid,
+        Reject::WrongIssuer,
+        Reject::WrongAudience,
+        Reject::BadClaim,
+        Reject::LifetimeTooLong,
+        Reject::KeysUnavailable,
+        Reject::IssuedInFuture,
+        Reject::UnsupportedCritical,
+        Reject::InvalidScope,
+    ];
+
     /// Stable machine-readable code.
     pub fn code(self) -> &'static str {
         match self {
@@ -250,5 +273,36 @@ impl Reject {
             Reject::UnsupportedCritical => "the token requires unsupported critical extensions",
             Reject::InvalidScope => "the token's scope claim is malformed",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Reject;
+
+    #[test]
+    fn all_lists_every_reject() {
+        for r in Reject::ALL {
+            // Exhaustive: a new variant fails to compile here until it is added to ALL.
+            match r {
+                Reject::Missing
+                | Reject::Malformed
+                | Reject::AlgorithmNotAllowed
+                | Reject::UnknownKey
+                | Reject::AlgorithmMismatch
+                | Reject::BadSignature
+                | Reject::Expired
+                | Reject::NotYetValid
+                | Reject::WrongIssuer
+                | Reject::WrongAudience
+                | Reject::BadClaim
+                | Reject::LifetimeTooLong
+                | Reject::KeysUnavailable
+                | Reject::IssuedInFuture
+                | Reject::UnsupportedCritical
+                | Reject::InvalidScope => {}
+            }
+        }
+        assert_eq!(Reject::ALL.len(), 16, "add the new reject to Reject::ALL");
     }
 }

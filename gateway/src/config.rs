@@ -8,7 +8,7 @@
 
 pub mod defaults;
 mod raw;
-mod suggest;
+pub(crate) mod suggest;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -249,6 +249,25 @@ closed_set!(AuthMode {
     "required" => Required,
 });
 
+/// Whether a policy's decisions are enforced or only recorded (`mode` of a rate-limit policy,
+/// `auth_mode` of a route).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Refusals are enforced. The default.
+    #[default]
+    Enforce,
+    /// The decision is computed, logged, put on the span and counted
+    /// (`gateway_shadow_decisions_total`), but the request goes on as if it were allowed. Use it
+    /// to roll a new policy out: watch what it would refuse before it refuses anything.
+    Shadow,
+}
+
+closed_set!(Mode {
+    "enforce" => Enforce,
+    "shadow" => Shadow,
+});
+
 /// The period of a rate quota (`per`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Per {
@@ -474,6 +493,10 @@ pub struct RateLimitConfig {
     /// `client_ip` keys of IPv6 clients cover this many leading bits (one customer usually
     /// holds a whole /64, so per-address keys would give each of them 2^64 buckets). Default 64.
     pub ipv6_prefix_len: u8,
+    /// `enforce` (the default) or `shadow`: a shadow policy counts every request against its
+    /// buckets and records what it would have refused, but never refuses (and never sends
+    /// `RateLimit` fields).
+    pub mode: Mode,
 }
 
 /// One quota for everyone, or a quota chosen by a token claim.
@@ -531,7 +554,20 @@ pub enum AuthPolicy {
         scopes: Vec<String>,
         /// Issuer names allowed on this route; empty means any configured issuer.
         issuers: Vec<String>,
+        /// `enforce` (the default) or `shadow` (the route's `auth_mode`): in shadow a request
+        /// the policy refuses goes upstream anyway, without identity headers.
+        mode: Mode,
     },
+}
+
+impl AuthPolicy {
+    /// Whether refusals are enforced; `auth: none` has nothing to enforce and reports `enforce`.
+    pub fn mode(&self) -> Mode {
+        match self {
+            AuthPolicy::None => Mode::Enforce,
+            AuthPolicy::Required { mode, .. } => *mode,
+        }
+    }
 }
 
 /// A route.

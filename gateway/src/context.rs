@@ -33,8 +33,10 @@ pub(crate) struct RequestCtx {
     pub(crate) route: Option<Arc<Route>>,
     /// The auth decision.
     pub(crate) auth: AuthDecision,
-    /// One decision per rate-limit policy consulted, in order.
+    /// One decision per enforced rate-limit policy consulted, in order.
     pub(crate) limits: Vec<Decision>,
+    /// One decision per rate-limit policy in shadow mode consulted (see [`crate::shadow`]).
+    pub(crate) shadow_limits: Vec<Decision>,
     /// Upstream attempts and what became of them.
     pub(crate) upstream: Attempts,
     /// How the request failed, when it did.
@@ -156,6 +158,7 @@ impl RequestCtx {
             route: None,
             auth: AuthDecision::Skipped,
             limits: Vec::new(),
+            shadow_limits: Vec::new(),
             upstream: Attempts::default(),
             failure: None,
             body_bytes: 0,

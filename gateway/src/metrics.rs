@@ -65,6 +65,17 @@ pub(crate) struct LimitLabels {
     pub(crate) result: &'static str,
 }
 
+/// Labels of `gateway_shadow_decisions_total`: `kind` `auth` (policy = route name) or
+/// `ratelimit` (policy = rate-limit policy name); `outcome` what the policy would have done;
+/// `reason` the auth reject code (empty otherwise).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ShadowLabels {
+    pub(crate) kind: &'static str,
+    pub(crate) policy: String,
+    pub(crate) outcome: &'static str,
+    pub(crate) reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct UpstreamErrorLabels {
     pub(crate) upstream: String,
@@ -106,6 +117,7 @@ pub(crate) struct Metrics {
     pub(crate) request_duration: Family<RequestLabels, HistogramWithExemplars<TraceExemplar>>,
     pub(crate) auth_decisions: Family<AuthLabels, Counter>,
     pub(crate) ratelimit_decisions: Family<LimitLabels, Counter>,
+    pub(crate) shadow_decisions: Family<ShadowLabels, Counter>,
     pub(crate) upstream_errors: Family<UpstreamErrorLabels, Counter>,
     pub(crate) upstream_attempts: Family<UpstreamLabels, Counter>,
     pub(crate) available_endpoints: Family<UpstreamLabels, Gauge>,
@@ -147,6 +159,12 @@ impl Metrics {
             "gateway_ratelimit_decisions",
             "Rate-limit decisions by route, policy and result",
             ratelimit_decisions.clone(),
+        );
+        let shadow_decisions = Family::<ShadowLabels, Counter>::default();
+        registry.register(
+            "gateway_shadow_decisions",
+            "Decisions of policies in shadow mode (computed, not enforced) by kind, policy, outcome and reason",
+            shadow_decisions.clone(),
         );
         let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
         registry.register(
@@ -227,6 +245,7 @@ impl Metrics {
             request_duration,
             auth_decisions,
             ratelimit_decisions,
+            shadow_decisions,
             upstream_errors,
             upstream_attempts,
             available_endpoints,
@@ -238,7 +257,8 @@ impl Metrics {
     }
 
     /// Counts a finished request: its duration (with the trace as exemplar), the auth decision
-    /// and every rate-limit decision.
+    /// and every rate-limit decision; decisions made in shadow mode are counted apart
+    /// ([`crate::shadow::count`]).
     pub(crate) fn record_request(&self, ctx: &RequestCtx, method: &http::Method, status: u16) {
         let route = ctx.route_name();
         self.request_duration
@@ -252,7 +272,7 @@ impl Metrics {
                 observability::metrics::trace_exemplar_of(ctx.span.span_context()),
                 None,
             );
-        if ctx.route.is_some() {
+        if ctx.route.is_some() && !crate::shadow::auth_shadowed(ctx) {
             self.auth_decisions
                 .get_or_create(&AuthLabels {
                     route: route.to_string(),
@@ -270,6 +290,7 @@ impl Metrics {
                 })
                 .inc();
         }
+        crate::shadow::count(self, ctx);
     }
 
     /// OpenMetrics text, ending in `# EOF`.

@@ -195,7 +195,7 @@ impl GatewayError {
     }
 
     /// Client-facing detail. Upstream names are config names, never addresses.
-    fn detail(&self) -> String {
+    pub(crate) fn detail(&self) -> String {
         match self {
             GatewayError::NoRoute => "No route matches this method, host and path.".into(),
             GatewayError::BadFraming(why) => format!("The request framing is ambiguous: {why}."),

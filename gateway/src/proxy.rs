@@ -1,13 +1,12 @@
 //! The Pingora `ProxyHttp` implementation: phase glue only. Each phase hands the request to the
-//! module named for the concern — [`request_head`], [`framing`], [`normalize`](crate::normalize),
-//! [`routing`], [`auth`], [`ratelimit`],
+//! module named for the concern — [`decision`] (the admission pipeline: head checks, framing,
+//! routing, auth, rate limits, shadow mode),
 //! [`attempt`] (upstream selection, failures, retries), [`upstream_request`] (what the upstream
 //! receives), [`access_log`] — and records what they decide in [`RequestCtx`].
 //!
 //! Errors the gateway answers itself travel as a [`GatewayError`] inside a Pingora error and are
 //! rendered in exactly one place, [`ProxyHttp::fail_to_proxy`].
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -21,15 +20,12 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use observability::http_trace::ServerRequest;
 
 use crate::context::{Client, Failure, RequestCtx};
-use crate::normalize::{normalize, PathError};
 use crate::problem::classify::{classify, reject};
 use crate::problem::{render, GatewayError};
-use crate::ratelimit::{header_values, KeyInput};
+use crate::ratelimit::header_values;
 use crate::state::{Runtime, Shared};
 use crate::upstream::attempt;
-use crate::{
-    access_log, auth, framing, ratelimit, request_head, request_id, routing, upstream_request,
-};
+use crate::{access_log, decision, framing, request_id, upstream_request};
 
 /// The gateway's proxy logic.
 pub(crate) struct Gateway {
@@ -37,20 +33,13 @@ pub(crate) struct Gateway {
 }
 
 impl Gateway {
-    /// Everything decided from the request head: limits and gateway-owned headers, framing,
-    /// host, the normalised path, route, body limit, auth, rate limits.
+    /// Everything decided from the request head (see [`decision::admit`]).
     async fn admit(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
         runtime: &Runtime,
     ) -> std::result::Result<(), GatewayError> {
-        let config = &runtime.config;
-        request_head::check(
-            session.req_header_mut(),
-            &config.server.limits,
-            &config.identity_headers,
-        )?;
         let raw_head = session
             .as_downstream()
             .as_http1()
@@ -61,71 +50,8 @@ impl Gateway {
                     .contains_key(header::TRANSFER_ENCODING)
             })
             .map(|h1| h1.get_headers_raw_bytes());
-        framing::check(&session.req_header().headers, raw_head.as_deref())
-            .map_err(GatewayError::BadFraming)?;
-
-        let req = session.req_header();
-        let absolute = Some(req.raw_path()).filter(|t| !t.starts_with(b"/"));
-        ctx.client.host = routing::request_host(
-            &req.headers,
-            &req.uri,
-            absolute.and_then(routing::target_authority),
-        )?;
-        if let Some(location) = https_redirect(config, ctx, req) {
-            return Err(GatewayError::HttpsRequired { location });
-        }
-        if !req.raw_path_is_utf8() {
-            return Err(GatewayError::BadPath(PathError::InvalidUtf8));
-        }
-        let normal = normalize(req.uri.path()).map_err(GatewayError::BadPath)?;
-        let encoded_slash = normal.encoded_slash;
-        ctx.path = match normal.path {
-            Cow::Owned(path) => Some(path),
-            Cow::Borrowed(_) => None,
-        };
-        let path = ctx.path.as_deref().unwrap_or(req.uri.path());
-        let route = Arc::clone(runtime.route_for(ctx.client.host.as_deref(), path, &req.method)?);
-        ctx.span
-            .set_route(&req.method, &routing::template(&route.config));
-        ctx.route = Some(Arc::clone(&route));
-        if encoded_slash && !route.config.allow_encoded_slashes {
-            return Err(GatewayError::BadPath(PathError::EncodedSlash));
-        }
-
-        let limit = route.config.max_body_bytes;
-        if framing::declared_length(&req.headers).is_some_and(|n| n > limit) {
-            return Err(GatewayError::PayloadTooLarge { limit });
-        }
-
-        ctx.auth = auth::check(&route.config.auth, &req.headers, &runtime.auth).await;
-        if let Some(refusal) = ctx.auth.refusal(&route.config.auth, &config.server.realm) {
-            return Err(refusal);
-        }
-
-        let input = KeyInput {
-            client: ctx.client.addr,
-            route: &route.config.name,
-            identity: ctx.auth.admitted(),
-            headers: &req.headers,
-        };
-        ratelimit::check(&route.limits, &input, &mut ctx.limits)
+        decision::admit(session.req_header_mut(), raw_head.as_deref(), ctx, runtime).await
     }
-}
-
-/// Where a plain-HTTP request goes when the policy redirects to the TLS listener.
-fn https_redirect(config: &crate::Config, ctx: &RequestCtx, req: &RequestHeader) -> Option<String> {
-    config.edge_tls.as_ref().filter(|e| e.redirect_http)?;
-    if ctx.client.tls {
-        return None;
-    }
-    let port = config.listeners.public_tls?.port();
-    let host = ctx.client.host.as_deref()?;
-    let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
-    Some(if port == 443 {
-        format!("https://{host}{target}")
-    } else {
-        format!("https://{host}:{port}{target}")
-    })
 }
 
 #[async_trait]

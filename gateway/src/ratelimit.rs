@@ -20,19 +20,25 @@ use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::jwt::Identity;
-use crate::config::{KeyPart, Quota, Quotas, RateLimitConfig};
+use crate::config::{KeyPart, Mode, Quota, Quotas, RateLimitConfig};
 use crate::problem::GatewayError;
 
 /// Counts one request against each of its route's `policies` in order, recording every
-/// decision in `decisions` (they all go into the `RateLimit` fields); stops at the first policy
-/// that refuses, with the 429 to answer.
+/// enforced decision in `decisions` (they all go into the `RateLimit` fields) and every
+/// decision of a policy in shadow mode in `shadow` (see [`crate::shadow`]); stops at the first
+/// enforced policy that refuses, with the 429 to answer. A shadow policy never stops the loop.
 pub(crate) fn check(
     policies: &[Arc<Policy>],
     input: &KeyInput<'_>,
     decisions: &mut Vec<Decision>,
+    shadow: &mut Vec<Decision>,
 ) -> Result<(), GatewayError> {
     for policy in policies {
         let decision = policy.check(input)?;
+        if policy.mode() == Mode::Shadow {
+            shadow.push(decision);
+            continue;
+        }
         let refused = (!decision.allowed).then(|| decision.retry_after_secs.unwrap_or(1));
         decisions.push(decision);
         if let Some(retry_after_secs) = refused {
@@ -166,6 +172,16 @@ impl Policy {
         })
     }
 
+    /// Whether the policy's refusals are enforced (`mode`).
+    pub(crate) fn mode(&self) -> Mode {
+        self.config.mode
+    }
+
+    /// The policy's configuration.
+    pub(crate) fn config(&self) -> &RateLimitConfig {
+        &self.config
+    }
+
     /// Number of keys currently tracked, across tiers.
     pub(crate) fn tracked_keys(&self) -> usize {
         self.limiters.values().map(|l| l.inner.len()).sum()
@@ -194,7 +210,7 @@ impl Policy {
 
     /// The bucket key of a request. A header the key uses must come at most once: keying on
     /// one copy while the upstream reads another would let a client pick its bucket.
-    fn key(&self, input: &KeyInput<'_>) -> Result<String, GatewayError> {
+    pub(crate) fn key(&self, input: &KeyInput<'_>) -> Result<String, GatewayError> {
         let mut key = String::new();
         for (i, part) in self.config.key.iter().enumerate() {
             if i > 0 {
@@ -389,6 +405,7 @@ mod tests {
                 },
                 idle_prune: Duration::from_secs(60),
                 ipv6_prefix_len: 64,
+                mode: Mode::Enforce,
             },
         )
     }
@@ -436,11 +453,13 @@ mod tests {
         let (tight, loose) = (policy(1, 60, 1), policy(100, 1, 100));
         let h = HeaderMap::new();
         let mut decisions = Vec::new();
+        let mut shadow = Vec::new();
         let both = [Arc::clone(&tight), Arc::clone(&loose)];
-        assert!(check(&both, &input("3.3.3.3", &h), &mut decisions).is_ok());
+        assert!(check(&both, &input("3.3.3.3", &h), &mut decisions, &mut shadow).is_ok());
         assert_eq!(decisions.len(), 2);
         decisions.clear();
-        let refused = check(&both, &input("3.3.3.3", &h), &mut decisions).unwrap_err();
+        let refused = check(&both, &input("3.3.3.3", &h), &mut decisions, &mut shadow).unwrap_err();
+        assert!(shadow.is_empty());
         assert_eq!(decisions.len(), 1, "the loose policy is not consulted");
         match refused {
             GatewayError::RateLimited {
@@ -454,6 +473,35 @@ mod tests {
             other => panic!("expected 429, got {other:?}"),
         }
         assert_eq!(summary(&decisions), "p:limited:0");
+    }
+
+    #[test]
+    fn a_shadow_policy_counts_and_records_but_never_refuses_or_stops_the_loop() {
+        let shadowed = Policy::new(
+            "s".into(),
+            RateLimitConfig {
+                mode: Mode::Shadow,
+                ..policy(1, 60, 1).config.clone()
+            },
+        );
+        let after = policy(100, 1, 100);
+        let both = [Arc::clone(&shadowed), Arc::clone(&after)];
+        let h = HeaderMap::new();
+        let (mut decisions, mut shadow) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            assert!(check(&both, &input("4.4.4.4", &h), &mut decisions, &mut shadow).is_ok());
+        }
+        assert_eq!(
+            shadow.iter().map(|d| d.allowed).collect::<Vec<_>>(),
+            [true, false, false],
+            "the shadow bucket is really consumed"
+        );
+        assert_eq!(
+            decisions.len(),
+            3,
+            "the enforced policy after it is consulted"
+        );
+        assert!(decisions.iter().all(|d| d.policy == "p" && d.allowed));
     }
 
     #[test]

@@ -154,6 +154,57 @@ impl Runtime {
         }))
     }
 
+    /// A generation for `gateway explain` and `gateway test`: the same routes, authenticator and
+    /// limiters as [`Runtime::start`] builds, with `issuers`' keys already loaded, and no
+    /// background task, health check, DNS lookup or TLS set-up. Endpoints written as addresses
+    /// are kept (every one healthy); host names are left out.
+    pub(crate) fn offline(config: Config, issuers: BTreeMap<String, Arc<IssuerKeys>>) -> Runtime {
+        let upstreams: BTreeMap<String, Arc<Upstream>> = config
+            .upstreams
+            .iter()
+            .map(|(name, cfg)| {
+                let addresses = cfg
+                    .endpoints
+                    .iter()
+                    .filter_map(|e| e.parse().ok())
+                    .collect();
+                (
+                    name.clone(),
+                    Upstream::new(name.clone(), cfg.clone(), addresses, None),
+                )
+            })
+            .collect();
+        let policies: BTreeMap<String, Arc<Policy>> = config
+            .rate_limits
+            .iter()
+            .map(|(n, c)| (n.clone(), Policy::new(n.clone(), c.clone())))
+            .collect();
+        let routes = config
+            .routes
+            .iter()
+            .map(|r| {
+                Arc::new(Route {
+                    config: r.clone(),
+                    upstream: Arc::clone(&upstreams[&r.upstream]),
+                    limits: r
+                        .rate_limits
+                        .iter()
+                        .map(|l| Arc::clone(&policies[l]))
+                        .collect(),
+                })
+            })
+            .collect();
+        Runtime {
+            hsts: None,
+            config,
+            routes,
+            upstreams,
+            policies,
+            auth: Authenticator::new(issuers),
+            stop: CancellationToken::new(),
+        }
+    }
+
     /// The route for a request (rules in [`crate::routing`]); `path` is normalised.
     pub(crate) fn route_for(
         &self,

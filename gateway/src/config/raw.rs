@@ -163,6 +163,7 @@ pub(crate) struct RawRateLimit {
     pub(crate) tiers: Option<BTreeMap<String, RawQuota>>,
     pub(crate) idle_prune_secs: Option<u64>,
     pub(crate) ipv6_prefix_len: Option<u8>,
+    pub(crate) mode: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -175,6 +176,7 @@ pub(crate) struct RawRoute {
     pub(crate) strip_prefix: Option<bool>,
     pub(crate) rewrite_prefix: Option<String>,
     pub(crate) auth: Option<String>,
+    pub(crate) auth_mode: Option<String>,
     #[serde(default)]
     pub(crate) scopes: Vec<String>,
     #[serde(default)]

@@ -67,7 +67,8 @@ fn auth_is_required_unless_a_route_says_otherwise() {
         c.routes[0].auth,
         AuthPolicy::Required {
             scopes: vec![],
-            issuers: vec![]
+            issuers: vec![],
+            mode: Mode::Enforce,
         }
     );
 }
@@ -202,7 +203,8 @@ fn golden_example_policy() {
         audit.auth,
         AuthPolicy::Required {
             scopes: vec!["admin".into()],
-            issuers: vec![]
+            issuers: vec![],
+            mode: Mode::Enforce,
         }
     );
     let stock = c.routes.iter().position(|r| r.name == "products-stock");
@@ -302,4 +304,43 @@ fn routes_sharing_a_path_by_method_or_with_equal_protection_are_quiet() {
          \x20 - {name: b, match: {path_prefix: /b}, upstream: u}\n",
     );
     assert!(w.is_empty(), "{w:?}");
+}
+
+#[test]
+fn shadow_mode_on_limits_and_route_auth_with_every_error_listed() {
+    let issuers =
+        "issuers:\n  i: {issuer: x, algorithms: [ES256], jwks_url: \"http://127.0.0.1:1/jwks\"}\n\
+         upstreams:\n  u: {endpoints: [\"127.0.0.1:1\"]}\n";
+    let c = parse(&format!(
+        "{issuers}rate_limits:\n  p: {{key: [client_ip], rate: 1, per: second, mode: shadow}}\n  \
+         q: {{key: [client_ip], rate: 1, per: second}}\n\
+         routes:\n  - {{name: r, match: {{path_prefix: /}}, upstream: u, auth_mode: shadow, rate_limits: [p, q]}}\n"
+    ))
+    .unwrap();
+    assert_eq!(c.rate_limits["p"].mode, Mode::Shadow);
+    assert_eq!(
+        c.rate_limits["q"].mode,
+        Mode::Enforce,
+        "enforce is the default"
+    );
+    assert_eq!(c.routes[0].auth.mode(), Mode::Shadow);
+    let errs = errors(&format!(
+        "{issuers}rate_limits:\n  p: {{key: [client_ip], rate: 1, per: second, mode: shadwo}}\n\
+         routes:\n  - {{name: r, match: {{path_prefix: /a}}, upstream: u, auth_mode: dry}}\n  \
+         - {{name: s, match: {{path_prefix: /b}}, upstream: u, auth: none, auth_mode: shadow}}\n"
+    ));
+    assert_eq!(errs.len(), 3, "{errs:?}");
+    assert!(
+        errs[0].starts_with("rate_limits.p.mode: ") && errs[0].contains("did you mean \"shadow\""),
+        "{errs:?}"
+    );
+    assert!(
+        errs[1].starts_with("routes[0] \"r\".auth_mode: "),
+        "{errs:?}"
+    );
+    assert!(errs[1].contains("enforce, shadow"), "{errs:?}");
+    assert!(
+        errs[2].starts_with("routes[1] \"s\".auth_mode: auth: none has nothing to shadow"),
+        "{errs:?}"
+    );
 }

@@ -98,6 +98,18 @@ impl Errors {
     }
 }
 
+/// A `mode` / `auth_mode` value; absent is [`Mode::Enforce`].
+pub(super) fn mode(errs: &mut Errors, loc: &str, raw: Option<&str>) -> super::Mode {
+    match raw.map(str::parse::<super::Mode>) {
+        None => super::Mode::default(),
+        Some(Ok(mode)) => mode,
+        Some(Err(e)) => {
+            errs.push(loc, e.to_string());
+            super::Mode::default()
+        }
+    }
+}
+
 pub(super) fn parse(text: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
     let raw: RawConfig = match serde_yaml::from_str(text) {
         Ok(raw) => raw,

@@ -1,7 +1,9 @@
 //! inventory: the catalogue and its stock. Reserves stock for an order atomically (all lines or
 //! none) on `order.placed`, commits it on `order.paid` and releases it on `order.cancelled` —
-//! both decided by orders, so a reservation is never committed for a cancelled order. Invariant: available + reserved + sold only changes through the admin
-//! stock endpoint.
+//! both decided by orders, so a reservation is never committed for a cancelled order. Decides
+//! once per order, whatever message carries it: an `order.placed` seen again (a new message id
+//! after a rejection, or after the order was cancelled) reserves nothing. Invariant: available +
+//! reserved + sold only changes through the admin stock endpoint.
 //!
 //! # How to use
 //!
@@ -40,6 +42,14 @@ CREATE TABLE IF NOT EXISTS reservations (
     state      TEXT NOT NULL CHECK (state IN ('RESERVED', 'COMMITTED', 'RELEASED')),
     updated_at TEXT NOT NULL,
     PRIMARY KEY (order_id, product_id)
+);
+-- What inventory decided for an order, once: RESERVED, REJECTED, or CANCELLED (cancelled before
+-- its order.placed was handled). A later order.placed of the order, under any message id,
+-- reserves nothing.
+CREATE TABLE IF NOT EXISTS stock_decisions (
+    order_id TEXT PRIMARY KEY,
+    decision TEXT NOT NULL CHECK (decision IN ('RESERVED', 'REJECTED', 'CANCELLED')),
+    at       TEXT NOT NULL
 );
 ";
 

@@ -6,7 +6,9 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use messaging::{BrokerEndpoint, Topology};
+use std::time::Duration;
+
+use messaging::{BrokerEndpoint, RetryBackoff, Topology};
 use observability::env::{EnvErrors, EnvParser, EnvSource};
 
 use crate::peer::IdentityConfig;
@@ -35,6 +37,13 @@ pub struct BaseConfig {
     /// `IDENTITY_MODE`, `SVID_DIR` (or the `SVID_*_FILE`s), `SPIFFE_TRUST_DOMAIN`,
     /// `SPIFFE_ID_TEMPLATE`, `MESH_TRUSTED_SIDECARS`: see [`IdentityConfig`].
     pub identity: IdentityConfig,
+    /// `SHOP_RETRY_BASE_MS` (default 1000) and `SHOP_RETRY_MAX_MS` (default 60000): a delivery
+    /// whose handler failed transiently waits the base, then twice as long after each further
+    /// failure up to the max, before its next attempt (see `messaging::retry`).
+    pub retry: RetryBackoff,
+    /// `SHOP_OUTBOX_MAX_AGE_SECS`, default 60: `/readyz` fails (`outbox`) while an event has
+    /// waited longer than this for the broker's confirm (a broker down, blocked or refusing).
+    pub outbox_max_age: Duration,
 }
 
 impl fmt::Debug for BaseConfig {
@@ -46,6 +55,8 @@ impl fmt::Debug for BaseConfig {
             .field("queue_prefix", &self.queue_prefix)
             .field("ops_addr", &self.ops_addr)
             .field("identity", &self.identity)
+            .field("retry", &self.retry)
+            .field("outbox_max_age", &self.outbox_max_age)
             .finish()
     }
 }
@@ -55,6 +66,17 @@ impl BaseConfig {
     pub fn parse(p: &mut EnvParser<'_>, service: &Service) -> Self {
         let queue_prefix = p.string("SHOP_QUEUE_PREFIX", "");
         let user = Topology::new(queue_prefix.clone()).user(service.name());
+        let retry = RetryBackoff {
+            base: Duration::from_millis(p.parse("SHOP_RETRY_BASE_MS", 1000)),
+            max: Duration::from_millis(p.parse("SHOP_RETRY_MAX_MS", 60_000)),
+        };
+        if retry.base.is_zero() || retry.max < retry.base {
+            p.invalid(
+                "SHOP_RETRY_MAX_MS",
+                retry.max.as_millis().to_string(),
+                "SHOP_RETRY_BASE_MS must be positive and at most SHOP_RETRY_MAX_MS",
+            );
+        }
         let listen_addr = p.parse(
             "LISTEN_ADDR",
             SocketAddr::from(([127, 0, 0, 1], service.default_port)),
@@ -75,6 +97,8 @@ impl BaseConfig {
             queue_prefix,
             ops_addr: p.parse("OPS_LISTEN_ADDR", ops_default),
             identity: IdentityConfig::parse(p),
+            retry,
+            outbox_max_age: Duration::from_secs(p.parse("SHOP_OUTBOX_MAX_AGE_SECS", 60)),
         }
     }
 

@@ -1,4 +1,5 @@
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,10 +27,11 @@ pub enum KitError {
     Db(#[from] rusqlite::Error),
     #[error(transparent)]
     Messaging(#[from] messaging::MessagingError),
-    #[error("cannot listen on {addr}: {source}")]
+    /// One line with the cause (not a chained source, which would print it twice).
+    #[error("cannot listen on {addr}: {error}")]
     Bind {
         addr: std::net::SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("service {0:?} consumes nothing (see messaging::contract), so it has no queue")]
     NoQueue(&'static str),
@@ -63,11 +65,18 @@ pub struct Kit {
     tasks: Vec<JoinHandle<()>>,
     /// The service's SVID (`None` in the mesh modes), kept current by a background task.
     svid: Option<identity::WorkloadIdentity>,
+    /// The relay and the consumers, started only once the HTTP port is bound: a service that
+    /// cannot serve never takes messages off its queue, and a failed bind is one error line,
+    /// with no broker connection to tear down.
+    broker_tasks: Vec<BrokerTask>,
 }
+
+/// A broker task waiting for [`Kit::serve_on`] to spawn it.
+type BrokerTask = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
 impl Kit {
     /// Opens the database (creating its directory), applies the messaging tables and
-    /// `migrations`, and starts the outbox relay.
+    /// `migrations`, and prepares the outbox relay (it starts with [`serve`](Self::serve)).
     pub async fn start(
         service: Service,
         config: BaseConfig,
@@ -100,12 +109,13 @@ impl Kit {
         registry.with_registry(|r| metrics.register(r));
         let (relay, notifier) = Relay::new(amqp.clone(), db.clone(), metrics.clone());
         let brokers = vec![("relay".to_owned(), relay.status())];
-        let mut tasks = vec![tokio::spawn(relay.run(shutdown.clone()))];
+        let mut tasks = Vec::new();
         if let Some(id) = &svid {
             tasks.push(tokio::spawn(crate::svid::watch(id.clone(), &registry)(
                 shutdown.clone(),
             )));
         }
+        let broker_tasks: Vec<BrokerTask> = vec![Box::pin(relay.run(shutdown.clone()))];
         Ok(Self {
             service,
             config,
@@ -118,6 +128,7 @@ impl Kit {
             brokers,
             tasks,
             svid,
+            broker_tasks,
         })
     }
 
@@ -134,10 +145,10 @@ impl Kit {
         if !contract.has_queue() {
             return Err(KitError::NoQueue(contract.service));
         }
-        self.consume_with(
-            ConsumerConfig::new(self.amqp.clone(), contract.service, contract.consumes),
-            handler,
-        );
+        let mut config =
+            ConsumerConfig::new(self.amqp.clone(), contract.service, contract.consumes);
+        config.retry = self.config.retry;
+        self.consume_with(config, handler);
         Ok(())
     }
 
@@ -162,7 +173,8 @@ impl Kit {
         .map_err(KitError::HttpClient)
     }
 
-    /// Starts a consumer with explicit settings (prefetch, delivery limit).
+    /// Adds a consumer with explicit settings (prefetch, delivery limit); like the relay, it
+    /// attaches to its queue once [`serve`](Self::serve) has bound the port.
     pub fn consume_with<H: Handler>(&mut self, config: ConsumerConfig, handler: Arc<H>) {
         let name = config.name.clone();
         let consumer = Consumer::new(
@@ -174,8 +186,8 @@ impl Kit {
         );
         self.brokers
             .push((format!("consumer:{name}"), consumer.status()));
-        self.tasks
-            .push(tokio::spawn(consumer.run(self.shutdown.clone())));
+        self.broker_tasks
+            .push(Box::pin(consumer.run(self.shutdown.clone())));
     }
 
     /// Spawns a background task; it must return once the token is cancelled.
@@ -193,7 +205,7 @@ impl Kit {
         let bind = |addr| async move {
             tokio::net::TcpListener::bind(addr)
                 .await
-                .map_err(|source| KitError::Bind { addr, source })
+                .map_err(|error| KitError::Bind { addr, error })
         };
         let listener = bind(self.config.listen_addr).await?;
         let ops = bind(self.config.ops_addr).await?;
@@ -203,18 +215,25 @@ impl Kit {
     /// Serves `api` on `listener` — over mutual TLS with the service's SVID, or plain HTTP for
     /// a mesh sidecar — behind the service's authorization policy, and the health routes on
     /// `ops` (plain HTTP), until shutdown; then waits (bounded) for the relay, consumers and
-    /// other tasks to stop.
+    /// other tasks to stop. The relay and the consumers start here, on bound ports.
     pub async fn serve_on(
-        self,
+        mut self,
         listener: tokio::net::TcpListener,
         ops: tokio::net::TcpListener,
         api: Router,
     ) -> Result<(), KitError> {
+        for task in std::mem::take(&mut self.broker_tasks) {
+            self.tasks.push(tokio::spawn(task));
+        }
         let http = HttpServerMetrics::new(&self.registry);
+        let gauges = crate::health::ReadinessGauges::default();
+        gauges.register(&self.registry);
         let health = Health {
             db: self.db.clone(),
             brokers: self.brokers.clone(),
             registry: self.registry.clone(),
+            outbox_max_age: self.config.outbox_max_age,
+            gauges,
         };
         let identity = self.config.identity.clone();
         let transport = match &self.svid {

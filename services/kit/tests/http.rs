@@ -222,6 +222,8 @@ async fn start(
         queue_prefix: format!("kit-{}.", uuid_like()),
         ops_addr: "127.0.0.1:0".parse().unwrap(),
         identity: IdentityConfig::mtls(svid),
+        retry: messaging::RetryBackoff::default(),
+        outbox_max_age: std::time::Duration::from_secs(60),
     };
     let prefix = config.queue_prefix.clone();
     let shutdown = CancellationToken::new();
@@ -316,7 +318,8 @@ async fn not_ready_without_the_broker() {
     let (code, body) = fetch(&format!("{base}/readyz")).await;
     assert_eq!(code, 503, "{body}");
     let body: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(body["failing"], serde_json::json!(["broker:relay"]));
+    // Each failing check names its state (issue 14: blocked and lost channels show too).
+    assert_eq!(body["failing"], serde_json::json!(["broker:relay (down)"]));
     assert_eq!(body["type"], "https://vantage.dev/problems/not-ready");
     assert_eq!(
         fetch(&format!("{base}/healthz")).await.0,

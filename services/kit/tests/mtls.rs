@@ -188,6 +188,8 @@ fn base_config(identity: IdentityConfig, dir: &std::path::Path) -> BaseConfig {
         queue_prefix: "kit-mtls.".to_owned(),
         ops_addr: "127.0.0.1:0".parse().unwrap(),
         identity,
+        retry: messaging::RetryBackoff::default(),
+        outbox_max_age: std::time::Duration::from_secs(60),
     }
 }
 

@@ -4,8 +4,9 @@
 //!
 //! # How to use
 //!
-//! Run the `orders` binary (default `127.0.0.1:7004`). `ORDERS_PAYMENT_TIMEOUT_SECS` (default
-//! 30) cancels orders not PAID in time with reason `timeout`.
+//! Run the `orders` binary (default `127.0.0.1:7004`). Orders not PAID by the
+//! `payment_deadline` cart put in `order.placed` are cancelled with reason `timeout`
+//! (`ORDERS_PAYMENT_TIMEOUT_SECS`, default 30, after the event's `time` for an event without one).
 
 pub mod config;
 pub mod domain;

@@ -1,6 +1,7 @@
 //! The process contract every service gets from `service_kit::main`, checked on the real
 //! `orders` binary: exit 64 before anything is opened when a variable is invalid (every bad one
-//! listed), exit 1 with the reason when start-up fails.
+//! listed), exit 1 with the reason when start-up fails, and the HTTP port bound before anything
+//! touches the broker.
 
 use std::process::{Command, Output};
 
@@ -98,4 +99,45 @@ fn a_failed_start_exits_1_with_the_reason() {
         stderr.contains(&format!("cannot listen on {addr}")),
         "{stderr}"
     );
+}
+
+/// Issue 14: the port is bound before the relay and the consumer start, so a taken port with a
+/// reachable broker is one error line and exit 1: no broker connection was opened, so no lapin
+/// panic while the runtime shuts down, and nothing was taken off the queue.
+#[test]
+fn a_taken_port_is_one_error_line_even_with_a_broker() {
+    // A broker that answers (services refuse `guest`, so as their own user name).
+    test_support::require_rabbitmq(&test_support::amqp_url()).unwrap_or_else(|why| panic!("{why}"));
+    let url = "amqp://orders:pw@127.0.0.1:5672/vantage".to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let prefix = format!("{}.", test_support::unique_name("exit-codes"));
+    let out = orders(
+        &[
+            ("LISTEN_ADDR", &addr),
+            ("AMQP_URL", &url),
+            ("SHOP_QUEUE_PREFIX", &prefix),
+        ],
+        dir.path(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("Error")).collect();
+    assert_eq!(
+        errors,
+        [format!(
+            "Error: cannot listen on {addr}: Address already in use (os error 98)"
+        )],
+        "{stderr}"
+    );
+    assert!(!stderr.contains("Caused by"), "{stderr}");
+    for text in [&stderr, &stdout] {
+        assert!(!text.contains("panicked"), "{text}");
+        assert!(
+            !text.contains("Consumer attached"),
+            "consumed before binding:\n{text}"
+        );
+    }
 }

@@ -5,7 +5,7 @@
 //! # How to use
 //!
 //! ```text
-//! let stack = Stack::start(&[("orders", "ORDERS_PAYMENT_TIMEOUT_SECS", "1")]).await;
+//! let stack = Stack::start(&[("cart", "CART_PAYMENT_TIMEOUT_SECS", "1")]).await;
 //! let token = stack.login(ADMIN_EMAIL, ADMIN_PASSWORD).await;
 //! let (status, body) = stack.api.get("/api/products", None).await;
 //! stack.stop().await; // or drop it: processes are killed either way
@@ -221,6 +221,9 @@ impl Stack {
                 ("USERS_ARGON2_MEMORY_KIB".into(), "1024".into()),
                 ("USERS_ARGON2_ITERATIONS".into(), "1".into()),
                 ("PAYMENT_RETRY_BASE_MS".into(), "20".into()),
+                // Redelivery back-off (50, 100, 200, 400, 800 ms): short, so a dead-lettered
+                // message is there within seconds.
+                ("SHOP_RETRY_BASE_MS".into(), "50".into()),
                 ("RUST_LOG".into(), "info".into()),
             ];
             // Its own broker user over AMQPS: AMQP_URL, AMQP_PASSWORD_FILE, AMQP_CA_FILE.
@@ -505,6 +508,12 @@ impl Stack {
             }
             tokio::time::sleep(Duration::from_millis(150)).await;
         }
+    }
+
+    /// The RabbitMQ node this stack's vhost lives on: one per test binary, so a test that stops,
+    /// freezes or alarms it (`rabbitmqctl stop_app`, …) must be alone in its binary.
+    pub fn broker_node(&self) -> &'static BrokerNode {
+        self.node
     }
 
     /// A broker connection as `service`'s own user.

@@ -25,6 +25,7 @@ pub(super) fn rate_limit(errs: &mut Errors, loc: &str, raw: RawRateLimit) -> Rat
         tiers,
         idle_prune_secs,
         ipv6_prefix_len,
+        mode,
     } = raw;
     if key.is_empty() {
         errs.push(
@@ -104,6 +105,7 @@ pub(super) fn rate_limit(errs: &mut Errors, loc: &str, raw: RawRateLimit) -> Rat
                 defaults::IPV6_PREFIX_LEN
             }
         },
+        mode: super::mode(errs, &format!("{loc}.mode"), mode.as_deref()),
     }
 }
 

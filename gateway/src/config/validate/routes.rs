@@ -11,7 +11,7 @@ use super::super::raw::{RawMatch, RawRoute};
 use super::super::suggest;
 use super::super::ConfigError;
 use super::super::{
-    AuthMode, AuthPolicy, IssuerConfig, KeyPart, PathMatch, Quotas, RateLimitConfig, Rewrite,
+    AuthMode, AuthPolicy, IssuerConfig, KeyPart, Mode, PathMatch, Quotas, RateLimitConfig, Rewrite,
     RouteConfig, UpstreamConfig,
 };
 use super::Errors;
@@ -105,6 +105,11 @@ pub(super) fn overlap_warnings(routes: &[RouteConfig]) -> Vec<ConfigError> {
 fn protection(auth: &AuthPolicy) -> String {
     match auth {
         AuthPolicy::None => "auth: none".into(),
+        AuthPolicy::Required {
+            scopes,
+            mode: Mode::Shadow,
+            ..
+        } => format!("auth in shadow, scopes [{}]", scopes.join(", ")),
         AuthPolicy::Required { scopes, .. } if scopes.is_empty() => "auth: required".into(),
         AuthPolicy::Required { scopes, .. } => format!("scopes [{}]", scopes.join(", ")),
     }
@@ -203,6 +208,7 @@ fn route(
         strip_prefix,
         rewrite_prefix,
         auth,
+        auth_mode,
         scopes,
         issuers,
         rate_limits,
@@ -266,7 +272,14 @@ fn route(
             "strip_prefix and rewrite_prefix need match.path_prefix",
         );
     }
-    let auth = auth_policy(errs, loc, auth.as_deref(), scopes, issuers, defined);
+    let auth = auth_policy(
+        errs,
+        loc,
+        (auth.as_deref(), auth_mode.as_deref()),
+        scopes,
+        issuers,
+        defined,
+    );
     check_rate_limits(errs, loc, &rate_limits, &auth, defined);
     if errs.count() > before {
         return None;
@@ -350,11 +363,12 @@ fn rewrite(
 fn auth_policy(
     errs: &mut Errors,
     loc: &str,
-    mode: Option<&str>,
+    (mode, enforcement): (Option<&str>, Option<&str>),
     scopes: Vec<String>,
     issuers: Vec<String>,
     defined: &Defined<'_>,
 ) -> AuthPolicy {
+    let enforcement = super::mode(errs, &format!("{loc}.auth_mode"), enforcement);
     let mode = match mode.map(str::parse::<AuthMode>) {
         None => AuthMode::Required,
         Some(Ok(mode)) => mode,
@@ -367,6 +381,12 @@ fn auth_policy(
         AuthMode::None => {
             if !scopes.is_empty() || !issuers.is_empty() {
                 errs.push(loc, "scopes and issuers need auth: required");
+            }
+            if enforcement == Mode::Shadow {
+                errs.push(
+                    format!("{loc}.auth_mode"),
+                    "auth: none has nothing to shadow; use auth: required with auth_mode: shadow",
+                );
             }
             AuthPolicy::None
         }
@@ -396,7 +416,11 @@ fn auth_policy(
                     );
                 }
             }
-            AuthPolicy::Required { scopes, issuers }
+            AuthPolicy::Required {
+                scopes,
+                issuers,
+                mode: enforcement,
+            }
         }
     }
 }
