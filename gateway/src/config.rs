@@ -445,6 +445,11 @@ pub struct IssuerConfig {
     pub algorithms: Vec<Algorithm>,
     /// Where the keys come from.
     pub keys: KeySource,
+    /// Mutual TLS for fetching `jwks_url` (an `https://` URL) from a service that serves it over
+    /// mTLS only, as the shop's `users` does: the same settings as `upstreams.*.tls`. Default:
+    /// none (plain HTTPS or HTTP).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks_tls: Option<UpstreamTlsConfig>,
     /// Default 300 s.
     #[serde(serialize_with = "ser_duration")]
     pub refresh_interval: Duration,

@@ -195,6 +195,8 @@ pub(crate) struct IssuerKeys {
     /// Single flight: whoever holds this lock fetches; the value is when the last fetch began.
     last_fetch: tokio::sync::Mutex<Option<Instant>>,
     client: reqwest::Client,
+    /// The gateway's SVID for `jwks_tls`, re-read before each fetch.
+    jwks_identity: Option<identity::WorkloadIdentity>,
     background: Handle,
 }
 
@@ -213,11 +215,31 @@ impl IssuerKeys {
             KeySource::JwksUrl { .. } => None,
         };
         let loaded = AtomicBool::new(initial.is_some());
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
-            .connect_timeout(Duration::from_secs(2))
-            .build()
-            .map_err(|e| KeyError::Http(e.to_string()))?;
+            .connect_timeout(Duration::from_secs(2));
+        let mut jwks_identity = None;
+        if let Some(tls) = &config.jwks_tls {
+            // The gateway's SVID as client certificate; only the listed SPIFFE IDs are accepted
+            // as the server. Read per handshake, so a rotation (see `refresh`) applies to the
+            // next connection.
+            let paths = identity::SvidPaths {
+                cert: tls.cert_file.clone(),
+                key: tls.key_file.clone(),
+                bundle: tls.bundle_file.clone(),
+            };
+            let id = identity::WorkloadIdentity::load(&paths, None)
+                .map_err(|e| KeyError::Http(e.to_string()))?;
+            let allowed = tls
+                .spiffe_ids
+                .iter()
+                .filter_map(|s| s.parse().ok())
+                .collect();
+            let rustls = identity::tls::client_config(&id, allowed);
+            builder = builder.tls_backend_preconfigured((*rustls).clone());
+            jwks_identity = Some(id);
+        }
+        let client = builder.build().map_err(|e| KeyError::Http(e.to_string()))?;
         Ok(Arc::new(IssuerKeys {
             name,
             config,
@@ -225,6 +247,7 @@ impl IssuerKeys {
             loaded,
             last_fetch: tokio::sync::Mutex::new(None),
             client,
+            jwks_identity,
             background,
         }))
     }
@@ -289,6 +312,11 @@ impl IssuerKeys {
             }
         }
         *last = Some(Instant::now());
+        if let Some(id) = &self.jwks_identity {
+            if let Err(error) = id.reload() {
+                tracing::warn!(issuer = %self.name, %error, "Rejected new SVID files for the JWKS fetch; keeping the previous SVID.");
+            }
+        }
         let (client, url2, allowed) = (
             self.client.clone(),
             url.clone(),

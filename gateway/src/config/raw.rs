@@ -138,6 +138,7 @@ pub(crate) struct RawIssuer {
     pub(crate) audiences: Vec<String>,
     pub(crate) algorithms: Vec<String>,
     pub(crate) jwks_url: Option<String>,
+    pub(crate) jwks_tls: Option<RawUpstreamTls>,
     pub(crate) jwks_file: Option<String>,
     pub(crate) pem_file: Option<String>,
     pub(crate) pem_kid: Option<String>,

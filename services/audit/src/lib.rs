@@ -41,7 +41,16 @@ CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit_log
 ";
 
 /// audit as the kit runs it: [`messaging::contract::AUDIT`], port 7007 by default.
-pub const SERVICE: Service = service_kit::service!(messaging::contract::AUDIT, 7007);
+pub const SERVICE: Service =
+    service_kit::service!(messaging::contract::AUDIT, 7007).with_authz(AUTHZ);
+
+/// Who may call audit: the gateway, reading the audit trail.
+pub const AUTHZ: service_kit::AuthzPolicy =
+    service_kit::AuthzPolicy::new(&[service_kit::Rule::new(
+        &["gateway"],
+        &[service_kit::Verb::Get, service_kit::Verb::Head],
+        &["/api/audit"],
+    )]);
 
 #[derive(Debug, Clone)]
 pub struct Config {

@@ -94,11 +94,13 @@ pub enum CheckoutError {
 /// Turns the cart into an order: writes `order.placed` to the outbox, empties the cart and
 /// remembers the idempotency key, all in the caller's transaction (`tx`, from
 /// [`Outbox::transaction`](messaging::Outbox::transaction)). A known key returns its order again.
+/// The order must be paid within `payment_timeout` of now (`payment_deadline`).
 pub fn checkout(
     tx: &Writer<'_>,
     user_id: &str,
     idempotency_key: Option<&str>,
     payment_token: &str,
+    payment_timeout: std::time::Duration,
     trace: &TraceContext,
 ) -> Result<(String, bool), CheckoutError> {
     if let Some(key) = idempotency_key {
@@ -133,6 +135,7 @@ pub fn checkout(
         total_cents: c.total_cents,
         currency: c.currency,
         payment_token: payment_token.to_owned(),
+        payment_deadline: Some(time::OffsetDateTime::now_utc() + payment_timeout),
     };
     tx.enqueue(&placed, trace)?;
     tx.execute("DELETE FROM cart_items WHERE user_id = ?1", [user_id])?;
@@ -158,7 +161,14 @@ mod tests {
         trace: &TraceContext,
     ) -> Result<(String, bool), CheckoutError> {
         let tx = c.transaction()?;
-        let done = super::checkout(&Writer::new(&tx, "cart"), user_id, key, token, trace)?;
+        let done = super::checkout(
+            &Writer::new(&tx, "cart"),
+            user_id,
+            key,
+            token,
+            std::time::Duration::from_secs(300),
+            trace,
+        )?;
         tx.commit()?;
         Ok(done)
     }

@@ -161,9 +161,10 @@ async fn checkout(
         },
     };
     let user = id.user_id;
+    let timeout = s.config.payment_timeout;
     let result = s
         .outbox
-        .transaction(move |tx| domain::checkout(tx, &user, key.as_deref(), &token, &trace))
+        .transaction(move |tx| domain::checkout(tx, &user, key.as_deref(), &token, timeout, &trace))
         .await;
     let (order_id, created) = match result {
         Ok(r) => r,

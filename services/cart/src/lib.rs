@@ -4,7 +4,8 @@
 //! # How to use
 //!
 //! Run the `cart` binary (default `127.0.0.1:7003`). It looks products up at `INVENTORY_URL`
-//! (default `http://127.0.0.1:7002`) when they are added, and keeps the price it saw then.
+//! (default `https://127.0.0.1:7002`, over mutual TLS with cart's SVID) when they are added, and
+//! keeps the price it saw then.
 
 pub mod config;
 pub mod domain;
@@ -39,7 +40,12 @@ CREATE TABLE IF NOT EXISTS checkouts (
 ";
 
 /// cart as the kit runs it: [`messaging::contract::CART`], port 7003 by default.
-pub const SERVICE: Service = service_kit::service!(messaging::contract::CART, 7003);
+pub const SERVICE: Service =
+    service_kit::service!(messaging::contract::CART, 7003).with_authz(AUTHZ);
+
+/// Who may call cart: the gateway, on the cart routes.
+pub const AUTHZ: service_kit::AuthzPolicy =
+    service_kit::AuthzPolicy::new(&[service_kit::Rule::new(&["gateway"], &[], &["/api/cart"])]);
 
 #[derive(Clone)]
 pub struct AppState {
@@ -55,7 +61,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), KitE
     let state = AppState {
         db: kit.db.clone(),
         outbox: kit.outbox(),
-        http: kit.http_client()?,
+        http: kit.http_client(&["inventory"])?,
         config: Arc::new(config),
     };
     kit.serve(router(state)).await

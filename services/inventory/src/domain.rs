@@ -146,30 +146,94 @@ pub enum Reservation {
         product_id: String,
         reason: &'static str,
     },
-    /// This order was already decided earlier.
+    /// This order was already decided earlier (reserved, rejected or cancelled): nothing moved.
     AlreadyDecided,
 }
 
-/// Reserves every line or none.
+/// What inventory decided for an order; one row per order in `stock_decisions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Reserved,
+    Rejected,
+    /// The order was cancelled before its `order.placed` was handled.
+    Cancelled,
+}
+
+impl Decision {
+    fn as_str(self) -> &'static str {
+        match self {
+            Decision::Reserved => "RESERVED",
+            Decision::Rejected => "REJECTED",
+            Decision::Cancelled => "CANCELLED",
+        }
+    }
+}
+
+/// Records `decision` for `order_id` unless one is recorded already; true when this one was.
+pub fn decide(
+    conn: &Connection,
+    order_id: &str,
+    decision: Decision,
+) -> Result<bool, rusqlite::Error> {
+    Ok(conn.execute(
+        "INSERT OR IGNORE INTO stock_decisions (order_id, decision, at) VALUES (?1, ?2, ?3)",
+        params![order_id, decision.as_str(), service_kit::now_rfc3339()],
+    )? == 1)
+}
+
+/// Reserves every line or none, once per order: an order already decided (reserved, rejected
+/// or cancelled) is [`Reservation::AlreadyDecided`] and moves nothing.
 pub fn reserve(
     conn: &Connection,
     order_id: &str,
     items: &[OrderLine],
 ) -> Result<Reservation, rusqlite::Error> {
+    // Reservations written before `stock_decisions` existed count as decisions too.
     let existing: i64 = conn.query_row(
-        "SELECT COUNT(*) FROM reservations WHERE order_id = ?1",
+        "SELECT (SELECT COUNT(*) FROM reservations WHERE order_id = ?1)
+              + (SELECT COUNT(*) FROM stock_decisions WHERE order_id = ?1)",
         [order_id],
         |r| r.get(0),
     )?;
     if existing > 0 {
         return Ok(Reservation::AlreadyDecided);
     }
-    // Merge duplicate lines of the same product before checking.
+    let decided = check(conn, items)?;
+    let decision = match decided {
+        Reservation::Reserved => Decision::Reserved,
+        _ => Decision::Rejected,
+    };
+    decide(conn, order_id, decision)?;
+    if decided != Reservation::Reserved {
+        return Ok(decided);
+    }
+    let now = service_kit::now_rfc3339();
+    for (product_id, quantity) in &wanted(items) {
+        conn.execute(
+            "UPDATE products SET available = available - ?1, reserved = reserved + ?1 WHERE id = ?2",
+            params![quantity, product_id],
+        )?;
+        conn.execute(
+            "INSERT INTO reservations (order_id, product_id, quantity, state, updated_at) VALUES (?1, ?2, ?3, 'RESERVED', ?4)",
+            params![order_id, product_id, quantity, now],
+        )?;
+    }
+    Ok(Reservation::Reserved)
+}
+
+/// Every line merged by product (duplicate lines of one product add up).
+fn wanted(items: &[OrderLine]) -> std::collections::BTreeMap<&str, i64> {
     let mut wanted: std::collections::BTreeMap<&str, i64> = Default::default();
     for line in items {
         *wanted.entry(line.product_id.as_str()).or_default() += i64::from(line.quantity);
     }
-    for (product_id, quantity) in &wanted {
+    wanted
+}
+
+/// Whether every line can be reserved now: [`Reservation::Reserved`] or the first line that
+/// cannot.
+fn check(conn: &Connection, items: &[OrderLine]) -> Result<Reservation, rusqlite::Error> {
+    for (product_id, quantity) in &wanted(items) {
         let available: Option<i64> = conn
             .query_row(
                 "SELECT available FROM products WHERE id = ?1",
@@ -192,17 +256,6 @@ pub fn reserve(
             }
             Some(_) => {}
         }
-    }
-    let now = service_kit::now_rfc3339();
-    for (product_id, quantity) in &wanted {
-        conn.execute(
-            "UPDATE products SET available = available - ?1, reserved = reserved + ?1 WHERE id = ?2",
-            params![quantity, product_id],
-        )?;
-        conn.execute(
-            "INSERT INTO reservations (order_id, product_id, quantity, state, updated_at) VALUES (?1, ?2, ?3, 'RESERVED', ?4)",
-            params![order_id, product_id, quantity, now],
-        )?;
     }
     Ok(Reservation::Reserved)
 }
@@ -309,5 +362,27 @@ mod tests {
         );
         assert_eq!(total(&c, mug), 100);
         assert_eq!(total(&c, lamp), 3);
+    }
+
+    #[test]
+    fn an_order_is_decided_once_whatever_comes_after() {
+        let c = db();
+        let mug = CATALOGUE[0].0;
+        let rejected = reserve(&c, "o1", &[line(mug, 101)]).unwrap();
+        assert!(matches!(rejected, Reservation::Rejected { .. }));
+        // The same order again, now with lines that would fit: still rejected, nothing moves.
+        assert_eq!(
+            reserve(&c, "o1", &[line(mug, 1)]).unwrap(),
+            Reservation::AlreadyDecided
+        );
+        // Cancelled before its order.placed was handled: never reserved afterwards.
+        assert!(decide(&c, "o2", Decision::Cancelled).unwrap());
+        assert!(!decide(&c, "o2", Decision::Cancelled).unwrap());
+        assert_eq!(
+            reserve(&c, "o2", &[line(mug, 1)]).unwrap(),
+            Reservation::AlreadyDecided
+        );
+        assert_eq!(stock(&c, mug).unwrap().unwrap().reserved, 0);
+        assert_eq!(total(&c, mug), 100);
     }
 }

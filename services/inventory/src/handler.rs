@@ -64,7 +64,10 @@ impl Handler for InventoryHandler {
             }
             // Every cancellation (out of stock, payment declined or failed, timeout) comes
             // through orders, after everything it decided before for this order.
+            // A cancellation that overtook the order's order.placed (dead-lettered and replayed,
+            // say) is remembered, so that order.placed reserves nothing when it comes.
             Some(SagaEvent::OrderCancelled(cancelled)) => {
+                domain::decide(tx, &cancelled.order_id, domain::Decision::Cancelled)?;
                 release(tx, &cancelled.order_id, &cancelled.reason, trace)?;
             }
             // Not bound to inventory's queue (messaging::contract::INVENTORY).

@@ -1,7 +1,9 @@
 //! inventory: the catalogue and its stock. Reserves stock for an order atomically (all lines or
 //! none) on `order.placed`, commits it on `order.paid` and releases it on `order.cancelled` —
-//! both decided by orders, so a reservation is never committed for a cancelled order. Invariant: available + reserved + sold only changes through the admin
-//! stock endpoint.
+//! both decided by orders, so a reservation is never committed for a cancelled order. Decides
+//! once per order, whatever message carries it: an `order.placed` seen again (a new message id
+//! after a rejection, or after the order was cancelled) reserves nothing. Invariant: available +
+//! reserved + sold only changes through the admin stock endpoint.
 //!
 //! # How to use
 //!
@@ -41,10 +43,30 @@ CREATE TABLE IF NOT EXISTS reservations (
     updated_at TEXT NOT NULL,
     PRIMARY KEY (order_id, product_id)
 );
+-- What inventory decided for an order, once: RESERVED, REJECTED, or CANCELLED (cancelled before
+-- its order.placed was handled). A later order.placed of the order, under any message id,
+-- reserves nothing.
+CREATE TABLE IF NOT EXISTS stock_decisions (
+    order_id TEXT PRIMARY KEY,
+    decision TEXT NOT NULL CHECK (decision IN ('RESERVED', 'REJECTED', 'CANCELLED')),
+    at       TEXT NOT NULL
+);
 ";
 
 /// inventory as the kit runs it: [`messaging::contract::INVENTORY`], port 7002 by default.
-pub const SERVICE: Service = service_kit::service!(messaging::contract::INVENTORY, 7002);
+pub const SERVICE: Service =
+    service_kit::service!(messaging::contract::INVENTORY, 7002).with_authz(AUTHZ);
+
+/// Who may call inventory: the gateway, on the catalogue and stock routes; cart, reading a
+/// product for its price when it is added to a cart.
+pub const AUTHZ: service_kit::AuthzPolicy = service_kit::AuthzPolicy::new(&[
+    service_kit::Rule::new(&["gateway"], &[], &["/api/products"]),
+    service_kit::Rule::new(
+        &["cart"],
+        &[service_kit::Verb::Get, service_kit::Verb::Head],
+        &["/api/products"],
+    ),
+]);
 
 #[derive(Clone)]
 pub struct AppState {

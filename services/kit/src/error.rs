@@ -22,6 +22,10 @@ pub enum AppError {
     InvalidCredentials(String),
     #[error("forbidden")]
     Forbidden,
+    /// The calling workload is not allowed by the service's authorization policy. The detail
+    /// names neither the policy nor the caller.
+    #[error("the calling workload may not use this endpoint")]
+    CallerNotAllowed,
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("{0}")]
@@ -46,7 +50,7 @@ impl AppError {
             AppError::BadRequest(_) => "bad-request",
             AppError::Unauthorized => "unauthorized",
             AppError::InvalidCredentials(_) => "invalid-credentials",
-            AppError::Forbidden => "forbidden",
+            AppError::Forbidden | AppError::CallerNotAllowed => "forbidden",
             AppError::NotFound(_) => "not-found",
             AppError::Conflict(_) => "conflict",
             AppError::Unavailable(_) => "dependency-unavailable",
@@ -59,7 +63,7 @@ impl AppError {
         match self {
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::Unauthorized | AppError::InvalidCredentials(_) => StatusCode::UNAUTHORIZED,
-            AppError::Forbidden => StatusCode::FORBIDDEN,
+            AppError::Forbidden | AppError::CallerNotAllowed => StatusCode::FORBIDDEN,
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::Conflict(_) => StatusCode::CONFLICT,
             AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

@@ -2,11 +2,13 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use messaging::TraceContext;
 
+use crate::peer::Caller;
 use crate::AppError;
 
-/// The caller, as the gateway forwards it after verifying the JWT: `x-user-id` (the token's
-/// `sub`) and `x-user-scopes` (space-separated). Services bind loopback and trust these headers.
-/// Missing `x-user-id` → 401.
+/// The user, as the gateway forwards it after verifying the JWT: `x-user-id` (the token's
+/// `sub`) and `x-user-scopes` (space-separated). Believed only when the calling workload is the
+/// gateway (its SPIFFE ID, see [`Caller`]); from any other caller the headers are ignored (the
+/// authorization layer has removed them). Missing or not believed → 401.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     pub user_id: String,
@@ -23,6 +25,13 @@ impl<S: Send + Sync> FromRequestParts<S> for Identity {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, AppError> {
+        if !parts
+            .extensions
+            .get::<Caller>()
+            .is_some_and(Caller::is_gateway)
+        {
+            return Err(AppError::Unauthorized);
+        }
         let header = |name: &str| {
             parts
                 .headers

@@ -1,7 +1,9 @@
 //! What every shop service repeats, written once: the service's description ([`Service`]) and
 //! process ([`main`]: telemetry, env config, signals, exit codes), SQLite + migrations, the
-//! outbox handle, consumers, the HTTP server (with the `/healthz` `/readyz` `/metrics` router)
-//! and client, one problem+json error type, gateway identity headers, and graceful shutdown.
+//! outbox handle, consumers, the API server over mutual TLS with the service's SVID (or behind
+//! a mesh sidecar, [`peer`]) and its authorization policy ([`authz`]), the plain ops port
+//! (`/healthz` `/readyz` `/metrics`), the HTTP client that presents the SVID, one problem+json
+//! error type, gateway identity headers (believed from the gateway only), and graceful shutdown.
 //!
 //! # How to use
 //!
@@ -24,15 +26,21 @@
 //! invalid environment variable (every one is listed on stderr), 1 ([`EX_FAILURE`]) when
 //! telemetry, start-up or serving fails.
 
+pub mod authz;
 pub mod config;
 mod entry;
 mod error;
 mod health;
 mod identity;
+mod ops;
+pub mod peer;
 mod runtime;
 mod service;
 mod shutdown;
+mod svid;
+mod tls_server;
 
+pub use authz::{AuthzPolicy, Rule, Verb};
 pub use config::{BaseConfig, ConfigErrors};
 pub use entry::{main, EX_FAILURE, EX_USAGE};
 pub use error::{AppError, Body, Query};
@@ -40,6 +48,10 @@ pub use health::Health;
 pub use identity::{Admin, Identity, OwnerOrAdmin, Trace};
 pub use messaging::clock::{now_ms, now_rfc3339};
 pub use observability::env::{EnvParser, EnvSource, ProcessEnv};
+pub use peer::{Caller, IdentityConfig, IdentityMode};
 pub use runtime::{Kit, KitError};
 pub use service::Service;
 pub use shutdown::shutdown_on_signals;
+
+/// The ops port (`/healthz`, `/readyz`, `/metrics`, plain HTTP) is the API port plus this.
+pub const OPS_PORT_OFFSET: u16 = 100;

@@ -1,4 +1,5 @@
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,15 +27,18 @@ pub enum KitError {
     Db(#[from] rusqlite::Error),
     #[error(transparent)]
     Messaging(#[from] messaging::MessagingError),
-    #[error("cannot listen on {addr}: {source}")]
+    /// One line with the cause (not a chained source, which would print it twice).
+    #[error("cannot listen on {addr}: {error}")]
     Bind {
         addr: std::net::SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("service {0:?} consumes nothing (see messaging::contract), so it has no queue")]
     NoQueue(&'static str),
     #[error("cannot build the HTTP client: {0}")]
     HttpClient(#[source] reqwest::Error),
+    #[error("cannot load the service's SVID: {0}")]
+    Svid(#[from] identity::SvidError),
     #[error("server error: {0}")]
     Serve(std::io::Error),
 }
@@ -59,17 +63,28 @@ pub struct Kit {
     pub shutdown: CancellationToken,
     brokers: Vec<(String, BrokerStatus)>,
     tasks: Vec<JoinHandle<()>>,
+    /// The service's SVID (`None` in the mesh modes), kept current by a background task.
+    svid: Option<identity::WorkloadIdentity>,
+    /// The relay and the consumers, started only once the HTTP port is bound: a service that
+    /// cannot serve never takes messages off its queue, and a failed bind is one error line,
+    /// with no broker connection to tear down.
+    broker_tasks: Vec<BrokerTask>,
 }
+
+/// A broker task waiting for [`Kit::serve_on`] to spawn it.
+type BrokerTask = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
 impl Kit {
     /// Opens the database (creating its directory), applies the messaging tables and
-    /// `migrations`, and starts the outbox relay.
+    /// `migrations`, and prepares the outbox relay (it starts with [`serve`](Self::serve)).
     pub async fn start(
         service: Service,
         config: BaseConfig,
         migrations: &'static str,
         shutdown: CancellationToken,
     ) -> Result<Self, KitError> {
+        // The SVID first: a bad file stops the start before anything is opened.
+        let svid = crate::svid::load(&config.identity)?;
         if let Some(dir) = config
             .database_path
             .parent()
@@ -94,7 +109,13 @@ impl Kit {
         registry.with_registry(|r| metrics.register(r));
         let (relay, notifier) = Relay::new(amqp.clone(), db.clone(), metrics.clone());
         let brokers = vec![("relay".to_owned(), relay.status())];
-        let tasks = vec![tokio::spawn(relay.run(shutdown.clone()))];
+        let mut tasks = Vec::new();
+        if let Some(id) = &svid {
+            tasks.push(tokio::spawn(crate::svid::watch(id.clone(), &registry)(
+                shutdown.clone(),
+            )));
+        }
+        let broker_tasks: Vec<BrokerTask> = vec![Box::pin(relay.run(shutdown.clone()))];
         Ok(Self {
             service,
             config,
@@ -106,7 +127,14 @@ impl Kit {
             shutdown,
             brokers,
             tasks,
+            svid,
+            broker_tasks,
         })
+    }
+
+    /// The service's SVID as it is now and after every rotation (`None` in the mesh modes).
+    pub fn svid(&self) -> Option<&identity::WorkloadIdentity> {
+        self.svid.as_ref()
     }
 
     /// Starts the service's consumer on queue `<prefix><service>`, bound to the routing keys
@@ -117,10 +145,10 @@ impl Kit {
         if !contract.has_queue() {
             return Err(KitError::NoQueue(contract.service));
         }
-        self.consume_with(
-            ConsumerConfig::new(self.amqp.clone(), contract.service, contract.consumes),
-            handler,
-        );
+        let mut config =
+            ConsumerConfig::new(self.amqp.clone(), contract.service, contract.consumes);
+        config.retry = self.config.retry;
+        self.consume_with(config, handler);
         Ok(())
     }
 
@@ -130,16 +158,23 @@ impl Kit {
         Outbox::new(self.db.clone(), self.service.name(), self.notifier.clone())
     }
 
-    /// An HTTP client for calls to other services: rustls, a 5 s timeout per request. Build it
-    /// once and clone it (clones share the connection pool).
-    pub fn http_client(&self) -> Result<reqwest::Client, KitError> {
-        reqwest::Client::builder()
-            .timeout(HTTP_CLIENT_TIMEOUT)
-            .build()
-            .map_err(KitError::HttpClient)
+    /// An HTTP client for calls to the services `callees` (workload names, e.g. `["inventory"]`):
+    /// in `mtls` mode it presents this service's SVID (the current one, after rotations too)
+    /// and accepts only servers presenting one of the callees' SPIFFE IDs (use `https://` URLs);
+    /// in the mesh modes it is plain, for the sidecar to upgrade. A 5 s timeout per request.
+    /// Build it once and clone it (clones share the connection pool).
+    pub fn http_client(&self, callees: &[&str]) -> Result<reqwest::Client, KitError> {
+        crate::svid::http_client(
+            self.svid.as_ref(),
+            &self.config.identity,
+            callees,
+            HTTP_CLIENT_TIMEOUT,
+        )
+        .map_err(KitError::HttpClient)
     }
 
-    /// Starts a consumer with explicit settings (prefetch, delivery limit).
+    /// Adds a consumer with explicit settings (prefetch, delivery limit); like the relay, it
+    /// attaches to its queue once [`serve`](Self::serve) has bound the port.
     pub fn consume_with<H: Handler>(&mut self, config: ConsumerConfig, handler: Arc<H>) {
         let name = config.name.clone();
         let consumer = Consumer::new(
@@ -151,8 +186,8 @@ impl Kit {
         );
         self.brokers
             .push((format!("consumer:{name}"), consumer.status()));
-        self.tasks
-            .push(tokio::spawn(consumer.run(self.shutdown.clone())));
+        self.broker_tasks
+            .push(Box::pin(consumer.run(self.shutdown.clone())));
     }
 
     /// Spawns a background task; it must return once the token is cancelled.
@@ -164,37 +199,89 @@ impl Kit {
         self.tasks.push(tokio::spawn(task(self.shutdown.clone())));
     }
 
-    /// Binds `LISTEN_ADDR` and serves until shutdown.
+    /// Binds `LISTEN_ADDR` (the API) and `OPS_LISTEN_ADDR` (probes, metrics) and serves until
+    /// shutdown.
     pub async fn serve(self, api: Router) -> Result<(), KitError> {
-        let addr = self.config.listen_addr;
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| KitError::Bind { addr, source })?;
-        self.serve_on(listener, api).await
+        let bind = |addr| async move {
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|error| KitError::Bind { addr, error })
+        };
+        let listener = bind(self.config.listen_addr).await?;
+        let ops = bind(self.config.ops_addr).await?;
+        self.serve_on(listener, ops, api).await
     }
 
-    /// Serves `api` plus the health routes on `listener` until shutdown, then waits (bounded)
-    /// for the relay, consumers and other tasks to stop.
+    /// Serves `api` on `listener` — over mutual TLS with the service's SVID, or plain HTTP for
+    /// a mesh sidecar — behind the service's authorization policy, and the health routes on
+    /// `ops` (plain HTTP), until shutdown; then waits (bounded) for the relay, consumers and
+    /// other tasks to stop. The relay and the consumers start here, on bound ports.
     pub async fn serve_on(
-        self,
+        mut self,
         listener: tokio::net::TcpListener,
+        ops: tokio::net::TcpListener,
         api: Router,
     ) -> Result<(), KitError> {
+        for task in std::mem::take(&mut self.broker_tasks) {
+            self.tasks.push(tokio::spawn(task));
+        }
         let http = HttpServerMetrics::new(&self.registry);
+        let gauges = crate::health::ReadinessGauges::default();
+        gauges.register(&self.registry);
         let health = Health {
             db: self.db.clone(),
             brokers: self.brokers.clone(),
             registry: self.registry.clone(),
+            outbox_max_age: self.config.outbox_max_age,
+            gauges,
         };
-        // SERVER spans and request metrics for the API; probes and scrapes stay untraced.
-        let app = api.layer(HttpServerLayer::new(http)).merge(health.router());
+        let identity = self.config.identity.clone();
+        let transport = match &self.svid {
+            Some(id) => crate::tls_server::Transport::Mtls(tokio_rustls::TlsAcceptor::from(
+                identity::tls::server_config(id),
+            )),
+            None => crate::tls_server::Transport::Plain,
+        };
+        // SERVER spans (with the caller) and request metrics for the API; the gateway's health
+        // checks on the API port stay untraced, like probes and scrapes on the ops port.
+        let app = api
+            .layer(axum::middleware::map_request(crate::peer::record_on_span))
+            .layer(HttpServerLayer::new(http).with_scheme(transport.scheme()))
+            .merge(health.api_router());
+        let app = crate::authz::Authorize {
+            inner: app,
+            authorizer: std::sync::Arc::new(crate::authz::Authorizer {
+                policy: self.service.authz,
+                metrics: crate::authz::AuthzMetrics::register(&self.registry),
+                identity,
+            }),
+        };
+        let handshakes = crate::tls_server::HandshakeMetrics::register(&self.registry);
         let addr = listener.local_addr().map_err(KitError::Serve)?;
-        tracing::info!(service = self.service.name(), %addr, "Listening.");
+        let ops_addr = ops.local_addr().map_err(KitError::Serve)?;
+        tracing::info!(
+            service = self.service.name(),
+            %addr,
+            %ops_addr,
+            identity_mode = %self.config.identity.mode,
+            "Listening."
+        );
         let shutdown = self.shutdown.clone();
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .await;
+        let ops_task = tokio::spawn(crate::ops::serve(ops, health, shutdown.clone()));
+        crate::tls_server::serve(
+            listener,
+            transport,
+            app,
+            handshakes,
+            shutdown.clone(),
+            DRAIN,
+        )
+        .await;
         shutdown.cancel();
+        let served = match ops_task.await {
+            Ok(r) => r,
+            Err(e) => Err(std::io::Error::other(e)),
+        };
         let drain = futures_join(self.tasks);
         if tokio::time::timeout(DRAIN, drain).await.is_err() {
             tracing::warn!(

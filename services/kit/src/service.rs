@@ -2,6 +2,8 @@
 
 use messaging::Contract;
 
+use crate::authz::AuthzPolicy;
+
 /// What a shop service is: its name and the routing keys it produces and consumes (its
 /// [`Contract`] in `messaging::contract`), the port it listens on by default, and its version.
 /// Each service crate declares one `pub const SERVICE` (with [`service!`](crate::service)) and
@@ -23,6 +25,10 @@ pub struct Service {
     pub default_port: u16,
     /// `service.version` of its telemetry: pass `env!("CARGO_PKG_VERSION")`.
     pub version: &'static str,
+    /// Which workloads may call which of its endpoints (default
+    /// [`AuthzPolicy::GATEWAY_ONLY`]; declare the service's own with
+    /// [`with_authz`](Self::with_authz)).
+    pub authz: AuthzPolicy,
 }
 
 impl Service {
@@ -32,7 +38,13 @@ impl Service {
             contract,
             default_port,
             version,
+            authz: AuthzPolicy::GATEWAY_ONLY,
         }
+    }
+
+    /// The service with its authorization policy.
+    pub const fn with_authz(self, authz: AuthzPolicy) -> Self {
+        Self { authz, ..self }
     }
 
     /// The service's name (`orders`): its telemetry `service.name`, database file, queue and

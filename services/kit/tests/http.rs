@@ -9,7 +9,9 @@ use axum::routing::{get, post};
 use axum::Router;
 use http_body_util::BodyExt;
 use serde_json::Value;
-use service_kit::{Admin, AppError, BaseConfig, Body, Identity, Kit, OwnerOrAdmin, Service};
+use service_kit::{
+    Admin, AppError, BaseConfig, Body, Caller, Identity, IdentityConfig, Kit, OwnerOrAdmin, Service,
+};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -42,8 +44,20 @@ fn app() -> Router {
         )
 }
 
+/// The gateway as the caller, as the kit's authorization layer puts it on requests from the
+/// gateway's SVID: only then are `x-user-id`/`x-user-scopes` believed (see tests/mtls.rs for
+/// the other callers).
+fn from_gateway(mut req: Request<AxumBody>) -> Request<AxumBody> {
+    req.extensions_mut().insert(Caller::Workload {
+        id: "spiffe://vantage.local/gateway".parse().unwrap(),
+        workload: Some("gateway".into()),
+        is_gateway: true,
+    });
+    req
+}
+
 async fn call(req: Request<AxumBody>) -> (StatusCode, Option<String>, Value) {
-    let resp = app().oneshot(req).await.unwrap();
+    let resp = app().oneshot(from_gateway(req)).await.unwrap();
     let status = resp.status();
     let ct = resp
         .headers()
@@ -112,6 +126,23 @@ async fn errors_are_problem_json_and_internal_details_stay_inside() {
 }
 
 #[tokio::test]
+async fn user_headers_from_any_other_caller_are_not_believed() {
+    let mut req = get_req("/me", &[("x-user-id", "u-1"), ("x-user-scopes", "admin")]);
+    req.extensions_mut().insert(Caller::Workload {
+        id: "spiffe://vantage.local/cart".parse().unwrap(),
+        workload: Some("cart".into()),
+        is_gateway: false,
+    });
+    let resp = app().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = app()
+        .oneshot(get_req("/me", &[("x-user-id", "u-1")]))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "no caller at all");
+}
+
+#[tokio::test]
 async fn problems_use_the_gateway_scheme_with_a_slug_per_kind() {
     let base = observability::problem::PROBLEM_BASE;
     let (_, _, body) = call(get_req("/me", &[])).await;
@@ -176,11 +207,23 @@ async fn start(
     tempfile::TempDir,
 ) {
     let dir = tempfile::tempdir().unwrap();
+    let ca = identity::dev_ca::DevCa::new("kit test CA").unwrap();
+    let svid = dir.path().join("svid");
+    ca.write_svid(
+        &svid,
+        &"spiffe://vantage.local/kit-test".parse().unwrap(),
+        Duration::from_secs(3600),
+    )
+    .unwrap();
     let config = BaseConfig {
         listen_addr: "127.0.0.1:0".parse().unwrap(),
         database_path: dir.path().join("nested/kit.db"),
         amqp: messaging::BrokerEndpoint::url(amqp_url),
         queue_prefix: format!("kit-{}.", uuid_like()),
+        ops_addr: "127.0.0.1:0".parse().unwrap(),
+        identity: IdentityConfig::mtls(svid),
+        retry: messaging::RetryBackoff::default(),
+        outbox_max_age: std::time::Duration::from_secs(60),
     };
     let prefix = config.queue_prefix.clone();
     let shutdown = CancellationToken::new();
@@ -193,8 +236,11 @@ async fn start(
     .await
     .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let task = tokio::spawn(async move { kit.serve_on(listener, Router::new()).await.unwrap() });
+    let ops = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // Probes and metrics are on the plain ops port.
+    let base = format!("http://{}", ops.local_addr().unwrap());
+    let task =
+        tokio::spawn(async move { kit.serve_on(listener, ops, Router::new()).await.unwrap() });
     (base, prefix, shutdown, task, dir)
 }
 
@@ -272,7 +318,8 @@ async fn not_ready_without_the_broker() {
     let (code, body) = fetch(&format!("{base}/readyz")).await;
     assert_eq!(code, 503, "{body}");
     let body: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(body["failing"], serde_json::json!(["broker:relay"]));
+    // Each failing check names its state (issue 14: blocked and lost channels show too).
+    assert_eq!(body["failing"], serde_json::json!(["broker:relay (down)"]));
     assert_eq!(body["type"], "https://vantage.dev/problems/not-ready");
     assert_eq!(
         fetch(&format!("{base}/healthz")).await.0,

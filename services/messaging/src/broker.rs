@@ -76,17 +76,83 @@ impl AmqpConfig {
     }
 }
 
-/// Whether a long-running broker task currently holds a working channel; `/readyz` reads it.
-#[derive(Debug, Clone, Default)]
-pub struct BrokerStatus(Arc<AtomicBool>);
+/// Whether a long-running broker task currently holds a working channel on a connection the
+/// broker lets it use; `/readyz` reads it ([`BrokerStatus::state`]).
+#[derive(Clone, Default)]
+pub struct BrokerStatus(Arc<StatusInner>);
+
+#[derive(Default)]
+struct StatusInner {
+    up: AtomicBool,
+    /// The live connection and channel of the task, read at every check: lapin updates them
+    /// when the broker blocks the connection (`connection.blocked`, a resource alarm) or closes
+    /// the channel, before the task itself notices.
+    link: std::sync::Mutex<Option<(lapin::ConnectionStatus, lapin::ChannelStatus)>>,
+}
+
+impl std::fmt::Debug for BrokerStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("BrokerStatus").field(&self.state()).finish()
+    }
+}
+
+/// What a broker task can do right now. A closed set: `/readyz` names each case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerState {
+    /// Connected, channel open, not blocked.
+    Up,
+    /// Not connected (connecting, or reconnecting after a failure).
+    Down,
+    /// The broker has blocked the connection (`connection.blocked`: a memory or disk alarm):
+    /// nothing it publishes goes through until it is unblocked.
+    Blocked,
+    /// The channel the task works on was closed.
+    ChannelLost,
+}
+
+impl BrokerState {
+    /// The name `/readyz` and the readiness metric use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BrokerState::Up => "up",
+            BrokerState::Down => "down",
+            BrokerState::Blocked => "blocked",
+            BrokerState::ChannelLost => "channel_lost",
+        }
+    }
+}
 
 impl BrokerStatus {
     pub fn set(&self, up: bool) {
-        self.0.store(up, Ordering::Relaxed);
+        self.0.up.store(up, Ordering::Relaxed);
+        if !up {
+            *self.0.link.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+    }
+
+    /// Watches `conn` and `ch` (the task's working channel) from now on, and marks the task up.
+    pub fn attach(&self, conn: &Connection, ch: &lapin::Channel) {
+        *self.0.link.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((conn.status().clone(), ch.status().clone()));
+        self.0.up.store(true, Ordering::Relaxed);
+    }
+
+    /// The task's state now.
+    pub fn state(&self) -> BrokerState {
+        if !self.0.up.load(Ordering::Relaxed) {
+            return BrokerState::Down;
+        }
+        let link = self.0.link.lock().unwrap_or_else(|e| e.into_inner());
+        match link.as_ref() {
+            Some((conn, _)) if !conn.connected() => BrokerState::Down,
+            Some((conn, _)) if conn.blocked() => BrokerState::Blocked,
+            Some((_, ch)) if !ch.connected() => BrokerState::ChannelLost,
+            _ => BrokerState::Up,
+        }
     }
 
     pub fn is_up(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.state() == BrokerState::Up
     }
 }
 

@@ -4,6 +4,7 @@ use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
+    ConfirmSelectOptions,
 };
 use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
@@ -13,6 +14,7 @@ use crate::broker::Reconnect;
 use crate::events::SagaEvent;
 use crate::outbox::Writer;
 use crate::provenance::Provenance;
+use crate::retry::{self, Retried, RetryBackoff};
 use crate::{
     inbox, trace_context, AmqpConfig, BrokerStatus, CloudEvent, Db, MessagingError,
     MessagingMetrics, OutboxNotifier, TraceContext,
@@ -33,8 +35,13 @@ pub struct ConsumerConfig {
     /// Deliveries already received that are handled in one SQLite transaction (each in its own
     /// savepoint, so one failure does not undo the others). Default 64; 1 disables batching.
     pub max_batch: usize,
-    /// Returns (nack with requeue) allowed before the message is dead-lettered. Default 5.
+    /// Transient failures retried before the message is dead-lettered. Default 5: the sixth
+    /// failure dead-letters it. Also the quorum queue's `x-delivery-limit`, which counts
+    /// deliveries returned unacked (a consumer lost mid-handle).
     pub delivery_limit: u32,
+    /// How long a transiently failed delivery waits in the retry queues before its next
+    /// attempt ([`RetryBackoff`]; default 1 s doubling up to 60 s).
+    pub retry: RetryBackoff,
     /// Which publishers are accepted (checked on the AMQP `user_id` of every delivery).
     /// Default [`Provenance::Contract`]: each type only from the service that owns it.
     pub provenance: Provenance,
@@ -50,6 +57,7 @@ impl ConsumerConfig {
             prefetch: 64,
             max_batch: 64,
             delivery_limit: crate::DEFAULT_DELIVERY_LIMIT,
+            retry: RetryBackoff::default(),
             provenance: Provenance::Contract,
         }
     }
@@ -208,6 +216,11 @@ impl<H: Handler> Consumer<H> {
         let ch = conn.create_channel().await?;
         ch.basic_qos(cfg.prefetch, BasicQosOptions::default())
             .await?;
+        // Retries are republished with confirms, and the original acked only after the confirm.
+        let retry_ch = conn.create_channel().await?;
+        retry_ch
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         let queue = cfg.amqp.topology.queue(&cfg.name);
         let mut deliveries = ch
             .basic_consume(
@@ -220,6 +233,7 @@ impl<H: Handler> Consumer<H> {
             )
             .await?;
         reconnect.connected();
+        self.status.attach(&conn, &ch);
         info!(consumer = %cfg.name, %queue, "Consumer attached.");
         loop {
             let first = tokio::select! {
@@ -238,16 +252,18 @@ impl<H: Handler> Consumer<H> {
                     None => break,
                 }
             }
-            self.handle_batch(batch, shutdown).await?;
+            self.handle_batch(batch, &retry_ch, shutdown).await?;
         }
     }
 
     async fn handle_batch(
         &self,
         batch: Vec<Delivery>,
+        retry_ch: &lapin::Channel,
         shutdown: &CancellationToken,
     ) -> Result<(), MessagingError> {
         let name = self.config.name.as_str();
+        let own_user = self.config.amqp.user();
         let queue = self.config.amqp.topology.queue(name);
         let received_at = std::time::Instant::now();
         let mut items = Vec::with_capacity(batch.len());
@@ -267,11 +283,23 @@ impl<H: Handler> Consumer<H> {
                     continue;
                 }
             };
-            let publisher = delivery.properties.user_id().as_ref().map(|u| u.as_str());
+            // A retry is our own republished copy: its headers say who published the event
+            // and under which key (trusted only because the broker vouches it is ours).
+            let origin = Retried::of(&delivery, &own_user).unwrap_or_else(|| Retried {
+                failures: 0,
+                publisher: delivery
+                    .properties
+                    .user_id()
+                    .as_ref()
+                    .map(|u| u.as_str().to_owned())
+                    .unwrap_or_default(),
+                routing_key: delivery.routing_key.as_str().to_owned(),
+            });
+            let publisher = Some(origin.publisher.as_str()).filter(|p| !p.is_empty());
             let checked = self.config.provenance.check(
                 &self.config.amqp.topology,
                 &event,
-                delivery.routing_key.as_str(),
+                &origin.routing_key,
                 publisher,
             );
             if let Err(forgery) = checked {
@@ -307,16 +335,16 @@ impl<H: Handler> Consumer<H> {
             let msg = Incoming {
                 event,
                 trace: trace_context::handler_context(&span, received),
-                redelivered: delivery.redelivered,
+                redelivered: delivery.redelivered || origin.failures > 0,
             };
-            items.push((delivery, span, message_id, msg));
+            items.push((delivery, span, message_id, msg, origin));
         }
         if items.is_empty() {
             return Ok(());
         }
 
         // Skip `prepare` (which may call outside systems) for messages already handled.
-        let ids: Vec<String> = items.iter().map(|(_, _, id, _)| id.clone()).collect();
+        let ids: Vec<String> = items.iter().map(|(_, _, id, _, _)| id.clone()).collect();
         let consumer = self.config.name.clone();
         let seen = self
             .db
@@ -330,11 +358,10 @@ impl<H: Handler> Consumer<H> {
             Ok(s) => s,
             Err(e) => {
                 let e = HandlerError::from(e);
-                for (delivery, span, id, _) in &items {
+                for (delivery, span, id, _, origin) in &items {
                     let failed = Some(Err(HandlerError::Transient(e.to_string())));
-                    span.in_scope(|| self.account(id, failed, received_at))
-                        .apply(delivery)
-                        .await?;
+                    let settle = span.in_scope(|| self.account(id, failed, received_at));
+                    self.settle(settle, delivery, origin, retry_ch).await?;
                 }
                 return Ok(());
             }
@@ -343,7 +370,7 @@ impl<H: Handler> Consumer<H> {
         let mut work = Vec::with_capacity(items.len());
         let mut outcomes: Vec<Option<Result<Outcome, HandlerError>>> =
             Vec::with_capacity(items.len());
-        for ((_, span, id, msg), seen) in items.iter().zip(seen) {
+        for ((_, span, id, msg, _), seen) in items.iter().zip(seen) {
             if seen {
                 outcomes.push(Some(Ok(Outcome::Duplicate)));
                 continue;
@@ -372,7 +399,7 @@ impl<H: Handler> Consumer<H> {
         // shutdown, acks are single again for the rest of the batch.
         let mut run_end: Option<&Delivery> = None;
         let mut multiple = true;
-        for ((delivery, span, id, _), outcome) in items.iter().zip(outcomes) {
+        for ((delivery, span, id, _, origin), outcome) in items.iter().zip(outcomes) {
             let settle = span.in_scope(|| self.account(id, outcome, received_at));
             if settle == Settle::Ack && multiple {
                 run_end = Some(delivery);
@@ -382,12 +409,55 @@ impl<H: Handler> Consumer<H> {
                 last.ack(BasicAckOptions { multiple: true }).await?;
             }
             multiple &= settle != Settle::Leave;
-            settle.apply(delivery).await?;
+            self.settle(settle, delivery, origin, retry_ch).await?;
         }
         if let Some(last) = run_end {
             last.ack(BasicAckOptions { multiple: true }).await?;
         }
         Ok(())
+    }
+
+    /// Settles one delivery. A transient failure goes to the retry queues with its back-off
+    /// delay (acked once the broker confirmed the copy), or past the delivery limit to the
+    /// dead-letter queue; when the copy cannot be published it is returned to the queue.
+    async fn settle(
+        &self,
+        settle: Settle,
+        delivery: &Delivery,
+        origin: &Retried,
+        retry_ch: &lapin::Channel,
+    ) -> Result<(), MessagingError> {
+        if settle != Settle::Requeue {
+            return settle.apply(delivery).await;
+        }
+        let cfg = &self.config;
+        let failures = origin.failures + 1;
+        if failures > cfg.delivery_limit {
+            warn!(consumer = %cfg.name, failures, "Failed too often; dead-lettering it.");
+            return Settle::DeadLetter.apply(delivery).await;
+        }
+        let delay = cfg.retry.delay(failures);
+        let next = Retried {
+            failures,
+            ..origin.clone()
+        };
+        let user = cfg.amqp.user();
+        let topology = &cfg.amqp.topology;
+        match retry::republish(retry_ch, topology, &cfg.name, &user, delivery, &next, delay).await {
+            Ok(true) => {
+                debug!(consumer = %cfg.name, failures, ?delay, "Retrying after a delay.");
+                Settle::Ack.apply(delivery).await
+            }
+            Ok(false) => {
+                warn!(consumer = %cfg.name, "Retry copy not confirmed; returning the message.");
+                settle.apply(delivery).await
+            }
+            Err(e) => {
+                warn!(consumer = %cfg.name, error = %e, "Cannot publish the retry copy; returning the message.");
+                settle.apply(delivery).await?;
+                Err(e)
+            }
+        }
     }
 
     /// Commits the prepared messages in one transaction and records each one's outcome.
@@ -477,7 +547,8 @@ enum Settle {
     Ack,
     /// Can never be handled: reject without requeue, so the queue dead-letters it.
     DeadLetter,
-    /// Failed for now: nack with requeue; counts toward the delivery limit.
+    /// Failed for now: to the retry queues ([`Consumer::settle`]); as a plain settlement
+    /// (when no retry copy could be published), nack with requeue.
     Requeue,
     /// Shutting down: leave it unacked; the broker redelivers it to the next consumer.
     Leave,

@@ -111,11 +111,13 @@ pub const PAYMENT: Contract = Contract {
     consumes: &[OrderPlaced::KEY, StockReserved::KEY, OrderCancelled::KEY],
 };
 
-/// Ships paid orders.
+/// Ships paid orders; remembers cancelled ones, so an `order.paid` that ever followed an
+/// `order.cancelled` of the same order (orders never emits one, but a replayed or misrouted
+/// event could) ships nothing.
 pub const SHIPPING: Contract = Contract {
     service: "shipping",
     produces: &[ShipmentScheduled::KEY],
-    consumes: &[OrderPaid::KEY],
+    consumes: &[OrderPaid::KEY, OrderCancelled::KEY],
 };
 
 /// Records every event.
@@ -199,7 +201,7 @@ mod tests {
                     "payment",
                     &["order.placed", "stock.reserved", "order.cancelled"][..]
                 ),
-                ("shipping", &["order.paid"][..]),
+                ("shipping", &["order.paid", "order.cancelled"][..]),
                 ("audit", &["#"][..]),
             ]
         );

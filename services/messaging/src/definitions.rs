@@ -7,10 +7,12 @@
 //! `stack broker-definitions` writes from here, so the broker enforces exactly the contract:
 //!
 //! - **configure** and **read**: only the service's own queue and dead-letter queue (nothing
-//!   for a service without a queue). Services declare nothing on a provisioned broker; they
-//!   check that their queue exists (which needs no permission) and consume from it.
-//! - **write**: only the events exchange, and only for a service that publishes. Binding a
-//!   queue needs read on the exchange, which no service has: the bindings are the contract's.
+//!   for a service without a queue); configure also its retry exchange and queues
+//!   ([`crate::retry`]). Services declare nothing on a provisioned broker; they check that their
+//!   queues exist (which needs no permission) and consume from their queue.
+//! - **write**: the events exchange for a service that publishes, and its own retry exchange
+//!   for a service with a queue. Binding a queue needs read on the exchange, which no service
+//!   has: the bindings are the contract's.
 //! - **topic permissions** on the events exchange: write only the routing keys the service
 //!   produces (`^(order\.paid|order\.cancelled)$` for orders), read nothing.
 //!
@@ -30,7 +32,7 @@
 //! assert_eq!(json["vhosts"][0]["name"], "vantage");
 //! let orders = definitions::grant(&topology, &messaging::contract::ORDERS);
 //! assert_eq!(orders.topic_write, r"^(order\.paid|order\.cancelled)$");
-//! assert_eq!(orders.configure, r"^(orders|orders\.dlq)$");
+//! assert_eq!(orders.read, r"^(orders|orders\.dlq)$");
 //! ```
 
 use base64::Engine as _;
@@ -39,12 +41,15 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use crate::contract::{self, Contract};
-use crate::{Topology, DEFAULT_DELIVERY_LIMIT};
+use crate::{Topology, DEFAULT_DELIVERY_LIMIT, RETRY_LEVELS};
 
 /// A regular expression that matches nothing a client can name.
 pub const NOTHING: &str = "^$";
 
 /// What one service's broker user may do in the vhost, as RabbitMQ regular expressions.
+///
+/// A consumer may also configure its retry exchange and queues and write to its retry exchange
+/// ([`crate::retry`]): it republishes its own failed deliveries there, and nowhere else.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Grant {
     pub service: &'static str,
@@ -64,28 +69,38 @@ pub struct Grant {
 
 /// The grant of `service`, from its contract: what the module documentation says.
 pub fn grant(topology: &Topology, service: &Contract) -> Grant {
-    let own_queues = if service.has_queue() {
-        one_of([
-            topology.queue(service.service),
-            topology.dead_letter_queue(service.service),
-        ])
+    let name = service.service;
+    let (configure, read) = if service.has_queue() {
+        let own = [topology.queue(name), topology.dead_letter_queue(name)];
+        let mut retries = vec![topology.retry_exchange(name)];
+        retries.extend(topology.retry_queues(name));
+        (one_of(own.iter().cloned().chain(retries)), one_of(own))
     } else {
-        NOTHING.to_owned()
-    };
-    let (write, topic_write) = if service.produces.is_empty() {
         (NOTHING.to_owned(), NOTHING.to_owned())
+    };
+    let mut writable = Vec::new();
+    if !service.produces.is_empty() {
+        writable.push(topology.exchange());
+    }
+    if service.has_queue() {
+        writable.push(topology.retry_exchange(name));
+    }
+    let write = if writable.is_empty() {
+        NOTHING.to_owned()
     } else {
-        (
-            one_of([topology.exchange()]),
-            one_of(service.produces.iter().map(|k| (*k).to_owned())),
-        )
+        one_of(writable)
+    };
+    let topic_write = if service.produces.is_empty() {
+        NOTHING.to_owned()
+    } else {
+        one_of(service.produces.iter().map(|k| (*k).to_owned()))
     };
     Grant {
         service: service.service,
         user: topology.user(service.service),
-        configure: own_queues.clone(),
+        configure,
         write,
-        read: own_queues,
+        read,
         topic_write,
         topic_read: NOTHING.to_owned(),
     }
@@ -224,7 +239,7 @@ pub fn build(
             "durable": true, "auto_delete": false, "internal": false, "arguments": {},
         })
     };
-    let exchanges = vec![
+    let mut exchanges = vec![
         exchange(topology.exchange(), "topic"),
         exchange(topology.dead_letter_exchange(), "direct"),
     ];
@@ -254,6 +269,18 @@ pub fn build(
             .map(|(k, v)| (k.to_owned(), json_of(&v)))
             .collect();
         queues.push(queue(topology.queue(c.service), args));
+        let retry = topology.retry_exchange(c.service);
+        exchanges.push(exchange(retry.clone(), "direct"));
+        for level in 1..=RETRY_LEVELS {
+            let args = topology
+                .retry_queue_arguments(c.service)
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), json_of(&v)))
+                .collect();
+            let q = topology.retry_queue(c.service, level);
+            queues.push(queue(q.clone(), args));
+            bindings.push(binding(retry.clone(), q, &level.to_string()));
+        }
         for key in c.consumes {
             bindings.push(binding(topology.exchange(), topology.queue(c.service), key));
         }
@@ -316,8 +343,12 @@ mod tests {
     fn regexes_are_anchored_and_escape_the_prefix() {
         let g = grant(&Topology::new("t-1.x+"), &contract::PAYMENT);
         assert_eq!(g.user, "t-1.x+payment");
-        assert_eq!(g.configure, r"^(t-1\.x\+payment|t-1\.x\+payment\.dlq)$");
-        assert_eq!(g.write, r"^t-1\.x\+shop\.events$");
+        assert_eq!(
+            g.configure,
+            r"^(t-1\.x\+payment|t-1\.x\+payment\.dlq|t-1\.x\+payment\.retry|t-1\.x\+payment\.retry\.1|t-1\.x\+payment\.retry\.2|t-1\.x\+payment\.retry\.3|t-1\.x\+payment\.retry\.4|t-1\.x\+payment\.retry\.5)$"
+        );
+        assert_eq!(g.read, r"^(t-1\.x\+payment|t-1\.x\+payment\.dlq)$");
+        assert_eq!(g.write, r"^(t-1\.x\+shop\.events|t-1\.x\+payment\.retry)$");
         assert_eq!(
             g.topic_write,
             r"^(payment\.succeeded|payment\.failed|payment\.refunded)$"
@@ -397,15 +428,27 @@ mod tests {
                 !c.produces.is_empty(),
                 "{user}"
             );
+            for other in contract::consumers() {
+                assert_eq!(
+                    write.is_match(&t.retry_exchange(other.service)),
+                    other.service == c.service,
+                    "{user} writes {}'s retries",
+                    other.service
+                );
+            }
             for q in &queue_names {
                 let own = *q == t.queue(c.service) || *q == t.dead_letter_queue(c.service);
-                for perm in ["configure", "read"] {
-                    assert_eq!(
-                        rx(p[perm].as_str().unwrap()).is_match(q),
-                        own,
-                        "{user} {perm} {q}"
-                    );
-                }
+                let own_retry = t.retry_queues(c.service).contains(q);
+                assert_eq!(
+                    rx(p["configure"].as_str().unwrap()).is_match(q),
+                    own || own_retry,
+                    "{user} configure {q}"
+                );
+                assert_eq!(
+                    rx(p["read"].as_str().unwrap()).is_match(q),
+                    own,
+                    "{user} read {q}"
+                );
                 assert!(!write.is_match(q), "{user} writes {q}");
             }
             for x in [t.exchange(), t.dead_letter_exchange()] {
@@ -456,7 +499,27 @@ mod tests {
             want.sort_unstable();
             assert_eq!(keys, want, "{}", c.service);
         }
-        assert_eq!(queue_names.len(), 2 * contract::consumers().count());
+        assert_eq!(
+            queue_names.len(),
+            (2 + RETRY_LEVELS as usize) * contract::consumers().count()
+        );
+        // Retry queues dead-letter back to their consumer's queue, at least once.
+        let q = defs["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["name"] == t.retry_queue("payment", 2).as_str())
+            .unwrap();
+        assert_eq!(
+            q["arguments"],
+            json!({
+                "x-queue-type": "quorum",
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": "p.payment",
+                "x-dead-letter-strategy": "at-least-once",
+                "x-overflow": "reject-publish",
+            })
+        );
     }
 }
 

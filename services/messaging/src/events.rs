@@ -65,6 +65,17 @@ pub struct OrderPlaced {
     pub total_cents: i64,
     pub currency: String,
     pub payment_token: String,
+    /// When the order must be paid by: checkout time + cart's `CART_PAYMENT_TIMEOUT_SECS`,
+    /// fixed once, so every service sees the same deadline however late the event reaches it.
+    /// Orders cancels an order not paid by then (`timeout`); payment starts no charge after it.
+    /// `None` in events of carts older than the field: orders then counts
+    /// `ORDERS_PAYMENT_TIMEOUT_SECS` from the event's `time`, and payment does not check.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub payment_deadline: Option<time::OffsetDateTime>,
 }
 event!(OrderPlaced, "order.placed");
 
@@ -245,6 +256,7 @@ mod tests {
             total_cents: 5,
             currency: "EUR".into(),
             payment_token: "tok_visa".into(),
+            payment_deadline: None,
         };
         let envelope = CloudEvent::new("cart", &placed).unwrap();
         let decoded = SagaEvent::decode(&envelope).unwrap().unwrap();

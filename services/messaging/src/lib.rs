@@ -28,8 +28,9 @@
 //!
 //! Delivery guarantees: publishing is at-least-once (outbox + publisher confirms), consuming is
 //! effectively-once per consumer (inbox row in the handler's transaction, ack after commit).
-//! A message a handler cannot process is nacked with requeue; the quorum queue counts the
-//! attempt and dead-letters it to `<service>.dlq` past `x-delivery-limit`. A message that cannot
+//! A message a handler cannot process for now is retried after a growing delay through the
+//! consumer's retry queues ([`retry`]) and dead-lettered to `<service>.dlq` after the delivery
+//! limit. A message that cannot
 //! even be parsed is rejected without requeue and goes to the DLQ at once, and so is an event
 //! whose AMQP `user_id` (set by the relay, validated by RabbitMQ) is not the broker user of the
 //! service that owns its type ([`Provenance`]).
@@ -50,10 +51,11 @@ pub mod outbox;
 pub mod probe;
 pub mod provenance;
 mod relay;
+pub mod retry;
 mod topology;
 pub mod trace_context;
 
-pub use broker::{AmqpConfig, BrokerStatus, DEFAULT_DELIVERY_LIMIT};
+pub use broker::{AmqpConfig, BrokerState, BrokerStatus, DEFAULT_DELIVERY_LIMIT};
 pub use consumer::{Consumer, ConsumerConfig, Handler, HandlerError, Incoming};
 pub use contract::Contract;
 pub use db::Db;
@@ -65,7 +67,8 @@ pub use metrics::{ConsumeLabels, MessagingMetrics, PublishLabels};
 pub use outbox::{Outbox, Writer};
 pub use provenance::{Forgery, Provenance};
 pub use relay::{OutboxNotifier, Relay};
-pub use topology::{amqp_message, soft_error, Topology};
+pub use retry::RetryBackoff;
+pub use topology::{amqp_message, soft_error, Topology, RETRY_LEVELS};
 pub use trace_context::TraceContext;
 
 /// Creates the outbox and inbox tables if they do not exist.

@@ -93,6 +93,7 @@ impl Relay {
         let ch = conn.create_channel().await?;
         ch.confirm_select(ConfirmSelectOptions::default()).await?;
         reconnect.connected();
+        self.status.attach(&conn, &ch);
         info!("Outbox relay connected.");
         let exchange = self.amqp.topology.exchange();
         loop {
@@ -110,6 +111,13 @@ impl Relay {
                     }
                     _ = self.notifier.0.notified() => {}
                     _ = tokio::time::sleep(POLL) => {}
+                }
+                // An idle relay sends nothing, so it would never notice a connection the broker
+                // dropped (a restart) and stay on it, not ready, until the next event.
+                if !conn.status().connected() || !ch.status().connected() {
+                    return Err(MessagingError::Amqp(lapin::Error::from(
+                        lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed),
+                    )));
                 }
                 continue;
             }

@@ -6,12 +6,18 @@ use tracing::info;
 
 use crate::MessagingError;
 
+/// Retry levels per consumer: a delivery that failed transiently `n` times waits in level
+/// `min(n, RETRY_LEVELS)`. With the default delivery limit (5) failures 1..5 are retried and
+/// the sixth dead-letters, so levels 1..5 are all a consumer uses.
+pub const RETRY_LEVELS: u32 = crate::DEFAULT_DELIVERY_LIMIT;
+
 /// Exchange, queue and broker user names, all behind one prefix so tests and parallel runs never
 /// share them.
 ///
 /// With prefix `p.`: exchange `p.shop.events` (topic), dead-letter exchange `p.shop.dlx` (direct),
-/// per consumer `p.<consumer>` (quorum, dead-lettering to `p.<consumer>.dlq`), per service the
-/// broker user `p.<service>`.
+/// per consumer `p.<consumer>` (quorum, dead-lettering to `p.<consumer>.dlq`) and its retries
+/// (exchange `p.<consumer>.retry`, queues `p.<consumer>.retry.1`..`5`), per service the broker
+/// user `p.<service>`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Topology {
     /// Prepended verbatim to every name; empty by default.
@@ -39,6 +45,53 @@ impl Topology {
 
     pub fn dead_letter_queue(&self, consumer: &str) -> String {
         format!("{}{consumer}.dlq", self.prefix)
+    }
+
+    /// Where `consumer` republishes a delivery that failed transiently (direct; routing key
+    /// the retry level `1`..[`RETRY_LEVELS`]).
+    pub fn retry_exchange(&self, consumer: &str) -> String {
+        format!("{}{consumer}.retry", self.prefix)
+    }
+
+    /// The queue holding `consumer`'s retries of `level` until their per-message expiration,
+    /// which dead-letters them back to `consumer`'s queue. One queue per level, so every message
+    /// in one has the same delay and none waits behind a longer one.
+    pub fn retry_queue(&self, consumer: &str, level: u32) -> String {
+        format!("{}{consumer}.retry.{level}", self.prefix)
+    }
+
+    /// Every retry queue of `consumer`, level 1 first.
+    pub fn retry_queues(&self, consumer: &str) -> Vec<String> {
+        (1..=RETRY_LEVELS)
+            .map(|l| self.retry_queue(consumer, l))
+            .collect()
+    }
+
+    /// The arguments of a retry queue (the broker definitions carry the same): quorum,
+    /// dead-lettering at least once through the default exchange to `consumer`'s queue.
+    pub fn retry_queue_arguments(&self, consumer: &str) -> Vec<(&'static str, AMQPValue)> {
+        vec![
+            (
+                "x-queue-type",
+                AMQPValue::LongString(LongString::from("quorum")),
+            ),
+            (
+                "x-dead-letter-exchange",
+                AMQPValue::LongString(LongString::from("")),
+            ),
+            (
+                "x-dead-letter-routing-key",
+                AMQPValue::LongString(LongString::from(self.queue(consumer).as_str())),
+            ),
+            (
+                "x-dead-letter-strategy",
+                AMQPValue::LongString(LongString::from("at-least-once")),
+            ),
+            (
+                "x-overflow",
+                AMQPValue::LongString(LongString::from("reject-publish")),
+            ),
+        ]
     }
 
     /// The broker user of `service`: the AMQP `user_id` its events carry.
@@ -107,12 +160,16 @@ impl Topology {
     ) -> Result<(), MessagingError> {
         let (queue, dlq) = (self.queue(consumer), self.dead_letter_queue(consumer));
         let (exchange, dlx) = (self.exchange(), self.dead_letter_exchange());
-        let wanted = [
+        let retry_exchange = self.retry_exchange(consumer);
+        let retry_queues = self.retry_queues(consumer);
+        let mut wanted = vec![
             Resource::Exchange(&exchange),
             Resource::Exchange(&dlx),
+            Resource::Exchange(&retry_exchange),
             Resource::Queue(&dlq),
             Resource::Queue(&queue),
         ];
+        wanted.extend(retry_queues.iter().map(|q| Resource::Queue(q)));
         let mut missing = None;
         for r in wanted {
             if !exists(conn, r).await? {
@@ -193,6 +250,33 @@ impl Topology {
         let queue = self.queue(consumer);
         ch.queue_declare(queue.as_str().into(), durable, args)
             .await?;
+        let retry = self.retry_exchange(consumer);
+        ch.exchange_declare(
+            retry.as_str().into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+        for level in 1..=RETRY_LEVELS {
+            let mut args = FieldTable::default();
+            for (k, v) in self.retry_queue_arguments(consumer) {
+                args.insert(k.into(), v);
+            }
+            let q = self.retry_queue(consumer, level);
+            ch.queue_declare(q.as_str().into(), durable, args).await?;
+            ch.queue_bind(
+                q.as_str().into(),
+                retry.as_str().into(),
+                level.to_string().as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        }
         for key in bindings {
             ch.queue_bind(
                 queue.as_str().into(),
@@ -210,10 +294,17 @@ impl Topology {
     /// consumers, and both exchanges. For tests that clean up after themselves.
     pub async fn delete(&self, ch: &Channel, consumers: &[&str]) -> Result<(), lapin::Error> {
         for c in consumers {
-            for q in [self.queue(c), self.dead_letter_queue(c)] {
+            let mut queues = vec![self.queue(c), self.dead_letter_queue(c)];
+            queues.extend(self.retry_queues(c));
+            for q in queues {
                 ch.queue_delete(q.as_str().into(), Default::default())
                     .await?;
             }
+            ch.exchange_delete(
+                ShortString::from(self.retry_exchange(c).as_str()),
+                Default::default(),
+            )
+            .await?;
         }
         for x in [self.exchange(), self.dead_letter_exchange()] {
             ch.exchange_delete(ShortString::from(x.as_str()), Default::default())

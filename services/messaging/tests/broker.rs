@@ -11,8 +11,8 @@ use lapin::options::{BasicGetOptions, BasicPublishOptions};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use messaging::{
     outbox, AmqpConfig, BrokerEndpoint, CloudEvent, Consumer, ConsumerConfig, Contract, Db,
-    Handler, HandlerError, Incoming, MessagingMetrics, Provenance, Relay, Topology, TraceContext,
-    Writer,
+    Handler, HandlerError, Incoming, MessagingMetrics, Provenance, Relay, RetryBackoff, Topology,
+    TraceContext, Writer,
 };
 
 use tokio_util::sync::CancellationToken;
@@ -84,8 +84,25 @@ impl Fixture {
     }
 
     fn consumer<H: Handler>(&self, handler: Arc<H>, limit: u32) -> Consumer<H> {
+        self.consumer_with(
+            handler,
+            limit,
+            RetryBackoff {
+                base: Duration::from_millis(20),
+                max: Duration::from_millis(200),
+            },
+        )
+    }
+
+    fn consumer_with<H: Handler>(
+        &self,
+        handler: Arc<H>,
+        limit: u32,
+        retry: RetryBackoff,
+    ) -> Consumer<H> {
         let mut cfg = ConsumerConfig::new(self.amqp.clone(), "svc", &["test.#"]);
         cfg.delivery_limit = limit;
+        cfg.retry = retry;
         // One shared user (guest) publishes everything here; tests/secured.rs checks publishers.
         cfg.provenance = Provenance::Unchecked;
         Consumer::new(cfg, self.db.clone(), handler, None, self.metrics.clone())
@@ -159,6 +176,36 @@ impl Handler for Recorder {
         }
         tx.execute("INSERT INTO effects (key) VALUES (?1)", [&ev.key])?;
         Ok(())
+    }
+}
+
+/// Notes when each delivery reached the handler, then fails as its `mode` says.
+#[derive(Default)]
+struct Stopwatch {
+    seen: std::sync::Mutex<Vec<(String, tokio::time::Instant)>>,
+}
+
+impl Stopwatch {
+    fn times(&self, key: &str) -> Vec<tokio::time::Instant> {
+        let seen = self.seen.lock().unwrap();
+        seen.iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, t)| *t)
+            .collect()
+    }
+}
+
+impl Handler for Stopwatch {
+    type Prepared = ();
+
+    fn apply(&self, _tx: &Writer<'_>, msg: &Incoming, _prepared: ()) -> Result<(), HandlerError> {
+        let ev: TestEvent = msg.event.decode()?;
+        let now = tokio::time::Instant::now();
+        self.seen.lock().unwrap().push((ev.key.clone(), now));
+        match ev.mode.as_str() {
+            "permanent" => Err(HandlerError::Permanent("cannot ever work".into())),
+            _ => Err(HandlerError::Transient("not now".into())),
+        }
     }
 }
 
@@ -601,5 +648,83 @@ async fn connections_ask_for_small_frames_unless_the_url_says_otherwise() {
     let error = bad.connect("frames").await.unwrap_err().to_string();
     assert!(error.contains("invalid AMQP URL"), "{error}");
     assert!(!error.contains("s3cret"), "{error}");
+    fx.cleanup().await;
+}
+
+/// Issue 14: a transient failure is retried after a growing delay (the consumer's retry queues,
+/// per-message expiration, dead-lettered back to its queue), and dead-lettered after the limit;
+/// a poison message still goes to the dead-letter queue at once.
+#[tokio::test]
+async fn transient_failures_come_back_after_growing_delays_then_go_to_the_dlq() {
+    let fx = fixture().await;
+    let limit = 3;
+    let ch = declare(&fx, limit).await;
+    let t = fx.amqp.topology.clone();
+    let retry = RetryBackoff {
+        base: Duration::from_millis(200),
+        max: Duration::from_secs(2),
+    };
+    let flaky = event("flaky", "transient");
+    let poison = event("poison", "permanent");
+    for e in [&flaky, &poison] {
+        publish_raw(&ch, &t, &e.id, &serde_json::to_vec(e).unwrap()).await;
+    }
+    let handler = Arc::new(Stopwatch::default());
+    tokio::spawn(
+        fx.consumer_with(handler.clone(), limit, retry)
+            .run(fx.shutdown.clone()),
+    );
+
+    let mut dead = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while dead.len() < 2 && tokio::time::Instant::now() < deadline {
+        dead.extend(dlq_messages(&ch, &t).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dead_ids: Vec<String> = dead
+        .iter()
+        .filter_map(|d| serde_json::from_slice::<CloudEvent>(d).ok())
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(dead_ids.len(), 2, "both end in the DLQ: {dead_ids:?}");
+    assert!(dead_ids.contains(&flaky.id) && dead_ids.contains(&poison.id));
+
+    assert_eq!(
+        handler.times("poison").len(),
+        1,
+        "poison: dead-lettered at once"
+    );
+    let times = handler.times("flaky");
+    assert_eq!(
+        times.len(),
+        limit as usize + 1,
+        "the first try and {limit} retries"
+    );
+    // Each retry came no sooner than its back-off: 200, 400, 800 ms.
+    for (i, pair) in times.windows(2).enumerate() {
+        let gap = pair[1] - pair[0];
+        let wanted = retry.delay(i as u32 + 1);
+        assert!(
+            gap >= wanted,
+            "retry {}: after {gap:?}, before {wanted:?}",
+            i + 1
+        );
+    }
+    assert_eq!(fx.consumed("retried"), u64::from(limit) + 1);
+    // Nothing is left waiting in the retry queues.
+    for q in t.retry_queues("svc") {
+        let state = ch
+            .queue_declare(
+                q.as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(state.message_count(), 0, "{q}");
+    }
     fx.cleanup().await;
 }

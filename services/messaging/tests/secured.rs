@@ -359,6 +359,7 @@ fn placed(order: &str) -> OrderPlaced {
         total_cents: 500,
         currency: "EUR".into(),
         payment_token: "tok_visa".into(),
+        payment_deadline: None,
     }
 }
 

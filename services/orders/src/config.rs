@@ -5,8 +5,10 @@ use service_kit::{BaseConfig, ConfigErrors, EnvParser, EnvSource};
 #[derive(Debug, Clone)]
 pub struct Config {
     pub base: BaseConfig,
-    /// `ORDERS_PAYMENT_TIMEOUT_SECS`, default 30: an order not PAID this long after it was
-    /// placed is cancelled (`timeout`). Fractions allowed (`0.5`).
+    /// `ORDERS_PAYMENT_TIMEOUT_SECS`, default 30: for an `order.placed` without a
+    /// `payment_deadline` (from a cart older than the field), an order not PAID this long after
+    /// it was placed is cancelled (`timeout`). Orders with a deadline use it (cart's
+    /// `CART_PAYMENT_TIMEOUT_SECS`). Fractions allowed (`0.5`).
     pub payment_timeout: Duration,
 }
 

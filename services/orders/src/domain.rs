@@ -216,10 +216,11 @@ pub fn decide(order: Option<&Order>, fact: Fact) -> Result<Vec<OrderEvent>, Unkn
             vec![OrderEvent::Paid { payment_id }]
         }
         (Pending | StockReserved, Fact::PaymentFailed { reason }) => vec![OrderEvent::Cancelled {
-            reason: if reason == "declined" {
-                "payment_declined".into()
-            } else {
-                "payment_error".into()
+            reason: match reason.as_str() {
+                "declined" => "payment_declined".into(),
+                // Payment refused to start a charge after the order's deadline.
+                "deadline_passed" => "timeout".into(),
+                _ => "payment_error".into(),
             },
         }],
         (
@@ -340,5 +341,17 @@ mod tests {
             Fact::DeadlinePassed,
         ]);
         assert_eq!(o.status, Status::Paid, "a paid order does not time out");
+        let o = run(vec![
+            placed(),
+            Fact::StockReserved,
+            Fact::PaymentFailed {
+                reason: "deadline_passed".into(),
+            },
+        ]);
+        assert_eq!(
+            o.history.last().unwrap().reason.as_deref(),
+            Some("timeout"),
+            "payment refusing a late charge is the timeout"
+        );
     }
 }

@@ -23,8 +23,14 @@ impl Handler for OrdersHandler {
     fn apply(&self, tx: &Writer<'_>, msg: &Incoming, _prepared: ()) -> Result<(), HandlerError> {
         let (order_id, fact) = match msg.saga()? {
             Some(SagaEvent::OrderPlaced(p)) => {
-                let placed_ms = clock::unix_ms(msg.event.time);
-                let deadline_ms = placed_ms + self.payment_timeout.as_millis() as i64;
+                // The deadline cart fixed at checkout; for an event without one, counted from
+                // when it was placed.
+                let deadline_ms = match p.payment_deadline {
+                    Some(at) => clock::unix_ms(at),
+                    None => {
+                        clock::unix_ms(msg.event.time) + self.payment_timeout.as_millis() as i64
+                    }
+                };
                 (
                     p.order_id,
                     Fact::Placed {

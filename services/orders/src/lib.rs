@@ -4,8 +4,9 @@
 //!
 //! # How to use
 //!
-//! Run the `orders` binary (default `127.0.0.1:7004`). `ORDERS_PAYMENT_TIMEOUT_SECS` (default
-//! 30) cancels orders not PAID in time with reason `timeout`.
+//! Run the `orders` binary (default `127.0.0.1:7004`). Orders not PAID by the
+//! `payment_deadline` cart put in `order.placed` are cancelled with reason `timeout`
+//! (`ORDERS_PAYMENT_TIMEOUT_SECS`, default 30, after the event's `time` for an event without one).
 
 pub mod config;
 pub mod domain;
@@ -51,7 +52,16 @@ CREATE INDEX IF NOT EXISTS orders_view_open ON orders_view (deadline_ms)
 ";
 
 /// orders as the kit runs it: [`messaging::contract::ORDERS`], port 7004 by default.
-pub const SERVICE: Service = service_kit::service!(messaging::contract::ORDERS, 7004);
+pub const SERVICE: Service =
+    service_kit::service!(messaging::contract::ORDERS, 7004).with_authz(AUTHZ);
+
+/// Who may call orders: the gateway, reading orders.
+pub const AUTHZ: service_kit::AuthzPolicy =
+    service_kit::AuthzPolicy::new(&[service_kit::Rule::new(
+        &["gateway"],
+        &[service_kit::Verb::Get, service_kit::Verb::Head],
+        &["/api/orders"],
+    )]);
 
 #[derive(Clone)]
 pub struct AppState {

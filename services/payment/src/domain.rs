@@ -11,6 +11,15 @@ pub struct Intent {
     pub token: String,
     pub amount_cents: i64,
     pub currency: String,
+    /// The order's `payment_deadline` (Unix ms); `None` for an `order.placed` without one.
+    pub deadline_ms: Option<i64>,
+}
+
+impl Intent {
+    /// True when the order's deadline has passed at `now_ms`: no charge may start.
+    pub fn overdue(&self, now_ms: i64) -> bool {
+        self.deadline_ms.is_some_and(|d| now_ms > d)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -35,12 +44,20 @@ pub fn record_intent(conn: &Connection, p: &OrderPlaced) -> Result<(), rusqlite:
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![p.order_id, p.user_id, p.payment_token, p.total_cents, p.currency, service_kit::now_rfc3339()],
     )?;
+    if let Some(deadline) = p.payment_deadline {
+        conn.execute(
+            "INSERT OR IGNORE INTO payment_deadlines (order_id, deadline_ms) VALUES (?1, ?2)",
+            params![p.order_id, messaging::clock::unix_ms(deadline)],
+        )?;
+    }
     Ok(())
 }
 
 pub fn intent(conn: &Connection, order_id: &str) -> Result<Option<Intent>, rusqlite::Error> {
     conn.query_row(
-        "SELECT user_id, token, amount_cents, currency FROM payment_intents WHERE order_id = ?1",
+        "SELECT i.user_id, i.token, i.amount_cents, i.currency, d.deadline_ms
+         FROM payment_intents i LEFT JOIN payment_deadlines d ON d.order_id = i.order_id
+         WHERE i.order_id = ?1",
         [order_id],
         |r| {
             Ok(Intent {
@@ -48,6 +65,7 @@ pub fn intent(conn: &Connection, order_id: &str) -> Result<Option<Intent>, rusql
                 token: r.get(1)?,
                 amount_cents: r.get(2)?,
                 currency: r.get(3)?,
+                deadline_ms: r.get(4)?,
             })
         },
     )
@@ -114,7 +132,8 @@ pub enum PaymentError {
 }
 
 /// Records the provider's answer (once per order) and emits the matching event. A success for
-/// an order already cancelled is refunded at once.
+/// an order already cancelled is refunded at once. [`ChargeOutcome::DeadlinePassed`] is a
+/// `FAILED` payment with reason `deadline_passed` and a `payment.failed` saying so.
 pub fn record_charge(
     conn: &Writer<'_>,
     order_id: &str,
@@ -131,6 +150,7 @@ pub fn record_charge(
         ChargeOutcome::Succeeded { attempts } => ("SUCCEEDED", attempts, None),
         ChargeOutcome::Declined { attempts } => ("DECLINED", attempts, Some("declined")),
         ChargeOutcome::Failed { attempts } => ("FAILED", attempts, Some("provider_error")),
+        ChargeOutcome::DeadlinePassed => ("FAILED", &0, Some("deadline_passed")),
     };
     conn.execute(
         "INSERT INTO payments (id, order_id, user_id, status, amount_cents, currency, attempts, reason, created_at, updated_at)

@@ -32,7 +32,8 @@ impl Handler for PaymentHandler {
         msg.routing_key() == StockReserved::KEY
     }
 
-    /// Calls the provider for `stock.reserved`, unless the order is already paid or cancelled.
+    /// Calls the provider for `stock.reserved`, unless the order is already paid or cancelled
+    /// or its payment deadline has passed.
     async fn prepare(&self, msg: &Incoming) -> Result<Option<ChargeOutcome>, HandlerError> {
         let Some(SagaEvent::StockReserved(reserved)) = msg.saga()? else {
             return Ok(None);
@@ -56,6 +57,12 @@ impl Handler for PaymentHandler {
         };
         if paid || cancelled {
             return Ok(None);
+        }
+        // Whoever is about to act checks the deadline: after a broker outage, stock.reserved
+        // may arrive after orders has cancelled the order (or is about to) for its timeout.
+        if intent.overdue(messaging::clock::now_ms()) {
+            tracing::info!(%order_id, "Past its payment deadline; not charging.");
+            return Ok(Some(ChargeOutcome::DeadlinePassed));
         }
         Ok(Some(provider::charge(&self.provider, &intent.token).await))
     }

@@ -1,5 +1,8 @@
 //! payment: a simulated card provider. Charges an order once its stock is reserved, refunds a
-//! charge whose order was cancelled, and never charges an order twice.
+//! charge whose order was cancelled, and never charges an order twice. Starts no charge after
+//! the order's `payment_deadline` (from `order.placed`): such an order gets `payment.failed`
+//! with reason `deadline_passed` instead, so an order orders has cancelled for its timeout
+//! (or is about to) is never charged and refunded.
 //!
 //! # How to use
 //!
@@ -44,6 +47,11 @@ CREATE TABLE IF NOT EXISTS payments (
     created_at   TEXT NOT NULL,
     updated_at   TEXT NOT NULL
 );
+-- The order's payment_deadline from order.placed (absent for events without one).
+CREATE TABLE IF NOT EXISTS payment_deadlines (
+    order_id    TEXT PRIMARY KEY,
+    deadline_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS cancelled_orders (
     order_id TEXT PRIMARY KEY,
     reason   TEXT NOT NULL,
@@ -52,7 +60,16 @@ CREATE TABLE IF NOT EXISTS cancelled_orders (
 ";
 
 /// payment as the kit runs it: [`messaging::contract::PAYMENT`], port 7005 by default.
-pub const SERVICE: Service = service_kit::service!(messaging::contract::PAYMENT, 7005);
+pub const SERVICE: Service =
+    service_kit::service!(messaging::contract::PAYMENT, 7005).with_authz(AUTHZ);
+
+/// Who may call payment: the gateway, reading payments.
+pub const AUTHZ: service_kit::AuthzPolicy =
+    service_kit::AuthzPolicy::new(&[service_kit::Rule::new(
+        &["gateway"],
+        &[service_kit::Verb::Get, service_kit::Verb::Head],
+        &["/api/payments"],
+    )]);
 
 #[derive(Clone)]
 pub struct AppState {

@@ -30,6 +30,8 @@ pub enum ChargeOutcome {
     Failed {
         attempts: u32,
     },
+    /// Not called: the order's `payment_deadline` had passed before the charge would start.
+    DeadlinePassed,
 }
 
 enum Call {

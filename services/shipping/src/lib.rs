@@ -1,5 +1,6 @@
 //! shipping: schedules a delivery with a tracking number once orders declares the order paid
-//! (`order.paid`, which orders never emits for a cancelled order).
+//! (`order.paid`, which orders never emits for a cancelled order), at most once per order, and
+//! never for an order it has seen cancelled (`order.cancelled`).
 //!
 //! # How to use
 //!
@@ -36,7 +37,16 @@ CREATE TABLE IF NOT EXISTS cancelled_orders (
 ";
 
 /// shipping as the kit runs it: [`messaging::contract::SHIPPING`], port 7006 by default.
-pub const SERVICE: Service = service_kit::service!(messaging::contract::SHIPPING, 7006);
+pub const SERVICE: Service =
+    service_kit::service!(messaging::contract::SHIPPING, 7006).with_authz(AUTHZ);
+
+/// Who may call shipping: the gateway, reading shipments.
+pub const AUTHZ: service_kit::AuthzPolicy =
+    service_kit::AuthzPolicy::new(&[service_kit::Rule::new(
+        &["gateway"],
+        &[service_kit::Verb::Get, service_kit::Verb::Head],
+        &["/api/shipments"],
+    )]);
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -173,9 +183,9 @@ impl Handler for ShippingHandler {
                     tracing::info!(order_id = %s.order_id, "Scheduled a shipment.");
                 }
             }
-            // Remembered so a later order.paid ships nothing. Shipping's queue is not bound to
-            // order.cancelled today (messaging::contract::SHIPPING): orders never emits
-            // order.paid after it, so this is a second line of defence only.
+            // Remembered so a later order.paid ships nothing. Orders never emits order.paid
+            // after it, so this is a second line of defence, against a replayed or re-published
+            // order.paid (messaging::contract::SHIPPING binds shipping's queue to it).
             Some(SagaEvent::OrderCancelled(c)) => {
                 tx.execute(
                     "INSERT OR IGNORE INTO cancelled_orders (order_id, at) VALUES (?1, ?2)",

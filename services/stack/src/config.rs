@@ -49,6 +49,11 @@ pub struct Options {
     #[arg(long, env = "STACK_GATEWAY_ADDR", default_value = "0.0.0.0:8080")]
     pub gateway_addr: SocketAddr,
 
+    /// Public TLS address of the gateway (HTTP/2 and HTTP/1.1), with a certificate from the
+    /// stack's CA (`<run dir>/pki/ca.crt`).
+    #[arg(long, env = "STACK_GATEWAY_TLS_ADDR", default_value = "0.0.0.0:8443")]
+    pub gateway_tls_addr: SocketAddr,
+
     /// Admin address of the gateway (/healthz, /readyz, /metrics, /config).
     #[arg(long, env = "STACK_ADMIN_ADDR", default_value = "127.0.0.1:9901")]
     pub admin_addr: SocketAddr,
@@ -111,7 +116,10 @@ pub struct Options {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceSpec {
     pub name: &'static str,
+    /// The API (mutual TLS).
     pub addr: SocketAddr,
+    /// `/healthz`, `/readyz`, `/metrics` (plain HTTP): the API port + 100.
+    pub ops_addr: SocketAddr,
 }
 
 /// A validated stack configuration.
@@ -119,6 +127,7 @@ pub struct ServiceSpec {
 pub struct Config {
     pub demo: bool,
     pub gateway_addr: SocketAddr,
+    pub gateway_tls_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub services: Vec<ServiceSpec>,
     pub run_dir: PathBuf,
@@ -152,6 +161,7 @@ impl Config {
         let Options {
             demo,
             gateway_addr,
+            gateway_tls_addr,
             admin_addr,
             base_port,
             run_dir,
@@ -168,11 +178,13 @@ impl Config {
             admin_password,
         } = opts;
         let mut errors = Vec::new();
-        let last = u32::from(base_port) + SERVICES.len() as u32 - 1;
+        let last = u32::from(base_port) + SERVICES.len() as u32 - 1
+            + u32::from(crate::contract::OPS_PORT_OFFSET);
         if base_port == 0 || last > u32::from(u16::MAX) {
             errors.push(format!(
-                "--base-port {base_port} leaves no room for {} services",
-                SERVICES.len()
+                "--base-port {base_port} leaves no room for {} services and their ops ports (+{})",
+                SERVICES.len(),
+                crate::contract::OPS_PORT_OFFSET
             ));
         }
         let plan = crate::broker::BrokerPlan::new(
@@ -208,6 +220,10 @@ impl Config {
             .map(|(i, name)| ServiceSpec {
                 name,
                 addr: SocketAddr::new(host, base_port + i as u16),
+                ops_addr: SocketAddr::new(
+                    host,
+                    base_port + i as u16 + crate::contract::OPS_PORT_OFFSET,
+                ),
             })
             .collect();
         let otlp_endpoint = env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
@@ -217,6 +233,7 @@ impl Config {
         Ok(Config {
             demo,
             gateway_addr,
+            gateway_tls_addr,
             admin_addr,
             services,
             run_dir,
@@ -244,6 +261,12 @@ impl Config {
     /// The URL a client on this machine uses for the gateway.
     pub fn gateway_url(&self) -> String {
         format!("http://{}", connectable(self.gateway_addr))
+    }
+
+    /// The gateway's public TLS base URL (`https://localhost:<port>`: the edge certificate names
+    /// localhost and 127.0.0.1).
+    pub fn gateway_tls_url(&self) -> String {
+        format!("https://localhost:{}", self.gateway_tls_addr.port())
     }
 
     /// The gateway admin base URL.

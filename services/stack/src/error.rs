@@ -7,6 +7,9 @@ use std::time::Duration;
 /// Everything that can end a stack run early.
 #[derive(Debug, thiserror::Error)]
 pub enum StackError {
+    #[error("cannot create the stack's certificates: {0}")]
+    Certs(String),
+
     #[error(
         "RabbitMQ is not reachable at {addr} ({reason}); start one with `rabbitmq-server -detached` \
          or `docker compose up -d rabbitmq`, or point AMQP_URL at yours"

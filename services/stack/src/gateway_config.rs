@@ -7,6 +7,7 @@
 //! config is caught before anything listens.
 
 use std::net::SocketAddr;
+use std::path::Path;
 
 use crate::config::{Config, DEFAULT_BASE_PORT, SERVICES};
 
@@ -102,6 +103,87 @@ fn replace_all_once(text: &str, pairs: &[(String, String)]) -> (String, Vec<usiz
     (out, hits)
 }
 
+/// What [`with_mtls`] adds to a policy.
+#[derive(Debug, Clone)]
+pub struct GatewayTls<'a> {
+    /// The gateway's SVID directory, presented to every service.
+    pub svid_dir: &'a Path,
+    /// The public TLS listener: its address and the edge certificate and key.
+    pub public_tls: Option<(SocketAddr, &'a Path, &'a Path)>,
+}
+
+/// Puts every hop of the policy `text` on mutual TLS: each service upstream (named as in
+/// [`SERVICES`]) gets `tls:` with the gateway's SVID and that service's SPIFFE ID, the issuer's
+/// `jwks_url` becomes `https://` with `jwks_tls:` expecting `users`, and with `public_tls` the
+/// public TLS listener and `edge_tls` are added. Returns the text and the services it found no
+/// upstream for.
+///
+/// Textual like [`rewrite`], for the same reason: only the example's shape is assumed (two-space
+/// indentation, one `endpoints:` line per upstream); `gateway validate` checks the result.
+pub fn with_mtls(text: &str, tls: &GatewayTls<'_>) -> Rewritten {
+    let svid = tls.svid_dir.display();
+    let block = |workload: &str| {
+        format!(
+            "{{svid_dir: \"{svid}\", spiffe_ids: [\"{}\"]}}",
+            crate::certs::Pki::spiffe_id(workload)
+        )
+    };
+    let mut out = String::with_capacity(text.len() + 2048);
+    let mut section = String::new();
+    let mut upstream: Option<String> = None;
+    let mut secured: Vec<String> = Vec::new();
+    for line in text.lines() {
+        let trimmed = line.trim_end();
+        if !line.starts_with(' ') && !line.starts_with('#') && trimmed.ends_with(':') {
+            section = trimmed.trim_end_matches(':').to_owned();
+            upstream = None;
+        }
+        if section == "upstreams" {
+            if let Some(name) = trimmed
+                .strip_prefix("  ")
+                .filter(|n| !n.starts_with(' '))
+                .and_then(|n| n.strip_suffix(':'))
+            {
+                upstream = Some(name.to_owned());
+            }
+        }
+        if section == "issuers" && line.trim_start().starts_with("jwks_url: http://") {
+            let indent = &line[..line.len() - line.trim_start().len()];
+            out.push_str(&line.replacen("jwks_url: http://", "jwks_url: https://", 1));
+            out.push('\n');
+            out.push_str(&format!("{indent}jwks_tls: {}\n", block("users")));
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+        if section == "upstreams" && line.starts_with("    endpoints:") {
+            if let Some(name) = upstream.as_deref().filter(|n| SERVICES.contains(n)) {
+                out.push_str(&format!("    tls: {}\n", block(name)));
+                secured.push(name.to_owned());
+            }
+        }
+        if section == "listeners" && line.trim_start().starts_with("public:") {
+            if let Some((addr, _, _)) = tls.public_tls {
+                out.push_str(&format!("  public_tls: \"{addr}\"\n"));
+            }
+        }
+    }
+    if let Some((_, cert, key)) = tls.public_tls {
+        out.push_str(&format!(
+            "\n# The public TLS listener (added by stack): its certificate from the stack's CA.\n\
+             edge_tls: {{cert_file: \"{}\", key_file: \"{}\"}}\n",
+            cert.display(),
+            key.display()
+        ));
+    }
+    let missing = SERVICES
+        .iter()
+        .filter(|s| !secured.iter().any(|x| x == *s))
+        .map(|s| format!("upstream {s} (no tls added)"))
+        .collect();
+    Rewritten { text: out, missing }
+}
+
 /// The address the gateway's admin listener answers on, for /readyz.
 pub fn admin_addr(config: &Config) -> SocketAddr {
     crate::config::connectable(config.admin_addr)
@@ -166,6 +248,39 @@ upstreams:
         let c = config(&[]);
         let r = rewrite(EXAMPLE, &c);
         assert_eq!(r.text, EXAMPLE.replace("localhost:7003", "127.0.0.1:7003"));
+    }
+
+    #[test]
+    fn every_service_upstream_and_the_jwks_get_mtls() {
+        let example = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../gateway/config/example.yaml"
+        ))
+        .unwrap();
+        let dir = Path::new("/run/pki/svid/gateway");
+        let r = with_mtls(
+            &example,
+            &GatewayTls {
+                svid_dir: dir,
+                public_tls: Some((
+                    "127.0.0.1:8443".parse().unwrap(),
+                    Path::new("/run/pki/edge/tls.crt"),
+                    Path::new("/run/pki/edge/tls.key"),
+                )),
+            },
+        );
+        assert!(r.missing.is_empty(), "{:?}", r.missing);
+        assert!(r.text.contains(
+            "    endpoints: [\"127.0.0.1:7004\"]\n    tls: {svid_dir: \"/run/pki/svid/gateway\", spiffe_ids: [\"spiffe://vantage.local/orders\"]}\n"
+        ), "{}", r.text);
+        assert!(r
+            .text
+            .contains("jwks_url: https://127.0.0.1:7001/.well-known/jwks.json\n    jwks_tls: {svid_dir: \"/run/pki/svid/gateway\", spiffe_ids: [\"spiffe://vantage.local/users\"]}"));
+        assert!(r.text.contains("  public_tls: \"127.0.0.1:8443\"\n"));
+        assert!(r
+            .text
+            .contains("edge_tls: {cert_file: \"/run/pki/edge/tls.crt\""));
+        assert_eq!(r.text.matches("    tls: ").count(), 7);
     }
 
     #[test]

@@ -20,6 +20,7 @@
 
 pub mod broker;
 pub mod broker_definitions;
+pub mod certs;
 pub mod config;
 pub mod contract;
 pub mod demo;
@@ -69,7 +70,9 @@ pub async fn run(
     preflight::check_broker(&config.amqp_url)?;
     let mut wanted: Vec<(SocketAddr, &str)> =
         config.services.iter().map(|s| (s.addr, s.name)).collect();
+    wanted.extend(config.services.iter().map(|s| (s.ops_addr, s.name)));
     wanted.push((config.gateway_addr, "gateway"));
+    wanted.push((config.gateway_tls_addr, "gateway TLS"));
     wanted.push((config.admin_addr, "gateway admin"));
     preflight::check_ports(wanted)?;
 
@@ -93,6 +96,13 @@ pub async fn run(
     };
 
     let dirs = RunDirs::prepare(&config.run_dir, config.fresh)?;
+    let pki = certs::Pki::prepare(&dirs.root)?;
+    let pki_paths = pki.paths.clone();
+    println!(
+        "  ✓ certs     trust domain spiffe://{}, one SVID per workload in {}",
+        contract::TRUST_DOMAIN,
+        pki_paths.dir.join("svid").display()
+    );
     let broker = broker::Broker::prepare(config.broker.clone(), &dirs.root)?;
     broker.import().await?;
     broker.verify(BROKER_CHECK).await?;
@@ -111,13 +121,16 @@ pub async fn run(
             .join("example.yaml"),
         (None, None) => return Err(StackError::NoGatewayConfig),
     };
-    let gateway_config = write_gateway_config(&config, &source, &dirs.root)?;
+    let gateway_config = write_gateway_config(&config, &source, &dirs.root, &pki_paths)?;
     validate_gateway_config(&binaries.gateway, &gateway_config).await?;
 
+    // SVIDs are re-issued before they expire for as long as the stack runs.
+    let renewing = tokio_util::sync::CancellationToken::new();
+    let renewer = tokio::spawn(pki.renew(renewing.clone()));
     let mut sup = Supervisor::new(dirs.logs.clone());
     let demo = config.demo;
     let result = tokio::select! {
-        r = serve(&config, &mut sup, &binaries, &dirs, &broker, &gateway_config) => r,
+        r = serve(&config, &mut sup, &binaries, &dirs, &broker, &gateway_config, &pki_paths) => r,
         () = shutdown => {
             println!("stack: stopping");
             if demo {
@@ -128,6 +141,8 @@ pub async fn run(
         }
     };
     sup.stop_all(STOP_GRACE).await;
+    renewing.cancel();
+    let _ = renewer.await;
     if result.is_ok() {
         println!("stack: stopped");
     }
@@ -142,17 +157,19 @@ async fn serve(
     dirs: &RunDirs,
     broker: &broker::Broker,
     gateway_config: &Path,
+    pki: &certs::PkiPaths,
 ) -> Result<Outcome, StackError> {
     let http = reqwest::Client::new();
     for (svc, bin) in config.services.iter().zip(&binaries.services) {
         sup.spawn(
             Launch::new(svc.name, bin)
-                .envs(service_env(config, svc, dirs, broker))
+                .envs(service_env(config, svc, dirs, broker, pki))
                 .own_process_group(),
         )?;
     }
     for svc in &config.services {
-        let url = format!("http://{}/readyz", svc.addr);
+        // Readiness on the plain ops port; the API port speaks mutual TLS only.
+        let url = format!("http://{}/readyz", svc.ops_addr);
         let took = sup
             .wait_ready(svc.name, &url, config.ready_timeout, &http)
             .await?;
@@ -189,7 +206,7 @@ async fn serve(
         config.gateway_addr,
         took.as_secs_f64()
     );
-    print_banner(config, dirs);
+    print_banner(config, dirs, pki);
 
     if config.demo {
         let url = config.gateway_url();
@@ -203,7 +220,7 @@ async fn serve(
     }
 }
 
-fn print_banner(config: &Config, dirs: &RunDirs) {
+fn print_banner(config: &Config, dirs: &RunDirs, pki: &certs::PkiPaths) {
     let first = config
         .services
         .first()
@@ -218,10 +235,21 @@ fn print_banner(config: &Config, dirs: &RunDirs) {
     println!("Vantage is up.");
     println!("  gateway   {}", config.gateway_url());
     println!(
+        "  gateway   {} (TLS): curl --cacert {} {}/api/products",
+        config.gateway_tls_url(),
+        pki.ca_file.display(),
+        config.gateway_tls_url()
+    );
+    println!(
         "  admin     {}/metrics  (also /healthz /readyz /config)",
         config.admin_url()
     );
-    println!("  services  127.0.0.1:{first}..{last} (users, inventory, cart, orders, payment, shipping, audit)");
+    println!("  services  127.0.0.1:{first}..{last} (users, inventory, cart, orders, payment, shipping, audit), mutual TLS only; ops ports (/healthz /readyz /metrics) +{}", contract::OPS_PORT_OFFSET);
+    println!(
+        "  certs     CA {}, SVIDs {}/<workload>/ (re-issued before expiry)",
+        pki.ca_file.display(),
+        pki.dir.join("svid").display()
+    );
     if config.admin_password_is_dev_default() {
         println!(
             "  account   {} / {} (development default; set SHOP_ADMIN_EMAIL and SHOP_ADMIN_PASSWORD)",
@@ -260,9 +288,16 @@ fn service_env(
     svc: &config::ServiceSpec,
     dirs: &RunDirs,
     broker: &broker::Broker,
+    pki: &certs::PkiPaths,
 ) -> Vec<(String, String)> {
     let mut env = vec![
         ("LISTEN_ADDR".to_owned(), svc.addr.to_string()),
+        ("OPS_LISTEN_ADDR".to_owned(), svc.ops_addr.to_string()),
+        ("IDENTITY_MODE".to_owned(), "mtls".to_owned()),
+        (
+            "SVID_DIR".to_owned(),
+            pki.svid_dir(svc.name).display().to_string(),
+        ),
         (
             "DATABASE_PATH".to_owned(),
             dirs.data
@@ -279,7 +314,7 @@ fn service_env(
     for other in &config.services {
         env.push((
             format!("{}_URL", other.name.to_uppercase()),
-            format!("http://{}", other.addr),
+            format!("https://{}", other.addr),
         ));
     }
     if let Some(prefix) = &config.queue_prefix {
@@ -366,10 +401,23 @@ fn write_gateway_config(
     config: &Config,
     source: &Path,
     run_dir: &Path,
+    pki: &certs::PkiPaths,
 ) -> Result<PathBuf, StackError> {
     let text = std::fs::read_to_string(source)
         .map_err(StackError::io(format!("reading {}", source.display())))?;
-    let rewritten = gateway_config::rewrite(&text, config);
+    let moved = gateway_config::rewrite(&text, config);
+    let gateway_svid = pki.svid_dir("gateway");
+    let secured = gateway_config::with_mtls(
+        &moved.text,
+        &gateway_config::GatewayTls {
+            svid_dir: &gateway_svid,
+            public_tls: Some((config.gateway_tls_addr, &pki.edge_cert, &pki.edge_key)),
+        },
+    );
+    let rewritten = gateway_config::Rewritten {
+        text: secured.text,
+        missing: moved.missing.into_iter().chain(secured.missing).collect(),
+    };
     for missing in &rewritten.missing {
         eprintln!(
             "stack: warning: {} has no default address for {missing}; the gateway may not reach it",

@@ -1,5 +1,6 @@
 //! Run with `cargo run --release --bin stack` (add `-- --demo` for one scripted order);
-//! `stack broker-definitions --help` writes the broker definitions of a deployment.
+//! `stack broker-definitions --help` writes the broker definitions of a deployment;
+//! `stack certs --help` a development trust domain (CA, SVIDs, edge certificate).
 
 use std::process::ExitCode;
 
@@ -12,6 +13,9 @@ async fn main() -> anyhow::Result<ExitCode> {
     let mut args = std::env::args().skip(1).peekable();
     if args.peek().map(String::as_str) == Some("broker-definitions") {
         return Ok(stack::broker_definitions::main(args.skip(1)));
+    }
+    if args.peek().map(String::as_str) == Some("certs") {
+        return Ok(stack::certs::main(args.skip(1)));
     }
     let config = match Config::from_options(Options::parse(), |k| std::env::var(k).ok()) {
         Ok(c) => c,

@@ -114,8 +114,37 @@ fn compose_runs_every_service_from_the_one_dockerfile_after_rabbitmq_is_healthy(
         let url_var = format!("{}_URL", name.to_uppercase());
         assert_eq!(
             str_of(&services["cart"], &["environment", &url_var]),
-            Some(format!("http://{name}:{port}").as_str()),
-            "services reach {name} by its compose hostname"
+            Some(format!("https://{name}:{port}").as_str()),
+            "services reach {name} by its compose hostname, over mutual TLS"
+        );
+        // Its own SVID, from the one-shot certs service, in a volume only it mounts.
+        assert_eq!(
+            str_of(svc, &["environment", "SVID_DIR"]),
+            Some("/var/run/secrets/spiffe")
+        );
+        assert_eq!(str_of(svc, &["environment", "IDENTITY_MODE"]), Some("mtls"));
+        assert_eq!(
+            str_of(svc, &["environment", "OPS_LISTEN_ADDR"]),
+            Some(format!("0.0.0.0:{}", port + contract::OPS_PORT_OFFSET).as_str()),
+            "{name}: probes and metrics on the ops port"
+        );
+        let mounts: Vec<&str> = svc["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert!(
+            mounts.contains(&format!("svid-{name}:/var/run/secrets/spiffe:ro").as_str()),
+            "{name}: {mounts:?}"
+        );
+        assert!(
+            !mounts.iter().any(|m| m.starts_with("pki:")),
+            "{name} cannot read the CA key"
+        );
+        assert_eq!(
+            str_of(svc, &["depends_on", "certs", "condition"]),
+            Some("service_completed_successfully")
         );
         assert_eq!(
             str_of(&services["gateway"], &["depends_on", name, "condition"]),
@@ -384,7 +413,11 @@ fn prometheus_scrapes_the_gateway_admin_and_every_service() {
     }
     assert!(targets.contains("gateway:9901"), "{targets:?}");
     for (i, name) in SERVICES.iter().enumerate() {
-        let t = format!("{name}:{}", DEFAULT_BASE_PORT + i as u16);
+        // The ops port: the API port speaks mutual TLS only.
+        let t = format!(
+            "{name}:{}",
+            DEFAULT_BASE_PORT + i as u16 + contract::OPS_PORT_OFFSET
+        );
         assert!(targets.contains(&t), "{t} not scraped: {targets:?}");
     }
     let gateway = prom["scrape_configs"]
@@ -633,7 +666,17 @@ fn the_gateway_container_runs_the_compose_policy_pointing_at_compose_hosts() {
         .values()
         .filter_map(|i| i["jwks_url"].as_str())
         .collect::<Vec<_>>();
-    assert_eq!(jwks, ["http://users:7001/.well-known/jwks.json"]);
+    assert_eq!(jwks, ["https://users:7001/.well-known/jwks.json"]);
+    // Every upstream over mutual TLS with the gateway's SVID, expecting that service's ID.
+    for name in SERVICES {
+        let tls = &policy["upstreams"][name]["tls"];
+        assert_eq!(str_of(tls, &["svid_dir"]), Some("/var/run/secrets/spiffe"));
+        assert_eq!(
+            tls["spiffe_ids"][0].as_str(),
+            Some(format!("spiffe://vantage.local/{name}").as_str())
+        );
+    }
+    assert!(mounts.contains(&"svid-gateway:/var/run/secrets/spiffe:ro"));
 }
 
 #[test]
@@ -1196,8 +1239,20 @@ fn k8s_gateway_policy_is_valid_and_routes_to_the_service_names() {
         )]
     );
 
-    // The compose policy passes the same validator.
-    let compose = std::fs::read_to_string(root().join("gateway/config/compose.yaml")).unwrap();
+    // The compose policy passes the same validator, with a gateway SVID where compose mounts
+    // the one the certs service issued (the validator loads it).
+    let svid = tempfile::tempdir().unwrap();
+    identity::dev_ca::DevCa::new("deploy files test CA")
+        .unwrap()
+        .write_svid(
+            svid.path(),
+            &"spiffe://vantage.local/gateway".parse().unwrap(),
+            std::time::Duration::from_secs(3600),
+        )
+        .unwrap();
+    let compose = std::fs::read_to_string(root().join("gateway/config/compose.yaml"))
+        .unwrap()
+        .replace("/var/run/secrets/spiffe", svid.path().to_str().unwrap());
     gateway::config::Config::parse(&compose, &root().join("gateway/config"))
         .unwrap_or_else(|e| panic!("gateway/config/compose.yaml: {e}"));
 }

@@ -37,29 +37,37 @@ fn require_broker() {
     }
 }
 
-/// Ports for one stack: seven consecutive ones for the services plus gateway and admin.
+/// Ports for one stack: seven consecutive ones for the services plus gateway, admin and the
+/// gateway's TLS listener; the services' ops ports are 100 above theirs.
 #[derive(Debug, Clone, Copy)]
 struct Ports {
     base: u16,
     gateway: u16,
     admin: u16,
+    gateway_tls: u16,
 }
 
 impl Ports {
-    /// Nine consecutive ports that are free right now, below the ephemeral range (see
-    /// [`test_support::free_ports`]).
+    /// Ten consecutive ports that are free right now, below the ephemeral range (see
+    /// [`test_support::free_ports`]), whose ops ports are free too.
     fn free() -> Ports {
-        let base = test_support::free_ports(9)[0];
-        Ports {
-            base,
-            gateway: base + 7,
-            admin: base + 8,
+        loop {
+            let base = test_support::free_ports(10)[0];
+            if (base + 100..base + 107).all(test_support::port_is_free) {
+                return Ports {
+                    base,
+                    gateway: base + 7,
+                    admin: base + 8,
+                    gateway_tls: base + 9,
+                };
+            }
         }
     }
 
     fn all(&self) -> Vec<u16> {
         (self.base..self.base + 7)
-            .chain([self.gateway, self.admin])
+            .chain(self.base + 100..self.base + 107)
+            .chain([self.gateway, self.admin, self.gateway_tls])
             .collect()
     }
 }
@@ -94,6 +102,8 @@ impl Stack {
                 &format!("127.0.0.1:{}", ports.gateway),
                 "--admin-addr",
                 &format!("127.0.0.1:{}", ports.admin),
+                "--gateway-tls-addr",
+                &format!("127.0.0.1:{}", ports.gateway_tls),
                 "--run-dir",
                 &dir.join("run").display().to_string(),
                 "--queue-prefix",
@@ -647,6 +657,10 @@ async fn stack_names_the_port_that_is_taken() {
         .args(["--base-port", &ports.base.to_string()])
         .args(["--gateway-addr", &format!("127.0.0.1:{}", ports.gateway)])
         .args(["--admin-addr", &format!("127.0.0.1:{}", ports.admin)])
+        .args([
+            "--gateway-tls-addr",
+            &format!("127.0.0.1:{}", ports.gateway_tls),
+        ])
         .env("AMQP_URL", broker_url("vantage"))
         .output()
         .unwrap();

@@ -40,7 +40,17 @@ CREATE TABLE IF NOT EXISTS signing_keys (
 ";
 
 /// users as the kit runs it: [`messaging::contract::USERS`], port 7001 by default.
-pub const SERVICE: Service = service_kit::service!(messaging::contract::USERS, 7001);
+pub const SERVICE: Service =
+    service_kit::service!(messaging::contract::USERS, 7001).with_authz(AUTHZ);
+
+/// Who may call users: the gateway, on the account routes and the signing keys it verifies
+/// tokens with.
+pub const AUTHZ: service_kit::AuthzPolicy =
+    service_kit::AuthzPolicy::new(&[service_kit::Rule::new(
+        &["gateway"],
+        &[],
+        &["/api/users", "/.well-known/jwks.json"],
+    )]);
 
 /// Shared by the HTTP handlers.
 #[derive(Clone)]

@@ -5,7 +5,7 @@
 //! # How to use
 //!
 //! ```text
-//! let stack = Stack::start(&[("orders", "ORDERS_PAYMENT_TIMEOUT_SECS", "1")]).await;
+//! let stack = Stack::start(&[("cart", "CART_PAYMENT_TIMEOUT_SECS", "1")]).await;
 //! let token = stack.login(ADMIN_EMAIL, ADMIN_PASSWORD).await;
 //! let (status, body) = stack.api.get("/api/products", None).await;
 //! stack.stop().await; // or drop it: processes are killed either way
@@ -131,13 +131,20 @@ fn answer(
 /// A running shop: seven services and the gateway.
 pub struct Stack {
     pub api: Api,
-    /// Service name → `127.0.0.1:port`, for assertions on internal state.
+    /// Service name → `127.0.0.1:port` of its API (mutual TLS), for assertions on internal state.
     pub addrs: HashMap<&'static str, String>,
+    /// Service name → `127.0.0.1:port` of its ops port (`/healthz`, `/readyz`, `/metrics`).
+    pub ops_addrs: HashMap<&'static str, String>,
+    /// The stack's certificates: every workload's SVID, the CA (`stack::certs`).
+    pub pki: stack::certs::PkiPaths,
     pub prefix: String,
     /// The gateway's admin listener, `127.0.0.1:port`.
     pub admin_addr: String,
-    /// For calls that bypass the gateway (a service's own API and `/metrics`).
+    /// Plain HTTP: readiness and `/metrics` on the ops ports, the gateway.
     http: reqwest::Client,
+    /// Mutual TLS with the gateway's SVID, for calls to a service's own API that bypass the
+    /// gateway (as the gateway, the one caller whose x-user-id the services believe).
+    mtls: reqwest::Client,
     /// This stack's vhost and users on the test broker node.
     broker: stack::broker::Broker,
     node: &'static BrokerNode,
@@ -156,19 +163,30 @@ impl Stack {
         // Ports below the ephemeral range: a `bind(0)` port could be taken by another test's
         // service or client before ours binds it, and a readiness probe would then be answered
         // by someone else's process.
-        let ports = test_support::free_ports(SERVICES.len() as u16 + 2);
-        let addrs: HashMap<&'static str, String> = SERVICES
-            .iter()
-            .zip(&ports)
-            .map(|(s, p)| (*s, format!("127.0.0.1:{p}")))
-            .collect();
-        let (gateway_port, admin_port) = (ports[SERVICES.len()], ports[SERVICES.len() + 1]);
+        let ports = test_support::free_ports(SERVICES.len() as u16 * 2 + 2);
+        let addr_at = |offset: usize| -> HashMap<&'static str, String> {
+            SERVICES
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (*s, format!("127.0.0.1:{}", ports[offset + i])))
+                .collect()
+        };
+        let (addrs, ops_addrs) = (addr_at(0), addr_at(SERVICES.len()));
+        let (gateway_port, admin_port) = (ports[2 * SERVICES.len()], ports[2 * SERVICES.len() + 1]);
+        // The trust domain: a CA of this stack's own and one SVID per workload, as `stack` makes them.
+        let pki = stack::certs::Pki::prepare(dir.path())
+            .unwrap_or_else(|e| panic!("stack certificates: {e}"))
+            .paths;
         let http = reqwest::Client::new();
+        let mtls = mtls_client(&pki);
         let mut stack = Stack {
             api: Api {
                 client: ShopClient::new(http.clone(), &format!("http://127.0.0.1:{gateway_port}")),
             },
             addrs: addrs.clone(),
+            ops_addrs: ops_addrs.clone(),
+            pki: pki.clone(),
+            mtls,
             prefix: prefix.clone(),
             admin_addr: format!("127.0.0.1:{admin_port}"),
             http,
@@ -180,6 +198,9 @@ impl Stack {
         for svc in SERVICES {
             let mut env: Vec<(String, String)> = vec![
                 ("LISTEN_ADDR".into(), addrs[svc].clone()),
+                ("OPS_LISTEN_ADDR".into(), ops_addrs[svc].clone()),
+                ("IDENTITY_MODE".into(), "mtls".into()),
+                ("SVID_DIR".into(), pki.svid_dir(svc).display().to_string()),
                 (
                     "DATABASE_PATH".into(),
                     stack
@@ -192,7 +213,7 @@ impl Stack {
                 ("SHOP_QUEUE_PREFIX".into(), prefix.clone()),
                 (
                     "INVENTORY_URL".into(),
-                    format!("http://{}", addrs["inventory"]),
+                    format!("https://{}", addrs["inventory"]),
                 ),
                 ("SHOP_ADMIN_EMAIL".into(), ADMIN_EMAIL.into()),
                 ("SHOP_ADMIN_PASSWORD".into(), ADMIN_PASSWORD.into()),
@@ -200,6 +221,9 @@ impl Stack {
                 ("USERS_ARGON2_MEMORY_KIB".into(), "1024".into()),
                 ("USERS_ARGON2_ITERATIONS".into(), "1".into()),
                 ("PAYMENT_RETRY_BASE_MS".into(), "20".into()),
+                // Redelivery back-off (50, 100, 200, 400, 800 ms): short, so a dead-lettered
+                // message is there within seconds.
+                ("SHOP_RETRY_BASE_MS".into(), "50".into()),
                 ("RUST_LOG".into(), "info".into()),
             ];
             // Its own broker user over AMQPS: AMQP_URL, AMQP_PASSWORD_FILE, AMQP_CA_FILE.
@@ -212,7 +236,7 @@ impl Stack {
             stack.spawn(svc, &bin.join(svc), &[], env);
         }
         for svc in SERVICES {
-            let url = format!("http://{}/readyz", addrs[svc]);
+            let url = format!("http://{}/readyz", ops_addrs[svc]);
             stack.wait_for(svc, &url).await;
         }
         let config = stack.gateway_config(gateway_port, admin_port);
@@ -268,7 +292,21 @@ impl Stack {
             "example.yaml lost default addresses: {:?}",
             moved.missing
         );
-        moved.text
+        // Every hop over mutual TLS, as `stack` runs it.
+        let gateway_svid = self.pki.svid_dir("gateway");
+        let secured = stack::gateway_config::with_mtls(
+            &moved.text,
+            &stack::gateway_config::GatewayTls {
+                svid_dir: &gateway_svid,
+                public_tls: None,
+            },
+        );
+        assert!(
+            secured.missing.is_empty(),
+            "upstreams without tls: {:?}",
+            secured.missing
+        );
+        secured.text
     }
 
     fn spawn(&mut self, name: &str, bin: &Path, args: &[&str], env: Vec<(String, String)>) {
@@ -364,16 +402,26 @@ impl Stack {
         id
     }
 
-    /// Calls a service directly (bypassing the gateway) as the admin, for internal state.
+    /// Calls a service directly (bypassing the gateway, over mutual TLS with the gateway's
+    /// SVID) as the admin, for internal state.
     pub async fn internal_admin_get(&self, service: &str, path: &str) -> Value {
-        let url = format!("http://{}{}", self.addrs[service], path);
+        let url = format!("https://{}{}", self.addrs[service], path);
         let headers = [("x-user-id", "e2e-admin"), ("x-user-scopes", "shop admin")];
-        self.direct_get(&url, &headers).await.json().await.unwrap()
+        self.direct_get(&self.mtls, &url, &headers)
+            .await
+            .json()
+            .await
+            .unwrap()
     }
 
     /// `GET url` straight to one process of the stack; panics unless it answers 2xx.
-    async fn direct_get(&self, url: &str, headers: &[(&str, &str)]) -> reqwest::Response {
-        let mut req = self.http.get(url);
+    async fn direct_get(
+        &self,
+        client: &reqwest::Client,
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let mut req = client.get(url);
         for (name, value) in headers {
             req = req.header(*name, *value);
         }
@@ -407,10 +455,14 @@ impl Stack {
         out
     }
 
-    /// A service's `/metrics` text.
+    /// A service's `/metrics` text, from its ops port.
     pub async fn metrics(&self, service: &str) -> String {
-        let url = format!("http://{}/metrics", self.addrs[service]);
-        self.direct_get(&url, &[]).await.text().await.unwrap()
+        let url = format!("http://{}/metrics", self.ops_addrs[service]);
+        self.direct_get(&self.http, &url, &[])
+            .await
+            .text()
+            .await
+            .unwrap()
     }
 
     /// The gateway's `/metrics` text (with the admin token).
@@ -418,7 +470,11 @@ impl Stack {
         let url = format!("http://{}/metrics", self.admin_addr);
         let bearer = format!("Bearer {GATEWAY_ADMIN_TOKEN}");
         let headers = [("authorization", bearer.as_str())];
-        self.direct_get(&url, &headers).await.text().await.unwrap()
+        self.direct_get(&self.http, &url, &headers)
+            .await
+            .text()
+            .await
+            .unwrap()
     }
 
     /// Sends `signal` to one process of the stack (`"gateway"` or a service): SIGHUP makes the
@@ -452,6 +508,12 @@ impl Stack {
             }
             tokio::time::sleep(Duration::from_millis(150)).await;
         }
+    }
+
+    /// The RabbitMQ node this stack's vhost lives on: one per test binary, so a test that stops,
+    /// freezes or alarms it (`rabbitmqctl stop_app`, …) must be alone in its binary.
+    pub fn broker_node(&self) -> &'static BrokerNode {
+        self.node
     }
 
     /// A broker connection as `service`'s own user.
@@ -508,6 +570,22 @@ impl Stack {
             let _ = self.node.delete_user(&self.broker.plan.topology.user(svc));
         }
     }
+}
+
+/// A client presenting the gateway's SVID that accepts any service's SPIFFE ID.
+fn mtls_client(pki: &stack::certs::PkiPaths) -> reqwest::Client {
+    let paths = identity::SvidPaths::detect(&pki.svid_dir("gateway")).expect("gateway SVID");
+    let id = identity::WorkloadIdentity::load(&paths, None).expect("gateway SVID");
+    let services = SERVICES
+        .iter()
+        .map(|s| stack::certs::Pki::spiffe_id(s).parse().expect("SPIFFE ID"))
+        .collect();
+    let tls = identity::tls::client_config(&id, services);
+    reqwest::Client::builder()
+        .tls_backend_preconfigured((*tls).clone())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("mTLS client")
 }
 
 /// The `sub` and `scope` claims of a token (read without verifying; the gateway verifies).

@@ -221,7 +221,7 @@ async fn scrape(
     }
     let (url, openmetrics) = if SERVICES.contains(&host) {
         (
-            format!("http://{}{}", stack.addrs[host], job.metrics_path),
+            format!("http://{}{}", stack.ops_addrs[host], job.metrics_path),
             true,
         )
     } else if host == "rabbitmq" {

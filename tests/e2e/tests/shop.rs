@@ -415,7 +415,7 @@ async fn the_order_saga_end_to_end_through_the_gateway() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unpaid_order_times_out_and_the_late_payment_is_refunded() {
     let stack = Stack::start(&[
-        ("orders", "ORDERS_PAYMENT_TIMEOUT_SECS", "1"),
+        ("cart", "CART_PAYMENT_TIMEOUT_SECS", "1"),
         ("payment", "PAYMENT_LATENCY_MS", "2500"),
     ])
     .await;
@@ -499,7 +499,7 @@ async fn an_unpaid_order_times_out_and_the_late_payment_is_refunded() {
 async fn a_failing_inventory_dead_letters_the_order_and_the_timeout_cancels_it() {
     let stack = Stack::start(&[
         ("inventory", "INVENTORY_FAILURE_RATE", "1"),
-        ("orders", "ORDERS_PAYMENT_TIMEOUT_SECS", "2"),
+        ("cart", "CART_PAYMENT_TIMEOUT_SECS", "2"),
     ])
     .await;
     let (_, dave) = stack.new_user("dave").await;

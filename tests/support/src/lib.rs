@@ -34,6 +34,7 @@
 
 mod binaries;
 mod broker_node;
+mod consumer_harness;
 mod http;
 mod openmetrics;
 mod otlp;
@@ -46,6 +47,7 @@ use std::sync::Mutex;
 
 pub use binaries::{binaries, binary, workspace_root};
 pub use broker_node::BrokerNode;
+pub use consumer_harness::ConsumerHarness;
 pub use http::wait_http_ok;
 pub use openmetrics::{
     parse_openmetrics, sample_suffixes, Exemplar, Family, Labels, OpenMetrics, Sample,

@@ -22,6 +22,7 @@ pub(super) fn issuer(
         audiences,
         algorithms,
         jwks_url,
+        jwks_tls,
         jwks_file,
         pem_file,
         pem_kid,
@@ -64,6 +65,22 @@ pub(super) fn issuer(
     if sources != 1 {
         errs.push(loc, "set exactly one of jwks_url, jwks_file, pem_file");
     }
+    let jwks_tls = match (jwks_tls, &jwks_url) {
+        (None, _) => None,
+        (Some(_), None) => {
+            errs.push(format!("{loc}.jwks_tls"), "needs jwks_url");
+            None
+        }
+        (Some(t), Some(url)) => {
+            if !url.starts_with("https://") {
+                errs.push(
+                    format!("{loc}.jwks_url"),
+                    "must be an https:// URL with jwks_tls",
+                );
+            }
+            super::tls::upstream(errs, &format!("{loc}.jwks_tls"), "jwks", t, base_dir)
+        }
+    };
     let keys = if let Some(url) = jwks_url {
         match url::Url::parse(&url) {
             Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
@@ -99,6 +116,7 @@ pub(super) fn issuer(
         audiences,
         algorithms,
         keys,
+        jwks_tls,
         refresh_interval: Duration::from_secs(errs.positive(
             &format!("{loc}.refresh_interval_secs"),
             refresh_interval_secs,
