@@ -207,14 +207,37 @@ fn unknown_fields_are_errors() {
 /// `gateway/config/NAME.yaml` parsed and shown as `/config` shows it (paths relative to the
 /// crate, `workers` fixed), compared with `gateway/config/golden/NAME.json`. After an intended
 /// change, regenerate with `UPDATE_GOLDEN=1 cargo test -p gateway golden` and review the diff.
+/// Where the compose policy expects the gateway's SVID (its `svid-gateway` volume).
+const SVID_MOUNT: &str = "/var/run/secrets/spiffe";
+
 fn golden(name: &str) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let config = Config::load(&dir.join("config").join(format!("{name}.yaml")))
-        .unwrap_or_else(|e| panic!("{name}.yaml: {e}"));
+    let config_dir = dir.join("config");
+    let text = std::fs::read_to_string(config_dir.join(format!("{name}.yaml"))).unwrap();
+    // A policy written for a container (compose) names the SVID mount, which validation reads:
+    // point it at an SVID issued here for the run, and show the mount path again.
+    let svid = std::env::temp_dir().join(format!("vantage-golden-{name}-{}", std::process::id()));
+    let mounted = text.contains(SVID_MOUNT);
+    if mounted {
+        identity::dev_ca::DevCa::new("golden test CA")
+            .unwrap()
+            .write_svid(
+                &svid,
+                &"spiffe://vantage.local/gateway".parse().unwrap(),
+                std::time::Duration::from_secs(3600),
+            )
+            .unwrap();
+    }
+    let text = text.replace(SVID_MOUNT, svid.to_str().unwrap());
+    let config = Config::parse(&text, &config_dir).unwrap_or_else(|e| panic!("{name}.yaml: {e}"));
+    if mounted {
+        std::fs::remove_dir_all(&svid).unwrap();
+    }
     let mut json = config.redacted_json();
     json["server"]["workers"] = 0.into();
     let actual = serde_json::to_string_pretty(&json)
         .unwrap()
+        .replace(svid.to_str().unwrap(), SVID_MOUNT)
         .replace(&format!("{}/", dir.display()), "");
     let path = dir.join("config/golden").join(format!("{name}.json"));
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
