@@ -110,12 +110,21 @@ fn a_taken_port_is_one_error_line_even_with_a_broker() {
     test_support::require_rabbitmq(&test_support::amqp_url()).unwrap_or_else(|why| panic!("{why}"));
     let url = "amqp://orders:pw@127.0.0.1:5672/vantage".to_owned();
     let dir = tempfile::tempdir().unwrap();
+    let ca = identity::dev_ca::DevCa::new("exit code test CA").unwrap();
+    let svid = dir.path().join("svid");
+    ca.write_svid(
+        &svid,
+        &"spiffe://vantage.local/orders".parse().unwrap(),
+        std::time::Duration::from_secs(3600),
+    )
+    .unwrap();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let prefix = format!("{}.", test_support::unique_name("exit-codes"));
     let out = orders(
         &[
             ("LISTEN_ADDR", &addr),
+            ("SVID_DIR", svid.to_str().unwrap()),
             ("AMQP_URL", &url),
             ("SHOP_QUEUE_PREFIX", &prefix),
         ],
