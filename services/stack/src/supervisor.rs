@@ -677,10 +677,15 @@ mod tests {
         let mut sup = Supervisor::new(dir);
         sup.spawn(Launch::new("hup", "/bin/sh").args([
             "-c",
-            "trap 'echo got hup; exit 7' HUP; while :; do sleep 0.05; done",
+            "trap 'echo got hup; exit 7' HUP; echo ready; while :; do sleep 0.05; done",
         ]))
         .unwrap();
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Signal only once the trap is set (a loaded machine may take a while to start sh).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while tail(&sup.log_path("hup"), 1) != ["ready"] {
+            assert!(std::time::Instant::now() < deadline, "sh never started");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         assert!(
             sup.wait_exit("hup", Duration::from_millis(100))
                 .await
@@ -691,7 +696,7 @@ mod tests {
         sup.signal("hup", Signal::SIGHUP).unwrap();
         let status = sup.wait_exit("hup", Duration::from_secs(10)).await;
         assert_eq!(status.and_then(|s| s.code()), Some(7));
-        assert_eq!(tail(&sup.log_path("hup"), 5), ["got hup"]);
+        assert_eq!(tail(&sup.log_path("hup"), 5), ["ready", "got hup"]);
         let exited = sup.exited().unwrap().expect("hup has exited");
         assert_eq!(exited.name, "hup");
         assert!(sup.signal("nobody", Signal::SIGHUP).is_err());

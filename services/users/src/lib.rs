@@ -205,7 +205,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = messaging::Db::open(&dir.path().join("u.db")).unwrap();
         let env: std::collections::HashMap<&str, &str> =
-            [("USERS_HASH_CONCURRENCY", "2")].into_iter().collect();
+            [("USERS_HASH_CONCURRENCY", "2"), ("SVID_DIR", "/svid")]
+                .into_iter()
+                .collect();
         let state = AppState::new(db, Config::from_env(&env).unwrap());
         let (now, max) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let tasks: Vec<_> = (0..8)
