@@ -677,7 +677,7 @@ mod tests {
         let mut sup = Supervisor::new(dir);
         sup.spawn(Launch::new("hup", "/bin/sh").args([
             "-c",
-            "trap 'echo got hup; exit 7' HUP; echo ready; while :; do sleep 0.05; done",
+            "trap 'echo got hup; exit 7' USR1; echo ready; while :; do sleep 0.05; done",
         ]))
         .unwrap();
         // Signal only once the trap is set (a loaded machine may take a while to start sh).
@@ -693,7 +693,9 @@ mod tests {
             "still running"
         );
         assert!(sup.exited().unwrap().is_none());
-        sup.signal("hup", Signal::SIGHUP).unwrap();
+        // SIGUSR1, not SIGHUP: under nohup SIGHUP is ignored, and sh cannot trap a signal that
+        // was ignored when it started.
+        sup.signal("hup", Signal::SIGUSR1).unwrap();
         let status = sup.wait_exit("hup", Duration::from_secs(10)).await;
         assert_eq!(status.and_then(|s| s.code()), Some(7));
         assert_eq!(tail(&sup.log_path("hup"), 5), ["ready", "got hup"]);
