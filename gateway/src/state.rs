@@ -215,21 +215,7 @@ impl Runtime {
         for p in policies.values() {
             p.start_pruning(background, stop.clone());
         }
-        let routes = config
-            .routes
-            .iter()
-            .map(|r| {
-                Arc::new(Route {
-                    config: r.clone(),
-                    upstream: Arc::clone(&upstreams[&r.upstream]),
-                    limits: r
-                        .rate_limits
-                        .iter()
-                        .map(|l| Arc::clone(&policies[l]))
-                        .collect(),
-                })
-            })
-            .collect();
+        let routes = assemble_routes(&config, &upstreams, &policies);
         let hsts = config
             .edge_tls
             .as_ref()
@@ -279,21 +265,7 @@ impl Runtime {
             .iter()
             .map(|(n, c)| (n.clone(), Policy::new(n.clone(), c.clone(), None)))
             .collect();
-        let routes = config
-            .routes
-            .iter()
-            .map(|r| {
-                Arc::new(Route {
-                    config: r.clone(),
-                    upstream: Arc::clone(&upstreams[&r.upstream]),
-                    limits: r
-                        .rate_limits
-                        .iter()
-                        .map(|l| Arc::clone(&policies[l]))
-                        .collect(),
-                })
-            })
-            .collect();
+        let routes = assemble_routes(&config, &upstreams, &policies);
         Runtime {
             hsts: None,
             config,
@@ -442,4 +414,28 @@ impl Shared {
         let previous = self.current.swap(next);
         previous.stop();
     }
+}
+
+/// The routes of `config`, each with its upstream and rate-limit policies (names already
+/// validated), shared by [`Runtime::start`] and [`Runtime::offline`].
+fn assemble_routes(
+    config: &Config,
+    upstreams: &BTreeMap<String, Arc<Upstream>>,
+    policies: &BTreeMap<String, Arc<Policy>>,
+) -> Vec<Arc<Route>> {
+    config
+        .routes
+        .iter()
+        .map(|r| {
+            Arc::new(Route {
+                config: r.clone(),
+                upstream: Arc::clone(&upstreams[&r.upstream]),
+                limits: r
+                    .rate_limits
+                    .iter()
+                    .map(|l| Arc::clone(&policies[l]))
+                    .collect(),
+            })
+        })
+        .collect()
 }
