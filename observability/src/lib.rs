@@ -57,6 +57,7 @@
 pub mod env;
 mod export;
 mod logs;
+mod otlp_encode;
 
 pub mod http_span;
 pub mod http_trace;
@@ -113,9 +114,10 @@ pub enum InitError {
     /// One or more variables are invalid; every one is listed.
     #[error("invalid telemetry configuration: {}", join(.0))]
     InvalidEnv(Vec<EnvError>),
-    /// The OTLP exporter rejected its configuration.
-    #[error("failed to build the OTLP span exporter")]
-    Exporter(#[source] opentelemetry_otlp::ExporterBuildError),
+    /// The OTLP exporter could not be built from its configuration (e.g. an endpoint the
+    /// transport cannot use); the message says which setting and why.
+    #[error("failed to build the OTLP span exporter: {0}")]
+    Exporter(String),
     /// The collector's TLS settings (CA or client certificate files) could not be used.
     #[error("cannot set up TLS to the OTLP collector: {0}")]
     Tls(String),
