@@ -16,7 +16,7 @@
 //!
 //! # How to use
 //!
-//! ```ignore
+//! ```text
 //! let mut encoder = TraceEncoder::default();
 //! encoder.set_resource(&resource); // once, when the provider is built
 //! let body: bytes::Bytes = encoder.encode(&batch); // the gRPC message or the HTTP body
