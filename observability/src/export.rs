@@ -65,7 +65,6 @@ pub(crate) struct OwnedRuntimeExporter {
 }
 
 /// Where encoded requests go.
-#[derive(Debug)]
 enum Transport {
     Grpc {
         channel: tonic::transport::Channel,
@@ -76,6 +75,23 @@ enum Transport {
         url: reqwest::Url,
         headers: http::HeaderMap,
     },
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Header names only: the values are often credentials.
+        match self {
+            Transport::Grpc { metadata, .. } => f
+                .debug_struct("Grpc")
+                .field("metadata", &metadata.keys().collect::<Vec<_>>())
+                .finish_non_exhaustive(),
+            Transport::Http { url, headers, .. } => f
+                .debug_struct("Http")
+                .field("url", &url.as_str())
+                .field("headers", &headers.keys().collect::<Vec<_>>())
+                .finish_non_exhaustive(),
+        }
+    }
 }
 
 // === impl OwnedRuntimeExporter ===
@@ -416,17 +432,10 @@ async fn send_http(
         let retry_after = response
             .headers()
             .get(http::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(|secs| Duration::from_secs(secs.min(600)));
-        let retry = match status.as_u16() {
-            429 | 503 => retry_after.map_or(Retry::Yes, Retry::After),
-            502 | 504 => Retry::Yes,
-            _ => Retry::No,
-        };
+            .and_then(|v| v.to_str().ok());
         return Err(Failure {
             message: format!("HTTP export failed with status {}", status.as_u16()),
-            retry,
+            retry: http_retry(status.as_u16(), retry_after),
         });
     }
     // A body that is not a response (some collectors send none) is no partial success.
@@ -434,6 +443,19 @@ async fn send_http(
     Ok(ExportTraceServiceResponse::decode(body)
         .ok()
         .and_then(PartialSuccess::from_response))
+}
+
+/// Whether an HTTP status is worth retrying, as opentelemetry-otlp classifies it: 429 and 503
+/// (after `Retry-After` seconds when given, at most 10 minutes), 502 and 504.
+fn http_retry(status: u16, retry_after: Option<&str>) -> Retry {
+    let after = retry_after
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|secs| Duration::from_secs(secs.min(600)));
+    match status {
+        429 | 503 => after.map_or(Retry::Yes, Retry::After),
+        502 | 504 => Retry::Yes,
+        _ => Retry::No,
+    }
 }
 
 /// `error` and its causes, `: `-separated.
@@ -499,5 +521,67 @@ impl tonic::codec::Decoder for ResponseDecoder {
         let response = ExportTraceServiceResponse::decode(src)
             .map_err(|error| tonic::Status::internal(format!("undecodable response: {error}")))?;
         Ok(Some(response))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_statuses_are_retried_as_opentelemetry_otlp_retries_them() {
+        assert_eq!(http_retry(503, None), Retry::Yes);
+        assert_eq!(
+            http_retry(429, Some(" 2 ")),
+            Retry::After(Duration::from_secs(2))
+        );
+        assert_eq!(
+            http_retry(503, Some("86400")),
+            Retry::After(Duration::from_secs(600))
+        );
+        assert_eq!(http_retry(429, Some("soon")), Retry::Yes);
+        assert_eq!(http_retry(502, None), Retry::Yes);
+        assert_eq!(http_retry(504, Some("3")), Retry::Yes);
+        for status in [400, 401, 403, 404, 413, 500, 501] {
+            assert_eq!(http_retry(status, None), Retry::No, "{status}");
+        }
+    }
+
+    #[test]
+    fn grpc_codes_are_retried_as_opentelemetry_otlp_retries_them() {
+        use tonic::Code;
+        for code in [
+            Code::Unavailable,
+            Code::Cancelled,
+            Code::DeadlineExceeded,
+            Code::Aborted,
+            Code::OutOfRange,
+            Code::DataLoss,
+        ] {
+            assert_eq!(
+                grpc_failure(&tonic::Status::new(code, "")).retry,
+                Retry::Yes
+            );
+        }
+        for code in [
+            Code::ResourceExhausted,
+            Code::Unknown,
+            Code::InvalidArgument,
+            Code::Unauthenticated,
+            Code::PermissionDenied,
+            Code::Internal,
+            Code::Unimplemented,
+        ] {
+            assert_eq!(grpc_failure(&tonic::Status::new(code, "")).retry, Retry::No);
+        }
+    }
+
+    #[test]
+    fn a_grpc_failure_never_repeats_the_collectors_message() {
+        let failure = grpc_failure(&tonic::Status::unauthenticated("bad token s3cret"));
+        assert_eq!(
+            failure.message,
+            "gRPC export failed with code Unauthenticated"
+        );
     }
 }

@@ -42,6 +42,7 @@
 //! | `OTEL_EXPORTER_OTLP_ENDPOINT` | unset: no export | collector base URL; `/v1/traces` is appended for HTTP |
 //! | `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` | unset | full traces URL, used as-is; wins over the above |
 //! | `OTEL_EXPORTER_OTLP_PROTOCOL` (`_TRACES_PROTOCOL`) | `grpc` | `grpc` or `http/protobuf` |
+//! | `OTEL_EXPORTER_OTLP_HEADERS` (`_TRACES_HEADERS`) | none | `name=value,…` sent with every export (percent-decoded) |
 //! | `OTEL_TRACES_EXPORTER` | `otlp` | `none` turns export off |
 //! | `OTEL_SERVICE_NAME` | the `service_name` argument | overrides `service.name` |
 //! | `OTEL_RESOURCE_ATTRIBUTES` | none | `k=v,k2=v2`, percent-decoded |
