@@ -109,7 +109,7 @@ const FLAG_IS_REMOTE: u32 = 0x200;
 #[inline]
 fn varint_len(value: u64) -> usize {
     // 1 byte per started group of 7 bits, at least one.
-    ((64 - (value | 1).leading_zeros() as usize) + 6) / 7
+    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 /// Bytes a length-delimited field of `len` bytes takes, key included (every key used with a
