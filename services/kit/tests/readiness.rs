@@ -175,7 +175,8 @@ impl Running {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_follows_a_memory_alarm_and_a_stopped_broker() {
     let _turn = NODE_TURN.lock().await;
-    let svc = Running::start("").await;
+    // A short heartbeat, to show that a blocked connection is not taken for a frozen broker.
+    let svc = Running::start(&format!("?heartbeat={HEARTBEAT_SECS}")).await;
     let (node, base) = (svc.node, svc.base.as_str());
 
     until(base, "ready at first", |s, _| s == 200).await;
@@ -206,6 +207,15 @@ async fn readyz_follows_a_memory_alarm_and_a_stopped_broker() {
     assert!(
         metrics.contains("shop_readiness_failing{check=\"outbox\"} 1"),
         "{metrics}"
+    );
+    // The broker keeps sending heartbeats on a blocked connection: after more than two
+    // intervals it is still blocked, not closed as missing its heartbeats.
+    tokio::time::sleep(Duration::from_secs(3 * HEARTBEAT_SECS)).await;
+    let (status, body) = readyz(base).await;
+    assert!(
+        status == 503 && failing(&body).contains(&"broker:relay (blocked)".to_owned()),
+        "still blocked after {}: {status} {body}",
+        3 * HEARTBEAT_SECS
     );
 
     // Alarm cleared: unblocked, the backlog drains, ready again.
