@@ -27,6 +27,13 @@
 #                  REDIS_URL, default redis://127.0.0.1:6379/0): one EVALSHA per request
 #   gw-full        gw-jwt + spans exported over OTLP/gRPC at ratio 1.0 to bench/otlp-sink
 #   gw-full-w2     gw-full with `workers: 2`, the proxy on both cores
+#   gw-mtls        gw-plain with the upstream over mutual TLS (issue 10): the gateway presents an
+#                  SVID (spiffe://vantage.local/gateway) and checks the upstream's
+#                  (spiffe://vantage.local/echo); nginx requires the client certificate; pooled
+#                  connections are reused as over plain HTTP
+#   gw-mtls-nokeep gw-mtls against an upstream that closes after every response
+#                  (`keepalive_timeout 0`, no session resumption): a TCP connect and a full TLS 1.3
+#                  handshake per request; minus gw-mtls it is the cost of one handshake
 # Optional rows: gw-trace-off (gw-plain with OTEL_SDK_DISABLED=true), gw-trace-on (gw-plain with
 # export), and with KNOBS=1 Pingora's documented knobs on the bare proxy and the gateway:
 #   bare-ws-off (work_stealing: false), bare-lt2 (listener_tasks_per_fd: 2),
@@ -65,7 +72,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 HERE="$ROOT/bench/gateway"
 
 MEASURE="${MEASURE:-both}"
-DEFAULT_ROWS="direct nginx haproxy haproxy-jwt pingora-bare gw-plain gw-jwt gw-jwt-redis gw-full gw-full-w2"
+DEFAULT_ROWS="direct nginx haproxy haproxy-jwt pingora-bare gw-plain gw-mtls gw-mtls-nokeep gw-jwt gw-jwt-redis gw-full gw-full-w2"
 KNOB_ROWS="bare-ws-off bare-lt2 bare-pool8 bare-pool1024 bare-t2 bare-t2-ws-off bare-t2-2cpu gw-plain-w2-1cpu gw-plain-w2"
 ROWS="${ROWS:-$DEFAULT_ROWS}"
 [ "${KNOBS:-0}" = 1 ] && ROWS="$ROWS $KNOB_ROWS"
@@ -91,6 +98,8 @@ PROXY_CPU="${PROXY_CPU:-0}"
 LOAD_CPU="${LOAD_CPU:-1}"
 
 P_UPSTREAM=18081      # upstream (direct target)
+P_UPSTREAM_TLS=18082  # the same upstream over mutual TLS, keep-alive (gw-mtls)
+P_UPSTREAM_TLS1=18084 # ... closing after every response (gw-mtls-nokeep)
 P_PROXY=18083         # the proxy under test (one at a time)
 P_GW_ADMIN=18093      # gateway admin listener
 P_SINK_GRPC=18317     # bench/otlp-sink, OTLP/gRPC
@@ -161,7 +170,7 @@ fi
 for b in "${need_bins[@]:-}"; do [ -z "$b" ] || [ -x "$b" ] || die "no $b"; done
 
 # A leftover from another run on one of our ports would silently answer in place of ours.
-for port in "$P_UPSTREAM" "$P_PROXY" "$P_GW_ADMIN" "$P_SINK_GRPC" "$P_SINK_HTTP"; do
+for port in "$P_UPSTREAM" "$P_UPSTREAM_TLS" "$P_UPSTREAM_TLS1" "$P_PROXY" "$P_GW_ADMIN" "$P_SINK_GRPC" "$P_SINK_HTTP"; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     die "port $port is already in use ($(ss -ltnpH "sport = :$port" 2>/dev/null | sed 's/.*users://' | head -n1)); stop that process first"
   fi
@@ -231,17 +240,54 @@ EOF
   "$NGINX" -t -q -e "$dir/error.log" -p "$dir" -c "$dir/nginx.conf" 2>"$dir/test.log" || { cat "$dir/test.log" >&2; die "bad nginx config ($name)"; }
 }
 
+# ---------------------------------------------------------------- workload identities (mTLS rows)
+# A trust domain for the run: a CA, the upstream's SVID (spiffe://vantage.local/echo) and the
+# gateway's (spiffe://vantage.local/gateway) in spiffe-helper's layout (svid.pem, svid_key.pem,
+# svid_bundle.pem), made with the openssl CLI, valid for a day.
+PKI="$WORK/pki"
+mkdir -p "$PKI/gateway"
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$PKI/ca.key" 2>/dev/null
+openssl req -x509 -new -key "$PKI/ca.key" -subj "/O=bench/CN=bench trust domain vantage.local" -days 1 \
+  -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+  -out "$PKI/ca.crt" 2>/dev/null || die "could not create the run's CA"
+svid() { # WORKLOAD KEY_OUT CERT_OUT
+  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$2" 2>/dev/null
+  openssl req -new -key "$2" -subj "/O=bench" -out "$PKI/$1.csr" 2>/dev/null
+  printf '%s\n' "subjectAltName=critical,URI:spiffe://vantage.local/$1" "basicConstraints=critical,CA:FALSE" \
+    "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth,clientAuth" >"$PKI/$1.ext"
+  openssl x509 -req -in "$PKI/$1.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial -days 1 \
+    -extfile "$PKI/$1.ext" -out "$3" 2>/dev/null || die "could not issue the $1 SVID"
+}
+svid echo "$PKI/echo.key" "$PKI/echo.crt"
+svid gateway "$PKI/gateway/svid_key.pem" "$PKI/gateway/svid.pem"
+cp "$PKI/ca.crt" "$PKI/gateway/svid_bundle.pem"
+
 # The upstream echoes the identity header it received (x-seen-user-id) so the set-up checks can
-# assert what the upstream actually got; nginx omits the header when it is empty.
-nginx_conf upstream "
-  access_log off;
-  server {
-    listen 127.0.0.1:$P_UPSTREAM backlog=4096;
+# assert what the upstream actually got; nginx omits the header when it is empty. Its two TLS
+# listeners require a client certificate from the run's CA and echo the verification result
+# (x-seen-client-verify: SUCCESS).
+upstream_location="
     location / {
       default_type application/json;
       add_header x-seen-user-id \$http_x_user_id;
+      add_header x-seen-client-verify \$ssl_client_verify;
       return 200 '{\"ok\":true}';
-    }
+    }"
+upstream_tls="
+    ssl_certificate $PKI/echo.crt; ssl_certificate_key $PKI/echo.key;
+    ssl_client_certificate $PKI/ca.crt; ssl_verify_client on;
+    ssl_protocols TLSv1.3;"
+nginx_conf upstream "
+  access_log off;
+  server {
+    listen 127.0.0.1:$P_UPSTREAM backlog=4096;$upstream_location
+  }
+  server {
+    listen 127.0.0.1:$P_UPSTREAM_TLS ssl backlog=4096;$upstream_tls$upstream_location
+  }
+  server {
+    listen 127.0.0.1:$P_UPSTREAM_TLS1 ssl backlog=4096;$upstream_tls
+    keepalive_timeout 0; ssl_session_tickets off; ssl_session_cache off;$upstream_location
   }"
 taskset -c "$LOAD_CPU" "$NGINX" -e "$WORK/nginx-upstream/error.log" -p "$WORK/nginx-upstream" \
   -c "$WORK/nginx-upstream/nginx.conf" 2>>"$WORK/nginx-upstream/error.log" &
@@ -351,16 +397,21 @@ for f in haproxy-plain haproxy-jwt; do
   "$HAPROXY" -c -q -f "$WORK/$f.cfg" >&2 || die "$f.cfg invalid"
 done
 
-gw_conf() { # NAME WORKERS POLICY(plain|jwt|jwt-redis)
-  local name=$1 workers=$2 policy=$3 store_line=""
+gw_conf() { # NAME WORKERS POLICY(plain|mtls|mtls-nokeep|jwt|jwt-redis)
+  local name=$1 workers=$2 policy=$3 store_line="" upstream="{ endpoints: [\"127.0.0.1:$P_UPSTREAM\"] }"
+  local tls="tls: { svid_dir: \"$PKI/gateway\", spiffe_ids: [spiffe://vantage.local/echo] }"
+  case $policy in
+    mtls) upstream="{ endpoints: [\"127.0.0.1:$P_UPSTREAM_TLS\"], $tls }";;
+    mtls-nokeep) upstream="{ endpoints: [\"127.0.0.1:$P_UPSTREAM_TLS1\"], $tls }";;
+  esac
   {
     cat <<EOF
 listeners: { public: "127.0.0.1:$P_PROXY", admin: "127.0.0.1:$P_GW_ADMIN" }
 server: { workers: $workers, reload_poll_ms: 0 }
 upstreams:
-  echo: { endpoints: ["127.0.0.1:$P_UPSTREAM"] }
+  echo: $upstream
 EOF
-    if [ "$policy" = plain ]; then
+    if [ "$policy" != jwt ] && [ "$policy" != jwt-redis ]; then
       cat <<EOF
 routes:
   - name: bench
@@ -407,6 +458,8 @@ EOF
 if [ -x "$GATEWAY" ]; then
   gw_conf gw-plain 1 plain
   gw_conf gw-plain-w2 2 plain
+  gw_conf gw-mtls 1 mtls
+  gw_conf gw-mtls-nokeep 1 mtls-nokeep
   gw_conf gw-jwt 1 jwt
   has_row gw-jwt-redis && gw_conf gw-jwt-redis 1 jwt-redis
   gw_conf gw-jwt-w2 2 jwt
@@ -440,6 +493,8 @@ label_of() {
     gw-jwt-redis) echo "gateway, ES256 JWT (cached) + GCRA shared in Redis";;
     gw-full) echo "gateway, full policy: JWT + GCRA + spans exported at ratio 1.0";;
     gw-full-w2) echo "gateway, full policy, workers: 2 on 2 cores";;
+    gw-mtls) echo "gateway, no policy, upstream over mTLS (connections reused)";;
+    gw-mtls-nokeep) echo "gateway, no policy, upstream over mTLS, a new handshake per request";;
     gw-trace-off) echo "gateway, no policy, OTEL_SDK_DISABLED=true";;
     gw-trace-on) echo "gateway, no policy, spans exported at ratio 1.0";;
     bare-ws-off) echo "bare Pingora, work_stealing: false";;
@@ -471,6 +526,7 @@ row_start() {
     bare-*) cmd=("$BARE" "127.0.0.1:$P_PROXY" "127.0.0.1:$P_UPSTREAM" "$WORK/pingora-$name.yaml");;
     gw-plain|gw-trace-off|gw-trace-on) cmd=("$GATEWAY" run --config "$WORK/gw-plain.yaml");;
     gw-plain-w2|gw-plain-w2-1cpu) cmd=("$GATEWAY" run --config "$WORK/gw-plain-w2.yaml");;
+    gw-mtls|gw-mtls-nokeep) cmd=("$GATEWAY" run --config "$WORK/$name.yaml"); ROW_AUTH=mtls;;
     gw-jwt|gw-full) cmd=("$GATEWAY" run --config "$WORK/gw-jwt.yaml"); ROW_AUTH=jwt;;
     gw-jwt-redis) cmd=("$GATEWAY" run --config "$WORK/gw-jwt-redis.yaml"); ROW_AUTH=jwt;;
     gw-full-w2) cmd=("$GATEWAY" run --config "$WORK/gw-jwt-w2.yaml"); ROW_AUTH=jwt;;
@@ -522,6 +578,11 @@ row_check() {
     seen=$(curl -fsS -D - -o /dev/null -H "Authorization: Bearer $TOKEN1" -H "x-user-id: mallory" "$ROW_URL" \
       | tr -d '\r' | awk -F': ' 'tolower($1)=="x-seen-user-id"{print $2}')
     [ "$seen" = user-0000 ] || die "$name: upstream saw x-user-id '$seen' (want user-0000, the token's sub)"
+  elif [ "$ROW_AUTH" = mtls ]; then
+    # The upstream verified the gateway's client certificate (nginx answers 400 without one).
+    seen=$(curl -fsS -D - -o /dev/null "$ROW_URL" \
+      | tr -d '\r' | awk -F': ' 'tolower($1)=="x-seen-client-verify"{print $2}')
+    [ "$seen" = SUCCESS ] || die "$name: the upstream's client verification said '$seen' (want SUCCESS)"
   else
     curl -fsS "$ROW_URL" | grep -q '"ok"' || die "$name does not proxy"
   fi

@@ -147,6 +147,10 @@ def main() -> None:
         ("full policy p99 / nginx p99 (wrk -c50)", ratio(w("gw-full", "p99"), w("nginx", "p99")), "<=", 1.5),
         ("workers: 2 rps / workers: 1 rps (full policy)", ratio(w("gw-full-w2", "rps"), w("gw-full", "rps")), ">=", 1.7),
         ("  same, CPU µs/req workers: 1 / workers: 2", ratio(w("gw-full", "cpu"), w("gw-full-w2", "cpu")), "", None),
+        ("upstream mTLS / plain, CPU µs/req (connections reused)", ratio(w("gw-mtls", "cpu"), w("gw-plain", "cpu")), "<=", 1.1),
+        ("upstream mTLS / plain, instructions/req", ratio(c("gw-mtls"), c("gw-plain")), "<=", 1.1),
+        ("shared (Redis) / local GCRA, CPU µs/req", ratio(w("gw-jwt-redis", "cpu"), w("gw-jwt", "cpu")), "<=", 1.15),
+        ("shared (Redis) / local GCRA, instructions/req", ratio(c("gw-jwt-redis"), c("gw-jwt")), "<=", 1.15),
     ]
     print("| ratio (same run) | value | target | verdict |")
     print("|---|---:|---|---|")
@@ -176,6 +180,14 @@ def main() -> None:
         print("|---|---:|---:|---:|")
         for what, i, cpu, rps in lines:
             print(f"| {what} | {fmt(i, '.3f')} | {fmt(cpu, '.3f')} | {fmt(rps, '.3f')} |")
+        print()
+    # One upstream TLS handshake (plus its TCP connect): a new connection per request minus reuse.
+    hs_i = c("gw-mtls-nokeep") - c("gw-mtls")
+    hs_cpu = w("gw-mtls-nokeep", "cpu") - w("gw-mtls", "cpu")
+    if not (math.isnan(hs_i) and math.isnan(hs_cpu)):
+        print(f"- One upstream mTLS handshake (TCP connect + full TLS 1.3 handshake, ECDSA P-256, client "
+              f"certificate, SPIFFE ID check), gw-mtls-nokeep − gw-mtls: {fmt(hs_i, ',.0f')} instructions, "
+              f"{fmt(hs_cpu, '.1f')} µs of proxy CPU.")
         print()
     knobs = [n for n in order if (n.startswith("bare-") or "-w2" in n) and n != "gw-full-w2"]
     if knobs:
