@@ -60,6 +60,8 @@
 #                   CG_REP_STRINGS=0 (1: let glibc use rep movsb/stosb, counted per byte)
 #        PROFILES=DIR (write callgrind_annotate top entries, inclusive and self, for
 #        PROFILE_ROWS="pingora-bare gw-plain gw-full" into DIR), REPORT=FILE (copy the report)
+#        GW_SERVER="k: v, ..." (extra `server:` settings for every gateway row), GATEWAY_BIN /
+#        BARE_BIN / SINK_BIN (measure other builds),
 #        SYSCALLS=auto|0|1 (syscalls/request of the proxy in the wrk rows, with `perf stat -e
 #        raw_syscalls:sys_enter`), BUILD=1 (rebuild the release binaries first), KEEP=1 (keep the
 #        temp dir)
@@ -91,6 +93,7 @@ CG_TOKENS="${CG_TOKENS:-10}"
 CG_IDLE="${CG_IDLE:-3}"
 CG_SETTLE="${CG_SETTLE:-1}"
 CG_REP_STRINGS="${CG_REP_STRINGS:-0}"
+GW_SERVER="${GW_SERVER:+, $GW_SERVER}"   # extra gateway `server:` settings, e.g. GW_SERVER="connection_buffer_bytes: 16384"
 SYSCALLS="${SYSCALLS:-auto}"
 PROFILE_ROWS="${PROFILE_ROWS:-pingora-bare gw-plain gw-full}"
 REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379/0}"
@@ -154,9 +157,10 @@ HAPROXY="$(command -v haproxy || echo /usr/sbin/haproxy)"
 for c in openssl python3 taskset curl; do command -v "$c" >/dev/null || die "missing: $c"; done
 [ "$(nproc)" -ge 2 ] || say "warning: fewer than 2 CPUs; the pinning below shares one core"
 
-GATEWAY="$ROOT/target/release/gateway"
-BARE="$ROOT/target/release/examples/bare_proxy"
-SINK="$ROOT/target/release/otlp-sink"
+# GATEWAY_BIN / BARE_BIN / SINK_BIN measure other builds (e.g. an older commit's) with this script.
+GATEWAY="${GATEWAY_BIN:-$ROOT/target/release/gateway}"
+BARE="${BARE_BIN:-$ROOT/target/release/examples/bare_proxy}"
+SINK="${SINK_BIN:-$ROOT/target/release/otlp-sink}"
 # Only what the chosen rows run is needed (the gateway binary also validates its policies).
 need_bins=()
 case " $ROWS " in *" gw-"*) need_bins+=("$GATEWAY" "$SINK");; esac
@@ -402,12 +406,13 @@ gw_conf() { # NAME WORKERS POLICY(plain|mtls|mtls-nokeep|jwt|jwt-redis)
   local tls="tls: { svid_dir: \"$PKI/gateway\", spiffe_ids: [spiffe://vantage.local/echo] }"
   case $policy in
     mtls) upstream="{ endpoints: [\"127.0.0.1:$P_UPSTREAM_TLS\"], $tls }";;
-    mtls-nokeep) upstream="{ endpoints: [\"127.0.0.1:$P_UPSTREAM_TLS1\"], $tls }";;
+    # A handshake per request is slow under valgrind (50 at once): no connect timeout may fire.
+    mtls-nokeep) upstream="{ endpoints: [\"127.0.0.1:$P_UPSTREAM_TLS1\"], connect_timeout_ms: 60000, $tls }";;
   esac
   {
     cat <<EOF
 listeners: { public: "127.0.0.1:$P_PROXY", admin: "127.0.0.1:$P_GW_ADMIN" }
-server: { workers: $workers, reload_poll_ms: 0 }
+server: { workers: $workers, reload_poll_ms: 0$GW_SERVER }
 upstreams:
   echo: $upstream
 EOF
@@ -839,7 +844,8 @@ cg_profile() {
     callgrind_annotate --inclusive=yes --threshold=100 --auto=no "$dump.annotate" 2>/dev/null \
       | python3 "$HERE/per_request.py" "$n" 1000000 \
       | grep -E 'gateway::|observability::|opentelemetry|tonic::|prost::' \
-      | awk 'match($0, /\( *[0-9.]+%\)/) { p = substr($0, RSTART + 1, RLENGTH - 3); if (p + 0 >= 0.3) print }' | head -n 60
+      | awk 'match($0, /\( *[0-9.]+%\)/) { p = substr($0, RSTART + 1, RLENGTH - 3); if (p + 0 >= 0.3) print }' | head -n 60 \
+      || true   # the bare proxy has none of these functions: grep finds nothing
   } >"$PROFILES/$name.ours.txt"
   say "   profile: $PROFILES/$name.{inclusive,self,ours}.txt"
 }

@@ -29,7 +29,7 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 [ -x "$NGINX" ] || die "missing nginx (apt-get install -y nginx-light)"
 for c in python3 curl; do command -v "$c" >/dev/null || die "missing: $c"; done
-GATEWAY="$ROOT/target/release/gateway"
+GATEWAY="${GATEWAY_BIN:-$ROOT/target/release/gateway}"   # GATEWAY_BIN: measure another build
 if [ ! -x "$GATEWAY" ]; then
   (cd "$ROOT" && cargo build --release -p gateway --bin gateway) >&2
 fi

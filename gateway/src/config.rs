@@ -169,7 +169,7 @@ pub struct ConnectionSettings {
     /// Client connections open at once on the public listeners; past it new ones are closed at
     /// once (logged, counted). Keep it below the process's file-descriptor limit. Default 10000.
     pub max_connections: usize,
-    /// Read buffer of each client connection, in bytes. Default 16384.
+    /// Read buffer of each client connection, in bytes. Default 4096.
     pub buffer_bytes: usize,
 }
 

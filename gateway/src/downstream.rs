@@ -10,6 +10,12 @@
 //!   of file descriptors and every connection already open keeps working.
 //! - Idle keep-alive connections are closed after `server.keepalive_timeout_secs` (set per
 //!   request in the proxy: Pingora's default for HTTP/1.1 is to wait forever).
+//! - **Idle connections hold little memory.** Pingora's HTTP/1 keep-alive loop waits for the
+//!   next request inside its per-request future, which is sized for the whole proxy pipeline
+//!   (every phase's state, the request context) and holds a 4 KiB head buffer. [`Hygiene`] runs
+//!   that loop itself: between requests it waits for the next request's first byte with only
+//!   the connection and a small future alive, and hands the connection to Pingora once the
+//!   client sends (see docs/benchmarks.md, "Idle keep-alive connections").
 //!
 //! HTTP/2 connections (ALPN `h2` on the TLS listener) are counted against the cap but not
 //! wrapped: their framing has its own flow control and Pingora its own idle timeout.
@@ -22,7 +28,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use pingora_core::apps::ServerApp;
+use pingora_core::apps::{HttpServerApp, ServerApp};
+use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, UniqueID,
     UniqueIDType, ALPN,
@@ -54,10 +61,15 @@ pub(crate) struct Limits {
     pub(crate) max_connections: usize,
 }
 
-/// Wraps the proxy application: caps connections and guards every HTTP/1 connection.
+/// How long an idle keep-alive connection is kept: read at each wait, so a reload applies.
+pub(crate) type IdleTimeout = Box<dyn Fn() -> Duration + Send + Sync>;
+
+/// Wraps the proxy application: caps connections, guards every HTTP/1 connection and runs its
+/// keep-alive loop.
 pub(crate) struct Hygiene<A> {
     inner: Arc<A>,
     limits: Limits,
+    idle_timeout: IdleTimeout,
     permits: Arc<Semaphore>,
     metrics: ConnectionMetrics,
     /// When the last "connection limit reached" line was logged (ms since start).
@@ -66,11 +78,17 @@ pub(crate) struct Hygiene<A> {
 }
 
 impl<A> Hygiene<A> {
-    pub(crate) fn new(inner: A, limits: Limits, metrics: ConnectionMetrics) -> Self {
+    pub(crate) fn new(
+        inner: A,
+        limits: Limits,
+        idle_timeout: IdleTimeout,
+        metrics: ConnectionMetrics,
+    ) -> Self {
         Hygiene {
             inner: Arc::new(inner),
             permits: Arc::new(Semaphore::new(limits.max_connections)),
             limits,
+            idle_timeout,
             metrics,
             last_warned_ms: AtomicU64::new(0),
             started: Instant::now(),
@@ -98,33 +116,84 @@ impl<A> Hygiene<A> {
 #[async_trait]
 impl<A> ServerApp for Hygiene<A>
 where
-    A: ServerApp + Send + Sync + 'static,
+    A: HttpServerApp + Send + Sync + 'static,
 {
     async fn process_new(
         self: &Arc<Self>,
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        // A kept-alive connection comes back already guarded, holding its permit.
+        // A connection handed back by a custom protocol is already guarded, holding its permit.
         if stream.as_any().is::<Guarded>() {
-            return self.inner.process_new(stream, shutdown).await;
+            return ServerApp::process_new(&self.inner, stream, shutdown).await;
         }
         let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
             self.refuse();
             return None;
         };
         self.metrics.open.inc();
-        let guarded: Stream = Box::new(Guarded::new(
+        let guarded = Box::new(Guarded::new(
             stream,
             self.limits.head_timeout,
             permit,
             self.metrics.clone(),
         ));
-        self.inner.process_new(guarded, shutdown).await
+        let options = self.inner.server_options();
+        if !guarded.h1 || options.is_some_and(|o| o.h2c || o.force_custom) {
+            // HTTP/2 (ALPN h2), h2c or a custom protocol: Pingora's own handling.
+            return ServerApp::process_new(&self.inner, guarded, shutdown).await;
+        }
+        self.serve_http1(guarded, shutdown).await;
+        None
     }
 
     async fn cleanup(&self) {
         self.inner.cleanup().await;
+    }
+}
+
+impl<A> Hygiene<A>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    /// One HTTP/1 connection, request after request: what Pingora's own loop does (its
+    /// defaults for the first request, the previous request's settings for the next), except
+    /// that between requests only `conn` and this future are alive, not Pingora's request
+    /// future. The gateway does not enable HTTP/1.1 pipelining, so a reused connection never
+    /// carries bytes of the next request that were read already: waiting for the socket is
+    /// right.
+    async fn serve_http1(&self, mut conn: Box<Guarded>, shutdown: &ShutdownWatch) {
+        let mut settings = None;
+        loop {
+            let mut session = ServerSession::new_http1(conn);
+            match settings.take() {
+                Some(previous) => pingora_core::apps::HttpPersistentSettings::apply_to_session(
+                    previous,
+                    &mut session,
+                ),
+                None => {
+                    // Pingora's defaults; the proxy sets the policy's value on every request.
+                    session.set_keepalive((!*shutdown.borrow()).then_some(60));
+                    session.set_keepalive_reuses_remaining(
+                        self.inner
+                            .server_options()
+                            .and_then(|o| o.keepalive_request_limit),
+                    );
+                }
+            }
+            let Some(reused) = self.inner.process_new_http(session, shutdown).await else {
+                return;
+            };
+            let (stream, next) = reused.consume();
+            let Ok(back) = stream.into_any().downcast::<Guarded>() else {
+                return;
+            };
+            conn = back;
+            settings = next;
+            if !conn.wait_for_request((self.idle_timeout)(), shutdown).await {
+                return;
+            }
+        }
     }
 }
 
@@ -148,6 +217,8 @@ pub(crate) struct Guarded {
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The last bytes read, to find `\r\n\r\n` across reads.
     tail: [u8; 3],
+    /// The first byte of the next request, read while waiting for it and not yet returned.
+    stash: Option<u8>,
     _permit: OwnedSemaphorePermit,
     metrics: ConnectionMetrics,
 }
@@ -176,6 +247,7 @@ impl Guarded {
             head_timeout,
             deadline: h1.then(|| Box::pin(tokio::time::sleep(head_timeout))),
             tail: [0; 3],
+            stash: None,
             _permit: permit,
             metrics,
         }
@@ -211,6 +283,34 @@ impl Guarded {
 }
 
 impl Guarded {
+    /// Waits, between two requests, for the first byte of the next one. False when the
+    /// connection should close instead: the client closed it or failed, `idle` passed first,
+    /// or the server is shutting down.
+    async fn wait_for_request(&mut self, idle: Duration, shutdown: &ShutdownWatch) -> bool {
+        if *shutdown.borrow() {
+            return false;
+        }
+        let mut shutdown = shutdown.clone();
+        let mut byte = [0u8; 1];
+        let inner = &mut self.inner;
+        let read = std::future::poll_fn(|cx| {
+            let mut buf = ReadBuf::new(&mut byte);
+            match Pin::new(&mut *inner).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) => Poll::Ready(Ok(buf.filled().len())),
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            }
+        });
+        let got = tokio::select! {
+            read = tokio::time::timeout(idle, read) => matches!(read, Ok(Ok(1))),
+            _ = shutdown.changed() => false,
+        };
+        if got {
+            self.stash = Some(byte[0]);
+        }
+        got
+    }
+
     /// After a write: once a response goes out, the next bytes read start the next head.
     fn wrote(&mut self, written: &Poll<std::io::Result<usize>>) {
         if self.h1 && matches!(written, Poll::Ready(Ok(n)) if *n > 0) && self.phase == Phase::Rest {
@@ -236,6 +336,19 @@ impl AsyncRead for Guarded {
             return Pin::new(&mut this.inner).poll_read(cx, buf);
         }
         let before = buf.filled().len();
+        if let Some(byte) = this.stash {
+            if buf.remaining() == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            // The byte read while waiting, and whatever else has arrived since.
+            this.stash = None;
+            buf.put_slice(&[byte]);
+            if let Poll::Ready(Err(e)) = Pin::new(&mut this.inner).poll_read(cx, buf) {
+                return Poll::Ready(Err(e));
+            }
+            this.saw(&buf.filled()[before..]);
+            return Poll::Ready(Ok(()));
+        }
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 this.saw(&buf.filled()[before..]);

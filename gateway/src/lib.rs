@@ -193,6 +193,16 @@ pub fn run(config_path: &Path, telemetry: &Telemetry) -> Result<(), StartError> 
             head_timeout: connections.request_head_timeout,
             max_connections: connections.max_connections,
         },
+        {
+            // The policy in force at each wait (a reload may change it).
+            let shared = Arc::clone(&shared);
+            Box::new(move || {
+                let runtime = shared.current.load();
+                std::time::Duration::from_secs(
+                    runtime.config.server.connections.keepalive_timeout_secs,
+                )
+            })
+        },
         shared.metrics.connections.clone(),
     );
     let mut proxy = Service::new("vantage-gateway".to_string(), app);

@@ -124,6 +124,76 @@ async fn idle_keep_alive_connections_are_closed_and_busy_ones_are_not() {
     );
 }
 
+/// One response with the test upstream's JSON body (it ends in `}`), however reads split it.
+async fn read_json_response(s: &mut TcpStream) -> String {
+    let mut buf = vec![0u8; 8192];
+    let mut text = String::new();
+    while !(text.contains("\r\n\r\n") && text.ends_with('}')) {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("no complete response within 5 s")
+            .unwrap();
+        assert!(n > 0, "closed after: {text}");
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    text
+}
+
+/// Between requests the gateway waits for the next request's first byte itself (so an idle
+/// connection holds little memory) and then hands the connection back to Pingora: the byte it
+/// read must reach the parser, a head split across writes must still be served, and the head
+/// deadline must run from that first byte.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kept_alive_request_is_read_whole_from_its_first_byte_and_trickling_is_cut_off() {
+    let (up, gw) = gateway("keepalive_timeout_secs: 30, request_head_timeout_ms: 1200").await;
+    let mut s = TcpStream::connect(gw.public).await.unwrap();
+    s.write_all(b"GET /first HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_json_response(&mut s).await.starts_with("HTTP/1.1 200"));
+
+    // The next head in three writes: one byte, the request line, the rest.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.write_all(b"G").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.write_all(b"ET /second?q=1 HTTP/1.1\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.write_all(b"Host: gw\r\nX-Probe: two\r\n\r\n")
+        .await
+        .unwrap();
+    let text = read_json_response(&mut s).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    // The upstream saw the whole request line, first byte included.
+    assert!(text.contains("\"uri\":\"/second?q=1\""), "{text}");
+    assert!(text.contains("\"x-probe\":\"two\""), "{text}");
+    assert!(text.contains("\"method\":\"GET\""), "{text}");
+    assert_eq!(up.hits.load(std::sync::atomic::Ordering::SeqCst), 2);
+
+    // A third head trickled a byte every 200 ms: cut off about 1.2 s after its first byte,
+    // not after the 30 s keep-alive timeout.
+    let started = Instant::now();
+    let mut closed_at = None;
+    for byte in b"GET /third HTTP/1.1\r\nHost: gw\r\nX-Slow: aaaaaaaaaaaaaaaaaaaa" {
+        if s.write_all(&[*byte]).await.is_err() {
+            closed_at = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut probe = [0u8; 1];
+        if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(1), s.read(&mut probe)).await
+        {
+            closed_at = Some(started.elapsed());
+            break;
+        }
+    }
+    let closed_at = closed_at.expect("the trickled kept-alive head was never cut off");
+    assert!(
+        closed_at >= Duration::from_millis(1100) && closed_at < Duration::from_millis(3500),
+        "closed after {closed_at:?}"
+    );
+    assert_eq!(up.hits.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn past_the_connection_cap_new_connections_are_closed_and_counted() {
     let (_up, gw) = gateway("max_connections: 4, request_head_timeout_ms: 30000").await;

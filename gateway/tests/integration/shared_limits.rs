@@ -223,3 +223,95 @@ async fn redis_cut_mid_test_follows_on_error_and_is_used_again_when_it_returns()
     let m = gw.metrics().await;
     assert!(m.contains("gateway_store_up{store=\"shared\"} 1"), "{m}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_server_span_names_the_store_and_the_failure_on_error_decided() {
+    redis().await;
+    let silent = silent_redis().await;
+    let receiver = test_support::OtlpReceiver::start();
+    let upstream = Upstream::start("u").await;
+    let prefix = key_prefix("span");
+    let body = format!(
+        "stores:\n  shared: {{redis: \"redis://{REDIS_ADDR}/0\", timeout_ms: 2000, on_error: deny, key_prefix: \"{prefix}\"}}\n  \
+         hanging: {{redis: \"redis://{silent}/0\", timeout_ms: 50, on_error: allow}}\n\
+         rate_limits:\n  s: {{key: [route], rate: 1, per: hour, burst: 5, store: shared}}\n  h: {{key: [route], rate: 1, per: hour, burst: 5, store: hanging}}\n\
+         upstreams:\n  u: {{endpoints: [\"{}\"]}}\n\
+         routes:\n  - {{name: shared, match: {{path_prefix: /shared}}, upstream: u, auth: none, rate_limits: [s]}}\n  - {{name: hanging, match: {{path_prefix: /hanging}}, upstream: u, auth: none, rate_limits: [h]}}\n",
+        upstream.addr
+    );
+    let endpoint = receiver.grpc_endpoint();
+    let gw = Gateway::start_with_env(
+        &body,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ],
+    )
+    .await;
+    assert_eq!(status(gw.url("/shared/x")).await, 200);
+    assert_eq!(
+        status(gw.url("/hanging/x")).await,
+        200,
+        "on_error: allow admits while the store hangs"
+    );
+    assert_eq!(upstream.hits.load(Ordering::SeqCst), 2);
+
+    let spans = receiver
+        .wait_for(
+            |s| {
+                s.iter()
+                    .filter(|s| s.kind() == test_support::SpanKind::Server)
+                    .count()
+                    >= 2
+            },
+            Duration::from_secs(15),
+        )
+        .await
+        .unwrap();
+    let server = |route: &str| {
+        spans
+            .iter()
+            .find(|s| {
+                s.kind() == test_support::SpanKind::Server
+                    && s.attr_str("vantage.route").as_deref() == Some(route)
+            })
+            .unwrap_or_else(|| panic!("no SERVER span for route {route}"))
+    };
+    let shared = server("shared");
+    assert_eq!(
+        shared.attr_str("vantage.ratelimit.policy").as_deref(),
+        Some("s")
+    );
+    assert_eq!(
+        shared.attr_str("vantage.ratelimit.store").as_deref(),
+        Some("shared")
+    );
+    assert_eq!(
+        shared.attr_str("vantage.ratelimit.result").as_deref(),
+        Some("allowed")
+    );
+    assert_eq!(
+        shared
+            .attr("vantage.ratelimit.remaining")
+            .and_then(|v| v.as_i64()),
+        Some(4),
+        "the remaining count came from the Redis bucket"
+    );
+    assert!(shared.attr("vantage.ratelimit.store_error").is_none());
+    let hanging = server("hanging");
+    assert_eq!(
+        hanging.attr_str("vantage.ratelimit.store").as_deref(),
+        Some("hanging")
+    );
+    assert_eq!(
+        hanging.attr_str("vantage.ratelimit.store_error").as_deref(),
+        Some("timeout"),
+        "the span says on_error decided, and why"
+    );
+    assert_eq!(
+        hanging
+            .attr("http.response.status_code")
+            .and_then(|v| v.as_i64()),
+        Some(200)
+    );
+}
