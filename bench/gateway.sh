@@ -60,6 +60,8 @@
 #                   CG_REP_STRINGS=0 (1: let glibc use rep movsb/stosb, counted per byte)
 #        PROFILES=DIR (write callgrind_annotate top entries, inclusive and self, for
 #        PROFILE_ROWS="pingora-bare gw-plain gw-full" into DIR), REPORT=FILE (copy the report)
+#        GW_SERVER="k: v, ..." (extra `server:` settings for every gateway row), GATEWAY_BIN /
+#        BARE_BIN / SINK_BIN (measure other builds),
 #        SYSCALLS=auto|0|1 (syscalls/request of the proxy in the wrk rows, with `perf stat -e
 #        raw_syscalls:sys_enter`), BUILD=1 (rebuild the release binaries first), KEEP=1 (keep the
 #        temp dir)
@@ -91,6 +93,7 @@ CG_TOKENS="${CG_TOKENS:-10}"
 CG_IDLE="${CG_IDLE:-3}"
 CG_SETTLE="${CG_SETTLE:-1}"
 CG_REP_STRINGS="${CG_REP_STRINGS:-0}"
+GW_SERVER="${GW_SERVER:+, $GW_SERVER}"   # extra gateway `server:` settings, e.g. GW_SERVER="connection_buffer_bytes: 16384"
 SYSCALLS="${SYSCALLS:-auto}"
 PROFILE_ROWS="${PROFILE_ROWS:-pingora-bare gw-plain gw-full}"
 REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379/0}"
@@ -409,7 +412,7 @@ gw_conf() { # NAME WORKERS POLICY(plain|mtls|mtls-nokeep|jwt|jwt-redis)
   {
     cat <<EOF
 listeners: { public: "127.0.0.1:$P_PROXY", admin: "127.0.0.1:$P_GW_ADMIN" }
-server: { workers: $workers, reload_poll_ms: 0 }
+server: { workers: $workers, reload_poll_ms: 0$GW_SERVER }
 upstreams:
   echo: $upstream
 EOF

@@ -58,8 +58,10 @@ def renderer():
 
 
 def kustomizations():
-    """Every directory under deploy/k8s holding a kustomization.yaml, base first."""
-    dirs = sorted(p.parent for p in HERE.rglob("kustomization.yaml"))
+    """Every directory under deploy/k8s holding a kustomization.yaml, base first. Components
+    (kind: Component) are skipped: they render only inside the overlays that use them."""
+    dirs = sorted(p.parent for p in HERE.rglob("kustomization.yaml")
+                  if not re.search(r"(?m)^kind:\s*Component\s*$", p.read_text()))
     return sorted(dirs, key=lambda d: (d.name != "base", str(d)))
 
 

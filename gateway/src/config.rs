@@ -169,7 +169,8 @@ pub struct ConnectionSettings {
     /// Client connections open at once on the public listeners; past it new ones are closed at
     /// once (logged, counted). Keep it below the process's file-descriptor limit. Default 10000.
     pub max_connections: usize,
-    /// Read buffer of each client connection, in bytes. Default 16384.
+    /// Read buffer of each plain-HTTP client connection, in bytes; 0 (the default) reads straight
+    /// from the socket. TLS connections use at least [`defaults::TLS_CONNECTION_BUFFER_BYTES`].
     pub buffer_bytes: usize,
 }
 

@@ -87,9 +87,10 @@ impl Client {
         Client {
             tls,
             addr: forwarded.as_ref().map(|f| f.ip),
-            ip: forwarded
-                .as_ref()
-                .map_or_else(|| "unknown".to_string(), |f| f.ip.to_string()),
+            ip: forwarded.as_ref().map_or_else(
+                || "unknown".to_string(),
+                |f| crate::forwarded::ip_string(f.ip),
+            ),
             forwarded,
             host: None,
         }

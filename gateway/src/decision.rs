@@ -9,7 +9,6 @@
 //! refused?" is answered from its request id.
 
 use std::borrow::Cow;
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 use pingora_http::RequestHeader;
@@ -115,18 +114,22 @@ pub(crate) fn trail(ctx: &RequestCtx, status: u16) -> String {
     let mut out = String::with_capacity(96);
     match &ctx.route {
         Some(route) => {
-            let _ = write!(out, "route:{}", route.config.name);
+            out.push_str("route:");
+            out.push_str(&route.config.name);
         }
         None => out.push_str("route:none"),
     }
     if ctx.route.is_some() && ctx.auth.result() != AuthResult::Skipped {
-        let _ = write!(out, " > auth:{}", ctx.auth.result().as_str());
+        out.push_str(" > auth:");
+        out.push_str(ctx.auth.result().as_str());
         let reason = ctx.auth.reason();
         if !reason.is_empty() {
-            let _ = write!(out, ":{reason}");
+            out.push(':');
+            out.push_str(reason);
         }
         if let Some(issuer) = ctx.auth.issuer() {
-            let _ = write!(out, "@{issuer}");
+            out.push('@');
+            out.push_str(issuer);
         }
         if shadow::auth_shadowed(ctx) {
             out.push_str("(shadow)");
@@ -151,21 +154,49 @@ pub(crate) fn trail(ctx: &RequestCtx, status: u16) -> String {
         push_limit(&mut out, d, shadow);
     }
     if let Some(upstream) = ctx.upstream_name().filter(|_| ctx.upstream.count > 0) {
-        let _ = write!(out, " > upstream:{upstream}");
+        out.push_str(" > upstream:");
+        out.push_str(upstream);
     }
-    let _ = write!(out, " => {status}");
+    // Plain pushes, not `write!`: this runs for every request (the access line, the span).
+    out.push_str(" => ");
+    push_u64(&mut out, u64::from(status));
     if let Some(failure) = &ctx.failure {
-        let _ = write!(out, " {}", failure.error_type());
+        out.push(' ');
+        out.push_str(failure.error_type());
     }
     out
 }
 
-fn push_limit(out: &mut String, d: &Decision, shadow: bool) {
-    let _ = write!(out, " > limit:{}", d.policy);
-    if let Some(tier) = &d.tier {
-        let _ = write!(out, "[{tier}]");
+/// Appends `v` in decimal.
+fn push_u64(out: &mut String, mut v: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
     }
-    let _ = write!(out, ":{}:{}/{}", d.result(), d.remaining, d.limit);
+    // Only ASCII digits were written.
+    out.push_str(std::str::from_utf8(&digits[i..]).unwrap_or("0"));
+}
+
+fn push_limit(out: &mut String, d: &Decision, shadow: bool) {
+    out.push_str(" > limit:");
+    out.push_str(&d.policy);
+    if let Some(tier) = &d.tier {
+        out.push('[');
+        out.push_str(tier);
+        out.push(']');
+    }
+    out.push(':');
+    out.push_str(d.result());
+    out.push(':');
+    push_u64(out, u64::from(d.remaining));
+    out.push('/');
+    push_u64(out, u64::from(d.limit));
     if shadow {
         out.push_str("(shadow)");
     }

@@ -206,14 +206,16 @@ pub fn run(config_path: &Path, telemetry: &Telemetry) -> Result<(), StartError> 
         shared.metrics.connections.clone(),
     );
     let mut proxy = Service::new("vantage-gateway".to_string(), app);
-    let buffers = pingora_core::protocols::l4::stream::L4BufferSettings::new(
-        connections.buffer_bytes,
-        pingora_core::protocols::l4::stream::DEFAULT_L4_WRITE_BUFFER_SIZE,
-    );
-    let listener = |addr: std::net::SocketAddr| {
+    // Read buffers: none by default for plain HTTP (Pingora reads into its own), a TLS record's
+    // worth under OpenSSL; Pingora's write buffer (one segment) coalesces head and body.
+    let listener = |addr: std::net::SocketAddr, read: usize| {
+        let buffers = pingora_core::protocols::l4::stream::L4BufferSettings::new(
+            read,
+            pingora_core::protocols::l4::stream::DEFAULT_L4_WRITE_BUFFER_SIZE,
+        );
         pingora_core::listeners::ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers)
     };
-    proxy.add_listener(listener(config.listeners.public));
+    proxy.add_listener(listener(config.listeners.public, connections.buffer_bytes));
     if let Some(addr) = config.listeners.public_tls {
         // The certificate is chosen per handshake, so a renewed one needs no restart; HTTP/2
         // and HTTP/1.1 by ALPN.
@@ -223,7 +225,10 @@ pub fn run(config_path: &Path, telemetry: &Telemetry) -> Result<(), StartError> 
         let mut settings = pingora_core::listeners::tls::TlsSettings::with_callbacks(callbacks)
             .map_err(|e| StartError::Tls(e.to_string()))?;
         settings.enable_h2();
-        proxy.add_listener(listener(addr).tls(settings));
+        let read = connections
+            .buffer_bytes
+            .max(config::defaults::TLS_CONNECTION_BUFFER_BYTES);
+        proxy.add_listener(listener(addr, read).tls(settings));
     }
     let mut admin = Service::new(
         "vantage-admin".to_string(),

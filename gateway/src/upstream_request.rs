@@ -62,10 +62,20 @@ pub(crate) fn prepare(
     }
     // Continue the trace upstream as a child of this attempt's CLIENT span.
     if let Some(attempt) = &ctx.upstream.span {
-        attempt.inject_into(&mut TraceHeaders {
-            upstream,
-            cleared: false,
-        });
+        match attempt.w3c_headers() {
+            // The common case (W3C propagation, no baggage): two header writes, no formatting.
+            Some(w3c) => {
+                clear_trace_headers(upstream);
+                let _ = upstream.insert_header(TRACE_HEADERS[0], w3c.traceparent);
+                if let Some(state) = w3c.tracestate {
+                    let _ = upstream.insert_header(TRACE_HEADERS[1], state);
+                }
+            }
+            None => attempt.inject_into(&mut TraceHeaders {
+                upstream,
+                cleared: false,
+            }),
+        }
     }
     Ok(())
 }
@@ -79,12 +89,24 @@ struct TraceHeaders<'a> {
     cleared: bool,
 }
 
+/// Removes every trace header the client sent (one pass over the names; nothing to do for
+/// most requests).
+fn clear_trace_headers(upstream: &mut RequestHeader) {
+    let sent = upstream
+        .headers
+        .keys()
+        .any(|name| TRACE_HEADERS.contains(&name.as_str()));
+    if sent {
+        for name in TRACE_HEADERS {
+            upstream.remove_header(name);
+        }
+    }
+}
+
 impl Injector for TraceHeaders<'_> {
     fn set(&mut self, key: &str, value: String) {
         if !self.cleared {
-            for name in TRACE_HEADERS {
-                self.upstream.remove_header(name);
-            }
+            clear_trace_headers(self.upstream);
             self.cleared = true;
         }
         // A `&'static str` name is not copied (Pingora keeps its case as given).

@@ -26,7 +26,8 @@
 
 use std::borrow::Cow;
 
-use http::{HeaderMap, Method, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use opentelemetry::baggage::BaggageExt as _;
 use opentelemetry::trace::{
     Span as _, SpanContext, SpanKind, Status, TraceContextExt as _, Tracer as _,
 };
@@ -265,6 +266,41 @@ impl ClientSpan {
         propagation::inject_http(&self.inject, headers);
     }
 
+    /// This attempt's context as W3C Trace Context header values — `traceparent`, and
+    /// `tracestate` when the caller sent a non-empty one — formatted without `fmt`, for a proxy
+    /// that writes them straight into the upstream request. `None` when that is not all there
+    /// is to send: other propagators are configured (`OTEL_PROPAGATORS`), the context carries
+    /// baggage, or there is no valid context; use [`ClientSpan::inject_into`] then.
+    pub fn w3c_headers(&self) -> Option<W3cHeaders> {
+        if !propagation::w3c_only() || !self.inject.baggage().is_empty() {
+            return None;
+        }
+        let span = self.inject.span();
+        let sc = span.span_context();
+        if !sc.is_valid() {
+            return None;
+        }
+        // version 00, trace id, parent id, flags (only the sampled bit): 55 bytes.
+        let mut value = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        crate::lines::hex(&sc.trace_id().to_bytes(), &mut value[3..35]);
+        crate::lines::hex(&sc.span_id().to_bytes(), &mut value[36..52]);
+        crate::lines::hex(
+            &[(sc.trace_flags() & opentelemetry::trace::TraceFlags::SAMPLED).to_u8()],
+            &mut value[53..55],
+        );
+        let traceparent = HeaderValue::from_bytes(&value).ok()?;
+        let state = sc.trace_state().header();
+        let tracestate = if state.is_empty() {
+            None
+        } else {
+            Some(HeaderValue::from_str(&state).ok()?)
+        };
+        Some(W3cHeaders {
+            traceparent,
+            tracestate,
+        })
+    }
+
     /// Like [`ClientSpan::inject`] into any carrier, for a proxy that writes the upstream
     /// request's headers itself (no intermediate map). Removing stale propagation headers is the
     /// caller's job: do it on the first `set`, so nothing is removed when nothing is sent.
@@ -276,6 +312,16 @@ impl ClientSpan {
     pub fn is_recording(&self) -> bool {
         !self.ids_only && self.span.as_ref().is_some_and(|s| s.is_recording())
     }
+}
+
+/// An attempt's trace context as W3C Trace Context header values; from
+/// [`ClientSpan::w3c_headers`].
+#[derive(Debug, Clone)]
+pub struct W3cHeaders {
+    /// `traceparent`: `00-{trace id}-{span id}-{flags}`.
+    pub traceparent: HeaderValue,
+    /// `tracestate`, when there is one to pass on.
+    pub tracestate: Option<HeaderValue>,
 }
 
 /// What both HTTP span kinds record; a no-op when tracing is off.
@@ -363,6 +409,93 @@ mod tests {
             exporter,
             provider,
         )
+    }
+
+    /// The attempt a request with these trace headers makes, and what the propagators write.
+    fn attempt_for(headers: &[(&str, &str)], ids_only: bool) -> (ClientSpan, HeaderMap) {
+        let (tracer, _exporter, _provider) = tracer(ids_only);
+        let mut req = http::Request::get("/x");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(()).unwrap();
+        let server = tracer.server(&ServerRequest::new(
+            req.method(),
+            req.uri(),
+            req.version(),
+            req.headers(),
+        ));
+        let attempt = server.client(req.method(), "http://u/x", 0);
+        let mut written = HeaderMap::new();
+        attempt.inject(&mut written);
+        (attempt, written)
+    }
+
+    #[test]
+    fn w3c_headers_are_what_the_trace_context_propagator_writes() {
+        let caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331";
+        for (flags, ids_only) in [("01", false), ("00", false), ("01", true)] {
+            let tp = format!("{caller}-{flags}");
+            let (attempt, written) = attempt_for(&[("traceparent", &tp)], ids_only);
+            let w3c = attempt.w3c_headers().expect("W3C propagation, no baggage");
+            assert_eq!(w3c.traceparent, written["traceparent"], "flags {flags}");
+            assert!(w3c.tracestate.is_none(), "an empty tracestate is not sent");
+            let value = w3c.traceparent.to_str().unwrap();
+            assert!(value.starts_with("00-0af7651916cd43dd8448eb211c80319c-"));
+            assert!(
+                !value.contains("b7ad6b7169203331"),
+                "the attempt is the new parent"
+            );
+        }
+        // A root trace (no caller context) too.
+        let (attempt, written) = attempt_for(&[], false);
+        assert_eq!(
+            attempt.w3c_headers().unwrap().traceparent,
+            written["traceparent"]
+        );
+        // The caller's tracestate is passed on, as the propagator does.
+        let (attempt, written) = attempt_for(
+            &[
+                (
+                    "traceparent",
+                    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                ),
+                ("tracestate", "vendor=abc,other=1"),
+            ],
+            false,
+        );
+        let w3c = attempt.w3c_headers().unwrap();
+        assert_eq!(w3c.tracestate.as_ref(), Some(&written["tracestate"]));
+        assert_eq!(written["tracestate"], "vendor=abc,other=1");
+    }
+
+    #[test]
+    fn w3c_headers_leave_baggage_and_missing_contexts_to_the_propagators() {
+        let (attempt, written) = attempt_for(
+            &[
+                (
+                    "traceparent",
+                    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                ),
+                ("baggage", "tenant=acme"),
+            ],
+            false,
+        );
+        assert!(
+            attempt.w3c_headers().is_none(),
+            "baggage needs the propagator"
+        );
+        assert_eq!(written["baggage"], "tenant=acme");
+        let off = HttpTracer::disabled().server(&ServerRequest::new(
+            &Method::GET,
+            &"/x".parse().unwrap(),
+            http::Version::HTTP_11,
+            &HeaderMap::new(),
+        ));
+        assert!(off
+            .client(&Method::GET, "http://u/x", 0)
+            .w3c_headers()
+            .is_none());
     }
 
     #[test]

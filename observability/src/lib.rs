@@ -153,6 +153,8 @@ pub struct Telemetry {
     line_guard: Option<lines::LineLogGuard>,
     service_name: String,
     propagator: Arc<dyn opentelemetry::propagation::TextMapPropagator + Send + Sync>,
+    /// The formats `propagator` was built from (`OTEL_PROPAGATORS`).
+    propagators: Vec<env::PropagatorKind>,
     exporting: Option<Protocol>,
 }
 
@@ -276,7 +278,7 @@ pub fn init_with_env(
     {
         tracing::warn!(%error, "A `log` logger is already installed; `log` records will not reach the JSON log.");
     }
-    propagation::install(Arc::clone(&telemetry.propagator));
+    propagation::install(Arc::clone(&telemetry.propagator), &telemetry.propagators);
     opentelemetry::global::set_text_map_propagator(SharedPropagator(Arc::clone(
         &telemetry.propagator,
     )));
@@ -368,6 +370,7 @@ where
         line_guard: Some(line_guard),
         service_name: settings.service_name,
         propagator,
+        propagators: settings.propagators.clone(),
         exporting: settings.export.map(|e| e.protocol),
     };
     Ok((telemetry, Dispatch::new(subscriber)))

@@ -295,7 +295,7 @@ impl fmt::Debug for TraceIds {
     }
 }
 
-fn hex(bytes: &[u8], out: &mut [u8]) {
+pub(crate) fn hex(bytes: &[u8], out: &mut [u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for (i, b) in bytes.iter().enumerate() {
         out[2 * i] = DIGITS[usize::from(b >> 4)];
@@ -401,12 +401,29 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
+/// The bytes [`escape_into`] rewrites: `"`, `\` and the C0 controls.
+const NEEDS_ESCAPE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = true;
+        b += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
+
 /// Appends `s` escaped for a JSON string (RFC 8259 §7: `"`, `\` and control characters; other
 /// characters as UTF-8, as serde_json does).
 fn escape_into(out: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
+        // One table lookup per byte: almost every byte of a log value needs no escape.
+        if !NEEDS_ESCAPE[usize::from(b)] {
+            continue;
+        }
         let escape: &[u8] = match b {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
@@ -503,6 +520,15 @@ mod tests {
             "",
         ] {
             assert_eq!(encoded(s), serde_json::to_string(s).unwrap(), "{s:?}");
+        }
+        // Every ASCII byte, alone and between others.
+        for b in 0u8..0x80 {
+            let s = format!("a{}b", char::from(b));
+            assert_eq!(
+                encoded(&s),
+                serde_json::to_string(&s).unwrap(),
+                "byte {b:#x}"
+            );
         }
     }
 

@@ -20,7 +20,8 @@ use crate::env::PropagatorKind;
 
 type Shared = Arc<dyn TextMapPropagator + Send + Sync>;
 
-static INSTALLED: OnceLock<Shared> = OnceLock::new();
+/// The installed propagator, and whether it speaks W3C Trace Context (plus Baggage) only.
+static INSTALLED: OnceLock<(Shared, bool)> = OnceLock::new();
 static FALLBACK: LazyLock<Shared> =
     LazyLock::new(|| build(&[PropagatorKind::TraceContext, PropagatorKind::Baggage]));
 
@@ -39,13 +40,28 @@ pub(crate) fn build(kinds: &[PropagatorKind]) -> Shared {
     Arc::new(TextMapCompositePropagator::new(parts))
 }
 
-/// Makes `propagator` the process-wide one. Only the first call wins (`init` runs once).
-pub(crate) fn install(propagator: Shared) {
-    let _ = INSTALLED.set(propagator);
+/// Makes `propagator` (built from `kinds`) the process-wide one. Only the first call wins
+/// (`init` runs once).
+pub(crate) fn install(propagator: Shared, kinds: &[PropagatorKind]) {
+    let _ = INSTALLED.set((propagator, is_w3c(kinds)));
 }
 
 fn propagator() -> &'static Shared {
-    INSTALLED.get().unwrap_or(&FALLBACK)
+    INSTALLED.get().map_or(&FALLBACK, |(p, _)| p)
+}
+
+/// W3C Trace Context, alone or with W3C Baggage: what `OTEL_PROPAGATORS` defaults to.
+fn is_w3c(kinds: &[PropagatorKind]) -> bool {
+    kinds.contains(&PropagatorKind::TraceContext)
+        && kinds
+            .iter()
+            .all(|k| matches!(k, PropagatorKind::TraceContext | PropagatorKind::Baggage))
+}
+
+/// Whether the process propagates W3C Trace Context (and Baggage) only — the default — so a
+/// span's context is sent as `traceparent` (+ `tracestate`, + `baggage`) and nothing else.
+pub(crate) fn w3c_only() -> bool {
+    INSTALLED.get().is_none_or(|(_, w3c)| *w3c)
 }
 
 /// The context sent by the caller in `headers` (`traceparent`, `tracestate`, `baggage`, `b3` …).

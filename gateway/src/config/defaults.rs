@@ -31,8 +31,16 @@ pub const REQUEST_HEAD_TIMEOUT_MS: u64 = 10_000;
 pub const KEEPALIVE_TIMEOUT_SECS: u64 = 60;
 /// `server.max_connections`: client connections open at once on the public listeners.
 pub const MAX_CONNECTIONS: usize = 10_000;
-/// `server.connection_buffer_bytes`: the read buffer of each client connection.
-pub const CONNECTION_BUFFER_BYTES: usize = 16 * 1024;
+/// `server.connection_buffer_bytes`: the read buffer of each plain-HTTP client connection; 0
+/// reads straight from the socket. A buffer is held for the connection's whole life, idle or
+/// not, and Pingora reads request heads and bodies into buffers of its own (at least 4 KiB),
+/// which skip a smaller one anyway: plain HTTP gains nothing from it.
+pub const CONNECTION_BUFFER_BYTES: usize = 0;
+/// Largest `server.connection_buffer_bytes` accepted.
+pub const MAX_CONNECTION_BUFFER_BYTES: usize = 1024 * 1024;
+/// Read buffer of each TLS client connection (`listeners.public_tls`): one full TLS record
+/// (16 KiB), so OpenSSL reads a record's header and body with one system call.
+pub const TLS_CONNECTION_BUFFER_BYTES: usize = 16 * 1024;
 /// Identity headers every client copy of is stripped, whatever `identity_headers` adds.
 pub const IDENTITY_HEADERS: [&str; 2] = ["x-user-id", "x-user-scopes"];
 

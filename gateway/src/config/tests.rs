@@ -418,3 +418,19 @@ fn shadow_mode_on_limits_and_route_auth_with_every_error_listed() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn the_connection_read_buffer_may_be_off_and_is_bounded() {
+    assert_eq!(parse(MINIMAL).unwrap().server.connections.buffer_bytes, 0);
+    let with = |bytes: usize| format!("server: {{connection_buffer_bytes: {bytes}}}\n{MINIMAL}");
+    assert_eq!(
+        parse(&with(16384)).unwrap().server.connections.buffer_bytes,
+        16384
+    );
+    let errs = errors(&with(2 * 1024 * 1024));
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("server.connection_buffer_bytes") && e.contains("at most 1048576")),
+        "{errs:?}"
+    );
+}

@@ -1,4 +1,5 @@
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -182,18 +183,25 @@ async fn least_connections_avoids_the_busy_endpoint() {
         a.addr, b.addr
     );
     let gw = Gateway::start(&body).await;
-    let slow_url = gw.url("/slow/1500");
-    let slow = tokio::spawn(async move {
-        client()
-            .get(slow_url)
-            .send()
-            .await
-            .unwrap()
-            .json::<Value>()
-            .await
-            .unwrap()
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // One request held by its endpoint far longer than the test runs (it is dropped at the
+    // end), so it is in flight for every quick request however slow the machine is.
+    let slow_url = gw.url("/slow/60000");
+    let slow = tokio::spawn(async move { client().get(slow_url).send().await });
+    // In flight once an endpoint has it: the gateway counted it when it picked the endpoint.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let busy = loop {
+        match (a.hits.load(Ordering::SeqCst), b.hits.load(Ordering::SeqCst)) {
+            (0, 0) => {}
+            (1, 0) => break "a",
+            (0, 1) => break "b",
+            other => panic!("one request, hits {other:?}"),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slow request reached no endpoint"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     let mut quick = Vec::new();
     for _ in 0..6 {
         let e: Value = client()
@@ -206,10 +214,12 @@ async fn least_connections_avoids_the_busy_endpoint() {
             .unwrap();
         quick.push(e["upstream"].as_str().unwrap().to_string());
     }
-    let busy = slow.await.unwrap()["upstream"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    assert!(
+        !slow.is_finished(),
+        "the slow request was no longer in flight: {:?}",
+        slow.await
+    );
+    slow.abort();
     assert!(
         quick.iter().all(|u| *u != busy),
         "quick requests went to the busy endpoint {busy}: {quick:?}"

@@ -55,7 +55,9 @@ pub mod retry;
 mod topology;
 pub mod trace_context;
 
-pub use broker::{AmqpConfig, BrokerState, BrokerStatus, DEFAULT_DELIVERY_LIMIT};
+pub use broker::{
+    AmqpConfig, BrokerState, BrokerStatus, DEFAULT_DELIVERY_LIMIT, DEFAULT_HEARTBEAT_SECS,
+};
 pub use consumer::{Consumer, ConsumerConfig, Handler, HandlerError, Incoming};
 pub use contract::Contract;
 pub use db::Db;

@@ -627,20 +627,26 @@ async fn an_event_published_before_its_consumer_ever_started_waits_in_its_queue(
 }
 
 #[tokio::test]
-async fn connections_ask_for_small_frames_unless_the_url_says_otherwise() {
+async fn connections_ask_for_small_frames_and_a_short_heartbeat_unless_the_url_says_otherwise() {
     let fx = fixture().await;
     // lapin keeps 2 × 32 frames of buffer per connection: RabbitMQ's 128 KiB default would be
     // 8 MiB of every service's memory per connection.
     let conn = fx.amqp.connect("frames").await.unwrap();
     assert_eq!(conn.configuration().frame_max(), 16 * 1024);
+    // RabbitMQ proposes 60 s; a frozen broker is noticed after two heartbeats.
+    assert_eq!(
+        conn.configuration().heartbeat(),
+        messaging::DEFAULT_HEARTBEAT_SECS
+    );
     let _ = conn.close(200, "done".into()).await;
 
     let mut explicit = fx.amqp.clone();
     let url = amqp_url();
     let sep = if url.contains('?') { '&' } else { '?' };
-    explicit.endpoint = BrokerEndpoint::url(format!("{url}{sep}frame_max=65536"));
+    explicit.endpoint = BrokerEndpoint::url(format!("{url}{sep}frame_max=65536&heartbeat=30"));
     let conn = explicit.connect("frames").await.unwrap();
     assert_eq!(conn.configuration().frame_max(), 65536);
+    assert_eq!(conn.configuration().heartbeat(), 30);
     let _ = conn.close(200, "done".into()).await;
 
     let mut bad = fx.amqp.clone();

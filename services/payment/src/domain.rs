@@ -11,15 +11,9 @@ pub struct Intent {
     pub token: String,
     pub amount_cents: i64,
     pub currency: String,
-    /// The order's `payment_deadline` (Unix ms); `None` for an `order.placed` without one.
+    /// The order's `payment_deadline` (Unix ms); `None` for an `order.placed` without one. No
+    /// provider call starts after it (`provider::charge`).
     pub deadline_ms: Option<i64>,
-}
-
-impl Intent {
-    /// True when the order's deadline has passed at `now_ms`: no charge may start.
-    pub fn overdue(&self, now_ms: i64) -> bool {
-        self.deadline_ms.is_some_and(|d| now_ms > d)
-    }
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -150,7 +144,7 @@ pub fn record_charge(
         ChargeOutcome::Succeeded { attempts } => ("SUCCEEDED", attempts, None),
         ChargeOutcome::Declined { attempts } => ("DECLINED", attempts, Some("declined")),
         ChargeOutcome::Failed { attempts } => ("FAILED", attempts, Some("provider_error")),
-        ChargeOutcome::DeadlinePassed => ("FAILED", &0, Some("deadline_passed")),
+        ChargeOutcome::DeadlinePassed { attempts } => ("FAILED", attempts, Some("deadline_passed")),
     };
     conn.execute(
         "INSERT INTO payments (id, order_id, user_id, status, amount_cents, currency, attempts, reason, created_at, updated_at)

@@ -58,13 +58,15 @@ impl Handler for PaymentHandler {
         if paid || cancelled {
             return Ok(None);
         }
-        // Whoever is about to act checks the deadline: after a broker outage, stock.reserved
-        // may arrive after orders has cancelled the order (or is about to) for its timeout.
-        if intent.overdue(messaging::clock::now_ms()) {
-            tracing::info!(%order_id, "Past its payment deadline; not charging.");
-            return Ok(Some(ChargeOutcome::DeadlinePassed));
+        // Whoever is about to act checks the deadline, before every provider call: after a
+        // broker outage, stock.reserved may arrive after orders has cancelled the order (or is
+        // about to) for its timeout, and a retried call may start after it. A redelivery (the
+        // retry queues) runs all of this again.
+        let outcome = provider::charge(&self.provider, &intent.token, intent.deadline_ms).await;
+        if let ChargeOutcome::DeadlinePassed { attempts } = outcome {
+            tracing::info!(%order_id, attempts, "Past its payment deadline; not charging.");
         }
-        Ok(Some(provider::charge(&self.provider, &intent.token).await))
+        Ok(Some(outcome))
     }
 
     fn apply(

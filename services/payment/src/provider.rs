@@ -30,8 +30,13 @@ pub enum ChargeOutcome {
     Failed {
         attempts: u32,
     },
-    /// Not called: the order's `payment_deadline` had passed before the charge would start.
-    DeadlinePassed,
+    /// The order's `payment_deadline` had passed before an attempt would start: that attempt,
+    /// and any after it, were not made. `attempts` counts the calls made before it (all of
+    /// them transient failures, so nothing was charged); 0 when the deadline had passed before
+    /// the first.
+    DeadlinePassed {
+        attempts: u32,
+    },
 }
 
 enum Call {
@@ -54,9 +59,22 @@ fn call(config: &ProviderConfig, token: &str) -> Call {
 /// Charges `token`, retrying transient failures with exponential back-off. The provider is
 /// idempotent per order (its idempotency key would be the order id), so a repeated call after a
 /// crash does not charge twice.
-pub async fn charge(config: &ProviderConfig, token: &str) -> ChargeOutcome {
+///
+/// No attempt starts after `deadline_ms` (the order's `payment_deadline`, Unix ms; `None`: no
+/// deadline): it is checked before the first call and again before every retry, because a
+/// back-off can outlast it. Past it, the answer is [`ChargeOutcome::DeadlinePassed`] and
+/// nothing more is called: orders cancels the order for its timeout, and a charge made now
+/// would only be refunded.
+pub async fn charge(
+    config: &ProviderConfig,
+    token: &str,
+    deadline_ms: Option<i64>,
+) -> ChargeOutcome {
     let mut attempt = 0;
     loop {
+        if deadline_ms.is_some_and(|d| messaging::clock::now_ms() > d) {
+            return ChargeOutcome::DeadlinePassed { attempts: attempt };
+        }
         attempt += 1;
         if !config.latency.is_zero() {
             tokio::time::sleep(config.latency).await;
@@ -89,15 +107,15 @@ mod tests {
             retry_base: Duration::from_millis(1),
         };
         assert_eq!(
-            charge(&c, "tok_visa").await,
+            charge(&c, "tok_visa", None).await,
             ChargeOutcome::Succeeded { attempts: 1 }
         );
         assert_eq!(
-            charge(&c, "tok_declined").await,
+            charge(&c, "tok_declined", None).await,
             ChargeOutcome::Declined { attempts: 1 }
         );
         assert_eq!(
-            charge(&c, "tok_error").await,
+            charge(&c, "tok_error", None).await,
             ChargeOutcome::Failed { attempts: 3 }
         );
         let always = ProviderConfig {
@@ -105,8 +123,33 @@ mod tests {
             ..c
         };
         assert_eq!(
-            charge(&always, "tok_visa").await,
+            charge(&always, "tok_visa", None).await,
             ChargeOutcome::Declined { attempts: 1 }
+        );
+    }
+
+    #[tokio::test]
+    async fn no_attempt_starts_after_the_deadline() {
+        let c = ProviderConfig {
+            decline_rate: 0.0,
+            latency: Duration::ZERO,
+            attempts: 3,
+            retry_base: Duration::from_millis(300),
+        };
+        let now = messaging::clock::now_ms();
+        // Passed already: not even the first call.
+        assert_eq!(
+            charge(&c, "tok_visa", Some(now - 1)).await,
+            ChargeOutcome::DeadlinePassed { attempts: 0 }
+        );
+        // Passes during the first back-off (300 ms): the retry is not made.
+        assert_eq!(
+            charge(&c, "tok_error", Some(now + 100)).await,
+            ChargeOutcome::DeadlinePassed { attempts: 1 }
+        );
+        assert_eq!(
+            charge(&c, "tok_visa", Some(now + 60_000)).await,
+            ChargeOutcome::Succeeded { attempts: 1 }
         );
     }
 }

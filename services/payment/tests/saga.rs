@@ -13,31 +13,63 @@ use payment::PaymentHandler;
 use test_support::ConsumerHarness;
 use time::OffsetDateTime;
 
+/// One provider call per charge, redeliveries after the default back-off.
 async fn harness() -> ConsumerHarness {
-    ConsumerHarness::start(&contract::PAYMENT, payment::MIGRATIONS, |db| {
-        Arc::new(PaymentHandler::new(
-            db,
-            ProviderConfig {
-                decline_rate: 0.0,
-                latency: Duration::ZERO,
-                attempts: 1,
-                retry_base: Duration::from_millis(1),
-            },
-        ))
-    })
+    harness_with(
+        ProviderConfig {
+            decline_rate: 0.0,
+            latency: Duration::ZERO,
+            attempts: 1,
+            retry_base: Duration::from_millis(1),
+        },
+        messaging::RetryBackoff::default(),
+    )
+    .await
+}
+
+/// The handler with `provider`'s retries, behind a consumer redelivering with `redelivery`.
+async fn harness_with(
+    provider: ProviderConfig,
+    redelivery: messaging::RetryBackoff,
+) -> ConsumerHarness {
+    ConsumerHarness::start_with(
+        &contract::PAYMENT,
+        payment::MIGRATIONS,
+        |db| Arc::new(PaymentHandler::new(db, provider)),
+        |c| c.retry = redelivery,
+    )
     .await
 }
 
 fn placed(order_id: &str, deadline: OffsetDateTime) -> OrderPlaced {
+    placed_paying(order_id, deadline, "tok_visa")
+}
+
+/// `order.placed` paying with a test token of the simulated provider (`tok_visa` succeeds,
+/// `tok_error` fails transiently every time).
+fn placed_paying(order_id: &str, deadline: OffsetDateTime, token: &str) -> OrderPlaced {
     OrderPlaced {
         order_id: order_id.into(),
         user_id: "u-1".into(),
         items: vec![],
         total_cents: 1200,
         currency: "EUR".into(),
-        payment_token: "tok_visa".into(),
+        payment_token: token.into(),
         payment_deadline: Some(deadline),
     }
+}
+
+/// The `reason` of the one event in the outbox.
+async fn outbox_reason(h: &ConsumerHarness) -> String {
+    h.db.call(|c| {
+        c.query_row(
+            "SELECT json_extract(CAST(payload AS TEXT), '$.data.reason') FROM outbox",
+            [],
+            |r| r.get(0),
+        )
+    })
+    .await
+    .unwrap()
 }
 
 fn reserved(order_id: &str) -> StockReserved {
@@ -108,21 +140,88 @@ async fn no_charge_starts_after_the_payment_deadline() {
         ("FAILED", Some("deadline_passed"), 0)
     );
     assert_eq!(h.outbox_keys().await, ["payment.failed"]);
-    let reason: String =
-        h.db.call(|c| {
-            c.query_row(
-                "SELECT json_extract(CAST(payload AS TEXT), '$.data.reason') FROM outbox",
-                [],
-                |r| r.get(0),
-            )
-        })
-        .await
-        .unwrap();
-    assert_eq!(reason, "deadline_passed");
+    assert_eq!(outbox_reason(&h).await, "deadline_passed");
 
     // The cancellation that follows refunds nothing: nothing was charged.
     h.publish("orders", &cancelled("o-late")).await;
     h.wait_settled(3).await;
     assert_eq!(h.outbox_keys().await, ["payment.failed"]);
+    h.cleanup().await;
+}
+
+/// Issue 14: the provider's retries (`PAYMENT_RETRY_ATTEMPTS`, back-off from
+/// `PAYMENT_RETRY_BASE_MS`) check the deadline again: a call that failed transiently before
+/// the deadline is not retried after it.
+#[tokio::test]
+async fn a_provider_retry_does_not_start_after_the_payment_deadline() {
+    // The first call is made at once, well inside the 2 s; the retry would start after the
+    // 3 s back-off, past the deadline.
+    let h = harness_with(
+        ProviderConfig {
+            decline_rate: 0.0,
+            latency: Duration::ZERO,
+            attempts: 3,
+            retry_base: Duration::from_secs(3),
+        },
+        messaging::RetryBackoff::default(),
+    )
+    .await;
+    let soon = OffsetDateTime::now_utc() + Duration::from_secs(2);
+    h.publish("cart", &placed_paying("o-flaky", soon, "tok_error"))
+        .await;
+    h.wait_settled(1).await;
+    h.publish("inventory", &reserved("o-flaky")).await;
+    h.wait_settled(2).await;
+    let p = payments(&h, "o-flaky").await;
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(
+        (p[0].status.as_str(), p[0].reason.as_deref(), p[0].attempts),
+        ("FAILED", Some("deadline_passed"), 1),
+        "one call before the deadline, no retry after it"
+    );
+    assert_eq!(h.outbox_keys().await, ["payment.failed"]);
+    assert_eq!(outbox_reason(&h).await, "deadline_passed");
+    h.cleanup().await;
+}
+
+/// Issue 14: a `stock.reserved` that comes back through the retry queues (here: it arrived
+/// before the order's `order.placed`) is checked against the deadline again when it returns:
+/// past it, `payment.failed` with `deadline_passed` and no charge, though the card would pay.
+#[tokio::test]
+async fn a_redelivery_after_the_payment_deadline_charges_nothing() {
+    let h = harness_with(
+        ProviderConfig {
+            decline_rate: 0.0,
+            latency: Duration::ZERO,
+            attempts: 1,
+            retry_base: Duration::from_millis(1),
+        },
+        messaging::RetryBackoff {
+            base: Duration::from_secs(2),
+            max: Duration::from_secs(4),
+        },
+    )
+    .await;
+    h.publish("inventory", &reserved("o-early")).await;
+    let until = tokio::time::Instant::now() + Duration::from_secs(15);
+    while h.settled("retried") < 1 {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "stock.reserved before order.placed was not sent to the retry queue"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The deadline passes while stock.reserved waits out its 2 s back-off.
+    let soon = OffsetDateTime::now_utc() + Duration::from_millis(500);
+    h.publish("cart", &placed("o-early", soon)).await;
+    h.wait_settled(2).await;
+    let p = payments(&h, "o-early").await;
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(
+        (p[0].status.as_str(), p[0].reason.as_deref(), p[0].attempts),
+        ("FAILED", Some("deadline_passed"), 0)
+    );
+    assert_eq!(h.outbox_keys().await, ["payment.failed"]);
+    assert_eq!(outbox_reason(&h).await, "deadline_passed");
     h.cleanup().await;
 }

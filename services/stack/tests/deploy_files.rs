@@ -1179,9 +1179,42 @@ fn k8s_workloads_are_hardened_and_follow_the_deployment_conventions() {
     }
 }
 
-#[test]
-fn k8s_gateway_policy_is_valid_and_routes_to_the_service_names() {
-    let docs = rendered("base");
+/// Where the gateway's Deployment (compose: its container) mounts the gateway's SVID, and the
+/// `svid_dir` its policy names.
+const GATEWAY_SVID_DIR: &str = "/var/run/secrets/spiffe";
+
+/// Runs the gateway's own validator, as `gateway validate` does, over the policy `text`
+/// (`label` names it in a failure), with an SVID issued for this run in place of the one a
+/// deployment mounts at [`GATEWAY_SVID_DIR`]: the validator loads every SVID a policy names.
+fn validate_policy(label: &str, text: &str, gateway_id: &str) -> gateway::config::Config {
+    let svid = tempfile::tempdir().unwrap();
+    identity::dev_ca::DevCa::new("deploy files test CA")
+        .unwrap()
+        .write_svid(
+            svid.path(),
+            &gateway_id.parse().unwrap(),
+            std::time::Duration::from_secs(3600),
+        )
+        .unwrap();
+    let text = text.replace(GATEWAY_SVID_DIR, svid.path().to_str().unwrap());
+    gateway::config::Config::parse(&text, &root().join("gateway/config"))
+        .unwrap_or_else(|e| panic!("{label}: {e}"))
+}
+
+/// The SPIFFE ID csi-driver-spiffe puts into the SVID of `w`'s pods: it names the pod's
+/// ServiceAccount, `spiffe://<trust domain>/ns/<namespace>/sa/<service account>`.
+fn k8s_spiffe_id(docs: &[Value], w: Workload) -> String {
+    let set = workload(docs, w);
+    let sa = set["spec"]["template"]["spec"]["serviceAccountName"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{w} names its ServiceAccount"));
+    let ns = set["metadata"]["namespace"].as_str().unwrap();
+    format!("spiffe://vantage.local/ns/{ns}/sa/{sa}")
+}
+
+/// The gateway policy file a rendering runs: the key of the ConfigMap the gateway's `--config`
+/// points into. Also checks that the file is where the policy volume is mounted.
+fn k8s_gateway_policy(docs: &[Value]) -> &str {
     let gw = workload(docs, Workload::Gateway);
     let pod = &gw["spec"]["template"]["spec"];
     let c = &pod["containers"][0];
@@ -1198,15 +1231,34 @@ fn k8s_gateway_policy_is_valid_and_routes_to_the_service_names() {
     let cm_name = volume(pod, "policy")["configMap"]["name"].as_str().unwrap();
     let cm = find(docs, "ConfigMap", cm_name);
     let file = config.file_name().unwrap().to_str().unwrap();
-    let text = cm["data"][file].as_str().unwrap();
+    cm["data"][file].as_str().unwrap()
+}
+
+#[test]
+fn k8s_gateway_policy_is_valid_and_routes_to_the_service_names() {
+    let docs = rendered("base");
+    let text = k8s_gateway_policy(docs);
     assert_eq!(
         text,
         std::fs::read_to_string(root().join("deploy/k8s/base/gateway/gateway.yaml")).unwrap()
     );
+    let gw = workload(docs, Workload::Gateway);
+    let pod = &gw["spec"]["template"]["spec"];
+    assert_eq!(
+        mount(&pod["containers"][0], "spiffe")["mountPath"].as_str(),
+        Some(GATEWAY_SVID_DIR),
+        "the policy's svid_dir is where csi-driver-spiffe's volume is mounted"
+    );
+    assert_eq!(
+        volume(pod, "spiffe")["csi"]["driver"],
+        "spiffe.csi.cert-manager.io"
+    );
 
-    // The gateway's own validator, as `gateway validate` runs it.
-    let policy = gateway::config::Config::parse(text, Path::new(dir))
-        .unwrap_or_else(|e| panic!("deploy/k8s/base/gateway/gateway.yaml: {e}"));
+    let policy = validate_policy(
+        "deploy/k8s/base/gateway/gateway.yaml",
+        text,
+        &k8s_spiffe_id(docs, Workload::Gateway),
+    );
     assert_eq!(
         policy.listeners.admin.port(),
         Workload::Gateway.ops_port(),
@@ -1217,6 +1269,11 @@ fn k8s_gateway_policy_is_valid_and_routes_to_the_service_names() {
         contract::GATEWAY_PUBLIC_PORT
     );
     let raw: Value = serde_yaml::from_str(text).unwrap();
+    // The SVID files the gateway loads: csi-driver-spiffe's names (tls.crt, tls.key, ca.crt).
+    let svid_files = |tls: &gateway::config::UpstreamTlsConfig| {
+        [&tls.cert_file, &tls.key_file, &tls.bundle_file]
+            .map(|f| f.file_name().and_then(|n| n.to_str()).unwrap().to_owned())
+    };
     for s in Workload::SERVICES {
         assert_eq!(
             raw["upstreams"][s.name()]["endpoints"],
@@ -1224,6 +1281,19 @@ fn k8s_gateway_policy_is_valid_and_routes_to_the_service_names() {
             "{s}: the upstream is its Service"
         );
         assert!(contract::calls(Workload::Gateway, s));
+        // The services serve their API over mTLS only (IDENTITY_MODE=mtls): every upstream
+        // presents the gateway's SVID and accepts only the service's own.
+        let tls = policy.upstreams[s.name()]
+            .tls
+            .as_ref()
+            .unwrap_or_else(|| panic!("{s}: the upstream has no tls"));
+        assert_eq!(
+            str_of(&raw["upstreams"][s.name()]["tls"], &["svid_dir"]),
+            Some(GATEWAY_SVID_DIR),
+            "{s}"
+        );
+        assert_eq!(tls.spiffe_ids, [k8s_spiffe_id(docs, s)], "{s}");
+        assert_eq!(svid_files(tls), ["tls.crt", "tls.key", "ca.crt"], "{s}");
     }
     let jwks: Vec<&str> = raw["issuers"]
         .as_mapping()
@@ -1234,27 +1304,95 @@ fn k8s_gateway_policy_is_valid_and_routes_to_the_service_names() {
     assert_eq!(
         jwks,
         [format!(
-            "http://users:{}/.well-known/jwks.json",
+            "https://users:{}/.well-known/jwks.json",
             Workload::Users.api_port()
         )]
     );
+    for (name, issuer) in &policy.issuers {
+        let tls = issuer
+            .jwks_tls
+            .as_ref()
+            .unwrap_or_else(|| panic!("{name}: no jwks_tls"));
+        assert_eq!(tls.spiffe_ids, [k8s_spiffe_id(docs, Workload::Users)]);
+    }
 
-    // The compose policy passes the same validator, with a gateway SVID where compose mounts
-    // the one the certs service issued (the validator loads it).
-    let svid = tempfile::tempdir().unwrap();
-    identity::dev_ca::DevCa::new("deploy files test CA")
-        .unwrap()
-        .write_svid(
-            svid.path(),
-            &"spiffe://vantage.local/gateway".parse().unwrap(),
-            std::time::Duration::from_secs(3600),
+    // The services name their callers by the same IDs: their SPIFFE_ID_TEMPLATE maps a workload
+    // to the ID csi-driver-spiffe issues it, the gateway's included.
+    for s in Workload::SERVICES {
+        let env = container_env(
+            docs,
+            &workload(docs, s)["spec"]["template"]["spec"]["containers"][0],
+        );
+        assert_eq!(env["SVID_DIR"], GATEWAY_SVID_DIR, "{s}");
+        let ids = identity::IdTemplate::new(
+            &env["SPIFFE_ID_TEMPLATE"],
+            &identity::TrustDomain::default(),
         )
         .unwrap();
-    let compose = std::fs::read_to_string(root().join("gateway/config/compose.yaml"))
-        .unwrap()
-        .replace("/var/run/secrets/spiffe", svid.path().to_str().unwrap());
-    gateway::config::Config::parse(&compose, &root().join("gateway/config"))
-        .unwrap_or_else(|e| panic!("gateway/config/compose.yaml: {e}"));
+        for w in [Workload::Gateway, s] {
+            assert_eq!(
+                ids.id_of(w.name()).unwrap().as_str(),
+                k8s_spiffe_id(docs, w),
+                "{s}: the ID of {w}"
+            );
+        }
+    }
+
+    // The compose policy passes the same validator.
+    let compose = std::fs::read_to_string(root().join("gateway/config/compose.yaml")).unwrap();
+    validate_policy(
+        "gateway/config/compose.yaml",
+        &compose,
+        "spiffe://vantage.local/gateway",
+    );
+}
+
+/// The policy with its TLS settings taken out and the JWKS URL made plain `http://`: what a
+/// mesh overlay's policy must be, given the base one.
+fn without_tls(mut policy: Value) -> Value {
+    for (_, u) in policy["upstreams"].as_mapping_mut().unwrap().iter_mut() {
+        u.as_mapping_mut().unwrap().remove("tls");
+    }
+    for (_, i) in policy["issuers"].as_mapping_mut().unwrap().iter_mut() {
+        let i = i.as_mapping_mut().unwrap();
+        i.remove("jwks_tls");
+        if let Some(Value::String(url)) = i.get_mut("jwks_url") {
+            *url = url.replacen("https://", "http://", 1);
+        }
+    }
+    policy
+}
+
+#[test]
+fn k8s_mesh_overlays_run_the_gateway_policy_over_plain_http() {
+    let base: Value = serde_yaml::from_str(k8s_gateway_policy(rendered("base"))).unwrap();
+    for name in ["overlays/linkerd", "overlays/istio-ambient"] {
+        let docs = rendered(name);
+        let text = k8s_gateway_policy(docs);
+        let policy = validate_policy(name, text, &k8s_spiffe_id(docs, Workload::Gateway));
+        for s in Workload::SERVICES {
+            assert!(
+                policy.upstreams[s.name()].tls.is_none(),
+                "{name}: {s} is plain HTTP to the mesh proxy"
+            );
+        }
+        for (issuer, i) in &policy.issuers {
+            assert!(i.jwks_tls.is_none(), "{name}: {issuer}");
+            match &i.keys {
+                gateway::config::KeySource::JwksUrl { url } => {
+                    assert!(url.starts_with("http://"), "{name}: {issuer}: {url}")
+                }
+                other => panic!("{name}: {issuer}: {other:?}"),
+            }
+        }
+        // Otherwise the very policy of the base: routes, limits, issuers, upstreams.
+        let raw: Value = serde_yaml::from_str(text).unwrap();
+        assert_eq!(
+            raw,
+            without_tls(base.clone()),
+            "{name}: the mesh policy differs from the base one by more than TLS"
+        );
+    }
 }
 
 #[test]

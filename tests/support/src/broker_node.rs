@@ -12,6 +12,12 @@
 //! when the test process exits, however it exits, the pipe closes and the wrapper stops the node
 //! (SIGTERM, RabbitMQ's graceful stop) and removes its directory. Nothing is left running.
 //!
+//! [`BrokerNode::freeze`] stops the node's Erlang VM with SIGSTOP (a broker that keeps its
+//! sockets open and answers nothing) and hands back a guard that sends SIGCONT when it is
+//! dropped, so a failing test thaws it too while unwinding; if the test process dies with the
+//! node frozen, the wrapper sends SIGCONT before SIGTERM (a stopped process does not act on
+//! SIGTERM), so it still stops.
+//!
 //! The node loads a definitions file at boot (so RabbitMQ creates no `guest`) with one
 //! account: the harness's administrator, for the management API on loopback.
 
@@ -124,6 +130,8 @@ impl BrokerNode {
 "$VANTAGE_RABBITMQ_SERVER" >"$VANTAGE_BROKER_DIR/server.log" 2>&1 </dev/null &
 server=$!
 while read -r _; do :; done
+frozen="$VANTAGE_BROKER_DIR/frozen.pid"
+if [ -s "$frozen" ]; then kill -CONT "$(cat "$frozen")" 2>/dev/null; fi
 kill -TERM "$server" 2>/dev/null
 wait "$server"
 rm -rf "$VANTAGE_BROKER_DIR"
@@ -319,6 +327,34 @@ rm -rf "$VANTAGE_BROKER_DIR"
         }
     }
 
+    /// Freezes the node: SIGSTOP to its Erlang VM. Its sockets stay open and the kernel still
+    /// accepts connections and data, but nothing is answered, as when a broker hangs or sits
+    /// behind a network black hole. The node thaws (SIGCONT) when the returned guard is dropped
+    /// or [`Frozen::thaw`]ed, and before it is stopped. Do not call the management API or
+    /// `rabbitmqctl` while it is frozen: they wait for it.
+    pub fn freeze(&self) -> Result<Frozen<'_>, String> {
+        let out = self.rabbitmqctl(&["eval", "os:getpid()."])?;
+        let pid: i32 = out
+            .trim()
+            .trim_matches('"')
+            .parse()
+            .map_err(|_| format!("os:getpid() answered {out:?}"))?;
+        let pid = nix::unistd::Pid::from_raw(pid);
+        // Written first, so the wrapper can thaw the VM whatever happens to this process.
+        let marker = self.dir.join("frozen.pid");
+        write(&marker, &pid.to_string())?;
+        if let Err(e) = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP) {
+            let _ = std::fs::remove_file(&marker);
+            return Err(format!("SIGSTOP to the RabbitMQ VM ({pid}): {e}"));
+        }
+        Ok(Frozen {
+            pid,
+            marker,
+            thawed: false,
+            _node: std::marker::PhantomData,
+        })
+    }
+
     /// One HTTP/1.1 request to the management API as the harness administrator.
     fn request(
         &self,
@@ -368,6 +404,43 @@ impl Drop for BrokerNode {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
+    }
+}
+
+/// A node frozen by [`BrokerNode::freeze`]; thaws it when dropped.
+#[derive(Debug)]
+#[must_use = "the node thaws when this is dropped"]
+pub struct Frozen<'a> {
+    pid: nix::unistd::Pid,
+    /// Tells the wrapper to thaw the VM before stopping it; removed once thawed.
+    marker: PathBuf,
+    thawed: bool,
+    /// Borrowing the node keeps the guard from outliving it.
+    _node: std::marker::PhantomData<&'a BrokerNode>,
+}
+
+impl Frozen<'_> {
+    /// Thaws the node (SIGCONT) now; an error says why the signal failed.
+    pub fn thaw(mut self) -> Result<(), String> {
+        self.send_cont()
+    }
+
+    fn send_cont(&mut self) -> Result<(), String> {
+        if std::mem::replace(&mut self.thawed, true) {
+            return Ok(());
+        }
+        let sent = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGCONT)
+            .map_err(|e| format!("SIGCONT to the RabbitMQ VM ({}): {e}", self.pid));
+        let _ = std::fs::remove_file(&self.marker);
+        sent
+    }
+}
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.send_cont() {
+            eprintln!("{e}");
+        }
     }
 }
 

@@ -84,11 +84,19 @@ pub(super) fn server(errs: &mut Errors, raw: Option<serde_yaml::Value>) -> Serve
                 max_connections,
                 defaults::MAX_CONNECTIONS,
             ),
-            buffer_bytes: errs.positive(
-                "server.connection_buffer_bytes",
-                connection_buffer_bytes,
-                defaults::CONNECTION_BUFFER_BYTES,
-            ),
+            buffer_bytes: {
+                let bytes = connection_buffer_bytes.unwrap_or(defaults::CONNECTION_BUFFER_BYTES);
+                if bytes > defaults::MAX_CONNECTION_BUFFER_BYTES {
+                    errs.push(
+                        "server.connection_buffer_bytes",
+                        format!(
+                            "must be at most {} (1 MiB)",
+                            defaults::MAX_CONNECTION_BUFFER_BYTES
+                        ),
+                    );
+                }
+                bytes
+            },
         },
     }
 }
