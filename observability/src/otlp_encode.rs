@@ -197,6 +197,8 @@ pub(crate) struct TraceEncoder {
     scope_start: Vec<u32>,
     /// Span indices grouped by scope.
     order: Vec<u32>,
+    /// Per scope: the next free place in `order` while grouping.
+    fill: Vec<u32>,
     /// The output; `split` hands out its bytes and reuses the allocation once they are dropped.
     buf: BytesMut,
 }
@@ -324,9 +326,10 @@ impl TraceEncoder {
         }
         self.order.clear();
         self.order.resize(spans.len(), 0);
-        let mut fill = self.scope_start.clone();
+        self.fill.clear();
+        self.fill.extend_from_slice(&self.scope_start);
         for (index, &scope) in self.scope_of.iter().enumerate() {
-            let slot = &mut fill[scope as usize];
+            let slot = &mut self.fill[scope as usize];
             self.order[*slot as usize] = index as u32;
             *slot += 1;
         }
