@@ -231,6 +231,9 @@ pub(crate) struct ExportSettings {
     pub(crate) endpoint: String,
     /// TLS to the collector: the CA to trust and the client certificate to present.
     pub(crate) tls: ExportTls,
+    /// Sent with every export (gRPC metadata or HTTP headers), from
+    /// `OTEL_EXPORTER_OTLP_[TRACES_]HEADERS`; values are marked sensitive so `Debug` hides them.
+    pub(crate) headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 /// `OTEL_EXPORTER_OTLP_[TRACES_]CERTIFICATE`, `…_CLIENT_CERTIFICATE`, `…_CLIENT_KEY`, read once.
@@ -320,6 +323,46 @@ fn export_tls(p: &mut EnvParser<'_>) -> ExportTls {
         }
     };
     ExportTls { ca_pem, client_pem }
+}
+
+/// `OTEL_EXPORTER_OTLP_TRACES_HEADERS`, else `OTEL_EXPORTER_OTLP_HEADERS`: `name=value` pairs
+/// separated by commas, values percent-decoded (kept as they are when they do not decode, as
+/// opentelemetry-otlp does). Values are often credentials: errors name the header, never the value.
+fn export_headers(p: &mut EnvParser<'_>) -> Vec<(http::HeaderName, http::HeaderValue)> {
+    let Some((var, raw)) = otlp_var(
+        p,
+        "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+        "OTEL_EXPORTER_OTLP_HEADERS",
+    ) else {
+        return Vec::new();
+    };
+    let mut headers = Vec::new();
+    for pair in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((name, value)) = pair.split_once('=') else {
+            p.error(var, "every entry must be `name=value`");
+            continue;
+        };
+        let (name, value) = (name.trim(), value.trim());
+        let Ok(header_name) = http::HeaderName::from_bytes(name.as_bytes()) else {
+            p.error(var, format!("`{name}` is not a valid header name"));
+            continue;
+        };
+        if value.is_empty() {
+            p.error(var, format!("header `{name}` has an empty value"));
+            continue;
+        }
+        let value = percent_decode(value).unwrap_or_else(|_| value.to_owned());
+        let Ok(mut header_value) = http::HeaderValue::from_str(&value) else {
+            p.error(
+                var,
+                format!("the value of header `{name}` is not a valid header value"),
+            );
+            continue;
+        };
+        header_value.set_sensitive(true);
+        headers.push((header_name, header_value));
+    }
+    headers
 }
 
 /// Everything `init` needs, validated.
@@ -423,11 +466,13 @@ impl Settings {
             None
         };
         let tls = export_tls(&mut p);
+        let headers = export_headers(&mut p);
         let export = match (exporter_enabled, endpoint) {
             (true, Some(endpoint)) => Some(ExportSettings {
                 protocol,
                 endpoint,
                 tls,
+                headers,
             }),
             _ => None,
         };
@@ -651,6 +696,7 @@ mod tests {
                 protocol: Protocol::HttpProtobuf,
                 endpoint: "http://collector:4318/v1/traces".into(),
                 tls: ExportTls::default(),
+                headers: Vec::new(),
             })
         );
         let grpc = settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317")]).unwrap();
@@ -660,6 +706,7 @@ mod tests {
                 protocol: Protocol::Grpc,
                 endpoint: "http://collector:4317".into(),
                 tls: ExportTls::default(),
+                headers: Vec::new(),
             })
         );
         let signal = settings(&[
@@ -672,6 +719,48 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(signal.export.unwrap().endpoint, "http://right:4318/custom");
+    }
+
+    #[test]
+    fn export_headers_are_read_decoded_and_never_echoed() {
+        let s = settings(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "x-ignored=1"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+                "authorization=Bearer%20s3cret, x-tenant = blue ,",
+            ),
+        ])
+        .unwrap();
+        let export = s.export.unwrap();
+        let headers: Vec<(&str, &[u8])> = export
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_bytes()))
+            .collect();
+        assert_eq!(
+            headers,
+            [
+                ("authorization", b"Bearer s3cret".as_slice()),
+                ("x-tenant", b"blue".as_slice())
+            ]
+        );
+        assert!(!format!("{export:?}").contains("s3cret"));
+
+        let errors = settings(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "novalue,bad name=s3cret,empty=,ok=1",
+            ),
+        ])
+        .unwrap_err();
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(errors.len(), 3, "{text:?}");
+        assert!(errors
+            .iter()
+            .all(|e| e.variable == "OTEL_EXPORTER_OTLP_HEADERS"));
+        assert!(!text.concat().contains("s3cret"), "{text:?}");
     }
 
     #[test]

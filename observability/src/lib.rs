@@ -42,6 +42,7 @@
 //! | `OTEL_EXPORTER_OTLP_ENDPOINT` | unset: no export | collector base URL; `/v1/traces` is appended for HTTP |
 //! | `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` | unset | full traces URL, used as-is; wins over the above |
 //! | `OTEL_EXPORTER_OTLP_PROTOCOL` (`_TRACES_PROTOCOL`) | `grpc` | `grpc` or `http/protobuf` |
+//! | `OTEL_EXPORTER_OTLP_HEADERS` (`_TRACES_HEADERS`) | none | `name=value,…` sent with every export (percent-decoded) |
 //! | `OTEL_TRACES_EXPORTER` | `otlp` | `none` turns export off |
 //! | `OTEL_SERVICE_NAME` | the `service_name` argument | overrides `service.name` |
 //! | `OTEL_RESOURCE_ATTRIBUTES` | none | `k=v,k2=v2`, percent-decoded |
@@ -57,6 +58,7 @@
 pub mod env;
 mod export;
 mod logs;
+mod otlp_encode;
 
 pub mod http_span;
 pub mod http_trace;
@@ -113,9 +115,10 @@ pub enum InitError {
     /// One or more variables are invalid; every one is listed.
     #[error("invalid telemetry configuration: {}", join(.0))]
     InvalidEnv(Vec<EnvError>),
-    /// The OTLP exporter rejected its configuration.
-    #[error("failed to build the OTLP span exporter")]
-    Exporter(#[source] opentelemetry_otlp::ExporterBuildError),
+    /// The OTLP exporter could not be built from its configuration (e.g. an endpoint the
+    /// transport cannot use); the message says which setting and why.
+    #[error("failed to build the OTLP span exporter: {0}")]
+    Exporter(String),
     /// The collector's TLS settings (CA or client certificate files) could not be used.
     #[error("cannot set up TLS to the OTLP collector: {0}")]
     Tls(String),

@@ -502,6 +502,44 @@ fn spans_reach_a_tls_collector_with_a_client_certificate_over_grpc_and_http() {
 }
 
 #[test]
+fn headers_from_the_environment_reach_the_collector_over_grpc_and_http() {
+    for protocol in ["grpc", "http/protobuf"] {
+        let receiver = OtlpReceiver::start();
+        let mut env = env(&receiver, protocol);
+        env.insert(
+            "OTEL_EXPORTER_OTLP_HEADERS".into(),
+            "x-ignored=because-the-traces-variable-wins".into(),
+        );
+        env.insert(
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS".into(),
+            "authorization=Bearer%20t0ken,x-tenant=blue".into(),
+        );
+        let (telemetry, dispatch) =
+            observability::build("export-test", "1.2.3", &env, std::io::sink).unwrap();
+        let name = format!("headers {protocol}");
+        tracing::dispatcher::with_default(&dispatch, || {
+            let _span = tracing::info_span!("headers", otel.name = %name).entered();
+        });
+        telemetry.shutdown();
+        receiver
+            .wait_for_blocking(|spans| spans.iter().any(|s| s.name() == name), WAIT)
+            .unwrap_or_else(|e| panic!("{protocol}: {e}"));
+        let received = receiver.request_headers();
+        assert!(!received.is_empty(), "{protocol}: no request seen");
+        for headers in received {
+            assert_eq!(headers["authorization"], "Bearer t0ken", "{protocol}");
+            assert_eq!(headers["x-tenant"], "blue", "{protocol}");
+            assert!(!headers.contains_key("x-ignored"), "{protocol}");
+            let user_agent = headers["user-agent"].to_str().unwrap();
+            assert!(
+                user_agent.contains("vantage-observability/"),
+                "{protocol}: {user_agent}"
+            );
+        }
+    }
+}
+
+#[test]
 fn unreadable_or_half_configured_tls_files_are_configuration_errors_naming_the_file() {
     let collector = TlsCollector::start();
     let mut env = collector.env("grpc");

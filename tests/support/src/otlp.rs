@@ -42,6 +42,8 @@ struct Store {
     http_requests: AtomicUsize,
     /// TLS connections whose client presented a certificate.
     client_certificates: AtomicUsize,
+    /// The headers (gRPC metadata) of every export request, in arrival order.
+    request_headers: Mutex<Vec<http::HeaderMap>>,
 }
 
 impl Store {
@@ -50,6 +52,13 @@ impl Store {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .extend(request.resource_spans);
+    }
+
+    fn add_headers(&self, headers: http::HeaderMap) {
+        self.request_headers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(headers);
     }
 }
 
@@ -171,6 +180,16 @@ impl OtlpReceiver {
         self.store.http_requests.load(Ordering::SeqCst)
     }
 
+    /// The headers of every export request so far (for gRPC: its metadata), in arrival order:
+    /// to check what credentials an exporter sent.
+    pub fn request_headers(&self) -> Vec<http::HeaderMap> {
+        self.store
+            .request_headers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Everything received, as sent.
     pub fn resource_spans(&self) -> Vec<ResourceSpans> {
         self.store
@@ -283,6 +302,8 @@ impl TraceService for GrpcTraces {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.0
+            .add_headers(request.metadata().clone().into_headers());
         self.0.add(request.into_inner());
         self.0.grpc_requests.fetch_add(1, Ordering::SeqCst);
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
@@ -377,6 +398,7 @@ async fn handle_http(
     if !is_protobuf {
         return reply(415, Bytes::new());
     }
+    store.add_headers(req.headers().clone());
     let Ok(body) = req.into_body().collect().await.map(|b| b.to_bytes()) else {
         return reply(400, Bytes::new());
     };
