@@ -379,6 +379,9 @@ pub(crate) struct Settings {
     /// `OTEL_BSP_MAX_QUEUE_SIZE`: spans queued for export before new ones are dropped. Default
     /// [`crate::MAX_QUEUE_SPANS`]. The queue's slots are allocated up front (~350 B each).
     pub(crate) max_queue_spans: usize,
+    /// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`: spans sent per export request. Default
+    /// [`crate::MAX_EXPORT_BATCH_SPANS`]; at most the queue size.
+    pub(crate) max_export_batch_spans: usize,
 }
 
 /// Default `RUST_LOG` when unset.
@@ -509,6 +512,23 @@ impl Settings {
             },
         };
 
+        let max_export_batch_spans = match p.var("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") {
+            None => crate::MAX_EXPORT_BATCH_SPANS.min(max_queue_spans),
+            Some(v) => match v.parse::<usize>() {
+                Ok(n) if (1..=max_queue_spans).contains(&n) => n,
+                _ => {
+                    p.invalid(
+                        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+                        v,
+                        format!(
+                            "expected a whole number of spans from 1 to the queue size ({max_queue_spans})"
+                        ),
+                    );
+                    crate::MAX_EXPORT_BATCH_SPANS.min(max_queue_spans)
+                }
+            },
+        };
+
         let log_filter = p
             .var("RUST_LOG")
             .unwrap_or_else(|| DEFAULT_LOG_FILTER.to_owned());
@@ -526,6 +546,7 @@ impl Settings {
                 sdk_disabled,
                 log_filter,
                 max_queue_spans,
+                max_export_batch_spans,
             }),
             Err(errors) => Err(errors.0),
         }
@@ -680,6 +701,27 @@ mod tests {
                     Ok(_) => panic!("{bad} accepted"),
                 };
             assert_eq!(errors[0].variable, "OTEL_BSP_MAX_QUEUE_SIZE");
+        }
+    }
+
+    #[test]
+    fn the_export_batch_size_is_read_and_bounded_by_the_queue() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.max_export_batch_spans, crate::MAX_EXPORT_BATCH_SPANS);
+        let s = settings(&[("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "512")]).unwrap();
+        assert_eq!(s.max_export_batch_spans, 512);
+        // A small queue caps the default.
+        let s = settings(&[("OTEL_BSP_MAX_QUEUE_SIZE", "1000")]).unwrap();
+        assert_eq!(s.max_export_batch_spans, 1000);
+        for bad in ["0", "lots", "20000"] {
+            let errors = match Settings::from_env(
+                "x",
+                &HashMap::from([("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", bad)]),
+            ) {
+                Err(errors) => errors,
+                Ok(_) => panic!("{bad} accepted"),
+            };
+            assert_eq!(errors[0].variable, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE");
         }
     }
 

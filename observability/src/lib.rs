@@ -102,6 +102,13 @@ pub const SEMCONV_SCHEMA_URL: &str = opentelemetry_semantic_conventions::SCHEMA_
 /// schedule delay. The queue is allocated up front: ~6 MB at this size.
 pub const MAX_QUEUE_SPANS: usize = 16_384;
 
+/// Spans per export request, unless `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` says otherwise (SDK
+/// default 512). The batch processor waits for each export before it starts the next, so the
+/// batch size bounds throughput: a gateway at sampling 1.0 on one busy core (two spans a
+/// request, ~13 k requests a second) dropped a third of its spans at 512 and none at 2048
+/// (docs/benchmarks.md).
+pub const MAX_EXPORT_BATCH_SPANS: usize = 2048;
+
 /// How often queued spans are exported (SDK default 5 s): traces should show up in Jaeger
 /// while the SRE is still looking.
 pub const EXPORT_INTERVAL: Duration = Duration::from_millis(500);
@@ -325,6 +332,7 @@ where
             let exporter = export::OwnedRuntimeExporter::new(export)?;
             let config = BatchConfigBuilder::default()
                 .with_max_queue_size(settings.max_queue_spans)
+                .with_max_export_batch_size(settings.max_export_batch_spans)
                 .with_scheduled_delay(EXPORT_INTERVAL)
                 .build();
             builder = builder.with_span_processor(
