@@ -11,6 +11,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use observability::lines::push_decimal;
 use pingora_http::RequestHeader;
 
 use crate::auth::AuthResult;
@@ -159,7 +160,7 @@ pub(crate) fn trail(ctx: &RequestCtx, status: u16) -> String {
     }
     // Plain pushes, not `write!`: this runs for every request (the access line, the span).
     out.push_str(" => ");
-    push_u64(&mut out, u64::from(status));
+    push_decimal(&mut out, u64::from(status));
     if let Some(failure) = &ctx.failure {
         out.push(' ');
         out.push_str(failure.error_type());
@@ -167,36 +168,11 @@ pub(crate) fn trail(ctx: &RequestCtx, status: u16) -> String {
     out
 }
 
-/// Appends `v` in decimal.
-fn push_u64(out: &mut String, mut v: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    // Only ASCII digits were written.
-    out.push_str(std::str::from_utf8(&digits[i..]).unwrap_or("0"));
-}
-
 fn push_limit(out: &mut String, d: &Decision, shadow: bool) {
     out.push_str(" > limit:");
-    out.push_str(&d.policy);
-    if let Some(tier) = &d.tier {
-        out.push('[');
-        out.push_str(tier);
-        out.push(']');
-    }
-    out.push(':');
-    out.push_str(d.result());
-    out.push(':');
-    push_u64(out, u64::from(d.remaining));
+    d.write_brief(out);
     out.push('/');
-    push_u64(out, u64::from(d.limit));
+    push_decimal(out, u64::from(d.limit));
     if shadow {
         out.push_str("(shadow)");
     }

@@ -128,6 +128,22 @@ impl Decision {
     }
 }
 
+impl Decision {
+    /// Appends `policy[tier]:result:remaining` (the tier only when there is one).
+    pub(crate) fn write_brief(&self, out: &mut String) {
+        out.push_str(&self.policy);
+        if let Some(tier) = &self.tier {
+            out.push('[');
+            out.push_str(tier);
+            out.push(']');
+        }
+        out.push(':');
+        out.push_str(self.result());
+        out.push(':');
+        observability::lines::push_decimal(out, u64::from(self.remaining));
+    }
+}
+
 /// `policy[tier]:result:remaining` for each decision, comma-separated: the access log's
 /// `ratelimit` field.
 pub(crate) fn summary(decisions: &[Decision]) -> String {
@@ -136,16 +152,7 @@ pub(crate) fn summary(decisions: &[Decision]) -> String {
         if i > 0 {
             out.push(',');
         }
-        out.push_str(&d.policy);
-        if let Some(tier) = &d.tier {
-            out.push('[');
-            out.push_str(tier);
-            out.push(']');
-        }
-        out.push(':');
-        out.push_str(d.result());
-        out.push(':');
-        out.push_str(&d.remaining.to_string());
+        d.write_brief(&mut out);
     }
     out
 }

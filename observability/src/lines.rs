@@ -449,8 +449,20 @@ fn escape_into(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&bytes[start..]);
 }
 
-fn write_u64(out: &mut Vec<u8>, mut v: u64) {
+fn write_u64(out: &mut Vec<u8>, v: u64) {
     let mut digits = [0u8; 20];
+    out.extend_from_slice(decimal(&mut digits, v));
+}
+
+/// Appends `v` in decimal, without the formatting machinery (for per-request text).
+pub fn push_decimal(out: &mut String, v: u64) {
+    let mut digits = [0u8; 20];
+    // Only ASCII digits are written.
+    out.push_str(std::str::from_utf8(decimal(&mut digits, v)).unwrap_or("0"));
+}
+
+/// `v`'s decimal digits, written at the end of `digits`.
+fn decimal(digits: &mut [u8; 20], mut v: u64) -> &[u8] {
     let mut i = digits.len();
     loop {
         i -= 1;
@@ -460,7 +472,7 @@ fn write_u64(out: &mut Vec<u8>, mut v: u64) {
             break;
         }
     }
-    out.extend_from_slice(&digits[i..]);
+    &digits[i..]
 }
 
 /// RFC 3339 in UTC as the `tracing` lines write it (`time`'s `Rfc3339`): nanoseconds without

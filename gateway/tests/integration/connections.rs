@@ -18,6 +18,24 @@ async fn gateway(server: &str) -> (Upstream, Gateway) {
     (up, Gateway::start(&body).await)
 }
 
+/// Sends `head` a byte every 200 ms; how long until the gateway closed the connection, or
+/// `None` if it never did.
+async fn trickle(s: &mut TcpStream, head: &[u8]) -> Option<Duration> {
+    let started = Instant::now();
+    for byte in head {
+        if s.write_all(&[*byte]).await.is_err() {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut probe = [0u8; 1];
+        if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(1), s.read(&mut probe)).await
+        {
+            return Some(started.elapsed());
+        }
+    }
+    None
+}
+
 /// Reads until the peer closes (Ok(bytes)) or `limit` passes (Err).
 async fn read_until_closed(s: &mut TcpStream, limit: Duration) -> Result<Vec<u8>, ()> {
     let mut all = Vec::new();
@@ -38,23 +56,12 @@ async fn read_until_closed(s: &mut TcpStream, limit: Duration) -> Result<Vec<u8>
 async fn a_request_head_sent_a_byte_at_a_time_is_cut_off_at_the_deadline() {
     let (up, gw) = gateway("request_head_timeout_ms: 1500").await;
     let mut s = TcpStream::connect(gw.public).await.unwrap();
-    let started = Instant::now();
-    let head = b"GET /x HTTP/1.1\r\nHost: gw\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaa";
-    let mut closed_at = None;
-    for byte in head {
-        if s.write_all(&[*byte]).await.is_err() {
-            closed_at = Some(started.elapsed());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let mut probe = [0u8; 1];
-        if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(1), s.read(&mut probe)).await
-        {
-            closed_at = Some(started.elapsed());
-            break;
-        }
-    }
-    let closed_at = closed_at.expect("the trickling connection was never closed");
+    let closed_at = trickle(
+        &mut s,
+        b"GET /x HTTP/1.1\r\nHost: gw\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaa",
+    )
+    .await
+    .expect("the trickling connection was never closed");
     assert!(
         closed_at >= Duration::from_millis(1400) && closed_at < Duration::from_millis(3500),
         "closed after {closed_at:?}"
@@ -171,22 +178,12 @@ async fn a_kept_alive_request_is_read_whole_from_its_first_byte_and_trickling_is
 
     // A third head trickled a byte every 200 ms: cut off about 1.2 s after its first byte,
     // not after the 30 s keep-alive timeout.
-    let started = Instant::now();
-    let mut closed_at = None;
-    for byte in b"GET /third HTTP/1.1\r\nHost: gw\r\nX-Slow: aaaaaaaaaaaaaaaaaaaa" {
-        if s.write_all(&[*byte]).await.is_err() {
-            closed_at = Some(started.elapsed());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let mut probe = [0u8; 1];
-        if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(1), s.read(&mut probe)).await
-        {
-            closed_at = Some(started.elapsed());
-            break;
-        }
-    }
-    let closed_at = closed_at.expect("the trickled kept-alive head was never cut off");
+    let closed_at = trickle(
+        &mut s,
+        b"GET /third HTTP/1.1\r\nHost: gw\r\nX-Slow: aaaaaaaaaaaaaaaaaaaa",
+    )
+    .await
+    .expect("the trickled kept-alive head was never cut off");
     assert!(
         closed_at >= Duration::from_millis(1100) && closed_at < Duration::from_millis(3500),
         "closed after {closed_at:?}"
