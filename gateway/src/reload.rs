@@ -64,14 +64,21 @@ pub(crate) fn spawn_watcher(
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let handle = shared.background.clone();
-    handle.spawn(async move {
-        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+    // Registered here, before the gateway listens, not when the task first runs: until then a
+    // SIGHUP would still have its default action and end the process (seen in debug builds,
+    // whose background runtime reached the task seconds after start).
+    let hup = {
+        let _runtime = handle.enter();
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(s) => Some(s),
             Err(error) => {
                 tracing::warn!(%error, "Cannot listen for SIGHUP; only file changes will reload.");
                 None
             }
-        };
+        }
+    };
+    handle.spawn(async move {
+        let mut hup = hup;
         let poll = shared.current.load().config.server.reload_poll;
         let mut last = std::fs::read(&shared.config_path).ok();
         loop {

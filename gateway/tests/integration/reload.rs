@@ -105,6 +105,28 @@ async fn a_bad_config_is_rejected_with_every_error_and_the_old_one_keeps_serving
     }
 }
 
+/// A reload requested as soon as the gateway is ready (an orchestrator that writes the file and
+/// signals right after the start) is applied, and the process lives. (The race this guards — a
+/// SIGHUP before the watcher task had registered its handler ended debug builds — showed in the
+/// e2e dashboards test; here the harness's readiness wait usually outlasts it.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sighup_right_after_start_reloads_and_never_ends_the_process() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let gw = Gateway::start(&routes_to("a", &a, &b)).await;
+    gw.rewrite_config(&routes_to("b", &a, &b));
+    gw.sighup();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while served_by(&gw, "/x").await != "b" {
+        assert!(
+            Instant::now() < deadline,
+            "the early SIGHUP was lost or ended the gateway; log:\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[test]
 fn validate_passes_the_shipped_configs_and_lists_every_error_of_a_broken_one() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/example.yaml");
