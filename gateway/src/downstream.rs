@@ -292,15 +292,8 @@ impl Guarded {
         }
         let mut shutdown = shutdown.clone();
         let mut byte = [0u8; 1];
-        let inner = &mut self.inner;
-        let read = std::future::poll_fn(|cx| {
-            let mut buf = ReadBuf::new(&mut byte);
-            match Pin::new(&mut *inner).poll_read(cx, &mut buf) {
-                Poll::Ready(Ok(())) => Poll::Ready(Ok(buf.filled().len())),
-                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                Poll::Pending => Poll::Pending,
-            }
-        });
+        // From the inner stream: the byte is replayed, and seen by `saw`, when Pingora reads.
+        let read = tokio::io::AsyncReadExt::read(&mut self.inner, &mut byte);
         let got = tokio::select! {
             read = tokio::time::timeout(idle, read) => matches!(read, Ok(Ok(1))),
             _ = shutdown.changed() => false,
