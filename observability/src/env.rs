@@ -167,6 +167,31 @@ impl<'a> EnvParser<'a> {
         self.env.get(key).filter(|v| !v.is_empty())
     }
 
+    /// A number of spans from 1 to `max` (`max_text` names the bound in the error), or `default`
+    /// when `key` is unset or unusable (then recorded).
+    pub(crate) fn span_count(
+        &mut self,
+        key: &'static str,
+        max: usize,
+        max_text: &str,
+        default: usize,
+    ) -> usize {
+        let Some(v) = self.var(key) else {
+            return default;
+        };
+        match v.parse::<usize>() {
+            Ok(n) if (1..=max).contains(&n) => n,
+            _ => {
+                self.invalid(
+                    key,
+                    v,
+                    format!("expected a whole number of spans from 1 to {max_text}"),
+                );
+                default
+            }
+        }
+    }
+
     /// Records that `variable` has an unusable `value`.
     pub fn invalid(
         &mut self,
@@ -497,37 +522,18 @@ impl Settings {
             }),
         };
 
-        let max_queue_spans = match p.var("OTEL_BSP_MAX_QUEUE_SIZE") {
-            None => crate::MAX_QUEUE_SPANS,
-            Some(v) => match v.parse::<usize>() {
-                Ok(n) if (1..=1_048_576).contains(&n) => n,
-                _ => {
-                    p.invalid(
-                        "OTEL_BSP_MAX_QUEUE_SIZE",
-                        v,
-                        "expected a whole number of spans from 1 to 1048576",
-                    );
-                    crate::MAX_QUEUE_SPANS
-                }
-            },
-        };
-
-        let max_export_batch_spans = match p.var("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") {
-            None => crate::MAX_EXPORT_BATCH_SPANS.min(max_queue_spans),
-            Some(v) => match v.parse::<usize>() {
-                Ok(n) if (1..=max_queue_spans).contains(&n) => n,
-                _ => {
-                    p.invalid(
-                        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
-                        v,
-                        format!(
-                            "expected a whole number of spans from 1 to the queue size ({max_queue_spans})"
-                        ),
-                    );
-                    crate::MAX_EXPORT_BATCH_SPANS.min(max_queue_spans)
-                }
-            },
-        };
+        let max_queue_spans = p.span_count(
+            "OTEL_BSP_MAX_QUEUE_SIZE",
+            1_048_576,
+            "1048576",
+            crate::MAX_QUEUE_SPANS,
+        );
+        let max_export_batch_spans = p.span_count(
+            "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+            max_queue_spans,
+            &format!("the queue size ({max_queue_spans})"),
+            crate::MAX_EXPORT_BATCH_SPANS.min(max_queue_spans),
+        );
 
         let log_filter = p
             .var("RUST_LOG")
