@@ -2,15 +2,19 @@ use messaging::events::{SagaEvent, StockReserved};
 use messaging::{Db, Event, Handler, HandlerError, Incoming, Writer};
 
 use crate::domain::{self, PaymentError};
-use crate::provider::{self, ChargeOutcome, ProviderConfig};
+use crate::provider::{ChargeOutcome, ChargeRequest, Provider};
 
+/// payment's reaction to the saga: remembers intents and cancellations, charges on
+/// `stock.reserved` through the [`Provider`], refunds a cancelled order's charge.
 pub struct PaymentHandler {
     db: Db,
-    provider: ProviderConfig,
+    provider: Provider,
 }
 
 impl PaymentHandler {
-    pub fn new(db: Db, provider: ProviderConfig) -> Self {
+    /// The handler over payment's database `db` (with [`crate::MIGRATIONS`]), charging through
+    /// `provider`.
+    pub fn new(db: Db, provider: Provider) -> Self {
         Self { db, provider }
     }
 }
@@ -62,7 +66,16 @@ impl Handler for PaymentHandler {
         // broker outage, stock.reserved may arrive after orders has cancelled the order (or is
         // about to) for its timeout, and a retried call may start after it. A redelivery (the
         // retry queues) runs all of this again.
-        let outcome = provider::charge(&self.provider, &intent.token, intent.deadline_ms).await;
+        let request = ChargeRequest {
+            key: &order_id,
+            token: &intent.token,
+            amount_cents: intent.amount_cents,
+            currency: &intent.currency,
+        };
+        let outcome = self
+            .provider
+            .charge(&request, intent.deadline_ms, false)
+            .await;
         if let ChargeOutcome::DeadlinePassed { attempts } = outcome {
             tracing::info!(%order_id, attempts, "Past its payment deadline; not charging.");
         }

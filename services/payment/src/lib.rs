@@ -1,15 +1,25 @@
-//! payment: a simulated card provider. Charges an order once its stock is reserved, refunds a
-//! charge whose order was cancelled, and never charges an order twice. Starts no charge after
-//! the order's `payment_deadline` (from `order.placed`): such an order gets `payment.failed`
-//! with reason `deadline_passed` instead, so an order orders has cancelled for its timeout
-//! (or is about to) is never charged and refunded.
+//! payment: charges an order once its stock is reserved, through a simulated card provider;
+//! refunds a charge whose order was cancelled, and never charges an order twice. Starts no
+//! charge after the order's `payment_deadline` (from `order.placed`): such an order gets
+//! `payment.failed` with reason `deadline_passed` instead, so an order orders has cancelled for
+//! its timeout (or is about to) is never charged and refunded.
+//!
+//! # A charge is never lost
+//!
+//! The provider is idempotent per order id (its idempotency key, as Stripe's
+//! `Idempotency-Key`): a repeated call gets the first call's answer and charges nothing more.
+//! It keeps those answers in a ledger of its own, an SQLite file apart from payment's database
+//! ([`provider`]), which payment's transactions never touch.
 //!
 //! # How to use
 //!
 //! Run the `payment` binary (default `127.0.0.1:7005`). Test tokens: `tok_visa` succeeds,
 //! `tok_declined` is declined, `tok_error` fails transiently (retried with back-off, then
 //! fails with `provider_error`). Fault flags: `PAYMENT_DECLINE_RATE` (0..1) declines that share
-//! of otherwise good charges, `PAYMENT_LATENCY_MS` delays every provider call.
+//! of otherwise good charges (a decline is kept per order like any answer), `PAYMENT_LATENCY_MS`
+//! delays every provider call. The provider's ledger is `PAYMENT_PROVIDER_LEDGER` (default
+//! `data/payment-provider.db`, beside `DATABASE_PATH`); keep it with the database, as a real
+//! provider keeps its records whatever happens to payment.
 
 pub mod config;
 pub mod domain;
@@ -25,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 pub use config::Config;
 pub use handler::PaymentHandler;
 pub use http::router;
+pub use provider::Provider;
 
 pub const MIGRATIONS: &str = "
 CREATE TABLE IF NOT EXISTS payment_intents (
@@ -78,7 +89,18 @@ pub struct AppState {
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), KitError> {
     let mut kit = Kit::start(SERVICE, config.base.clone(), MIGRATIONS, shutdown).await?;
-    let handler = PaymentHandler::new(kit.db.clone(), config.provider.clone());
+    if let Some(dir) = config
+        .provider_ledger
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(dir).map_err(|source| KitError::DataDir {
+            path: dir.display().to_string(),
+            source,
+        })?;
+    }
+    let provider = Provider::open(&config.provider_ledger, config.provider.clone()).await?;
+    let handler = PaymentHandler::new(kit.db.clone(), provider);
     kit.consume(Arc::new(handler))?;
     let state = AppState { db: kit.db.clone() };
     kit.serve(router(state)).await

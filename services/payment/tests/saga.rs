@@ -9,36 +9,63 @@ use std::time::Duration;
 use messaging::contract;
 use messaging::events::{OrderCancelled, OrderPlaced, StockReserved};
 use payment::provider::ProviderConfig;
-use payment::PaymentHandler;
+use payment::{PaymentHandler, Provider};
 use test_support::ConsumerHarness;
 use time::OffsetDateTime;
 
+/// One provider call per charge (no retries).
+fn one_call() -> ProviderConfig {
+    ProviderConfig {
+        decline_rate: 0.0,
+        latency: Duration::ZERO,
+        attempts: 1,
+        retry_base: Duration::from_millis(1),
+    }
+}
+
+/// The simulated provider on its own ledger file, which outlives the harness's database.
+struct Ledger {
+    provider: Provider,
+    _dir: tempfile::TempDir,
+}
+
+impl Ledger {
+    async fn open(config: ProviderConfig) -> Ledger {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("payment-provider.db");
+        let provider = Provider::open(&path, config).await.unwrap();
+        Ledger {
+            provider,
+            _dir: dir,
+        }
+    }
+
+    /// The charges the provider made for `order_id` (its ledger, not payment's tables).
+    async fn charges(&self, order_id: &str) -> u64 {
+        self.provider.charges(order_id).await.unwrap()
+    }
+}
+
 /// One provider call per charge, redeliveries after the default back-off.
-async fn harness() -> ConsumerHarness {
-    harness_with(
-        ProviderConfig {
-            decline_rate: 0.0,
-            latency: Duration::ZERO,
-            attempts: 1,
-            retry_base: Duration::from_millis(1),
-        },
-        messaging::RetryBackoff::default(),
-    )
-    .await
+async fn harness() -> (ConsumerHarness, Ledger) {
+    harness_with(one_call(), messaging::RetryBackoff::default()).await
 }
 
 /// The handler with `provider`'s retries, behind a consumer redelivering with `redelivery`.
 async fn harness_with(
     provider: ProviderConfig,
     redelivery: messaging::RetryBackoff,
-) -> ConsumerHarness {
-    ConsumerHarness::start_with(
+) -> (ConsumerHarness, Ledger) {
+    let ledger = Ledger::open(provider).await;
+    let charging = ledger.provider.clone();
+    let h = ConsumerHarness::start_with(
         &contract::PAYMENT,
         payment::MIGRATIONS,
-        |db| Arc::new(PaymentHandler::new(db, provider)),
+        |db| Arc::new(PaymentHandler::new(db, charging)),
         |c| c.retry = redelivery,
     )
-    .await
+    .await;
+    (h, ledger)
 }
 
 fn placed(order_id: &str, deadline: OffsetDateTime) -> OrderPlaced {
@@ -94,11 +121,24 @@ async fn payments(h: &ConsumerHarness, order_id: &str) -> Vec<payment::domain::P
         .unwrap()
 }
 
+/// Waits until `n` deliveries were sent to the retry queues.
+async fn wait_retried(h: &ConsumerHarness, n: u64) {
+    let until = tokio::time::Instant::now() + Duration::from_secs(15);
+    while h.settled("retried") < n {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "{} of {n} deliveries sent to the retry queue",
+            h.settled("retried")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Once per order, not once per message: `stock.reserved` and `order.cancelled` re-published
 /// under new ids charge and refund nothing more.
 #[tokio::test]
 async fn an_order_is_charged_once_and_refunded_once() {
-    let h = harness().await;
+    let (h, ledger) = harness().await;
     let later = OffsetDateTime::now_utc() + Duration::from_secs(300);
     h.publish("cart", &placed("o-1", later)).await;
     h.wait_settled(1).await;
@@ -111,6 +151,7 @@ async fn an_order_is_charged_once_and_refunded_once() {
     assert_eq!(p.len(), 1);
     assert_eq!(p[0].status, "SUCCEEDED");
     assert_eq!(h.outbox_keys().await, ["payment.succeeded"]);
+    assert_eq!(ledger.charges("o-1").await, 1, "the provider charged once");
 
     h.publish("orders", &cancelled("o-1")).await;
     h.publish("orders", &cancelled("o-1")).await;
@@ -127,7 +168,7 @@ async fn an_order_is_charged_once_and_refunded_once() {
 /// held it back) charges nothing; payment says why in `payment.failed`.
 #[tokio::test]
 async fn no_charge_starts_after_the_payment_deadline() {
-    let h = harness().await;
+    let (h, ledger) = harness().await;
     let passed = OffsetDateTime::now_utc() - Duration::from_secs(1);
     h.publish("cart", &placed("o-late", passed)).await;
     h.wait_settled(1).await;
@@ -141,6 +182,11 @@ async fn no_charge_starts_after_the_payment_deadline() {
     );
     assert_eq!(h.outbox_keys().await, ["payment.failed"]);
     assert_eq!(outbox_reason(&h).await, "deadline_passed");
+    assert_eq!(
+        ledger.charges("o-late").await,
+        0,
+        "the provider was not called"
+    );
 
     // The cancellation that follows refunds nothing: nothing was charged.
     h.publish("orders", &cancelled("o-late")).await;
@@ -156,7 +202,7 @@ async fn no_charge_starts_after_the_payment_deadline() {
 async fn a_provider_retry_does_not_start_after_the_payment_deadline() {
     // The first call is made at once, well inside the 2 s; the retry would start after the
     // 3 s back-off, past the deadline.
-    let h = harness_with(
+    let (h, ledger) = harness_with(
         ProviderConfig {
             decline_rate: 0.0,
             latency: Duration::ZERO,
@@ -181,6 +227,7 @@ async fn a_provider_retry_does_not_start_after_the_payment_deadline() {
     );
     assert_eq!(h.outbox_keys().await, ["payment.failed"]);
     assert_eq!(outbox_reason(&h).await, "deadline_passed");
+    assert_eq!(ledger.charges("o-flaky").await, 0);
     h.cleanup().await;
 }
 
@@ -189,13 +236,8 @@ async fn a_provider_retry_does_not_start_after_the_payment_deadline() {
 /// past it, `payment.failed` with `deadline_passed` and no charge, though the card would pay.
 #[tokio::test]
 async fn a_redelivery_after_the_payment_deadline_charges_nothing() {
-    let h = harness_with(
-        ProviderConfig {
-            decline_rate: 0.0,
-            latency: Duration::ZERO,
-            attempts: 1,
-            retry_base: Duration::from_millis(1),
-        },
+    let (h, ledger) = harness_with(
+        one_call(),
         messaging::RetryBackoff {
             base: Duration::from_secs(2),
             max: Duration::from_secs(4),
@@ -203,14 +245,8 @@ async fn a_redelivery_after_the_payment_deadline_charges_nothing() {
     )
     .await;
     h.publish("inventory", &reserved("o-early")).await;
-    let until = tokio::time::Instant::now() + Duration::from_secs(15);
-    while h.settled("retried") < 1 {
-        assert!(
-            tokio::time::Instant::now() < until,
-            "stock.reserved before order.placed was not sent to the retry queue"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // stock.reserved before order.placed goes to the retry queue.
+    wait_retried(&h, 1).await;
     // The deadline passes while stock.reserved waits out its 2 s back-off.
     let soon = OffsetDateTime::now_utc() + Duration::from_millis(500);
     h.publish("cart", &placed("o-early", soon)).await;
@@ -223,5 +259,10 @@ async fn a_redelivery_after_the_payment_deadline_charges_nothing() {
     );
     assert_eq!(h.outbox_keys().await, ["payment.failed"]);
     assert_eq!(outbox_reason(&h).await, "deadline_passed");
+    assert_eq!(
+        ledger.charges("o-early").await,
+        0,
+        "the provider was not called"
+    );
     h.cleanup().await;
 }
