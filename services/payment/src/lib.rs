@@ -11,6 +11,19 @@
 //! It keeps those answers in a ledger of its own, an SQLite file apart from payment's database
 //! ([`provider`]), which payment's transactions never touch.
 //!
+//! The provider is called on `stock.reserved`, before the transaction that records its answer
+//! (`payments`, `payment.succeeded` / `payment.failed`) with the inbox row. If that transaction
+//! fails, or the process dies before it commits, the message is redelivered while the provider
+//! may already have charged. So before its first call for an order, payment commits a
+//! `provider_calls` row saying one was started. On every later delivery for that order the
+//! deadline and a cancellation no longer skip the provider: payment repeats the call with the
+//! same key, records the answer, and a charge of an order cancelled (now, or later for its
+//! timeout) is refunded as usual (`payment.refunded`). An order whose call was never started
+//! keeps the deadline and cancellation checks: no call is made after them. A started call whose
+//! answer was lost can so be repeated after the deadline; if its first attempt had failed
+//! transiently (nothing charged), the repeat may charge late, and the order's cancellation
+//! refunds it.
+//!
 //! # How to use
 //!
 //! Run the `payment` binary (default `127.0.0.1:7005`). Test tokens: `tok_visa` succeeds,
@@ -62,6 +75,12 @@ CREATE TABLE IF NOT EXISTS payments (
 CREATE TABLE IF NOT EXISTS payment_deadlines (
     order_id    TEXT PRIMARY KEY,
     deadline_ms INTEGER NOT NULL
+);
+-- Orders whose first provider call was started (committed before it is made): every later
+-- delivery repeats the call to learn its answer (provider.rs, handler.rs).
+CREATE TABLE IF NOT EXISTS provider_calls (
+    order_id   TEXT PRIMARY KEY,
+    started_at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS cancelled_orders (
     order_id TEXT PRIMARY KEY,

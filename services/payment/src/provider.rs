@@ -104,10 +104,17 @@ enum Call {
 }
 
 impl Provider {
-    /// Opens (creating if needed) the ledger at `path`; its directory must exist.
+    /// Opens (creating if needed) the ledger at `path`; its directory must exist. Every
+    /// ledger commit is synced to disk (`synchronous = FULL`): a provider does not forget a
+    /// charge it made, not even across a power loss.
     pub async fn open(path: &Path, config: ProviderConfig) -> Result<Self, rusqlite::Error> {
         let ledger = Db::open(path)?;
-        ledger.call(|c| c.execute_batch(LEDGER_SCHEMA)).await?;
+        ledger
+            .call(|c| {
+                c.pragma_update(None, "synchronous", "FULL")?;
+                c.execute_batch(LEDGER_SCHEMA)
+            })
+            .await?;
         Ok(Self { config, ledger })
     }
 
