@@ -57,8 +57,8 @@ pub enum ChargeOutcome {
     },
 }
 
-/// One charge as sent to the provider.
-#[derive(Debug, Clone, Copy)]
+/// One charge as sent to the provider. No `Debug`: the card token stays out of logs.
+#[derive(Clone, Copy)]
 pub struct ChargeRequest<'a> {
     /// The idempotency key: every call with it after the first that charged or declined gets
     /// that first answer. Payment uses the order id.
