@@ -12,7 +12,8 @@ pub struct Intent {
     pub amount_cents: i64,
     pub currency: String,
     /// The order's `payment_deadline` (Unix ms); `None` for an `order.placed` without one. No
-    /// provider call starts after it (`provider::charge`).
+    /// provider call starts after it, unless one was started before it and its answer was lost
+    /// (then it is repeated to learn it: `Provider::charge`).
     pub deadline_ms: Option<i64>,
 }
 
@@ -64,6 +65,36 @@ pub fn intent(conn: &Connection, order_id: &str) -> Result<Option<Intent>, rusql
         },
     )
     .optional()
+}
+
+/// Records, committed before payment's first provider call for `order_id`, that one was
+/// started: from then on the call may have charged, so every later delivery repeats it (same
+/// idempotency key) to learn its answer, whatever the deadline or a cancellation say.
+///
+/// Run it outside a transaction: it commits at once, synced to disk even across a power loss
+/// (`synchronous = FULL` for this commit; the database's own setting, WAL with `NORMAL`, may
+/// lose the last commits then, though never to a crash of the process).
+pub fn mark_call_started(conn: &Connection, order_id: &str) -> Result<(), rusqlite::Error> {
+    let before: i64 = conn.pragma_query_value(None, "synchronous", |r| r.get(0))?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    let inserted = conn.execute(
+        "INSERT OR IGNORE INTO provider_calls (order_id, started_at) VALUES (?1, ?2)",
+        params![order_id, service_kit::now_rfc3339()],
+    );
+    conn.pragma_update(None, "synchronous", before)?;
+    inserted.map(|_| ())
+}
+
+/// True when a provider call was started for `order_id` ([`mark_call_started`]).
+pub fn call_started(conn: &Connection, order_id: &str) -> Result<bool, rusqlite::Error> {
+    Ok(conn
+        .query_row(
+            "SELECT 1 FROM provider_calls WHERE order_id = ?1",
+            [order_id],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
 }
 
 pub fn is_cancelled(conn: &Connection, order_id: &str) -> Result<bool, rusqlite::Error> {
