@@ -198,9 +198,13 @@ pub(crate) enum PeerIdentity {
 }
 
 /// Records the upstream certificate's SPIFFE ID in the connection's digest, right after the
-/// handshake; [`UpstreamTls::check`] reads it.
+/// handshake, for [`UpstreamTls::check`]; and turns on OpenSSL read-ahead for the connection.
 pub(crate) fn handshake_hook() -> HandshakeCompleteHook {
     Arc::new(|ssl: &SslRef| {
+        // Pingora's upstream transport has no read buffer: without read-ahead, OpenSSL reads
+        // every record's header and body with two `read(2)` calls (docs/benchmarks.md,
+        // "Upstream mutual TLS").
+        openssl_ext::enable_read_ahead(ssl);
         let id = ssl
             .peer_certificate()
             .and_then(|cert| cert.to_der().ok())
