@@ -8,7 +8,7 @@
 //!   port is refused.
 //! - `linkerd`: the Linkerd proxy in the pod terminates mTLS and forwards plain HTTP with
 //!   `l5d-client-id`; the caller is taken from that header, only on connections from a trusted
-//!   sidecar address (`MESH_TRUSTED_SIDECARS`, default loopback).
+//!   sidecar (`MESH_TRUSTED_SIDECARS`, default the pod itself: its own address, and loopback).
 //! - `istio`: the same with Envoy's `x-forwarded-client-cert` (its last element's `URI=`).
 //!
 //! A connection from anywhere else in a mesh mode has no caller at all: its headers are ignored,
@@ -25,8 +25,14 @@ use observability::env::EnvParser;
 
 /// `IDENTITY_MODE`.
 pub const IDENTITY_MODE_ENV: &str = "IDENTITY_MODE";
-/// `MESH_TRUSTED_SIDECARS`: comma-separated addresses or networks (`127.0.0.1`, `10.0.0.0/8`).
+/// `MESH_TRUSTED_SIDECARS`: comma-separated addresses or networks (`127.0.0.1`, `10.0.0.0/8`),
+/// and [`OWN_ADDRESS`].
 pub const MESH_TRUSTED_SIDECARS_ENV: &str = "MESH_TRUSTED_SIDECARS";
+/// The entry of `MESH_TRUSTED_SIDECARS` that trusts a connection whose peer address is the
+/// address it was accepted on: one opened from inside the pod to the pod's own IP, which is how
+/// the Linkerd proxy (2.11 and later) forwards requests to the application. No packet from
+/// outside the pod carries the pod's own address as its source (the kernel drops it).
+pub const OWN_ADDRESS: &str = "pod";
 /// Linkerd's header naming the client's TLS identity.
 pub const L5D_CLIENT_ID: &str = "l5d-client-id";
 /// Envoy's (Istio's) header describing the client certificate.
@@ -91,9 +97,12 @@ pub struct IdentityConfig {
     /// `spiffe://{trust_domain}/{workload}`): how the workloads named in the policy map to
     /// SPIFFE IDs.
     pub ids: IdTemplate,
-    /// `MESH_TRUSTED_SIDECARS`, default `127.0.0.1,::1`: the TCP peers whose mesh identity
-    /// headers are believed (mesh modes only).
+    /// The networks of `MESH_TRUSTED_SIDECARS` (default `pod,127.0.0.1,::1`): the TCP peers
+    /// whose mesh identity headers are believed (mesh modes only).
     pub trusted_sidecars: Vec<IpNet>,
+    /// Whether `MESH_TRUSTED_SIDECARS` names [`OWN_ADDRESS`] (it does by default): a connection
+    /// from the address it was accepted on comes from the pod itself, and is believed too.
+    pub trust_own_address: bool,
 }
 
 impl IdentityConfig {
@@ -122,13 +131,13 @@ impl IdentityConfig {
                 "required in IDENTITY_MODE=mtls (the service's SVID: tls.crt, tls.key, ca.crt)",
             );
         }
-        let trusted_sidecars = match p.var(MESH_TRUSTED_SIDECARS_ENV) {
-            None => loopback(),
-            Some(raw) => match parse_networks(&raw) {
+        let (trusted_sidecars, trust_own_address) = match p.var(MESH_TRUSTED_SIDECARS_ENV) {
+            None => (loopback(), true),
+            Some(raw) => match parse_sidecars(&raw) {
                 Ok(n) => n,
                 Err(e) => {
                     p.invalid(MESH_TRUSTED_SIDECARS_ENV, raw, e);
-                    loopback()
+                    (loopback(), true)
                 }
             },
         };
@@ -137,6 +146,7 @@ impl IdentityConfig {
             svid,
             ids,
             trusted_sidecars,
+            trust_own_address,
         }
     }
 
@@ -148,6 +158,7 @@ impl IdentityConfig {
             svid: Some(SvidSource::Dir(svid_dir.into())),
             ids: IdTemplate::default_in(&TrustDomain::default()),
             trusted_sidecars: loopback(),
+            trust_own_address: true,
         }
     }
 
@@ -158,13 +169,22 @@ impl IdentityConfig {
             .expect("a valid template gives every workload name an ID")
     }
 
-    /// Whether a connection from `addr` comes from a trusted sidecar.
+    /// Whether a connection from `addr` comes from a trusted sidecar network (the
+    /// [`OWN_ADDRESS`] rule needs the connection: see [`IdentityConfig::is_from_trusted_sidecar`]).
     pub fn is_trusted_sidecar(&self, addr: IpAddr) -> bool {
-        let addr = match addr {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(addr),
-            v4 => v4,
-        };
+        let addr = unmapped(addr);
         self.trusted_sidecars.iter().any(|n| n.contains(&addr))
+    }
+
+    /// Whether `conn` comes from a trusted sidecar: its peer is in a trusted network, or it is
+    /// the pod's own address and [`OWN_ADDRESS`] is trusted.
+    pub fn is_from_trusted_sidecar(&self, conn: &ConnInfo) -> bool {
+        let remote = conn.remote.ip();
+        self.is_trusted_sidecar(remote)
+            || (self.trust_own_address
+                && conn
+                    .local
+                    .is_some_and(|local| unmapped(local.ip()) == unmapped(remote)))
     }
 
     /// The caller of a request: from the connection's TLS in `mtls` mode; from the mesh header
@@ -172,9 +192,7 @@ impl IdentityConfig {
     pub fn caller(&self, conn: &ConnInfo, headers: &HeaderMap) -> Caller {
         let id = match self.mode {
             IdentityMode::Mtls => conn.tls.as_ref().and_then(|t| t.spiffe_id.clone()),
-            IdentityMode::Linkerd | IdentityMode::Istio
-                if !self.is_trusted_sidecar(conn.remote.ip()) =>
-            {
+            IdentityMode::Linkerd | IdentityMode::Istio if !self.is_from_trusted_sidecar(conn) => {
                 None
             }
             IdentityMode::Linkerd => {
@@ -198,6 +216,14 @@ impl IdentityConfig {
     }
 }
 
+/// `::ffff:10.1.2.3` → `10.1.2.3` (a dual-stack listener reports IPv4 peers so).
+fn unmapped(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(addr),
+        v4 => v4,
+    }
+}
+
 fn loopback() -> Vec<IpNet> {
     vec![
         IpNet::from(IpAddr::from([127, 0, 0, 1])),
@@ -205,17 +231,24 @@ fn loopback() -> Vec<IpNet> {
     ]
 }
 
-/// `10.0.0.0/8, 127.0.0.1` → networks (a bare address is a /32 or /128).
-fn parse_networks(raw: &str) -> Result<Vec<IpNet>, String> {
-    raw.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| {
+/// `pod, 10.0.0.0/8, 127.0.0.1` → the networks (a bare address is a /32 or /128), and whether
+/// [`OWN_ADDRESS`] is among them.
+fn parse_sidecars(raw: &str) -> Result<(Vec<IpNet>, bool), String> {
+    let (mut networks, mut own) = (Vec::new(), false);
+    for s in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        if s == OWN_ADDRESS {
+            own = true;
+            continue;
+        }
+        networks.push(
             s.parse::<IpNet>()
                 .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
-                .map_err(|_| format!("{s:?} is not an IP address or network"))
-        })
-        .collect()
+                .map_err(|_| {
+                    format!("{s:?} is not an IP address or network, nor {OWN_ADDRESS:?}")
+                })?,
+        );
+    }
+    Ok((networks, own))
 }
 
 fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
@@ -276,6 +309,8 @@ fn split_unquoted(s: &str, sep: char) -> Vec<&str> {
 pub struct ConnInfo {
     /// The TCP peer.
     pub remote: SocketAddr,
+    /// The address the connection was accepted on (`None` when the socket could not tell).
+    pub local: Option<SocketAddr>,
     /// The TLS facts in `mtls` mode (`None` for plain HTTP from a sidecar).
     pub tls: Option<PeerTls>,
 }
@@ -386,6 +421,65 @@ mod tests {
         let c = parse(&[("IDENTITY_MODE", "linkerd")]).unwrap();
         assert!(c.svid.is_none() && c.is_trusted_sidecar("127.0.0.1".parse().unwrap()));
         assert!(!c.is_trusted_sidecar("10.1.2.3".parse().unwrap()));
+        assert!(c.trust_own_address, "the default trusts the pod itself");
+        let c = parse(&[
+            ("IDENTITY_MODE", "istio"),
+            ("MESH_TRUSTED_SIDECARS", "127.0.0.6, ::6"),
+        ])
+        .unwrap();
+        assert!(!c.trust_own_address && !c.is_trusted_sidecar("127.0.0.1".parse().unwrap()));
+        assert!(c.is_trusted_sidecar("::6".parse().unwrap()));
+    }
+
+    fn conn(remote: &str, local: &str) -> ConnInfo {
+        ConnInfo {
+            remote: remote.parse().unwrap(),
+            local: Some(local.parse().unwrap()),
+            tls: None,
+        }
+    }
+
+    #[test]
+    fn the_pods_own_address_is_a_sidecar_only_when_trusted() {
+        let default = parse(&[("IDENTITY_MODE", "linkerd")]).unwrap();
+        let networks_only = parse(&[
+            ("IDENTITY_MODE", "linkerd"),
+            ("MESH_TRUSTED_SIDECARS", "127.0.0.1,::1"),
+        ])
+        .unwrap();
+        // The Linkerd proxy connects to the pod's own IP, from it.
+        let from_proxy = conn("10.244.1.5:41000", "10.244.1.5:7002");
+        assert!(default.is_from_trusted_sidecar(&from_proxy));
+        assert!(!networks_only.is_from_trusted_sidecar(&from_proxy));
+        // A dual-stack listener reports the same IPv4 addresses mapped.
+        let mapped = conn("[::ffff:10.244.1.5]:41000", "10.244.1.5:7002");
+        assert!(default.is_from_trusted_sidecar(&mapped));
+        // Another pod, and a connection whose listener address is unknown.
+        assert!(!default.is_from_trusted_sidecar(&conn("10.244.1.6:41000", "10.244.1.5:7002")));
+        let unknown = ConnInfo {
+            local: None,
+            ..from_proxy.clone()
+        };
+        assert!(!default.is_from_trusted_sidecar(&unknown));
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            L5D_CLIENT_ID,
+            "gateway.vantage.serviceaccount.identity.linkerd.cluster.local"
+                .parse()
+                .unwrap(),
+        );
+        assert!(default.caller(&from_proxy, &headers).is_gateway());
+        assert_eq!(
+            networks_only.caller(&from_proxy, &headers),
+            Caller::Anonymous
+        );
+        let e = parse(&[
+            ("IDENTITY_MODE", "linkerd"),
+            ("MESH_TRUSTED_SIDECARS", "pods"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("nor \"pod\""), "{e}");
     }
 
     #[test]

@@ -120,10 +120,15 @@ pub(crate) async fn serve<S>(
             },
         };
         let _ = tcp.set_nodelay(true);
+        let local = tcp.local_addr().ok();
         let (app, watcher) = (app.clone(), graceful.watcher());
         match &transport {
             Transport::Plain => {
-                let conn = ConnInfo { remote, tls: None };
+                let conn = ConnInfo {
+                    remote,
+                    local,
+                    tls: None,
+                };
                 tokio::spawn(connection(TokioIo::new(tcp), conn, app, watcher));
             }
             Transport::Mtls(acceptor) => {
@@ -149,6 +154,7 @@ pub(crate) async fn serve<S>(
                     };
                     let conn = ConnInfo {
                         remote,
+                        local,
                         tls: Some(PeerTls::of(tls.get_ref().1)),
                     };
                     connection(TokioIo::new(tls), conn, app, watcher).await;

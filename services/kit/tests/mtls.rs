@@ -519,17 +519,32 @@ async fn a_rotated_svid_serves_new_connections_while_an_in_flight_request_comple
     svc.stop().await;
 }
 
+/// A mesh mode trusting the network `trusted` only (not the pod's own address: the tests
+/// connect over loopback, where the peer's address is the listener's).
 fn mesh(mode: IdentityMode, trusted: &str) -> IdentityConfig {
     let mut c = IdentityConfig::mtls("/unused");
     c.mode = mode;
     c.svid = None;
     c.trusted_sidecars = vec![trusted.parse::<IpNet>().unwrap()];
+    c.trust_own_address = false;
     c
 }
 
 /// `GET http://api/api/whoami` with `x-user-id: u-1` and `header`.
 async fn plain_get(api: SocketAddr, header: (&str, &str)) -> (u16, Value) {
-    let r = reqwest::Client::new()
+    plain_get_from(None, api, header).await
+}
+
+/// [`plain_get`] from the source address `from` (the system's choice when `None`).
+async fn plain_get_from(
+    from: Option<std::net::IpAddr>,
+    api: SocketAddr,
+    header: (&str, &str),
+) -> (u16, Value) {
+    let r = reqwest::Client::builder()
+        .local_address(from)
+        .build()
+        .unwrap()
         .get(format!("http://{api}/api/whoami"))
         .header("x-user-id", "u-1")
         .header(header.0, header.1)
@@ -567,6 +582,28 @@ async fn linkerd_mode_believes_l5d_client_id_only_from_a_trusted_sidecar() {
         metrics.contains("shop_authorization_denials_total{caller=\"anonymous\",route=\"/\"} 1"),
         "{metrics}"
     );
+    svc.stop().await;
+}
+
+/// Linkerd's proxy (2.11 and later) connects to the pod's own address, from it: with `pod` in
+/// `MESH_TRUSTED_SIDECARS` a connection whose peer is the address it reached is the sidecar,
+/// and one from any other address is not.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pods_own_address_is_the_sidecar_when_trusted() {
+    let gateway = (
+        "l5d-client-id",
+        "gateway.vantage.serviceaccount.identity.linkerd.cluster.local",
+    );
+    let mut identity = mesh(IdentityMode::Linkerd, "10.9.9.9/32");
+    identity.trust_own_address = true;
+    let svc = start(identity).await;
+    // From the listener's own address (127.0.0.1 to 127.0.0.1): the pod itself.
+    let (status, body) = plain_get(svc.api, gateway).await;
+    assert_eq!((status, &body["user"]), (200, &json!("u-1")), "{body}");
+    // From another address of this host, which no network trusts: nobody.
+    let other = Some("127.0.0.2".parse().unwrap());
+    assert_eq!(plain_get_from(other, svc.api, gateway).await.0, 403);
+    assert_eq!(svc.seen().len(), 1, "{:?}", svc.seen());
     svc.stop().await;
 }
 

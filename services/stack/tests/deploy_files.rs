@@ -745,6 +745,7 @@ fn k8s_manifests_validate_offline_against_the_kubernetes_and_crd_schemas() {
 enum Mesh {
     None,
     Linkerd,
+    IstioSidecar,
     IstioAmbient,
 }
 
@@ -757,6 +758,8 @@ const RABBITMQ_MANAGEMENT_TLS_PORT: u16 = 15671;
 const RABBITMQ_METRICS_TLS_PORT: u16 = 15691;
 /// Istio ambient's HBONE tunnel port on every meshed pod.
 const HBONE_PORT: u16 = 15008;
+/// Where Istio's sidecars get their configuration (xDS) and certificates from istiod.
+const ISTIOD_XDS_PORT: u16 = 15012;
 
 /// The connections a rendering must allow, and nothing else: the contract's HTTP calls, every
 /// broker client (every consumer of the messaging contract among them) to the broker, every
@@ -823,6 +826,11 @@ fn expected_connections(docs: &[Value], mesh: Mesh) -> BTreeSet<Connection> {
                 e.insert(tcp(w.name(), LINKERD_DESTINATION, 8086));
                 e.insert(tcp(w.name(), LINKERD_DESTINATION, 8090));
                 e.insert(tcp(w.name(), LINKERD_IDENTITY, 8080));
+            }
+        }
+        Mesh::IstioSidecar => {
+            for w in Workload::ALL {
+                e.insert(tcp(w.name(), ISTIOD, ISTIOD_XDS_PORT));
             }
         }
         Mesh::IstioAmbient => {
@@ -943,6 +951,11 @@ fn k8s_network_policies_allow_exactly_the_contract() {
 #[test]
 fn k8s_linkerd_network_policies_add_only_the_control_plane() {
     assert_policies_allow_exactly_the_contract("overlays/linkerd", Mesh::Linkerd, &[]);
+}
+
+#[test]
+fn k8s_istio_sidecar_network_policies_add_only_istiod() {
+    assert_policies_allow_exactly_the_contract("overlays/istio-sidecar", Mesh::IstioSidecar, &[]);
 }
 
 #[test]
@@ -1366,7 +1379,7 @@ fn without_tls(mut policy: Value) -> Value {
 #[test]
 fn k8s_mesh_overlays_run_the_gateway_policy_over_plain_http() {
     let base: Value = serde_yaml::from_str(k8s_gateway_policy(rendered("base"))).unwrap();
-    for name in ["overlays/linkerd", "overlays/istio-ambient"] {
+    for name in MESH_OVERLAYS {
         let docs = rendered(name);
         let text = k8s_gateway_policy(docs);
         let policy = validate_policy(name, text, &k8s_spiffe_id(docs, Workload::Gateway));
@@ -1497,14 +1510,26 @@ fn k8s_broker_is_a_three_node_tls_only_rabbitmq_cluster_with_its_definitions() {
     assert!(topology.contains("\"x-queue-type\"") && topology.contains("\"quorum\""));
 }
 
+/// The kustomizations that put the workloads in a service mesh.
+const MESH_OVERLAYS: [&str; 3] = [
+    "overlays/linkerd",
+    "overlays/istio-sidecar",
+    "overlays/istio-ambient",
+];
+
 #[test]
 fn k8s_overlays_switch_the_services_to_the_mesh_identity_modes() {
+    // (kustomization, IDENTITY_MODE, scheme of the service URLs). The proxy: a pod annotation
+    // for Linkerd, the namespace label for Istio's sidecar injector (with the pods that stay
+    // out labelled so) or its ambient data plane.
     for (name, mode, scheme) in [
         ("base", "mtls", "https"),
         ("overlays/linkerd", "linkerd", "http"),
+        ("overlays/istio-sidecar", "istio", "http"),
         ("overlays/istio-ambient", "istio", "http"),
     ] {
         let docs = rendered(name);
+        let sidecar = name == "overlays/istio-sidecar";
         for w in Workload::ALL {
             let set = workload(docs, w);
             let env = container_env(docs, &set["spec"]["template"]["spec"]["containers"][0]);
@@ -1515,26 +1540,276 @@ fn k8s_overlays_switch_the_services_to_the_mesh_identity_modes() {
                 (mode == "linkerd").then_some("enabled"),
                 "{name}: {w}"
             );
+            let pod_labels = labels(&set["spec"]["template"]["metadata"]["labels"]);
+            assert_eq!(
+                pod_labels.get("sidecar.istio.io/inject"),
+                None,
+                "{name}: {w} is injected"
+            );
             if w == Workload::Cart {
                 assert!(
                     env["INVENTORY_URL"].starts_with(&format!("{scheme}://")),
                     "{name}"
                 );
             }
+            // Behind a sidecar the gateway still sees its clients' addresses (the per-IP
+            // rate limits): its public ports bypass the sidecar.
+            let excluded: BTreeSet<u16> = annotations
+                .get("traffic.sidecar.istio.io/excludeInboundPorts")
+                .map(|p| p.split(',').map(|p| p.trim().parse().unwrap()).collect())
+                .unwrap_or_default();
+            let public = [
+                contract::GATEWAY_PUBLIC_PORT,
+                contract::GATEWAY_PUBLIC_TLS_PORT,
+            ];
+            assert_eq!(
+                excluded,
+                if sidecar && w == Workload::Gateway {
+                    public.into_iter().collect()
+                } else {
+                    BTreeSet::new()
+                },
+                "{name}: {w}"
+            );
         }
-        // Only our workloads get a Linkerd proxy.
+        // Only our workloads get a Linkerd proxy or an Istio sidecar.
         for d in of_kind(docs, "Deployment") {
             if Workload::from_name(d["metadata"]["name"].as_str().unwrap()).is_none() {
-                assert!(d["spec"]["template"]["metadata"]["annotations"]
-                    .get("linkerd.io/inject")
-                    .is_none());
+                let template = &d["spec"]["template"]["metadata"];
+                assert!(template["annotations"].get("linkerd.io/inject").is_none());
+                assert_eq!(
+                    labels(&template["labels"])
+                        .get("sidecar.istio.io/inject")
+                        .map(String::as_str),
+                    sidecar.then_some("false"),
+                    "{name}: {:?}",
+                    d["metadata"]["name"]
+                );
             }
         }
+        let broker = &find(docs, "RabbitmqCluster", "rabbitmq")["spec"]["override"]["statefulSet"]
+            ["spec"]["template"]["metadata"]["labels"];
+        assert_eq!(
+            broker
+                .get("sidecar.istio.io/inject")
+                .and_then(Value::as_str),
+            sidecar.then_some("false"),
+            "{name}: the broker"
+        );
         let ns = labels(&find(docs, "Namespace", kubernetes::NAMESPACE)["metadata"]["labels"]);
         assert_eq!(
+            ns.get("istio-injection").map(String::as_str),
+            sidecar.then_some("enabled"),
+            "{name}"
+        );
+        assert_eq!(
             ns.get("istio.io/dataplane-mode").map(String::as_str),
-            (mode == "istio").then_some("ambient"),
+            (name == "overlays/istio-ambient").then_some("ambient"),
             "{name}"
         );
     }
+}
+
+/// How a mesh overlay's proxy tells the application who calls it.
+struct MeshCaller {
+    overlay: &'static str,
+    /// The header the proxy sets.
+    header: &'static str,
+    /// Its value for a call from the pods of service account `from` to those of `to`.
+    value: fn(from: &str, to: &str) -> String,
+    /// The connections the proxy makes to the application: (peer address, the address the
+    /// application accepted it on).
+    proxy_connections: &'static [(&'static str, &'static str)],
+}
+
+/// The pod the checks below put the service in (IPv4 and IPv6).
+const POD_IP: &str = "10.244.1.5";
+const POD_IP6: &str = "fd00:10:244::5";
+
+/// Linkerd's `l5d-client-id`: the client's identity,
+/// `<service account>.<namespace>.serviceaccount.identity.linkerd.<cluster domain>`.
+fn l5d_client_id(from: &str, _to: &str) -> String {
+    format!("{from}.vantage.serviceaccount.identity.linkerd.cluster.local")
+}
+
+/// What Istio's Envoy (sidecar inbound: `APPEND_FORWARD` with subject, URI and DNS) adds to
+/// `x-forwarded-client-cert` for a client certificate of Istio's CA: the server's own ID, the
+/// certificate's hash, its (empty) subject and its URI SAN, the client's SPIFFE ID in the mesh
+/// trust domain `cluster.local`.
+fn istio_xfcc(from: &str, to: &str) -> String {
+    format!(
+        "By=spiffe://cluster.local/ns/vantage/sa/{to};\
+         Hash=5e8d1c0a9f3b7e26d4c1a8b0f97e3d2c6a5b4e1f0d9c8b7a6e5d4c3b2a1f0e9d;\
+         Subject=\"\";URI=spiffe://cluster.local/ns/vantage/sa/{from}"
+    )
+}
+
+const MESH_CALLERS: [MeshCaller; 3] = [
+    // The Linkerd proxy (2.11 and later) connects to the application's original destination,
+    // the pod's own address, from that address.
+    MeshCaller {
+        overlay: "overlays/linkerd",
+        header: service_kit::peer::L5D_CLIENT_ID,
+        value: l5d_client_id,
+        proxy_connections: &[(POD_IP, POD_IP), (POD_IP6, POD_IP6)],
+    },
+    // Istio's sidecar connects from its inbound passthrough addresses (Istio 1.10 and later).
+    MeshCaller {
+        overlay: "overlays/istio-sidecar",
+        header: service_kit::peer::XFCC,
+        value: istio_xfcc,
+        proxy_connections: &[("127.0.0.6", POD_IP), ("::6", POD_IP6)],
+    },
+    // Ambient has no proxy in the pod: ztunnel delivers requests from the client's (or the
+    // waypoint's) pod address, and sets no header. As shipped the services trust no address
+    // the mesh uses, and every mesh call is refused; the ID mapping still has to be right for
+    // the day MESH_TRUSTED_SIDECARS names a waypoint.
+    MeshCaller {
+        overlay: "overlays/istio-ambient",
+        header: service_kit::peer::XFCC,
+        value: istio_xfcc,
+        proxy_connections: &[],
+    },
+];
+
+/// The ServiceAccount `w`'s pods run as, which the mesh names in their identity.
+fn service_account(docs: &[Value], w: Workload) -> &str {
+    workload(docs, w)["spec"]["template"]["spec"]["serviceAccountName"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{w} names its ServiceAccount"))
+}
+
+fn conn_info(remote: &str, local: &str) -> service_kit::peer::ConnInfo {
+    let at = |ip: &str| std::net::SocketAddr::new(ip.parse().unwrap(), 7000);
+    service_kit::peer::ConnInfo {
+        remote: at(remote),
+        local: Some(at(local)),
+        tls: None,
+    }
+}
+
+/// Each service's own identity settings, parsed from its rendered container environment as
+/// the service parses them, against the identity the mesh presents for every other workload:
+/// on the mesh proxy's connections it is that workload (the gateway recognised as the
+/// gateway); on any other it is nobody.
+#[test]
+fn k8s_mesh_overlays_name_every_caller_by_the_identity_its_mesh_presents() {
+    use service_kit::peer::{Caller, ConnInfo, IdentityConfig, IdentityMode};
+    for mesh in &MESH_CALLERS {
+        let docs = rendered(mesh.overlay);
+        for s in Workload::SERVICES {
+            let container = &workload(docs, s)["spec"]["template"]["spec"]["containers"][0];
+            let env: HashMap<String, String> = container_env(docs, container).into_iter().collect();
+            let mut p = observability::env::EnvParser::new(&env);
+            let config = IdentityConfig::parse(&mut p);
+            p.finish()
+                .unwrap_or_else(|e| panic!("{}: {s}: {e}", mesh.overlay));
+            assert!(config.mode.is_mesh(), "{}: {s}", mesh.overlay);
+            assert_eq!(
+                config.mode == IdentityMode::Linkerd,
+                mesh.header == service_kit::peer::L5D_CLIENT_ID,
+                "{}: {s}",
+                mesh.overlay
+            );
+            let caller = |from: Workload, conn: &ConnInfo| {
+                let value = (mesh.value)(service_account(docs, from), service_account(docs, s));
+                let mut headers = http::HeaderMap::new();
+                headers.insert(mesh.header, value.parse().unwrap());
+                config.caller(conn, &headers)
+            };
+            let proxy: Vec<ConnInfo> = mesh
+                .proxy_connections
+                .iter()
+                .map(|(remote, local)| conn_info(remote, local))
+                .collect();
+            for conn in &proxy {
+                assert!(
+                    config.is_from_trusted_sidecar(conn),
+                    "{}: {s} does not trust the mesh proxy's connection from {} \
+                     (MESH_TRUSTED_SIDECARS)",
+                    mesh.overlay,
+                    conn.remote
+                );
+            }
+            // Every connection the service trusts, the proxy's among them, gets the mapping.
+            let mut trusted = proxy;
+            trusted.extend(
+                config
+                    .trusted_sidecars
+                    .iter()
+                    .map(|n| conn_info(&n.network().to_string(), POD_IP)),
+            );
+            if config.trust_own_address {
+                trusted.push(conn_info(POD_IP, POD_IP));
+            }
+            for w in Workload::ALL.into_iter().filter(|w| *w != s) {
+                for conn in &trusted {
+                    match caller(w, conn) {
+                        Caller::Workload {
+                            workload,
+                            is_gateway,
+                            id,
+                        } => {
+                            assert_eq!(
+                                workload.as_deref(),
+                                Some(w.name()),
+                                "{}: {s} does not map {id} to {w} (SPIFFE_TRUST_DOMAIN, \
+                                 SPIFFE_ID_TEMPLATE)",
+                                mesh.overlay
+                            );
+                            assert_eq!(
+                                is_gateway,
+                                w == Workload::Gateway,
+                                "{}: {s}: {id} as the gateway",
+                                mesh.overlay
+                            );
+                        }
+                        Caller::Anonymous => panic!(
+                            "{}: {s}: a call from {w} via {} has no caller",
+                            mesh.overlay, conn.remote
+                        ),
+                    }
+                }
+                // Another pod (or ztunnel delivering its call) and the address ztunnel probes
+                // from are not the proxy: the same header is ignored.
+                for conn in [
+                    conn_info("10.244.3.17", POD_IP),
+                    conn_info("169.254.7.127", POD_IP),
+                    conn_info("fd00:10:244::17", POD_IP6),
+                ] {
+                    assert_eq!(
+                        caller(w, &conn),
+                        Caller::Anonymous,
+                        "{}: {s} believes a header from {}",
+                        mesh.overlay,
+                        conn.remote
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Istio's sidecar appends the client it verified to whatever `x-forwarded-client-cert` the
+/// client sent: a caller that sends a forged element first is still named by the last one.
+#[test]
+fn k8s_istio_sidecar_believes_the_element_its_sidecar_appended() {
+    use service_kit::peer::{Caller, IdentityConfig};
+    let docs = rendered("overlays/istio-sidecar");
+    let container = &workload(docs, Workload::Cart)["spec"]["template"]["spec"]["containers"][0];
+    let env: HashMap<String, String> = container_env(docs, container).into_iter().collect();
+    let mut p = observability::env::EnvParser::new(&env);
+    let config = IdentityConfig::parse(&mut p);
+    p.finish().unwrap();
+    let forged = istio_xfcc("gateway", "cart");
+    let appended = istio_xfcc("orders", "cart");
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        service_kit::peer::XFCC,
+        format!("{forged},{appended}").parse().unwrap(),
+    );
+    let caller = config.caller(&conn_info("127.0.0.6", POD_IP), &headers);
+    assert_eq!(caller.label(), "orders", "{caller:?}");
+    assert!(!caller.is_gateway());
+    assert!(matches!(caller, Caller::Workload { .. }));
 }

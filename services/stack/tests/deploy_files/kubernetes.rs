@@ -21,7 +21,12 @@ use serde_yaml::Value;
 pub(crate) const NAMESPACE: &str = "vantage";
 
 /// The kustomizations under deploy/k8s, by name.
-pub(crate) const KUSTOMIZATIONS: [&str; 3] = ["base", "overlays/linkerd", "overlays/istio-ambient"];
+pub(crate) const KUSTOMIZATIONS: [&str; 4] = [
+    "base",
+    "overlays/linkerd",
+    "overlays/istio-sidecar",
+    "overlays/istio-ambient",
+];
 
 /// Renders `deploy/k8s/<name>` with `kustomize build` or `kubectl kustomize`, once per test run.
 pub(crate) fn rendered(name: &str) -> &'static [Value] {
@@ -156,6 +161,7 @@ pub(crate) mod outside {
     pub(crate) const RABBITMQ_OPERATOR: &str = "rabbitmq-operator";
     pub(crate) const LINKERD_DESTINATION: &str = "linkerd-destination";
     pub(crate) const LINKERD_IDENTITY: &str = "linkerd-identity";
+    pub(crate) const ISTIOD: &str = "istiod";
     pub(crate) const ZTUNNEL_PROBES: &str = "ztunnel-probes";
     pub(crate) const INTERNET: &str = "internet-client";
     pub(crate) const STRANGER: &str = "stranger";
@@ -164,8 +170,8 @@ pub(crate) mod outside {
 
 /// Every peer the check considers: one per pod template in the rendering (named by its
 /// `app.kubernetes.io/name` label), the RabbitMQ pods the operator creates, and the peers
-/// outside the manifests: the cluster DNS, Prometheus, the RabbitMQ operator, Linkerd's control
-/// plane, the address ztunnel probes from, a client on the internet, a pod in another
+/// outside the manifests: the cluster DNS, Prometheus, the RabbitMQ operator, Linkerd's and
+/// Istio's control planes, the address ztunnel probes from, a client on the internet, a pod in another
 /// namespace and a stray pod in ours (neither may reach anything but the public gateway).
 pub(crate) fn peers(docs: &[Value]) -> Vec<Peer> {
     use outside::*;
@@ -233,6 +239,7 @@ pub(crate) fn peers(docs: &[Value]) -> Vec<Peer> {
             "linkerd",
             &[("linkerd.io/control-plane-component", "identity")],
         ),
+        Peer::pod(ISTIOD, "istio-system", &[("app", "istiod")]),
         Peer::pod(STRANGER, "default", &[("app", "stranger")]),
         Peer::address(ZTUNNEL_PROBES, Ipv4Addr::new(169, 254, 7, 127)),
         Peer::address(INTERNET, Ipv4Addr::new(203, 0, 113, 9)),
