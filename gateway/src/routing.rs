@@ -221,13 +221,7 @@ pub(crate) fn compile(routes_yaml: &str) -> Vec<Arc<Route>> {
     config
         .routes
         .into_iter()
-        .map(|config| {
-            Arc::new(Route {
-                config,
-                upstream: Arc::clone(&upstream),
-                limits: vec![],
-            })
-        })
+        .map(|config| Arc::new(Route::new(config, Arc::clone(&upstream), vec![])))
         .collect()
 }
 

@@ -27,6 +27,39 @@ pub(crate) struct Route {
     pub(crate) config: RouteConfig,
     pub(crate) upstream: Arc<Upstream>,
     pub(crate) limits: Vec<Arc<Policy>>,
+    /// Its span attribute values, shared by every request's spans instead of copied.
+    pub(crate) span: RouteSpanValues,
+}
+
+/// A route's strings as span attribute values (`http.route`, `vantage.route`,
+/// `vantage.upstream`): computed once per configuration, each request's spans share them.
+pub(crate) struct RouteSpanValues {
+    /// `http.route`: the route's template ([`crate::routing::template`]).
+    pub(crate) template: Arc<str>,
+    /// `vantage.route`: the route's name.
+    pub(crate) route: Arc<str>,
+    /// `vantage.upstream`: its upstream pool's name.
+    pub(crate) upstream: Arc<str>,
+}
+
+impl Route {
+    pub(crate) fn new(
+        config: RouteConfig,
+        upstream: Arc<Upstream>,
+        limits: Vec<Arc<Policy>>,
+    ) -> Self {
+        let span = RouteSpanValues {
+            template: crate::routing::template(&config).into(),
+            route: config.name.as_str().into(),
+            upstream: upstream.name.as_str().into(),
+        };
+        Route {
+            config,
+            upstream,
+            limits,
+            span,
+        }
+    }
 }
 
 /// One generation of the gateway's configuration, live.
@@ -427,15 +460,14 @@ fn assemble_routes(
         .routes
         .iter()
         .map(|r| {
-            Arc::new(Route {
-                config: r.clone(),
-                upstream: Arc::clone(&upstreams[&r.upstream]),
-                limits: r
-                    .rate_limits
+            Arc::new(Route::new(
+                r.clone(),
+                Arc::clone(&upstreams[&r.upstream]),
+                r.rate_limits
                     .iter()
                     .map(|l| Arc::clone(&policies[l]))
                     .collect(),
-            })
+            ))
         })
         .collect()
 }
