@@ -782,6 +782,70 @@ mod tests {
     }
 
     #[test]
+    fn client_to_records_what_client_records_for_the_same_url() {
+        let targets = [
+            "/orders/42",
+            "/",
+            "/a/b;c=d/@e/%2F~x",
+            "/search?q=1&token=secret",
+            "/with space",
+            "/frag#x",
+        ];
+        let addrs: [SocketAddr; 4] = [
+            "10.0.0.7:9000".parse().unwrap(),
+            "127.0.0.1:80".parse().unwrap(),
+            "255.255.255.255:65535".parse().unwrap(),
+            "[2001:db8::1]:8443".parse().unwrap(),
+        ];
+        for scheme in ["http", "https"] {
+            for addr in addrs {
+                for target in targets {
+                    for resend in [0, 2] {
+                        let to = Upstream {
+                            scheme,
+                            addr,
+                            target,
+                        };
+                        let url = format!("{scheme}://{addr}{target}");
+                        let fast = upstream_attributes(&Method::GET, to, resend);
+                        let slow = client_attributes(&Method::GET, &url, resend);
+                        assert_eq!(fast, slow, "{url} (resend {resend})");
+                    }
+                }
+            }
+        }
+        // The fast path really is taken for a plain target at an IPv4 address.
+        assert!(is_plain_path("/orders/42"));
+        assert!(!is_plain_path("/search?q=1"));
+    }
+
+    #[test]
+    fn shared_route_sets_what_set_route_sets() {
+        let (tracer, exporter, _provider) = tracer(false);
+        let req = http::Request::get("/orders/42").body(()).unwrap();
+        let route: Arc<str> = Arc::from("/orders/{id}");
+        for shared in [false, true] {
+            let mut server = tracer.server(&ServerRequest::new(
+                req.method(),
+                req.uri(),
+                req.version(),
+                req.headers(),
+            ));
+            if shared {
+                server.set_shared_route(req.method(), &route);
+            } else {
+                server.set_route(req.method(), &route);
+            }
+            server.end();
+        }
+        let spans = exporter.0.lock().unwrap().clone();
+        assert_eq!(spans.len(), 2);
+        assert_eq!(spans[0].name, "GET /orders/{id}");
+        assert_eq!(spans[0].name, spans[1].name);
+        assert_eq!(spans[0].attributes, spans[1].attributes);
+    }
+
+    #[test]
     fn a_disabled_tracer_passes_the_callers_context_through() {
         let tracer = HttpTracer::disabled();
         let req = http::Request::get("/")

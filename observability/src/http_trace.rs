@@ -385,6 +385,55 @@ mod tests {
     use super::*;
 
     #[test]
+    fn host_and_port_read_hosts_as_authority_does() {
+        for value in [
+            "shop.example",
+            "shop.example:8080",
+            "Shop.Example:443",
+            "127.0.0.1:9000",
+            "10.0.0.7",
+            "a-b.c",
+            "host:",
+            "host:0",
+            "host:65535",
+            "host:65536",
+            "host:123456",
+            "host:8a",
+            ":80",
+            "",
+            "[::1]:8080",
+            "[2001:db8::1]",
+            "user@host:80",
+            "ho_st:80",
+            "h%41st",
+            "a b",
+            "host:80:90",
+        ] {
+            let expected = value
+                .parse::<http::uri::Authority>()
+                .ok()
+                .map(|a| (a.host().to_owned(), a.port_u16().map(i64::from)));
+            let got = host_and_port(value).map(|(h, p)| (h.into_owned(), p));
+            assert_eq!(got, expected, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn ip_strings_are_what_display_writes() {
+        for ip in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "10.100.255.9",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_string(ip), ip.to_string());
+        }
+    }
+
+    #[test]
     fn names_use_the_route_template_never_the_path() {
         assert_eq!(
             span_name(&Method::GET, Some("/orders/{id}")),
