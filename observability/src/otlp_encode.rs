@@ -22,10 +22,11 @@
 //! let body: bytes::Bytes = encoder.encode(&batch); // the gRPC message or the HTTP body
 //! ```
 
+use std::borrow::Cow;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status};
+use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceState};
 use opentelemetry::{Array, InstrumentationScope, Value};
 use opentelemetry_sdk::trace::SpanData;
 use opentelemetry_sdk::Resource;
@@ -197,6 +198,9 @@ pub(crate) struct TraceEncoder {
     scope_start: Vec<u32>,
     /// Span indices grouped by scope.
     order: Vec<u32>,
+    /// Per span of the batch: its start and end time in nanoseconds since the epoch, computed
+    /// once for both passes.
+    times: Vec<(u64, u64)>,
     /// Per scope: the next free place in `order` while grouping.
     fill: Vec<u32>,
     /// The output; `split` hands out its bytes and reuses the allocation once they are dropped.
@@ -260,6 +264,12 @@ impl TraceEncoder {
     /// The `ExportTraceServiceRequest` carrying `spans`.
     pub(crate) fn encode(&mut self, spans: &[SpanData]) -> Bytes {
         self.group(spans);
+        self.times.clear();
+        self.times.extend(
+            spans
+                .iter()
+                .map(|span| (nanos(span.start_time), nanos(span.end_time))),
+        );
         self.lens.clear();
         let total = self.size(spans);
         // The whole request is written into a slice of exactly its size: one bounds check per
@@ -273,6 +283,7 @@ impl TraceEncoder {
             scope_first,
             scope_start,
             order,
+            times,
             buf: output,
             ..
         } = self;
@@ -290,7 +301,12 @@ impl TraceEncoder {
             write_scope(buf, scope_ref, &mut cursor);
             let group = &order[scope_start[scope] as usize..scope_start[scope + 1] as usize];
             for &index in group {
-                write_span(buf, &spans[index as usize], &mut cursor);
+                write_span(
+                    buf,
+                    &spans[index as usize],
+                    times[index as usize],
+                    &mut cursor,
+                );
             }
             put_opt_str_field(
                 buf,
@@ -356,7 +372,11 @@ impl TraceEncoder {
             let group =
                 &self.order[self.scope_start[scope] as usize..self.scope_start[scope + 1] as usize];
             for &index in group {
-                scope_spans_len += len_field(size_span(&spans[index as usize], lens));
+                scope_spans_len += len_field(size_span(
+                    &spans[index as usize],
+                    self.times[index as usize],
+                    lens,
+                ));
             }
             lens[scope_spans] = scope_spans_len as u32;
             resource_spans_len += len_field(scope_spans_len);
@@ -405,7 +425,7 @@ fn size_scope(scope: &InstrumentationScope, lens: &mut Vec<u32>) -> usize {
     len
 }
 
-fn size_span(span: &SpanData, lens: &mut Vec<u32>) -> usize {
+fn size_span(span: &SpanData, (start, end): (u64, u64), lens: &mut Vec<u32>) -> usize {
     let slot = reserve(lens);
     let context = &span.span_context;
     let mut len = len_field(16) + len_field(8) // trace_id, span_id
@@ -413,8 +433,8 @@ fn size_span(span: &SpanData, lens: &mut Vec<u32>) -> usize {
         + if span.parent_span_id == SpanId::INVALID { 0 } else { len_field(8) }
         + opt_len_field(span.name.len())
         + 1 + varint_len(span_kind(&span.span_kind))
-        + fixed64_field(nanos(span.start_time))
-        + fixed64_field(nanos(span.end_time))
+        + fixed64_field(start)
+        + fixed64_field(end)
         + opt_varint_field(span.dropped_attributes_count)
         + opt_varint_field(span.events.dropped_count)
         + opt_varint_field(span.links.dropped_count)
@@ -462,19 +482,28 @@ fn fixed64_field(value: u64) -> usize {
 }
 
 fn trace_state_len(context: &SpanContext) -> usize {
-    // `header()` of an empty state is an empty string, which does not allocate.
-    context.trace_state().header().len()
+    trace_state(context).len()
+}
+
+/// The W3C `tracestate` header of `context`; nearly every span has none, which needs no
+/// formatting.
+fn trace_state(context: &SpanContext) -> Cow<'static, str> {
+    let state = context.trace_state();
+    if *state == TraceState::NONE {
+        Cow::Borrowed("")
+    } else {
+        Cow::Owned(state.header())
+    }
 }
 
 /// Sizes a `KeyValue`: records its `AnyValue`'s length (and an array's `ArrayValue` length
 /// after it) and returns the `KeyValue`'s length.
 fn size_kv(key: &str, value: &Value, lens: &mut Vec<u32>) -> usize {
-    let any = match value {
-        // Scalars (nearly every attribute) have no nested length after the `AnyValue`'s.
-        Value::Bool(_) => push_len(lens, 2),
-        Value::I64(v) => push_len(lens, 1 + varint_len(*v as u64)),
-        Value::String(s) => push_len(lens, len_field(s.as_str().len())),
-        _ => {
+    // A scalar's `AnyValue` (nearly every attribute) is sized again on the spot by the write
+    // pass, which is cheaper than recording it; other values record theirs.
+    let any = match scalar_any_len(value) {
+        Some(len) => len,
+        None => {
             let slot = reserve(lens);
             let any = size_any(value, lens);
             lens[slot] = any as u32;
@@ -484,11 +513,16 @@ fn size_kv(key: &str, value: &Value, lens: &mut Vec<u32>) -> usize {
     opt_len_field(key.len()) + len_field(any)
 }
 
-/// Records a length that has no nested lengths after it, and returns it.
+/// The `AnyValue` length of a scalar value, `None` for the others.
 #[inline]
-fn push_len(lens: &mut Vec<u32>, len: usize) -> usize {
-    lens.push(len as u32);
-    len
+fn scalar_any_len(value: &Value) -> Option<usize> {
+    match value {
+        Value::Bool(_) => Some(2),
+        Value::I64(v) => Some(1 + varint_len(*v as u64)),
+        Value::F64(_) => Some(9),
+        Value::String(s) => Some(len_field(s.as_str().len())),
+        _ => None,
+    }
 }
 
 /// The `AnyValue` of `value`, without key or length prefix.
@@ -629,20 +663,20 @@ fn write_scope(buf: &mut Out<'_>, scope: &InstrumentationScope, cursor: &mut Len
     }
 }
 
-fn write_span(buf: &mut Out<'_>, span: &SpanData, cursor: &mut Lens<'_>) {
+fn write_span(buf: &mut Out<'_>, span: &SpanData, (start, end): (u64, u64), cursor: &mut Lens<'_>) {
     put_message_header(buf, SCOPE_SPANS_SPANS, cursor);
     let context = &span.span_context;
     put_bytes_field(buf, SPAN_TRACE_ID, &context.trace_id().to_bytes());
     put_bytes_field(buf, SPAN_SPAN_ID, &context.span_id().to_bytes());
-    put_opt_str_field(buf, SPAN_TRACE_STATE, &context.trace_state().header());
+    put_opt_str_field(buf, SPAN_TRACE_STATE, &trace_state(context));
     if span.parent_span_id != SpanId::INVALID {
         put_bytes_field(buf, SPAN_PARENT_SPAN_ID, &span.parent_span_id.to_bytes());
     }
     put_opt_str_field(buf, SPAN_NAME, &span.name);
     put_varint(buf, u64::from(SPAN_KIND));
     put_varint(buf, span_kind(&span.span_kind));
-    put_fixed64_field(buf, SPAN_START_TIME, nanos(span.start_time));
-    put_fixed64_field(buf, SPAN_END_TIME, nanos(span.end_time));
+    put_fixed64_field(buf, SPAN_START_TIME, start);
+    put_fixed64_field(buf, SPAN_END_TIME, end);
     for kv in &span.attributes {
         write_kv(buf, SPAN_ATTRIBUTES, kv.key.as_str(), &kv.value, cursor);
     }
@@ -666,7 +700,7 @@ fn write_span(buf: &mut Out<'_>, span: &SpanData, cursor: &mut Lens<'_>) {
         put_message_header(buf, SPAN_LINKS, cursor);
         put_bytes_field(buf, LINK_TRACE_ID, &linked.trace_id().to_bytes());
         put_bytes_field(buf, LINK_SPAN_ID, &linked.span_id().to_bytes());
-        put_opt_str_field(buf, LINK_TRACE_STATE, &linked.trace_state().header());
+        put_opt_str_field(buf, LINK_TRACE_STATE, &trace_state(linked));
         for kv in &link.attributes {
             write_kv(buf, LINK_ATTRIBUTES, kv.key.as_str(), &kv.value, cursor);
         }
@@ -696,7 +730,10 @@ fn write_span(buf: &mut Out<'_>, span: &SpanData, cursor: &mut Lens<'_>) {
 
 /// Writes a `KeyValue` as field `key_field` of its parent.
 fn write_kv(buf: &mut Out<'_>, field: u32, key: &str, value: &Value, cursor: &mut Lens<'_>) {
-    let any = cursor.next();
+    let any = match scalar_any_len(value) {
+        Some(len) => len,
+        None => cursor.next(),
+    };
     put_varint(buf, u64::from(field));
     put_varint(buf, (opt_len_field(key.len()) + len_field(any)) as u64);
     put_opt_str_field(buf, KV_KEY, key);
