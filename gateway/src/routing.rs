@@ -222,11 +222,7 @@ pub(crate) fn compile(routes_yaml: &str) -> Vec<Arc<Route>> {
         .routes
         .into_iter()
         .map(|config| {
-            Arc::new(Route {
-                config,
-                upstream: Arc::clone(&upstream),
-                limits: vec![],
-            })
+            Arc::new(Route::new(config, Arc::clone(&upstream), vec![]))
         })
         .collect()
 }

@@ -27,6 +27,21 @@ pub(crate) struct Route {
     pub(crate) config: RouteConfig,
     pub(crate) upstream: Arc<Upstream>,
     pub(crate) limits: Vec<Arc<Policy>>,
+    /// The route's path template ([`crate::routing::template`]: `http.route`, the span name),
+    /// made once here instead of per request.
+    pub(crate) template: Box<str>,
+}
+
+impl Route {
+    pub(crate) fn new(config: RouteConfig, upstream: Arc<Upstream>, limits: Vec<Arc<Policy>>) -> Route {
+        let template = crate::routing::template(&config).into_boxed_str();
+        Route {
+            config,
+            upstream,
+            limits,
+            template,
+        }
+    }
 }
 
 /// One generation of the gateway's configuration, live.
@@ -427,15 +442,14 @@ fn assemble_routes(
         .routes
         .iter()
         .map(|r| {
-            Arc::new(Route {
-                config: r.clone(),
-                upstream: Arc::clone(&upstreams[&r.upstream]),
-                limits: r
-                    .rate_limits
+            Arc::new(Route::new(
+                r.clone(),
+                Arc::clone(&upstreams[&r.upstream]),
+                r.rate_limits
                     .iter()
                     .map(|l| Arc::clone(&policies[l]))
                     .collect(),
-            })
+            ))
         })
         .collect()
 }
