@@ -159,12 +159,12 @@ impl AccessLog {
                 .bool("auth_shadow", crate::shadow::auth_shadowed(ctx))
                 .str("client_ip", &ctx.client.ip)
                 .str("decision", &crate::decision::trail(ctx, status))
-                .millis("duration_ms", elapsed);
-            match &ctx.upstream.endpoint {
-                Some(e) => f.display("endpoint", e.addr),
-                None => f.str("endpoint", ""),
-            };
-            f.str("enduser_id", ctx.auth.subject().unwrap_or(""))
+                .millis("duration_ms", elapsed)
+                .str(
+                    "endpoint",
+                    ctx.upstream.endpoint.as_ref().map_or("", |e| &e.addr_text),
+                )
+                .str("enduser_id", ctx.auth.subject().unwrap_or(""))
                 .str("error_detail", error_detail)
                 .str("error_type", error_type)
                 .str("host", ctx.client.host.as_deref().unwrap_or(""))

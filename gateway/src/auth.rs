@@ -52,8 +52,12 @@ pub(crate) async fn check(
 /// Tells the upstream who the caller is: `x-user-id` (the token's `sub`) and `x-user-scopes`
 /// (its scopes, space-separated). Whatever the client sent under these names was stripped first.
 pub(crate) fn forward_identity(req: &mut RequestHeader, identity: &Identity) {
-    let _ = req.insert_header("x-user-id", identity.subject.as_str());
-    let _ = req.insert_header("x-user-scopes", identity.scopes.join(" "));
+    let [user_id, scopes] = &identity.upstream_headers;
+    for (name, value) in [("x-user-id", user_id), ("x-user-scopes", scopes)] {
+        if let Some(value) = value {
+            let _ = req.insert_header(name, value.clone());
+        }
+    }
 }
 
 /// What auth decided for one request.

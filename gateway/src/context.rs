@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use ipnet::IpNet;
 use observability::http_span::{ClientSpan, ServerSpan};
 use observability::lines::TraceIds;
@@ -65,6 +65,10 @@ pub(crate) struct Client {
     pub(crate) host: Option<String>,
 }
 
+/// Looked up by a ready [`HeaderName`]: a `&str` name would be parsed on every lookup.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
 impl Client {
     /// The client of a request from TCP peer `peer` with `headers`, believing forwarding headers
     /// only from `trusted` proxies.
@@ -78,8 +82,8 @@ impl Client {
         let forwarded = peer.map(|ip| {
             crate::forwarded::resolve(
                 ip,
-                headers.get_all("x-forwarded-for").iter(),
-                headers.get("x-forwarded-proto"),
+                headers.get_all(&X_FORWARDED_FOR).iter(),
+                headers.get(&X_FORWARDED_PROTO),
                 trusted,
                 own_proto,
             )

@@ -13,9 +13,10 @@
 //! - **Idle connections hold little memory.** Pingora's HTTP/1 keep-alive loop waits for the
 //!   next request inside its per-request future, which is sized for the whole proxy pipeline
 //!   (every phase's state, the request context) and holds a 4 KiB head buffer. [`Hygiene`] runs
-//!   that loop itself: between requests it waits for the next request's first byte with only
-//!   the connection and a small future alive, and hands the connection to Pingora once the
-//!   client sends (see docs/benchmarks.md, "Idle keep-alive connections").
+//!   that loop itself: between requests it waits for the next request with only the
+//!   connection and a small future alive, and hands the connection, with the bytes that
+//!   arrived, to Pingora once the client sends (see docs/benchmarks.md, "Idle keep-alive
+//!   connections").
 //!
 //! HTTP/2 connections (ALPN `h2` on the TLS listener) are counted against the cap but not
 //! wrapped: their framing has its own flow control and Pingora its own idle timeout.
@@ -28,6 +29,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use pingora_core::apps::{HttpServerApp, ServerApp};
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::{
@@ -217,8 +219,9 @@ pub(crate) struct Guarded {
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The last bytes read, to find `\r\n\r\n` across reads.
     tail: [u8; 3],
-    /// The first byte of the next request, read while waiting for it and not yet returned.
-    stash: Option<u8>,
+    /// The start of the next request, read while waiting for it ([`Guarded::wait_for_request`])
+    /// and not yet handed to Pingora.
+    stash: Option<Bytes>,
     _permit: OwnedSemaphorePermit,
     metrics: ConnectionMetrics,
 }
@@ -283,24 +286,30 @@ impl Guarded {
 }
 
 impl Guarded {
-    /// Waits, between two requests, for the first byte of the next one. False when the
-    /// connection should close instead: the client closed it or failed, `idle` passed first,
-    /// or the server is shutting down.
+    /// Waits, between two requests, for the next one to start arriving, and keeps what arrived
+    /// for Pingora's first read. False when the connection should close instead: the client
+    /// closed it or failed, `idle` passed first, or the server is shutting down.
+    ///
+    /// One `read(2)` takes in everything that has arrived (usually the whole head), into this
+    /// thread's scratch buffer: the waiting future holds no buffer while the connection is
+    /// idle, and Pingora does not read the socket again for what is already here.
     async fn wait_for_request(&mut self, idle: Duration, shutdown: &ShutdownWatch) -> bool {
         if *shutdown.borrow() {
             return false;
         }
         let mut shutdown = shutdown.clone();
-        let mut byte = [0u8; 1];
-        // From the inner stream: the byte is replayed, and seen by `saw`, when Pingora reads.
-        let read = tokio::io::AsyncReadExt::read(&mut self.inner, &mut byte);
-        let got = tokio::select! {
-            read = tokio::time::timeout(idle, read) => matches!(read, Ok(Ok(1))),
-            _ = shutdown.changed() => false,
+        let inner = &mut self.inner;
+        // From the inner stream: the bytes are replayed, and seen by `saw`, when Pingora reads.
+        let read = std::future::poll_fn(|cx| poll_read_arrived(Pin::new(&mut *inner), cx));
+        let arrived = tokio::select! {
+            read = tokio::time::timeout(idle, read) => match read {
+                Ok(Ok(bytes)) if !bytes.is_empty() => Some(bytes),
+                _ => None,
+            },
+            _ = shutdown.changed() => None,
         };
-        if got {
-            self.stash = Some(byte[0]);
-        }
+        let got = arrived.is_some();
+        self.stash = arrived;
         got
     }
 
@@ -311,6 +320,38 @@ impl Guarded {
             self.deadline = None;
         }
     }
+}
+
+/// The most [`Guarded::wait_for_request`] reads at once: Pingora's own first read of a head.
+const ARRIVED_READ_BYTES: usize = 4096;
+
+/// Reads what has arrived on `stream` and returns a copy of just those bytes (empty at end of
+/// stream). The read goes into a per-thread scratch buffer, so a pending wait holds no buffer.
+fn poll_read_arrived(
+    stream: Pin<&mut Stream>,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<Bytes>> {
+    fn read_into(
+        stream: Pin<&mut Stream>,
+        cx: &mut Context<'_>,
+        scratch: &mut [u8],
+    ) -> Poll<std::io::Result<Bytes>> {
+        let mut buf = ReadBuf::new(scratch);
+        match stream.poll_read(cx, &mut buf) {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(Bytes::copy_from_slice(buf.filled()))),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Box<[u8]>> =
+            std::cell::RefCell::new(vec![0; ARRIVED_READ_BYTES].into_boxed_slice());
+    }
+    SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+        Ok(mut scratch) => read_into(stream, cx, &mut scratch),
+        // Not reached (nothing polls a second wait from inside a read); stay correct anyway.
+        Err(_) => read_into(stream, cx, &mut vec![0; ARRIVED_READ_BYTES]),
+    })
 }
 
 /// Whether `bytes` hold the blank line that ends a head (CRLF CRLF, or bare LF LF).
@@ -329,15 +370,13 @@ impl AsyncRead for Guarded {
             return Pin::new(&mut this.inner).poll_read(cx, buf);
         }
         let before = buf.filled().len();
-        if let Some(byte) = this.stash {
-            if buf.remaining() == 0 {
-                return Poll::Ready(Ok(()));
-            }
-            // The byte read while waiting, and whatever else has arrived since.
-            this.stash = None;
-            buf.put_slice(&[byte]);
-            if let Poll::Ready(Err(e)) = Pin::new(&mut this.inner).poll_read(cx, buf) {
-                return Poll::Ready(Err(e));
+        if let Some(stash) = &mut this.stash {
+            // What arrived while waiting: handed over without another read of the socket
+            // (Pingora reads again if the head is not complete yet).
+            let n = stash.len().min(buf.remaining());
+            buf.put_slice(&stash.split_to(n));
+            if stash.is_empty() {
+                this.stash = None;
             }
             this.saw(&buf.filled()[before..]);
             return Poll::Ready(Ok(()));

@@ -4,9 +4,12 @@
 use http::HeaderMap;
 
 /// The id for a request arriving with `headers`.
+/// Looked up by a ready name: a `&str` would be parsed on every request.
+const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
 pub(crate) fn of(headers: &HeaderMap) -> String {
     headers
-        .get("x-request-id")
+        .get(&X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| is_valid(v))
         .map_or_else(generate, str::to_string)
@@ -14,9 +17,10 @@ pub(crate) fn of(headers: &HeaderMap) -> String {
 
 /// A random (v4) UUID from the thread-local generator: no `getrandom` syscall per request.
 pub(crate) fn generate() -> String {
-    uuid::Builder::from_random_bytes(rand::random())
-        .into_uuid()
-        .to_string()
+    let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+    // Hex-encoded into a buffer: `to_string` would go through the formatting machinery.
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    id.hyphenated().encode_lower(&mut text).to_owned()
 }
 
 /// At most 128 characters of letters, digits and `-_.:`: safe in logs, headers and spans.

@@ -27,15 +27,16 @@ pub(crate) struct Route {
     pub(crate) config: RouteConfig,
     pub(crate) upstream: Arc<Upstream>,
     pub(crate) limits: Vec<Arc<Policy>>,
-    /// Its span attribute values, shared by every request's spans instead of copied.
+    /// The route's path template ([`crate::routing::template`]: `http.route`, the span name),
+    /// made once here instead of per request; every request's span shares it.
+    pub(crate) template: Arc<str>,
+    /// Its names as span attribute values, shared by every request's spans instead of copied.
     pub(crate) span: RouteSpanValues,
 }
 
-/// A route's strings as span attribute values (`http.route`, `vantage.route`,
-/// `vantage.upstream`): computed once per configuration, each request's spans share them.
+/// A route's names as span attribute values (`vantage.route`, `vantage.upstream`): made once per
+/// configuration, each request's spans share them.
 pub(crate) struct RouteSpanValues {
-    /// `http.route`: the route's template ([`crate::routing::template`]).
-    pub(crate) template: Arc<str>,
     /// `vantage.route`: the route's name.
     pub(crate) route: Arc<str>,
     /// `vantage.upstream`: its upstream pool's name.
@@ -48,8 +49,8 @@ impl Route {
         upstream: Arc<Upstream>,
         limits: Vec<Arc<Policy>>,
     ) -> Self {
+        let template = crate::routing::template(&config).into();
         let span = RouteSpanValues {
-            template: crate::routing::template(&config).into(),
             route: config.name.as_str().into(),
             upstream: upstream.name.as_str().into(),
         };
@@ -57,6 +58,7 @@ impl Route {
             config,
             upstream,
             limits,
+            template,
             span,
         }
     }

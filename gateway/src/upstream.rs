@@ -18,6 +18,8 @@ use crate::tls::UpstreamTls;
 /// One endpoint of a pool and what is known of its health.
 pub(crate) struct Endpoint {
     pub(crate) addr: SocketAddr,
+    /// `addr` as text (the access line's `endpoint`), formatted once.
+    pub(crate) addr_text: Box<str>,
     /// Result of active health checks (true until a check says otherwise).
     active_healthy: AtomicBool,
     /// Consecutive failed requests, for passive ejection.
@@ -31,6 +33,7 @@ impl Endpoint {
     fn new(addr: SocketAddr) -> Self {
         Endpoint {
             addr,
+            addr_text: addr.to_string().into_boxed_str(),
             active_healthy: AtomicBool::new(true),
             consecutive_failures: AtomicU32::new(0),
             ejected_until: Mutex::new(None),

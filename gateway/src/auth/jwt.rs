@@ -34,9 +34,36 @@ pub(crate) struct Identity {
     /// `exp`, seconds since the epoch.
     pub(crate) expires_at: u64,
     leeway: u64,
+    /// The values of `x-user-id` and `x-user-scopes` ([`super::forward_identity`]), made once
+    /// when the token is verified: a cached token's requests share them (a `HeaderValue` clone
+    /// is a reference count, not a copy). `None` for a value that is not a valid header value.
+    pub(crate) upstream_headers: [Option<http::HeaderValue>; 2],
 }
 
 impl Identity {
+    fn new(
+        issuer: String,
+        subject: String,
+        scopes: Vec<String>,
+        claims: Map<String, Value>,
+        expires_at: u64,
+        leeway: u64,
+    ) -> Identity {
+        let upstream_headers = [
+            http::HeaderValue::from_str(&subject).ok(),
+            http::HeaderValue::from_str(&scopes.join(" ")).ok(),
+        ];
+        Identity {
+            issuer,
+            subject,
+            scopes,
+            claims,
+            expires_at,
+            leeway,
+            upstream_headers,
+        }
+    }
+
     /// A claim as a string, if it is a string or a number.
     pub(crate) fn claim_str(&self, name: &str) -> Option<String> {
         match self.claims.get(name)? {
@@ -52,14 +79,14 @@ impl Identity {
 impl Identity {
     /// A verified caller with `claims`, for unit tests.
     pub(crate) fn for_test(sub: &str, claims: Map<String, Value>) -> Identity {
-        Identity {
-            issuer: "test".into(),
-            subject: sub.into(),
-            scopes: Vec::new(),
+        Identity::new(
+            "test".into(),
+            sub.into(),
+            Vec::new(),
             claims,
-            expires_at: u64::MAX / 2,
-            leeway: 0,
-        }
+            u64::MAX / 2,
+            0,
+        )
     }
 }
 
@@ -249,14 +276,14 @@ impl Authenticator {
         };
         let scopes = scopes_of(&claims).map_err(|r| (r, Some(name.clone())))?;
 
-        let identity = Arc::new(Identity {
-            issuer: name,
+        let identity = Arc::new(Identity::new(
+            name,
             subject,
             scopes,
             claims,
             expires_at,
-            leeway: cfg.leeway_secs,
-        });
+            cfg.leeway_secs,
+        ));
         self.cache
             .lock()
             .put(token.to_string(), Arc::clone(&identity));

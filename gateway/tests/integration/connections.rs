@@ -191,6 +191,33 @@ async fn a_kept_alive_request_is_read_whole_from_its_first_byte_and_trickling_is
     assert_eq!(up.hits.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
 
+/// The wait between requests reads whatever has arrived in one go and hands it to Pingora:
+/// a kept-alive request that arrives in one write with its body (more than that one read
+/// takes) must reach the upstream whole, and so must the next one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kept_alive_request_arriving_with_its_body_in_one_write_is_passed_on_whole() {
+    let (up, gw) = gateway("keepalive_timeout_secs: 30").await;
+    let mut s = TcpStream::connect(gw.public).await.unwrap();
+    s.write_all(b"GET /first HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_json_response(&mut s).await.starts_with("HTTP/1.1 200"));
+
+    for (i, len) in [10_000usize, 100].into_iter().enumerate() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut request =
+            format!("POST /upload/{i} HTTP/1.1\r\nHost: gw\r\nContent-Length: {len}\r\n\r\n")
+                .into_bytes();
+        request.extend(std::iter::repeat_n(b'x', len));
+        s.write_all(&request).await.unwrap();
+        let text = read_json_response(&mut s).await;
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(text.contains(&format!("\"uri\":\"/upload/{i}\"")), "{text}");
+        assert!(text.contains(&format!("\"body_len\":{len}")), "{text}");
+    }
+    assert_eq!(up.hits.load(std::sync::atomic::Ordering::SeqCst), 3);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn past_the_connection_cap_new_connections_are_closed_and_counted() {
     let (_up, gw) = gateway("max_connections: 4, request_head_timeout_ms: 30000").await;

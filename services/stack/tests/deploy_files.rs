@@ -702,6 +702,30 @@ fn the_dockerfile_builds_once_and_runs_one_binary_unprivileged() {
         "runs unprivileged: USER {user}"
     );
 
+    // The gateway links the system OpenSSL when the workspace's cargo config says so (the
+    // config is in the build context): the build stage needs its headers, the runtime its
+    // library, or the image fails to build or the gateway to start.
+    let cargo_config = std::fs::read_to_string(root().join(".cargo/config.toml")).unwrap();
+    let system_openssl = cargo_config
+        .lines()
+        .any(|l| l.split_whitespace().collect::<String>() == "OPENSSL_NO_VENDOR=\"1\"");
+    if system_openssl {
+        let installs = |stage: &str, package: &str| {
+            stage
+                .lines()
+                .filter(|l| l.contains("apt-get install"))
+                .any(|l| l.split_whitespace().any(|w| w == package))
+        };
+        assert!(
+            installs(build, "libssl-dev"),
+            "the build stage installs libssl-dev"
+        );
+        assert!(
+            installs(runtime, "libssl3"),
+            "the runtime stage installs libssl3"
+        );
+    }
+
     let ignore = std::fs::read_to_string(root().join(".dockerignore")).unwrap();
     for excluded in ["/target", "/.stack", "/.git"] {
         assert!(
