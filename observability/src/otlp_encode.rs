@@ -729,16 +729,7 @@ fn write_span(buf: &mut Out<'_>, span: &SpanData, (start, end): (u64, u64), curs
 }
 
 /// Writes a `KeyValue` as field `key_field` of its parent.
-fn write_kv(out: &mut Out<'_>, field: u32, key: &str, value: &Value, cursor: &mut Lens<'_>) {
-    // Written through a local writer over the rest of the output: its position stays in a
-    // register instead of going back to memory after every byte.
-    let mut local = Out::new(&mut out.buf[out.pos..]);
-    write_kv_into(&mut local, field, key, value, cursor);
-    out.pos += local.pos;
-}
-
-#[inline]
-fn write_kv_into(buf: &mut Out<'_>, field: u32, key: &str, value: &Value, cursor: &mut Lens<'_>) {
+fn write_kv(buf: &mut Out<'_>, field: u32, key: &str, value: &Value, cursor: &mut Lens<'_>) {
     let any = match scalar_any_len(value) {
         Some(len) => len,
         None => cursor.next(),
