@@ -327,7 +327,10 @@ const ARRIVED_READ_BYTES: usize = 4096;
 
 /// Reads what has arrived on `stream` and returns a copy of just those bytes (empty at end of
 /// stream). The read goes into a per-thread scratch buffer, so a pending wait holds no buffer.
-fn poll_read_arrived(stream: Pin<&mut Stream>, cx: &mut Context<'_>) -> Poll<std::io::Result<Bytes>> {
+fn poll_read_arrived(
+    stream: Pin<&mut Stream>,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<Bytes>> {
     fn read_into(
         stream: Pin<&mut Stream>,
         cx: &mut Context<'_>,

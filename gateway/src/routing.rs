@@ -221,9 +221,7 @@ pub(crate) fn compile(routes_yaml: &str) -> Vec<Arc<Route>> {
     config
         .routes
         .into_iter()
-        .map(|config| {
-            Arc::new(Route::new(config, Arc::clone(&upstream), vec![]))
-        })
+        .map(|config| Arc::new(Route::new(config, Arc::clone(&upstream), vec![])))
         .collect()
 }
 

@@ -33,7 +33,11 @@ pub(crate) struct Route {
 }
 
 impl Route {
-    pub(crate) fn new(config: RouteConfig, upstream: Arc<Upstream>, limits: Vec<Arc<Policy>>) -> Route {
+    pub(crate) fn new(
+        config: RouteConfig,
+        upstream: Arc<Upstream>,
+        limits: Vec<Arc<Policy>>,
+    ) -> Route {
         let template = crate::routing::template(&config).into_boxed_str();
         Route {
             config,

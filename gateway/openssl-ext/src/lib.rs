@@ -85,7 +85,8 @@ mod tests {
     fn reads_for(records: usize, with_read_ahead: bool) -> (bool, usize) {
         let issued = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
         let cert = X509::from_pem(issued.cert.pem().as_bytes()).unwrap();
-        let key = PKey::private_key_from_pem(issued.signing_key.serialize_pem().as_bytes()).unwrap();
+        let key =
+            PKey::private_key_from_pem(issued.signing_key.serialize_pem().as_bytes()).unwrap();
         let mut acceptor = SslAcceptor::mozilla_modern_v5(SslMethod::tls_server()).unwrap();
         acceptor.set_certificate(&cert).unwrap();
         acceptor.set_private_key(&key).unwrap();
@@ -114,7 +115,12 @@ mod tests {
             inner: client_sock,
             reads: Arc::clone(&reads),
         };
-        let ssl = connector.build().configure().unwrap().into_ssl("localhost").unwrap();
+        let ssl = connector
+            .build()
+            .configure()
+            .unwrap()
+            .into_ssl("localhost")
+            .unwrap();
         let mut tls = SslStream::new(ssl, transport).unwrap();
         tls.connect().unwrap();
         if with_read_ahead {
@@ -127,7 +133,10 @@ mod tests {
         let mut got = vec![0u8; records * 100];
         tls.read_exact(&mut got).unwrap();
         for (i, chunk) in got.chunks(100).enumerate() {
-            assert!(chunk.iter().all(|&b| b == b'a' + (i % 26) as u8), "record {i} intact");
+            assert!(
+                chunk.iter().all(|&b| b == b'a' + (i % 26) as u8),
+                "record {i} intact"
+            );
         }
         let count = reads.load(Ordering::SeqCst);
         done.send(()).unwrap();
@@ -145,7 +154,10 @@ mod tests {
     fn read_ahead_reads_waiting_records_in_one_call() {
         // Without it: a header read and a body read per record.
         let (_, plain) = reads_for(3, false);
-        assert!(plain >= 6, "without read-ahead: {plain} reads for 3 records");
+        assert!(
+            plain >= 6,
+            "without read-ahead: {plain} reads for 3 records"
+        );
         // With it: everything waiting comes in with the first read.
         let (_, ahead) = reads_for(3, true);
         assert_eq!(ahead, 1, "with read-ahead: {ahead} reads for 3 records");

@@ -79,7 +79,14 @@ impl Identity {
 impl Identity {
     /// A verified caller with `claims`, for unit tests.
     pub(crate) fn for_test(sub: &str, claims: Map<String, Value>) -> Identity {
-        Identity::new("test".into(), sub.into(), Vec::new(), claims, u64::MAX / 2, 0)
+        Identity::new(
+            "test".into(),
+            sub.into(),
+            Vec::new(),
+            claims,
+            u64::MAX / 2,
+            0,
+        )
     }
 }
 

@@ -205,10 +205,9 @@ async fn a_kept_alive_request_arriving_with_its_body_in_one_write_is_passed_on_w
 
     for (i, len) in [10_000usize, 100].into_iter().enumerate() {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let mut request = format!(
-            "POST /upload/{i} HTTP/1.1\r\nHost: gw\r\nContent-Length: {len}\r\n\r\n"
-        )
-        .into_bytes();
+        let mut request =
+            format!("POST /upload/{i} HTTP/1.1\r\nHost: gw\r\nContent-Length: {len}\r\n\r\n")
+                .into_bytes();
         request.extend(std::iter::repeat_n(b'x', len));
         s.write_all(&request).await.unwrap();
         let text = read_json_response(&mut s).await;

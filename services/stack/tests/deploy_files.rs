@@ -716,8 +716,14 @@ fn the_dockerfile_builds_once_and_runs_one_binary_unprivileged() {
                 .filter(|l| l.contains("apt-get install"))
                 .any(|l| l.split_whitespace().any(|w| w == package))
         };
-        assert!(installs(build, "libssl-dev"), "the build stage installs libssl-dev");
-        assert!(installs(runtime, "libssl3"), "the runtime stage installs libssl3");
+        assert!(
+            installs(build, "libssl-dev"),
+            "the build stage installs libssl-dev"
+        );
+        assert!(
+            installs(runtime, "libssl3"),
+            "the runtime stage installs libssl3"
+        );
     }
 
     let ignore = std::fs::read_to_string(root().join(".dockerignore")).unwrap();
