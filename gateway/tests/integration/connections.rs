@@ -146,18 +146,24 @@ async fn read_json_response(s: &mut TcpStream) -> String {
     text
 }
 
-/// Between requests the gateway waits for the next request's first byte itself (so an idle
-/// connection holds little memory) and then hands the connection back to Pingora: the byte it
-/// read must reach the parser, a head split across writes must still be served, and the head
-/// deadline must run from that first byte.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_kept_alive_request_is_read_whole_from_its_first_byte_and_trickling_is_cut_off() {
-    let (up, gw) = gateway("keepalive_timeout_secs: 30, request_head_timeout_ms: 1200").await;
+/// A connection to `gw` on which one request was served, so the next one is a kept-alive one.
+async fn kept_alive(gw: &Gateway) -> TcpStream {
     let mut s = TcpStream::connect(gw.public).await.unwrap();
     s.write_all(b"GET /first HTTP/1.1\r\nHost: gw\r\n\r\n")
         .await
         .unwrap();
     assert!(read_json_response(&mut s).await.starts_with("HTTP/1.1 200"));
+    s
+}
+
+/// Between requests the gateway waits for the next request itself (so an idle connection
+/// holds little memory) and then hands the connection back to Pingora: what it read (here a
+/// single byte) must reach the parser, a head split across writes must still be served, and
+/// the head deadline must run from that first byte.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kept_alive_request_is_read_whole_from_its_first_byte_and_trickling_is_cut_off() {
+    let (up, gw) = gateway("keepalive_timeout_secs: 30, request_head_timeout_ms: 1200").await;
+    let mut s = kept_alive(&gw).await;
 
     // The next head in three writes: one byte, the request line, the rest.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -197,11 +203,7 @@ async fn a_kept_alive_request_is_read_whole_from_its_first_byte_and_trickling_is
 #[tokio::test(flavor = "multi_thread")]
 async fn a_kept_alive_request_arriving_with_its_body_in_one_write_is_passed_on_whole() {
     let (up, gw) = gateway("keepalive_timeout_secs: 30").await;
-    let mut s = TcpStream::connect(gw.public).await.unwrap();
-    s.write_all(b"GET /first HTTP/1.1\r\nHost: gw\r\n\r\n")
-        .await
-        .unwrap();
-    assert!(read_json_response(&mut s).await.starts_with("HTTP/1.1 200"));
+    let mut s = kept_alive(&gw).await;
 
     for (i, len) in [10_000usize, 100].into_iter().enumerate() {
         tokio::time::sleep(Duration::from_millis(100)).await;

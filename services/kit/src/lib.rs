@@ -49,7 +49,7 @@ pub use identity::{Admin, Identity, OwnerOrAdmin, Trace};
 pub use messaging::clock::{now_ms, now_rfc3339};
 pub use observability::env::{EnvParser, EnvSource, ProcessEnv};
 pub use peer::{Caller, IdentityConfig, IdentityMode};
-pub use runtime::{Kit, KitError};
+pub use runtime::{create_parent_dir, Kit, KitError};
 pub use service::Service;
 pub use shutdown::shutdown_on_signals;
 

@@ -18,7 +18,7 @@ use crate::{BaseConfig, Health, Service};
 /// Why a service could not start or serve.
 #[derive(Debug, thiserror::Error)]
 pub enum KitError {
-    #[error("cannot create the database directory {path}: {source}")]
+    #[error("cannot create the data directory {path}: {source}")]
     DataDir {
         path: String,
         source: std::io::Error,
@@ -41,6 +41,18 @@ pub enum KitError {
     Svid(#[from] identity::SvidError),
     #[error("server error: {0}")]
     Serve(std::io::Error),
+}
+
+/// Creates the directory `file` will be in (the database, or another data file of the service),
+/// if it is missing; [`KitError::DataDir`] names it when that fails.
+pub fn create_parent_dir(file: &std::path::Path) -> Result<(), KitError> {
+    match file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => std::fs::create_dir_all(dir).map_err(|source| KitError::DataDir {
+            path: dir.display().to_string(),
+            source,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// How long `serve` waits for background tasks after the HTTP server has drained.
@@ -85,16 +97,7 @@ impl Kit {
     ) -> Result<Self, KitError> {
         // The SVID first: a bad file stops the start before anything is opened.
         let svid = crate::svid::load(&config.identity)?;
-        if let Some(dir) = config
-            .database_path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-        {
-            std::fs::create_dir_all(dir).map_err(|source| KitError::DataDir {
-                path: dir.display().to_string(),
-                source,
-            })?;
-        }
+        create_parent_dir(&config.database_path)?;
         let db = Db::open(&config.database_path)?;
         messaging::migrate(&db).await?;
         db.call(move |c| c.execute_batch(migrations)).await?;

@@ -108,16 +108,7 @@ pub struct AppState {
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), KitError> {
     let mut kit = Kit::start(SERVICE, config.base.clone(), MIGRATIONS, shutdown).await?;
-    if let Some(dir) = config
-        .provider_ledger
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-    {
-        std::fs::create_dir_all(dir).map_err(|source| KitError::DataDir {
-            path: dir.display().to_string(),
-            source,
-        })?;
-    }
+    service_kit::create_parent_dir(&config.provider_ledger)?;
     let provider = Provider::open(&config.provider_ledger, config.provider.clone()).await?;
     let handler = PaymentHandler::new(kit.db.clone(), provider);
     kit.consume(Arc::new(handler))?;
