@@ -3,11 +3,13 @@
 //! Both are written from the same [`RequestCtx`], so the span (attribute names in
 //! docs/observability.md) and the log (fields in docs/operations.md) always agree.
 
+use std::sync::Arc;
+
 use http::header;
 use observability::http_span::HttpSpan as _;
 use observability::http_trace::Side;
 use observability::lines::{LineLog, TraceIds};
-use observability::opentelemetry::KeyValue;
+use observability::opentelemetry::{KeyValue, StringValue};
 use pingora_http::RequestHeader;
 
 use crate::context::RequestCtx;
@@ -18,13 +20,21 @@ pub(crate) fn record_on_span(ctx: &mut RequestCtx, status: u16) {
     if !ctx.span.is_recording() {
         return;
     }
-    let mut attributes = Vec::with_capacity(12);
+    let mut attributes = Vec::with_capacity(16);
     attributes.push(KeyValue::new("vantage.request_id", ctx.request_id.clone()));
-    attributes.push(KeyValue::new("vantage.route", ctx.route_name().to_string()));
+    // The route's strings are shared with its configuration, not copied per request.
+    attributes.push(KeyValue::new(
+        "vantage.route",
+        ctx.route
+            .as_ref()
+            .map_or(StringValue::from("unmatched"), |r| {
+                StringValue::from(Arc::clone(&r.span.route))
+            }),
+    ));
     if let Some(route) = &ctx.route {
         attributes.push(KeyValue::new(
             "vantage.upstream",
-            route.upstream.name.clone(),
+            StringValue::from(Arc::clone(&route.span.upstream)),
         ));
         attributes.push(KeyValue::new(
             "vantage.upstream.circuit",
@@ -88,9 +98,7 @@ pub(crate) fn record_on_span(ctx: &mut RequestCtx, status: u16) {
         "vantage.decision",
         crate::decision::trail(ctx, status),
     ));
-    for attribute in attributes {
-        ctx.span.set_attribute(attribute);
-    }
+    ctx.span.set_attributes(attributes);
     if let Ok(code) = http::StatusCode::from_u16(status) {
         ctx.span.record_status(code, Side::Server);
     }

@@ -28,8 +28,19 @@ pub(crate) struct Route {
     pub(crate) upstream: Arc<Upstream>,
     pub(crate) limits: Vec<Arc<Policy>>,
     /// The route's path template ([`crate::routing::template`]: `http.route`, the span name),
-    /// made once here instead of per request.
-    pub(crate) template: Box<str>,
+    /// made once here instead of per request; every request's span shares it.
+    pub(crate) template: Arc<str>,
+    /// Its names as span attribute values, shared by every request's spans instead of copied.
+    pub(crate) span: RouteSpanValues,
+}
+
+/// A route's names as span attribute values (`vantage.route`, `vantage.upstream`): made once per
+/// configuration, each request's spans share them.
+pub(crate) struct RouteSpanValues {
+    /// `vantage.route`: the route's name.
+    pub(crate) route: Arc<str>,
+    /// `vantage.upstream`: its upstream pool's name.
+    pub(crate) upstream: Arc<str>,
 }
 
 impl Route {
@@ -37,13 +48,18 @@ impl Route {
         config: RouteConfig,
         upstream: Arc<Upstream>,
         limits: Vec<Arc<Policy>>,
-    ) -> Route {
-        let template = crate::routing::template(&config).into_boxed_str();
+    ) -> Self {
+        let template = crate::routing::template(&config).into();
+        let span = RouteSpanValues {
+            route: config.name.as_str().into(),
+            upstream: upstream.name.as_str().into(),
+        };
         Route {
             config,
             upstream,
             limits,
             template,
+            span,
         }
     }
 }

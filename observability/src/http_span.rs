@@ -25,18 +25,21 @@
 //! ```
 
 use std::borrow::Cow;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use opentelemetry::baggage::BaggageExt as _;
 use opentelemetry::trace::{
     Span as _, SpanContext, SpanKind, Status, TraceContextExt as _, Tracer as _,
 };
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::{Context, KeyValue, StringValue, Value};
 use opentelemetry_sdk::trace::{SdkTracer, Span};
 use opentelemetry_semantic_conventions::attribute as semconv;
 
 use crate::http_trace::{
-    is_error, span_name, ClientAttributes, ServerAttributes, ServerRequest, Side,
+    ip_string, is_error, method_label, span_method, span_name, ClientAttributes, ServerAttributes,
+    ServerRequest, Side,
 };
 use crate::propagation;
 
@@ -80,10 +83,11 @@ impl HttpTracer {
         let (name, attributes) = if self.ids_only {
             (Cow::Borrowed("HTTP"), Vec::new())
         } else {
-            (
-                span_name(req.method, req.route).into(),
-                server_attributes(req),
-            )
+            let name = match req.route {
+                Some(route) => Cow::Owned(span_name(req.method, Some(route))),
+                None => Cow::Borrowed(span_method(req.method)),
+            };
+            (name, server_attributes(req))
         };
         let span = tracer
             .span_builder(name)
@@ -99,10 +103,14 @@ impl HttpTracer {
     }
 }
 
+/// Room in a SERVER span's attribute list for what a proxy adds before it ends (the route, its
+/// decisions, the status): the list is allocated once and never grows on the request path.
+const SERVER_ATTRIBUTE_CAPACITY: usize = 40;
+
 /// The SERVER span's request attributes (semconv HTTP).
 fn server_attributes(req: &ServerRequest<'_>) -> Vec<KeyValue> {
     let a = ServerAttributes::new(req);
-    let mut attributes = Vec::with_capacity(24);
+    let mut attributes = Vec::with_capacity(SERVER_ATTRIBUTE_CAPACITY);
     attributes.push(KeyValue::new(semconv::HTTP_REQUEST_METHOD, a.method));
     if let Some(original) = a.method_original {
         attributes.push(KeyValue::new(
@@ -114,7 +122,7 @@ fn server_attributes(req: &ServerRequest<'_>) -> Vec<KeyValue> {
     if let Some(query) = a.query.clone() {
         attributes.push(KeyValue::new(semconv::URL_QUERY, query));
     }
-    attributes.push(KeyValue::new(semconv::URL_SCHEME, a.scheme.to_owned()));
+    attributes.push(KeyValue::new(semconv::URL_SCHEME, scheme_value(a.scheme)));
     if let Some(route) = a.route {
         attributes.push(KeyValue::new(semconv::HTTP_ROUTE, route.to_owned()));
     }
@@ -139,10 +147,23 @@ fn server_attributes(req: &ServerRequest<'_>) -> Vec<KeyValue> {
     attributes
 }
 
+/// `http` and `https` (every scheme a proxy sees) without a copy.
+fn scheme_value(scheme: &str) -> StringValue {
+    match scheme {
+        "http" => StringValue::from("http"),
+        "https" => StringValue::from("https"),
+        other => StringValue::from(other.to_owned()),
+    }
+}
+
+/// Room in a CLIENT span's attribute list for what a proxy adds per attempt (the upstream's
+/// name and identity, TLS, the status, the error).
+const CLIENT_ATTRIBUTE_CAPACITY: usize = 12;
+
 /// A CLIENT span's attributes for one attempt (semconv HTTP).
 fn client_attributes(method: &Method, url: &str, resend_count: u32) -> Vec<KeyValue> {
     let a = ClientAttributes::new(method, url, resend_count);
-    let mut attributes = Vec::with_capacity(8);
+    let mut attributes = Vec::with_capacity(CLIENT_ATTRIBUTE_CAPACITY);
     attributes.push(KeyValue::new(semconv::HTTP_REQUEST_METHOD, a.method));
     if let Some(host) = a.server_address {
         attributes.push(KeyValue::new(semconv::SERVER_ADDRESS, host));
@@ -155,6 +176,106 @@ fn client_attributes(method: &Method, url: &str, resend_count: u32) -> Vec<KeyVa
         attributes.push(KeyValue::new(semconv::HTTP_REQUEST_RESEND_COUNT, n));
     }
     attributes
+}
+
+/// Where one upstream attempt goes; for [`ServerSpan::client_to`].
+#[derive(Clone, Copy, Debug)]
+pub struct Upstream<'a> {
+    /// `http` or `https`.
+    pub scheme: &'static str,
+    /// The endpoint's address.
+    pub addr: SocketAddr,
+    /// The request target sent to it (path, and query if any).
+    pub target: &'a str,
+}
+
+/// Whether `target` is a path of RFC 3986 path characters only (no query, no fragment): `url.full`
+/// needs no redaction then, and `http::Uri` would read it back unchanged.
+fn is_plain_path(target: &str) -> bool {
+    target.starts_with('/')
+        && target.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'/' | b'-'
+                        | b'.'
+                        | b'_'
+                        | b'~'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b','
+                        | b';'
+                        | b'='
+                        | b':'
+                        | b'@'
+                        | b'%'
+                )
+        })
+}
+
+/// [`client_attributes`] of `{scheme}://{addr}{target}`, built from the parts when the address
+/// is IPv4 and the target a plain path (what that function would compute, without formatting
+/// the URL and parsing it back); through it otherwise.
+fn upstream_attributes(method: &Method, to: Upstream<'_>, resend_count: u32) -> Vec<KeyValue> {
+    let IpAddr::V4(_) = to.addr.ip() else {
+        return client_attributes(method, &upstream_url(to), resend_count);
+    };
+    if !is_plain_path(to.target) {
+        return client_attributes(method, &upstream_url(to), resend_count);
+    }
+    let host = ip_string(to.addr.ip());
+    let port = to.addr.port();
+    let mut url = String::with_capacity(to.scheme.len() + 3 + host.len() + 6 + to.target.len());
+    url.push_str(to.scheme);
+    url.push_str("://");
+    url.push_str(&host);
+    url.push(':');
+    push_u16(&mut url, port);
+    url.push_str(to.target);
+    let mut attributes = Vec::with_capacity(CLIENT_ATTRIBUTE_CAPACITY);
+    attributes.push(KeyValue::new(
+        semconv::HTTP_REQUEST_METHOD,
+        method_label(method),
+    ));
+    attributes.push(KeyValue::new(semconv::SERVER_ADDRESS, host));
+    attributes.push(KeyValue::new(semconv::SERVER_PORT, i64::from(port)));
+    attributes.push(KeyValue::new(semconv::URL_FULL, url));
+    if resend_count > 0 {
+        attributes.push(KeyValue::new(
+            semconv::HTTP_REQUEST_RESEND_COUNT,
+            i64::from(resend_count),
+        ));
+    }
+    attributes
+}
+
+/// `{scheme}://{addr}{target}`, through `Display`.
+fn upstream_url(to: Upstream<'_>) -> String {
+    format!("{}://{}{}", to.scheme, to.addr, to.target)
+}
+
+/// Appends `n` in decimal.
+fn push_u16(out: &mut String, n: u16) {
+    let mut digits = [0u8; 5];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[i..] {
+        out.push(char::from(d));
+    }
 }
 
 /// The SERVER span of one request. Ends on [`ServerSpan::end`] or drop.
@@ -200,6 +321,18 @@ impl ServerSpan {
         }
     }
 
+    /// Like [`ServerSpan::set_route`] for a route template the caller keeps (a proxy's
+    /// configured routes): `http.route` shares it instead of copying it per request.
+    pub fn set_shared_route(&mut self, method: &Method, route: &Arc<str>) {
+        if let Some(span) = self.open_span() {
+            span.update_name(span_name(method, Some(route)));
+            span.set_attribute(KeyValue::new(
+                semconv::HTTP_ROUTE,
+                Value::String(StringValue::from(Arc::clone(route))),
+            ));
+        }
+    }
+
     /// Whether attributes are kept: skip computing them when not.
     pub fn is_recording(&self) -> bool {
         !self.ids_only && self.span.as_ref().is_some_and(|s| s.is_recording())
@@ -208,10 +341,25 @@ impl ServerSpan {
     /// A CLIENT span for one attempt to call `url`, child of this span. `resend_count` is 0 for
     /// the first attempt and counts retries after it, so retries show as sibling spans.
     pub fn client(&self, method: &Method, url: &str, resend_count: u32) -> ClientSpan {
+        self.client_with(method, || client_attributes(method, url, resend_count))
+    }
+
+    /// Like [`ServerSpan::client`] for a proxy that knows the attempt's address: the same
+    /// attributes (`url.full` is `{scheme}://{addr}{target}`), computed without formatting
+    /// and re-parsing that URL when they can be (an IPv4 address and a plain path).
+    pub fn client_to(&self, method: &Method, to: Upstream<'_>, resend_count: u32) -> ClientSpan {
+        self.client_with(method, || upstream_attributes(method, to, resend_count))
+    }
+
+    fn client_with(
+        &self,
+        method: &Method,
+        attributes: impl FnOnce() -> Vec<KeyValue>,
+    ) -> ClientSpan {
         let (Some(tracer), Some(server)) = (&self.tracer, &self.span) else {
             return ClientSpan {
                 span: None,
-                inject: self.parent.clone(),
+                parent: self.parent.clone(),
                 ids_only: true,
             };
         };
@@ -219,24 +367,18 @@ impl ServerSpan {
         // (whose is_remote flag stays false).
         let parent = Context::new().with_remote_span_context(server.span_context().clone());
         let (name, attributes) = if self.ids_only {
-            (Cow::Borrowed("HTTP"), Vec::new())
+            ("HTTP", Vec::new())
         } else {
-            (
-                span_name(method, None).into(),
-                client_attributes(method, url, resend_count),
-            )
+            (span_method(method), attributes())
         };
         let span = tracer
             .span_builder(name)
             .with_kind(SpanKind::Client)
             .with_attributes(attributes)
             .start_with_context(tracer, &parent);
-        let inject = self
-            .parent
-            .with_remote_span_context(span.span_context().clone());
         ClientSpan {
             span: Some(span),
-            inject,
+            parent: self.parent.clone(),
             ids_only: self.ids_only,
         }
     }
@@ -253,17 +395,29 @@ impl ServerSpan {
 #[derive(Debug)]
 pub struct ClientSpan {
     span: Option<Span>,
-    /// What goes upstream: this span as the parent, plus the caller's baggage.
-    inject: Context,
+    /// The caller's context: its baggage goes upstream with this span as the parent (or, with
+    /// tracing off, the whole of it passes through).
+    parent: Context,
     ids_only: bool,
 }
 
 impl ClientSpan {
+    /// What goes upstream: this span as the parent, plus the caller's baggage. Built when a
+    /// propagator needs it; [`ClientSpan::w3c_headers`] does without.
+    fn inject_context(&self) -> Context {
+        match &self.span {
+            Some(span) => self
+                .parent
+                .with_remote_span_context(span.span_context().clone()),
+            None => self.parent.clone(),
+        }
+    }
+
     /// Writes this attempt's context into the upstream request's headers, replacing any
     /// propagation headers the client sent. With tracing off, the caller's context (if any)
     /// passes through unchanged.
     pub fn inject(&self, headers: &mut HeaderMap) {
-        propagation::inject_http(&self.inject, headers);
+        propagation::inject_http(&self.inject_context(), headers);
     }
 
     /// This attempt's context as W3C Trace Context header values — `traceparent`, and
@@ -272,11 +426,17 @@ impl ClientSpan {
     /// is to send: other propagators are configured (`OTEL_PROPAGATORS`), the context carries
     /// baggage, or there is no valid context; use [`ClientSpan::inject_into`] then.
     pub fn w3c_headers(&self) -> Option<W3cHeaders> {
-        if !propagation::w3c_only() || !self.inject.baggage().is_empty() {
+        if !propagation::w3c_only() || !self.parent.baggage().is_empty() {
             return None;
         }
-        let span = self.inject.span();
-        let sc = span.span_context();
+        let parent_span;
+        let sc = match &self.span {
+            Some(span) => span.span_context(),
+            None => {
+                parent_span = self.parent.span();
+                parent_span.span_context()
+            }
+        };
         if !sc.is_valid() {
             return None;
         }
@@ -305,7 +465,7 @@ impl ClientSpan {
     /// request's headers itself (no intermediate map). Removing stale propagation headers is the
     /// caller's job: do it on the first `set`, so nothing is removed when nothing is sent.
     pub fn inject_into(&self, injector: &mut dyn opentelemetry::propagation::Injector) {
-        propagation::inject(&self.inject, injector);
+        propagation::inject(&self.inject_context(), injector);
     }
 
     /// Whether attributes are kept: skip computing them when not.
@@ -334,6 +494,13 @@ pub trait HttpSpan {
     fn set_attribute(&mut self, attribute: KeyValue) {
         if let Some(span) = self.open_span() {
             span.set_attribute(attribute);
+        }
+    }
+
+    /// Adds several attributes, in order.
+    fn set_attributes(&mut self, attributes: Vec<KeyValue>) {
+        if let Some(span) = self.open_span() {
+            span.set_attributes(attributes);
         }
     }
 
@@ -612,6 +779,70 @@ mod tests {
         for span in exporter.0.lock().unwrap().iter() {
             assert!(span.attributes.is_empty(), "{:?}", span.attributes);
         }
+    }
+
+    #[test]
+    fn client_to_records_what_client_records_for_the_same_url() {
+        let targets = [
+            "/orders/42",
+            "/",
+            "/a/b;c=d/@e/%2F~x",
+            "/search?q=1&token=secret",
+            "/with space",
+            "/frag#x",
+        ];
+        let addrs: [SocketAddr; 4] = [
+            "10.0.0.7:9000".parse().unwrap(),
+            "127.0.0.1:80".parse().unwrap(),
+            "255.255.255.255:65535".parse().unwrap(),
+            "[2001:db8::1]:8443".parse().unwrap(),
+        ];
+        for scheme in ["http", "https"] {
+            for addr in addrs {
+                for target in targets {
+                    for resend in [0, 2] {
+                        let to = Upstream {
+                            scheme,
+                            addr,
+                            target,
+                        };
+                        let url = format!("{scheme}://{addr}{target}");
+                        let fast = upstream_attributes(&Method::GET, to, resend);
+                        let slow = client_attributes(&Method::GET, &url, resend);
+                        assert_eq!(fast, slow, "{url} (resend {resend})");
+                    }
+                }
+            }
+        }
+        // The fast path really is taken for a plain target at an IPv4 address.
+        assert!(is_plain_path("/orders/42"));
+        assert!(!is_plain_path("/search?q=1"));
+    }
+
+    #[test]
+    fn shared_route_sets_what_set_route_sets() {
+        let (tracer, exporter, _provider) = tracer(false);
+        let req = http::Request::get("/orders/42").body(()).unwrap();
+        let route: Arc<str> = Arc::from("/orders/{id}");
+        for shared in [false, true] {
+            let mut server = tracer.server(&ServerRequest::new(
+                req.method(),
+                req.uri(),
+                req.version(),
+                req.headers(),
+            ));
+            if shared {
+                server.set_shared_route(req.method(), &route);
+            } else {
+                server.set_route(req.method(), &route);
+            }
+            server.end();
+        }
+        let spans = exporter.0.lock().unwrap().clone();
+        assert_eq!(spans.len(), 2);
+        assert_eq!(spans[0].name, "GET /orders/{id}");
+        assert_eq!(spans[0].name, spans[1].name);
+        assert_eq!(spans[0].attributes, spans[1].attributes);
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! http_trace::record_status(&span, http::StatusCode::OK, http_trace::Side::Server);
 //! ```
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use http::{HeaderMap, Method, StatusCode, Uri, Version};
@@ -88,14 +89,76 @@ pub fn method_label(method: &Method) -> &'static str {
 
 /// `{method} {route}`, or just `{method}` when no route is known (never the raw path).
 pub fn span_name(method: &Method, route: Option<&str>) -> String {
-    let method = match method_label(method) {
-        "_OTHER" => "HTTP",
-        known => known,
-    };
+    let method = span_method(method);
     match route {
-        Some(route) => format!("{method} {route}"),
+        // Pushed, not `format!`ed: this runs for every request.
+        Some(route) => {
+            let mut name = String::with_capacity(method.len() + 1 + route.len());
+            name.push_str(method);
+            name.push(' ');
+            name.push_str(route);
+            name
+        }
         None => method.to_owned(),
     }
+}
+
+/// The method part of a span name: known methods as-is, anything else `HTTP`. It is also the
+/// whole name of a CLIENT span and of a SERVER span before routing.
+pub(crate) fn span_method(method: &Method) -> &'static str {
+    match method_label(method) {
+        "_OTHER" => "HTTP",
+        known => known,
+    }
+}
+
+/// `ip` as `Display` writes it; IPv4 without the formatting machinery (nearly every address
+/// recorded per request is one).
+pub(crate) fn ip_string(ip: IpAddr) -> String {
+    let IpAddr::V4(v4) = ip else {
+        return ip.to_string();
+    };
+    let mut out = String::with_capacity(15);
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        if octet >= 100 {
+            out.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            out.push(char::from(b'0' + octet / 10 % 10));
+        }
+        out.push(char::from(b'0' + octet % 10));
+    }
+    out
+}
+
+/// `server.address` and `server.port` of a `Host` value, as `http::uri::Authority` reads them
+/// (`None` when it is not an authority). A plain `name[:port]` (letters, digits, `.`, `-`: every
+/// host name and IPv4 address) is split in place; anything else (IPv6, user-info, percent
+/// escapes) goes through `Authority`, whose parser copies the value first.
+pub(crate) fn host_and_port(value: &str) -> Option<(Cow<'_, str>, Option<i64>)> {
+    let (host, port) = match value.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (value, None),
+    };
+    let plain_host = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+    let plain_port = port.is_none_or(|p| {
+        (1..=5).contains(&p.len())
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && p.parse::<u16>().is_ok()
+    });
+    if plain_host && plain_port {
+        let port = port.and_then(|p| p.parse::<u16>().ok()).map(i64::from);
+        return Some((Cow::Borrowed(host), port));
+    }
+    let authority: http::uri::Authority = value.parse().ok()?;
+    let port = authority.port_u16().map(i64::from);
+    Some((Cow::Owned(authority.host().to_owned()), port))
 }
 
 pub(crate) fn protocol_version(version: Version) -> Option<&'static str> {
@@ -120,7 +183,8 @@ pub(crate) struct ServerAttributes<'a> {
     pub(crate) query: Option<String>,
     pub(crate) scheme: &'a str,
     pub(crate) route: Option<&'a str>,
-    pub(crate) server: Option<http::uri::Authority>,
+    /// `server.address` and `server.port`, from `Host` (else the URI's authority).
+    pub(crate) server: Option<(Cow<'a, str>, Option<i64>)>,
     pub(crate) client_address: Option<String>,
     pub(crate) user_agent: Option<&'a str>,
     pub(crate) protocol_version: Option<&'static str>,
@@ -141,8 +205,8 @@ impl<'a> ServerAttributes<'a> {
                 .get(http::header::HOST)
                 .and_then(|h| h.to_str().ok())
                 .or(req.uri.host())
-                .and_then(|h| h.parse().ok()),
-            client_address: req.client_address.map(|ip| ip.to_string()),
+                .and_then(host_and_port),
+            client_address: req.client_address.map(ip_string),
             user_agent: req
                 .headers
                 .get(http::header::USER_AGENT)
@@ -152,14 +216,11 @@ impl<'a> ServerAttributes<'a> {
     }
 
     pub(crate) fn server_address(&self) -> Option<&str> {
-        self.server.as_ref().map(http::uri::Authority::host)
+        self.server.as_ref().map(|(host, _)| host.as_ref())
     }
 
     pub(crate) fn server_port(&self) -> Option<i64> {
-        self.server
-            .as_ref()
-            .and_then(http::uri::Authority::port_u16)
-            .map(i64::from)
+        self.server.as_ref().and_then(|(_, port)| *port)
     }
 }
 
@@ -322,6 +383,55 @@ pub fn record_error(span: &tracing::Span, error_type: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_and_port_read_hosts_as_authority_does() {
+        for value in [
+            "shop.example",
+            "shop.example:8080",
+            "Shop.Example:443",
+            "127.0.0.1:9000",
+            "10.0.0.7",
+            "a-b.c",
+            "host:",
+            "host:0",
+            "host:65535",
+            "host:65536",
+            "host:123456",
+            "host:8a",
+            ":80",
+            "",
+            "[::1]:8080",
+            "[2001:db8::1]",
+            "user@host:80",
+            "ho_st:80",
+            "h%41st",
+            "a b",
+            "host:80:90",
+        ] {
+            let expected = value
+                .parse::<http::uri::Authority>()
+                .ok()
+                .map(|a| (a.host().to_owned(), a.port_u16().map(i64::from)));
+            let got = host_and_port(value).map(|(h, p)| (h.into_owned(), p));
+            assert_eq!(got, expected, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn ip_strings_are_what_display_writes() {
+        for ip in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "10.100.255.9",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_string(ip), ip.to_string());
+        }
+    }
 
     #[test]
     fn names_use_the_route_template_never_the_path() {

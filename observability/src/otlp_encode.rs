@@ -22,10 +22,11 @@
 //! let body: bytes::Bytes = encoder.encode(&batch); // the gRPC message or the HTTP body
 //! ```
 
+use std::borrow::Cow;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::{BufMut, Bytes, BytesMut};
-use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status};
+use bytes::{Bytes, BytesMut};
+use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceState};
 use opentelemetry::{Array, InstrumentationScope, Value};
 use opentelemetry_sdk::trace::SpanData;
 use opentelemetry_sdk::Resource;
@@ -197,6 +198,9 @@ pub(crate) struct TraceEncoder {
     scope_start: Vec<u32>,
     /// Span indices grouped by scope.
     order: Vec<u32>,
+    /// Per span of the batch: its start and end time in nanoseconds since the epoch, computed
+    /// once for both passes.
+    times: Vec<(u64, u64)>,
     /// Per scope: the next free place in `order` while grouping.
     fill: Vec<u32>,
     /// The output; `split` hands out its bytes and reuses the allocation once they are dropped.
@@ -237,31 +241,41 @@ impl TraceEncoder {
         for (key, value) in resource.iter() {
             body_len += len_field(size_kv(key.as_str(), value, &mut lens));
         }
-        let mut buf = BytesMut::with_capacity(body_len);
+        let mut buf = vec![0; body_len];
+        let mut out = Out::new(&mut buf);
         let mut cursor = Lens {
             lens: &lens,
             next: 0,
         };
         for (key, value) in resource.iter() {
             write_kv(
-                &mut buf,
+                &mut out,
                 RESOURCE_ATTRIBUTES,
                 key.as_str(),
                 value,
                 &mut cursor,
             );
         }
-        debug_assert_eq!(buf.len(), body_len);
-        self.resource = buf.to_vec();
+        debug_assert_eq!(out.pos, body_len);
+        self.resource = buf;
         self.resource_schema_url = resource.schema_url().unwrap_or_default().to_owned();
     }
 
     /// The `ExportTraceServiceRequest` carrying `spans`.
     pub(crate) fn encode(&mut self, spans: &[SpanData]) -> Bytes {
         self.group(spans);
+        self.times.clear();
+        self.times.extend(
+            spans
+                .iter()
+                .map(|span| (nanos(span.start_time), nanos(span.end_time))),
+        );
         self.lens.clear();
         let total = self.size(spans);
-        self.buf.reserve(total);
+        // The whole request is written into a slice of exactly its size: one bounds check per
+        // byte, no capacity checks.
+        self.buf.clear();
+        self.buf.resize(total, 0);
         let Self {
             resource,
             resource_schema_url,
@@ -269,10 +283,13 @@ impl TraceEncoder {
             scope_first,
             scope_start,
             order,
-            buf,
+            times,
+            buf: output,
             ..
         } = self;
         let mut cursor = Lens { lens, next: 0 };
+        let mut out = Out::new(&mut output[..]);
+        let buf = &mut out;
 
         put_varint(buf, u64::from(REQUEST_RESOURCE_SPANS));
         put_varint(buf, cursor.next() as u64);
@@ -284,7 +301,12 @@ impl TraceEncoder {
             write_scope(buf, scope_ref, &mut cursor);
             let group = &order[scope_start[scope] as usize..scope_start[scope + 1] as usize];
             for &index in group {
-                write_span(buf, &spans[index as usize], &mut cursor);
+                write_span(
+                    buf,
+                    &spans[index as usize],
+                    times[index as usize],
+                    &mut cursor,
+                );
             }
             put_opt_str_field(
                 buf,
@@ -294,8 +316,8 @@ impl TraceEncoder {
         }
         put_opt_str_field(buf, RESOURCE_SPANS_SCHEMA_URL, resource_schema_url);
         debug_assert_eq!(cursor.next, lens.len());
-        debug_assert_eq!(buf.len(), total);
-        buf.split().freeze()
+        debug_assert_eq!(out.pos, total);
+        output.split().freeze()
     }
 
     /// Groups span indices by instrumentation scope, scopes in order of first appearance.
@@ -308,7 +330,7 @@ impl TraceEncoder {
             let found = self
                 .scope_first
                 .iter()
-                .position(|&first| spans[first as usize].instrumentation_scope == *scope);
+                .position(|&first| same_scope(&spans[first as usize].instrumentation_scope, scope));
             let scope_index = found.unwrap_or_else(|| {
                 self.scope_first.push(index as u32);
                 self.scope_first.len() - 1
@@ -350,7 +372,11 @@ impl TraceEncoder {
             let group =
                 &self.order[self.scope_start[scope] as usize..self.scope_start[scope + 1] as usize];
             for &index in group {
-                scope_spans_len += len_field(size_span(&spans[index as usize], lens));
+                scope_spans_len += len_field(size_span(
+                    &spans[index as usize],
+                    self.times[index as usize],
+                    lens,
+                ));
             }
             lens[scope_spans] = scope_spans_len as u32;
             resource_spans_len += len_field(scope_spans_len);
@@ -358,6 +384,25 @@ impl TraceEncoder {
         lens[resource_spans] = resource_spans_len as u32;
         len_field(resource_spans_len)
     }
+}
+
+/// Whether two spans have the same scope. Spans of one tracer share its scope's strings, so
+/// comparing where they point settles nearly every case; the scopes' `==` (which sorts copies
+/// of their attributes) decides the rest.
+fn same_scope(a: &InstrumentationScope, b: &InstrumentationScope) -> bool {
+    fn same_text(a: Option<&str>, b: Option<&str>) -> bool {
+        match (a, b) {
+            (Some(a), Some(b)) => std::ptr::eq(a, b),
+            (None, None) => true,
+            _ => false,
+        }
+    }
+    let shared = std::ptr::eq(a.name(), b.name())
+        && same_text(a.version(), b.version())
+        && same_text(a.schema_url(), b.schema_url())
+        && a.attributes().next().is_none()
+        && b.attributes().next().is_none();
+    shared || a == b
 }
 
 // === sizing pass ===
@@ -380,7 +425,7 @@ fn size_scope(scope: &InstrumentationScope, lens: &mut Vec<u32>) -> usize {
     len
 }
 
-fn size_span(span: &SpanData, lens: &mut Vec<u32>) -> usize {
+fn size_span(span: &SpanData, (start, end): (u64, u64), lens: &mut Vec<u32>) -> usize {
     let slot = reserve(lens);
     let context = &span.span_context;
     let mut len = len_field(16) + len_field(8) // trace_id, span_id
@@ -388,8 +433,8 @@ fn size_span(span: &SpanData, lens: &mut Vec<u32>) -> usize {
         + if span.parent_span_id == SpanId::INVALID { 0 } else { len_field(8) }
         + opt_len_field(span.name.len())
         + 1 + varint_len(span_kind(&span.span_kind))
-        + fixed64_field(nanos(span.start_time))
-        + fixed64_field(nanos(span.end_time))
+        + fixed64_field(start)
+        + fixed64_field(end)
         + opt_varint_field(span.dropped_attributes_count)
         + opt_varint_field(span.events.dropped_count)
         + opt_varint_field(span.links.dropped_count)
@@ -437,17 +482,47 @@ fn fixed64_field(value: u64) -> usize {
 }
 
 fn trace_state_len(context: &SpanContext) -> usize {
-    // `header()` of an empty state is an empty string, which does not allocate.
-    context.trace_state().header().len()
+    trace_state(context).len()
+}
+
+/// The W3C `tracestate` header of `context`; nearly every span has none, which needs no
+/// formatting.
+fn trace_state(context: &SpanContext) -> Cow<'static, str> {
+    let state = context.trace_state();
+    if *state == TraceState::NONE {
+        Cow::Borrowed("")
+    } else {
+        Cow::Owned(state.header())
+    }
 }
 
 /// Sizes a `KeyValue`: records its `AnyValue`'s length (and an array's `ArrayValue` length
 /// after it) and returns the `KeyValue`'s length.
 fn size_kv(key: &str, value: &Value, lens: &mut Vec<u32>) -> usize {
-    let slot = reserve(lens);
-    let any = size_any(value, lens);
-    lens[slot] = any as u32;
+    // A scalar's `AnyValue` (nearly every attribute) is sized again on the spot by the write
+    // pass, which is cheaper than recording it; other values record theirs.
+    let any = match scalar_any_len(value) {
+        Some(len) => len,
+        None => {
+            let slot = reserve(lens);
+            let any = size_any(value, lens);
+            lens[slot] = any as u32;
+            any
+        }
+    };
     opt_len_field(key.len()) + len_field(any)
+}
+
+/// The `AnyValue` length of a scalar value, `None` for the others.
+#[inline]
+fn scalar_any_len(value: &Value) -> Option<usize> {
+    match value {
+        Value::Bool(_) => Some(2),
+        Value::I64(v) => Some(1 + varint_len(*v as u64)),
+        Value::F64(_) => Some(9),
+        Value::String(s) => Some(len_field(s.as_str().len())),
+        _ => None,
+    }
 }
 
 /// The `AnyValue` of `value`, without key or length prefix.
@@ -487,8 +562,48 @@ fn size_array(array: &Array) -> usize {
 
 // === write pass ===
 
+/// The output of the write pass: a slice sized by the sizing pass, filled front to back.
+struct Out<'a> {
+    buf: &'a mut [u8],
+    pos: usize,
+}
+
+impl<'a> Out<'a> {
+    fn new(buf: &'a mut [u8]) -> Self {
+        Self { buf, pos: 0 }
+    }
+
+    #[inline]
+    fn put_u8(&mut self, byte: u8) {
+        self.buf[self.pos] = byte;
+        self.pos += 1;
+    }
+
+    #[inline]
+    fn put_slice(&mut self, bytes: &[u8]) {
+        let end = self.pos + bytes.len();
+        self.buf[self.pos..end].copy_from_slice(bytes);
+        self.pos = end;
+    }
+
+    #[inline]
+    fn put_u64_le(&mut self, value: u64) {
+        self.put_slice(&value.to_le_bytes());
+    }
+
+    #[inline]
+    fn put_u32_le(&mut self, value: u32) {
+        self.put_slice(&value.to_le_bytes());
+    }
+
+    #[inline]
+    fn put_f64_le(&mut self, value: f64) {
+        self.put_slice(&value.to_le_bytes());
+    }
+}
+
 #[inline]
-fn put_varint(buf: &mut BytesMut, mut value: u64) {
+fn put_varint(buf: &mut Out<'_>, mut value: u64) {
     while value >= 0x80 {
         buf.put_u8((value as u8) | 0x80);
         value >>= 7;
@@ -497,21 +612,21 @@ fn put_varint(buf: &mut BytesMut, mut value: u64) {
 }
 
 #[inline]
-fn put_bytes_field(buf: &mut BytesMut, key: u32, bytes: &[u8]) {
+fn put_bytes_field(buf: &mut Out<'_>, key: u32, bytes: &[u8]) {
     put_varint(buf, u64::from(key));
     put_varint(buf, bytes.len() as u64);
     buf.put_slice(bytes);
 }
 
 #[inline]
-fn put_opt_str_field(buf: &mut BytesMut, key: u32, value: &str) {
+fn put_opt_str_field(buf: &mut Out<'_>, key: u32, value: &str) {
     if !value.is_empty() {
         put_bytes_field(buf, key, value.as_bytes());
     }
 }
 
 #[inline]
-fn put_opt_varint_field(buf: &mut BytesMut, key: u32, value: u32) {
+fn put_opt_varint_field(buf: &mut Out<'_>, key: u32, value: u32) {
     if value != 0 {
         put_varint(buf, u64::from(key));
         put_varint(buf, u64::from(value));
@@ -519,7 +634,7 @@ fn put_opt_varint_field(buf: &mut BytesMut, key: u32, value: u32) {
 }
 
 #[inline]
-fn put_fixed64_field(buf: &mut BytesMut, key: u32, value: u64) {
+fn put_fixed64_field(buf: &mut Out<'_>, key: u32, value: u64) {
     if value != 0 {
         put_varint(buf, u64::from(key));
         buf.put_u64_le(value);
@@ -527,19 +642,19 @@ fn put_fixed64_field(buf: &mut BytesMut, key: u32, value: u64) {
 }
 
 #[inline]
-fn put_fixed32_field(buf: &mut BytesMut, key: u32, value: u32) {
+fn put_fixed32_field(buf: &mut Out<'_>, key: u32, value: u32) {
     put_varint(buf, u64::from(key));
     buf.put_u32_le(value);
 }
 
 /// The length prefix of a nested message whose length the sizing pass recorded.
 #[inline]
-fn put_message_header(buf: &mut BytesMut, key: u32, cursor: &mut Lens<'_>) {
+fn put_message_header(buf: &mut Out<'_>, key: u32, cursor: &mut Lens<'_>) {
     put_varint(buf, u64::from(key));
     put_varint(buf, cursor.next() as u64);
 }
 
-fn write_scope(buf: &mut BytesMut, scope: &InstrumentationScope, cursor: &mut Lens<'_>) {
+fn write_scope(buf: &mut Out<'_>, scope: &InstrumentationScope, cursor: &mut Lens<'_>) {
     put_message_header(buf, SCOPE_SPANS_SCOPE, cursor);
     put_opt_str_field(buf, SCOPE_NAME, scope.name());
     put_opt_str_field(buf, SCOPE_VERSION, scope.version().unwrap_or_default());
@@ -548,20 +663,20 @@ fn write_scope(buf: &mut BytesMut, scope: &InstrumentationScope, cursor: &mut Le
     }
 }
 
-fn write_span(buf: &mut BytesMut, span: &SpanData, cursor: &mut Lens<'_>) {
+fn write_span(buf: &mut Out<'_>, span: &SpanData, (start, end): (u64, u64), cursor: &mut Lens<'_>) {
     put_message_header(buf, SCOPE_SPANS_SPANS, cursor);
     let context = &span.span_context;
     put_bytes_field(buf, SPAN_TRACE_ID, &context.trace_id().to_bytes());
     put_bytes_field(buf, SPAN_SPAN_ID, &context.span_id().to_bytes());
-    put_opt_str_field(buf, SPAN_TRACE_STATE, &context.trace_state().header());
+    put_opt_str_field(buf, SPAN_TRACE_STATE, &trace_state(context));
     if span.parent_span_id != SpanId::INVALID {
         put_bytes_field(buf, SPAN_PARENT_SPAN_ID, &span.parent_span_id.to_bytes());
     }
     put_opt_str_field(buf, SPAN_NAME, &span.name);
     put_varint(buf, u64::from(SPAN_KIND));
     put_varint(buf, span_kind(&span.span_kind));
-    put_fixed64_field(buf, SPAN_START_TIME, nanos(span.start_time));
-    put_fixed64_field(buf, SPAN_END_TIME, nanos(span.end_time));
+    put_fixed64_field(buf, SPAN_START_TIME, start);
+    put_fixed64_field(buf, SPAN_END_TIME, end);
     for kv in &span.attributes {
         write_kv(buf, SPAN_ATTRIBUTES, kv.key.as_str(), &kv.value, cursor);
     }
@@ -585,7 +700,7 @@ fn write_span(buf: &mut BytesMut, span: &SpanData, cursor: &mut Lens<'_>) {
         put_message_header(buf, SPAN_LINKS, cursor);
         put_bytes_field(buf, LINK_TRACE_ID, &linked.trace_id().to_bytes());
         put_bytes_field(buf, LINK_SPAN_ID, &linked.span_id().to_bytes());
-        put_opt_str_field(buf, LINK_TRACE_STATE, &linked.trace_state().header());
+        put_opt_str_field(buf, LINK_TRACE_STATE, &trace_state(linked));
         for kv in &link.attributes {
             write_kv(buf, LINK_ATTRIBUTES, kv.key.as_str(), &kv.value, cursor);
         }
@@ -614,8 +729,11 @@ fn write_span(buf: &mut BytesMut, span: &SpanData, cursor: &mut Lens<'_>) {
 }
 
 /// Writes a `KeyValue` as field `key_field` of its parent.
-fn write_kv(buf: &mut BytesMut, field: u32, key: &str, value: &Value, cursor: &mut Lens<'_>) {
-    let any = cursor.next();
+fn write_kv(buf: &mut Out<'_>, field: u32, key: &str, value: &Value, cursor: &mut Lens<'_>) {
+    let any = match scalar_any_len(value) {
+        Some(len) => len,
+        None => cursor.next(),
+    };
     put_varint(buf, u64::from(field));
     put_varint(buf, (opt_len_field(key.len()) + len_field(any)) as u64);
     put_opt_str_field(buf, KV_KEY, key);
@@ -635,25 +753,25 @@ fn write_kv(buf: &mut BytesMut, field: u32, key: &str, value: &Value, cursor: &m
 }
 
 #[inline]
-fn put_bool(buf: &mut BytesMut, value: bool) {
+fn put_bool(buf: &mut Out<'_>, value: bool) {
     put_varint(buf, u64::from(ANY_BOOL));
     buf.put_u8(u8::from(value));
 }
 
 #[inline]
-fn put_int(buf: &mut BytesMut, value: i64) {
+fn put_int(buf: &mut Out<'_>, value: i64) {
     put_varint(buf, u64::from(ANY_INT));
     put_varint(buf, value as u64);
 }
 
 #[inline]
-fn put_double(buf: &mut BytesMut, value: f64) {
+fn put_double(buf: &mut Out<'_>, value: f64) {
     put_varint(buf, u64::from(ANY_DOUBLE));
     buf.put_f64_le(value);
 }
 
 /// An `ArrayValue`'s elements, each an `AnyValue` whose length is known on the spot.
-fn write_array(buf: &mut BytesMut, array: &Array) {
+fn write_array(buf: &mut Out<'_>, array: &Array) {
     match array {
         Array::Bool(values) => {
             for v in values {

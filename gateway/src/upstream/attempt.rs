@@ -1,6 +1,7 @@
 //! One upstream attempt: choosing the endpoint and building the peer, recording how it ended
 //! (metrics, passive ejection, the attempt's CLIENT span), and deciding whether to retry.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::Method;
@@ -49,16 +50,19 @@ pub(crate) fn begin(
     } else {
         "http"
     };
-    // Attributes (and the URL they are built from) only when the span is exported.
-    let recording = ctx.span.is_recording();
-    let url = if recording {
-        format!("{scheme}://{}{}", endpoint.addr, path)
-    } else {
-        String::new()
+    // Attributes (`url.full` is `{scheme}://{addr}{path}`) only when the span is exported.
+    let to = observability::http_span::Upstream {
+        scheme,
+        addr: endpoint.addr,
+        target: path,
     };
-    let mut span = ctx.span.client(method, &url, ctx.upstream.count - 1);
-    if recording {
-        span.set_attribute(KeyValue::new("vantage.upstream", upstream.name.clone()));
+    let mut span = ctx.span.client_to(method, to, ctx.upstream.count - 1);
+    if span.is_recording() {
+        // Shared with the route's configuration, not copied per attempt.
+        span.set_attribute(KeyValue::new(
+            "vantage.upstream",
+            Arc::clone(&route.span.upstream),
+        ));
     }
     ctx.upstream.span = Some(span);
 
