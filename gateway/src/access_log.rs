@@ -15,8 +15,9 @@ use pingora_http::RequestHeader;
 use crate::context::RequestCtx;
 use crate::ratelimit;
 
-/// Puts every decision on the SERVER span, then its status and error.
-pub(crate) fn record_on_span(ctx: &mut RequestCtx, status: u16) {
+/// Puts every decision on the SERVER span, then its status and error. `decision` is the
+/// request's [`crate::decision::trail`], made once for the span and the access line.
+pub(crate) fn record_on_span(ctx: &mut RequestCtx, status: u16, decision: &str) {
     if !ctx.span.is_recording() {
         return;
     }
@@ -94,10 +95,7 @@ pub(crate) fn record_on_span(ctx: &mut RequestCtx, status: u16) {
         ));
     }
     crate::shadow::span_attributes(ctx, &mut attributes);
-    attributes.push(KeyValue::new(
-        "vantage.decision",
-        crate::decision::trail(ctx, status),
-    ));
+    attributes.push(KeyValue::new("vantage.decision", decision.to_owned()));
     ctx.span.set_attributes(attributes);
     if let Ok(code) = http::StatusCode::from_u16(status) {
         ctx.span.record_status(code, Side::Server);
@@ -126,7 +124,8 @@ impl AccessLog {
         }
     }
 
-    /// Writes the access line. `trace` is the SERVER span's ids: the line is not written inside
+    /// Writes the access line. `decision` is the request's decision trail, the same text the
+    /// SERVER span carries. `trace` is the SERVER span's ids: the line is not written inside
     /// a `tracing` span, so it carries them itself (as the top-level `trace_id` / `span_id`).
     ///
     /// Fields are written in alphabetical order, as the `tracing` lines' are; add a field by
@@ -136,6 +135,7 @@ impl AccessLog {
         ctx: &RequestCtx,
         req: &RequestHeader,
         status: u16,
+        decision: &str,
         trace: Option<&TraceIds>,
     ) {
         let Some(lines) = &self.lines else {
@@ -158,7 +158,7 @@ impl AccessLog {
                 .str("auth_result", ctx.auth.result().as_str())
                 .bool("auth_shadow", crate::shadow::auth_shadowed(ctx))
                 .str("client_ip", &ctx.client.ip)
-                .str("decision", &crate::decision::trail(ctx, status))
+                .str("decision", decision)
                 .millis("duration_ms", elapsed)
                 .str(
                     "endpoint",

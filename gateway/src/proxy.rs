@@ -265,10 +265,12 @@ impl ProxyHttp for Gateway {
         attempt::finished(ctx, e);
         let req = session.req_header();
         self.shared.metrics.record_request(ctx, &req.method, status);
-        access_log::record_on_span(ctx, status);
+        let decision = decision::trail(ctx, status);
+        access_log::record_on_span(ctx, status, &decision);
         ctx.upstream.span = None;
         let trace = ctx.span_ids();
         ctx.span.end();
-        self.access_log.write(ctx, req, status, trace.as_ref());
+        self.access_log
+            .write(ctx, req, status, &decision, trace.as_ref());
     }
 }
