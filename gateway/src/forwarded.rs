@@ -78,27 +78,7 @@ pub(crate) fn resolve<'a>(
     }
 }
 
-/// `ip` as text, as `Display` writes it; IPv4 (nearly every client) without the formatting
-/// machinery, which costs more than the rest of address resolution on the per-request path.
-pub(crate) fn ip_string(ip: IpAddr) -> String {
-    let IpAddr::V4(v4) = ip else {
-        return ip.to_string();
-    };
-    let mut out = String::with_capacity(15);
-    for (i, octet) in v4.octets().into_iter().enumerate() {
-        if i > 0 {
-            out.push('.');
-        }
-        if octet >= 100 {
-            out.push(char::from(b'0' + octet / 100));
-        }
-        if octet >= 10 {
-            out.push(char::from(b'0' + octet / 10 % 10));
-        }
-        out.push(char::from(b'0' + octet % 10));
-    }
-    out
-}
+pub(crate) use observability::http_trace::ip_string;
 
 /// An `X-Forwarded-For` entry: an address, optionally with a port (`203.0.113.7:4711`,
 /// `[2001:db8::1]:443`).
@@ -115,20 +95,6 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ip_strings_are_what_display_writes() {
-        for a in [0u8, 1, 9, 10, 42, 99, 100, 101, 199, 200, 250, 255] {
-            for b in [0u8, 7, 10, 100, 255] {
-                let ip = IpAddr::from([a, b, a, b]);
-                assert_eq!(ip_string(ip), ip.to_string());
-            }
-        }
-        for v6 in ["2001:db8::1", "::1", "fe80::1:2:3:4"] {
-            let ip: IpAddr = v6.parse().unwrap();
-            assert_eq!(ip_string(ip), ip.to_string());
-        }
-    }
 
     #[test]
     fn addresses_are_canonical_whatever_their_spelling() {

@@ -113,8 +113,9 @@ pub(crate) fn span_method(method: &Method) -> &'static str {
 }
 
 /// `ip` as `Display` writes it; IPv4 without the formatting machinery (nearly every address
-/// recorded per request is one).
-pub(crate) fn ip_string(ip: IpAddr) -> String {
+/// recorded per request is one, and `fmt` costs more than the rest of the gateway's address
+/// resolution). Used for span attributes here and for the gateway's client addresses.
+pub fn ip_string(ip: IpAddr) -> String {
     let IpAddr::V4(v4) = ip else {
         return ip.to_string();
     };
@@ -430,6 +431,13 @@ mod tests {
         ] {
             let ip: IpAddr = ip.parse().unwrap();
             assert_eq!(ip_string(ip), ip.to_string());
+        }
+        // Every octet width (1, 2 and 3 digits, with zeros inside) in every position.
+        for a in [0u8, 1, 9, 10, 42, 99, 100, 101, 199, 200, 250, 255] {
+            for b in [0u8, 7, 10, 100, 255] {
+                let ip = IpAddr::from([a, b, a, b]);
+                assert_eq!(ip_string(ip), ip.to_string());
+            }
         }
     }
 
