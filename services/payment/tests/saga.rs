@@ -126,6 +126,30 @@ async fn payments(h: &ConsumerHarness, order_id: &str) -> Vec<payment::domain::P
 }
 
 /// Whether payment recorded a provider call as started for `order_id`.
+/// `order_id` ended `FAILED` for `deadline_passed` without a provider call: one payment row
+/// with 0 attempts, only a `payment.failed` saying so in the outbox, no charge in the ledger,
+/// and no call recorded as started.
+async fn assert_failed_past_deadline_uncharged(
+    h: &ConsumerHarness,
+    ledger: &Ledger,
+    order_id: &str,
+) {
+    let p = payments(h, order_id).await;
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(
+        (p[0].status.as_str(), p[0].reason.as_deref(), p[0].attempts),
+        ("FAILED", Some("deadline_passed"), 0)
+    );
+    assert_eq!(h.outbox_keys().await, ["payment.failed"]);
+    assert_eq!(outbox_reason(h).await, "deadline_passed");
+    assert_eq!(
+        ledger.charges(order_id).await,
+        0,
+        "the provider was not called"
+    );
+    assert!(!call_started(h, order_id).await);
+}
+
 async fn call_started(h: &ConsumerHarness, order_id: &str) -> bool {
     let order_id = order_id.to_owned();
     h.db.call(move |c| payment::domain::call_started(c, &order_id))
@@ -195,20 +219,7 @@ async fn no_charge_starts_after_the_payment_deadline() {
     h.wait_settled(1).await;
     h.publish("inventory", &reserved("o-late")).await;
     h.wait_settled(2).await;
-    let p = payments(&h, "o-late").await;
-    assert_eq!(p.len(), 1, "{p:?}");
-    assert_eq!(
-        (p[0].status.as_str(), p[0].reason.as_deref(), p[0].attempts),
-        ("FAILED", Some("deadline_passed"), 0)
-    );
-    assert_eq!(h.outbox_keys().await, ["payment.failed"]);
-    assert_eq!(outbox_reason(&h).await, "deadline_passed");
-    assert_eq!(
-        ledger.charges("o-late").await,
-        0,
-        "the provider was not called"
-    );
-    assert!(!call_started(&h, "o-late").await);
+    assert_failed_past_deadline_uncharged(&h, &ledger, "o-late").await;
 
     // The cancellation that follows refunds nothing: nothing was charged.
     h.publish("orders", &cancelled("o-late")).await;
@@ -273,20 +284,7 @@ async fn a_redelivery_after_the_payment_deadline_charges_nothing() {
     let soon = OffsetDateTime::now_utc() + Duration::from_millis(500);
     h.publish("cart", &placed("o-early", soon)).await;
     h.wait_settled(2).await;
-    let p = payments(&h, "o-early").await;
-    assert_eq!(p.len(), 1, "{p:?}");
-    assert_eq!(
-        (p[0].status.as_str(), p[0].reason.as_deref(), p[0].attempts),
-        ("FAILED", Some("deadline_passed"), 0)
-    );
-    assert_eq!(h.outbox_keys().await, ["payment.failed"]);
-    assert_eq!(outbox_reason(&h).await, "deadline_passed");
-    assert_eq!(
-        ledger.charges("o-early").await,
-        0,
-        "the provider was not called"
-    );
-    assert!(!call_started(&h, "o-early").await);
+    assert_failed_past_deadline_uncharged(&h, &ledger, "o-early").await;
     h.cleanup().await;
 }
 
