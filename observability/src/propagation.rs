@@ -69,7 +69,13 @@ pub(crate) fn w3c_only() -> bool {
 /// Use it as the parent of the SERVER span: `span.set_parent(extract_http(req.headers()))`.
 /// Returns an empty context when the headers carry none or carry garbage.
 pub fn extract_http(headers: &HeaderMap) -> Context {
-    propagator().extract(&HeaderExtractor(headers))
+    let propagator = propagator();
+    // Most requests carry no trace context: then every propagator would hand back the current
+    // context unchanged, so skip their parsing (a lookup per field instead, ~1/5 of the cost).
+    if !propagator.fields().any(|field| headers.contains_key(field)) {
+        return Context::current();
+    }
+    propagator.extract(&HeaderExtractor(headers))
 }
 
 /// Writes `cx` into outgoing request headers, replacing any propagation headers already there
@@ -191,6 +197,42 @@ mod tests {
         assert_eq!(outgoing.get_all("traceparent").iter().count(), 1);
         assert_eq!(outgoing["traceparent"], TRACEPARENT);
         assert_eq!(outgoing["baggage"], "tenant=acme");
+    }
+
+    #[test]
+    fn no_trace_headers_give_the_current_context() {
+        // Other headers only: what the propagators would return, the (here empty) current one.
+        let mut incoming = HeaderMap::new();
+        incoming.insert("host", HeaderValue::from_static("example.com"));
+        incoming.insert("x-request-id", HeaderValue::from_static("abc"));
+        let cx = extract_http(&incoming);
+        assert!(!cx.span().span_context().is_valid());
+        assert_eq!(cx.baggage().len(), 0);
+        // Inside an active context that context is returned, as the propagators do.
+        let active = Context::new().with_baggage([KeyValue::new("k", "v")]);
+        let _guard = active.attach();
+        let cx = extract_http(&incoming);
+        assert_eq!(
+            cx.baggage().get("k").map(|v| v.to_string()),
+            Some("v".into())
+        );
+        assert_eq!(
+            propagator()
+                .extract(&HeaderExtractor(&incoming))
+                .baggage()
+                .get("k")
+                .map(|v| v.to_string()),
+            Some("v".into())
+        );
+        // Any one field present goes through the propagators.
+        incoming.insert("baggage", HeaderValue::from_static("tenant=acme"));
+        assert_eq!(
+            extract_http(&incoming)
+                .baggage()
+                .get("tenant")
+                .map(|v| v.to_string()),
+            Some("acme".into())
+        );
     }
 
     #[test]
