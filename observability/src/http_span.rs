@@ -236,7 +236,7 @@ fn upstream_attributes(method: &Method, to: Upstream<'_>, resend_count: u32) -> 
     url.push_str("://");
     url.push_str(&host);
     url.push(':');
-    push_u16(&mut url, port);
+    crate::lines::push_decimal(&mut url, u64::from(port));
     url.push_str(to.target);
     let mut attributes = Vec::with_capacity(CLIENT_ATTRIBUTE_CAPACITY);
     attributes.push(KeyValue::new(
@@ -258,24 +258,6 @@ fn upstream_attributes(method: &Method, to: Upstream<'_>, resend_count: u32) -> 
 /// `{scheme}://{addr}{target}`, through `Display`.
 fn upstream_url(to: Upstream<'_>) -> String {
     format!("{}://{}{}", to.scheme, to.addr, to.target)
-}
-
-/// Appends `n` in decimal.
-fn push_u16(out: &mut String, n: u16) {
-    let mut digits = [0u8; 5];
-    let mut i = digits.len();
-    let mut n = n;
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for &d in &digits[i..] {
-        out.push(char::from(d));
-    }
 }
 
 /// The SERVER span of one request. Ends on [`ServerSpan::end`] or drop.
