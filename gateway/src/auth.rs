@@ -11,7 +11,6 @@ pub(crate) mod keys;
 use std::sync::Arc;
 
 use http::{header, HeaderMap};
-use pingora_http::RequestHeader;
 
 use crate::config::AuthPolicy;
 use crate::problem::GatewayError;
@@ -51,11 +50,14 @@ pub(crate) async fn check(
 
 /// Tells the upstream who the caller is: `x-user-id` (the token's `sub`) and `x-user-scopes`
 /// (its scopes, space-separated). Whatever the client sent under these names was stripped first.
-pub(crate) fn forward_identity(req: &mut RequestHeader, identity: &Identity) {
-    let [user_id, scopes] = &identity.upstream_headers;
-    for (name, value) in [("x-user-id", user_id), ("x-user-scopes", scopes)] {
+pub(crate) fn forward_identity(headers: &mut http::HeaderMap, identity: &Identity) {
+    const NAMES: [http::HeaderName; 2] = [
+        http::HeaderName::from_static("x-user-id"),
+        http::HeaderName::from_static("x-user-scopes"),
+    ];
+    for (name, value) in NAMES.into_iter().zip(&identity.upstream_headers) {
         if let Some(value) = value {
-            let _ = req.insert_header(name, value.clone());
+            headers.insert(name, value.clone());
         }
     }
 }

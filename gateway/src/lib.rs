@@ -36,6 +36,7 @@ mod ratelimit;
 mod reload;
 mod request_head;
 mod request_id;
+mod response_headers;
 mod revocation;
 mod routing;
 mod shadow;

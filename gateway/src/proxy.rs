@@ -2,7 +2,8 @@
 //! module named for the concern — [`decision`] (the admission pipeline: head checks, framing,
 //! routing, auth, rate limits, shadow mode),
 //! [`attempt`] (upstream selection, failures, retries), [`upstream_request`] (what the upstream
-//! receives), [`access_log`] — and records what they decide in [`RequestCtx`].
+//! receives), [`response_headers`] (what the client receives on top of the upstream's
+//! response), [`access_log`] — and records what they decide in [`RequestCtx`].
 //!
 //! Errors the gateway answers itself travel as a [`GatewayError`] inside a Pingora error and are
 //! rendered in exactly one place, [`ProxyHttp::fail_to_proxy`].
@@ -22,10 +23,9 @@ use observability::http_trace::ServerRequest;
 use crate::context::{Client, Failure, RequestCtx};
 use crate::problem::classify::{classify, reject};
 use crate::problem::{render, GatewayError};
-use crate::ratelimit::header_values;
 use crate::state::{Runtime, Shared};
 use crate::upstream::attempt;
-use crate::{access_log, decision, framing, request_id, upstream_request};
+use crate::{access_log, decision, framing, request_id, response_headers, upstream_request};
 
 /// The gateway's proxy logic.
 pub(crate) struct Gateway {
@@ -171,16 +171,7 @@ impl ProxyHttp for Gateway {
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let _ = response.insert_header("x-request-id", ctx.request_id.as_str());
-        if ctx.client.tls {
-            if let Some(hsts) = ctx.runtime.as_ref().and_then(|r| r.hsts.as_ref()) {
-                let _ = response.insert_header("strict-transport-security", hsts.clone());
-            }
-        }
-        if let Some((policy, limit)) = header_values(&ctx.limits) {
-            let _ = response.insert_header("ratelimit-policy", policy);
-            let _ = response.insert_header("ratelimit", limit);
-        }
+        response_headers::add(response, ctx);
         Ok(())
     }
 

@@ -18,6 +18,7 @@ use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::RateLimiter;
 use http::HeaderMap;
+use observability::lines::push_decimal;
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
@@ -429,16 +430,38 @@ pub(crate) fn header_values(decisions: &[Decision]) -> Option<(String, String)> 
     if decisions.is_empty() {
         return None;
     }
-    let policy = decisions
-        .iter()
-        .map(|d| format!("\"{}\";q={};w={}", d.policy, d.limit, d.window_secs))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let limit = decisions
-        .iter()
-        .map(|d| format!("\"{}\";r={};t={}", d.policy, d.remaining, d.reset_secs))
-        .collect::<Vec<_>>()
-        .join(", ");
+    // Plain pushes, not `format!`: this runs for every rate-limited response.
+    let item = |out: &mut String, d: &Decision, a: &str, x: u64, b: &str, y: u64| {
+        if !out.is_empty() {
+            out.push_str(", ");
+        }
+        out.push('"');
+        out.push_str(&d.policy);
+        out.push_str(a);
+        push_decimal(out, x);
+        out.push_str(b);
+        push_decimal(out, y);
+    };
+    let mut policy = String::with_capacity(32 * decisions.len());
+    let mut limit = String::with_capacity(32 * decisions.len());
+    for d in decisions {
+        item(
+            &mut policy,
+            d,
+            "\";q=",
+            u64::from(d.limit),
+            ";w=",
+            d.window_secs,
+        );
+        item(
+            &mut limit,
+            d,
+            "\";r=",
+            u64::from(d.remaining),
+            ";t=",
+            d.reset_secs,
+        );
+    }
     Some((policy, limit))
 }
 
@@ -637,8 +660,19 @@ mod tests {
         let p = policy(10, 1, 5);
         let h = HeaderMap::new();
         let d = p.check_ok(&input("1.1.1.1", &h));
-        let (policy, limit) = header_values(&[d]).unwrap();
+        let (policy, limit) = header_values(std::slice::from_ref(&d)).unwrap();
         assert_eq!(policy, "\"p\";q=5;w=1");
         assert_eq!(limit, "\"p\";r=4;t=1");
+        // Several policies: one list item each, in order.
+        let mut hourly = d.clone();
+        hourly.policy = "per-hour".into();
+        hourly.limit = 1000;
+        hourly.window_secs = 3600;
+        hourly.remaining = 998;
+        hourly.reset_secs = 3599;
+        let (policy, limit) = header_values(&[d, hourly]).unwrap();
+        assert_eq!(policy, "\"p\";q=5;w=1, \"per-hour\";q=1000;w=3600");
+        assert_eq!(limit, "\"p\";r=4;t=1, \"per-hour\";r=998;t=3599");
+        assert!(header_values(&[]).is_none());
     }
 }

@@ -7,6 +7,7 @@
 //! gateway's own headers disappear. (Pingora itself refuses a nomination of `Host` or
 //! `X-Forwarded-*`.)
 
+use http::header::{HeaderMap, HeaderName};
 use http::{header, HeaderValue};
 use observability::opentelemetry::propagation::Injector;
 use pingora_http::RequestHeader;
@@ -16,9 +17,30 @@ use crate::problem::GatewayError;
 use crate::{auth, routing};
 
 /// Trace-context headers replaced by the gateway's own when it propagates a trace.
-const TRACE_HEADERS: [&str; 4] = ["traceparent", "tracestate", "baggage", "b3"];
+const TRACE_HEADERS: [HeaderName; 4] = [
+    HeaderName::from_static("traceparent"),
+    HeaderName::from_static("tracestate"),
+    HeaderName::from_static("baggage"),
+    HeaderName::from_static("b3"),
+];
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// The most headers [`prepare`] adds: the request id, three forwarding headers, two identity
+/// headers and two trace headers. Room for them is made once, so the map never grows.
+const ADDED_HEADERS: usize = 8;
 
 /// Edits `upstream` (the request about to be sent) from the client's request `downstream`.
+///
+/// Pingora hands the filter a copy of the client's request that keeps the header names' case
+/// in a second map; every `insert_header` then parses the name and updates both maps, and
+/// each map grows (rehashing) as the gateway's headers go in. The request is instead taken
+/// apart once: the headers are added to the one `http` map, with room made for all of them
+/// first, under ready names. Header names reach the upstream in canonical case (standard
+/// names title-cased, others lower-case, as HTTP/2 and most proxies send them; names are
+/// case-insensitive, RFC 9110 §5.1); values, order and the request target are unchanged.
 ///
 /// Fails only when the path to send cannot be put on the wire; the request is then refused
 /// rather than sent with another path than the one it was routed on.
@@ -27,24 +49,56 @@ pub(crate) fn prepare(
     upstream: &mut RequestHeader,
     ctx: &RequestCtx,
 ) -> Result<(), GatewayError> {
-    if let Some(route) = &ctx.route {
-        let uri = &downstream.uri;
-        let path = ctx.path.as_deref().unwrap_or(uri.path());
-        let target = routing::rewrite(&route.config, path, uri.query()).or_else(|| {
-            ctx.path.as_ref().map(|p| match uri.query() {
-                Some(q) => format!("{p}?{q}"),
-                None => p.clone(),
+    // The target to send: rewritten or normalised, else the client's as received (kept
+    // verbatim when the URI would not reproduce it, e.g. absolute-form).
+    let target = match &ctx.route {
+        Some(route) => {
+            let uri = &downstream.uri;
+            let path = ctx.path.as_deref().unwrap_or(uri.path());
+            routing::rewrite(&route.config, path, uri.query()).or_else(|| {
+                ctx.path.as_ref().map(|p| match uri.query() {
+                    Some(q) => format!("{p}?{q}"),
+                    None => p.clone(),
+                })
             })
-        });
-        if let Some(target) = target {
-            upstream
-                .set_raw_path(target.as_bytes())
-                .map_err(|_| GatewayError::BadRequest)?;
         }
+        None => None,
+    };
+    let verbatim = match target {
+        Some(_) => None,
+        None => Some(upstream.raw_path())
+            .filter(|raw| !raw.starts_with(b"/") && *raw != b"*".as_slice())
+            .map(<[u8]>::to_vec),
+    };
+    let end_stream = upstream.send_end_stream();
+
+    let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
+    let mut parts = http::request::Parts::from(std::mem::replace(upstream, placeholder));
+    add_headers(&mut parts.headers, downstream, ctx);
+    *upstream = RequestHeader::from(parts);
+    if let Some(end_stream) = end_stream {
+        upstream.set_send_end_stream(end_stream);
     }
-    let _ = upstream.insert_header("x-request-id", ctx.request_id.as_str());
+    if let Some(raw) = target
+        .as_ref()
+        .map(String::as_bytes)
+        .or(verbatim.as_deref())
+    {
+        upstream
+            .set_raw_path(raw)
+            .map_err(|_| GatewayError::BadRequest)?;
+    }
+    Ok(())
+}
+
+/// The gateway's headers: request id, identity, forwarding headers, trace context.
+fn add_headers(headers: &mut HeaderMap, downstream: &RequestHeader, ctx: &RequestCtx) {
+    headers.reserve(ADDED_HEADERS);
+    if let Ok(id) = HeaderValue::from_str(&ctx.request_id) {
+        headers.insert(X_REQUEST_ID, id);
+    }
     if let Some(identity) = ctx.auth.admitted() {
-        auth::forward_identity(upstream, identity);
+        auth::forward_identity(headers, identity);
     }
     // Forwarding headers describe the connection the gateway accepted, plus what trusted
     // proxies in front of it vouched for (`server.trusted_proxies`); never what a client claims.
@@ -55,51 +109,49 @@ pub(crate) fn prepare(
         .map_or((ctx.client.ip.as_str(), "http"), |f| {
             (f.forwarded_for.as_str(), f.proto)
         });
-    let _ = upstream.insert_header("x-forwarded-for", forwarded_for);
+    if let Ok(value) = HeaderValue::from_str(forwarded_for) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
     // Always "http" or "https": a static value, neither validated nor copied.
-    let _ = upstream.insert_header("x-forwarded-proto", HeaderValue::from_static(proto));
-    if let Some(host) = downstream.headers.get(header::HOST).cloned() {
-        let _ = upstream.insert_header("x-forwarded-host", host);
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    if let Some(host) = downstream.headers.get(header::HOST) {
+        headers.insert(X_FORWARDED_HOST, host.clone());
     }
     // Continue the trace upstream as a child of this attempt's CLIENT span.
     if let Some(attempt) = &ctx.upstream.span {
         match attempt.w3c_headers() {
             // The common case (W3C propagation, no baggage): two header writes, no formatting.
             Some(w3c) => {
-                clear_trace_headers(upstream);
-                let _ = upstream.insert_header(TRACE_HEADERS[0], w3c.traceparent);
+                clear_trace_headers(headers);
+                headers.insert(TRACE_HEADERS[0].clone(), w3c.traceparent);
                 if let Some(state) = w3c.tracestate {
-                    let _ = upstream.insert_header(TRACE_HEADERS[1], state);
+                    headers.insert(TRACE_HEADERS[1].clone(), state);
                 }
             }
             None => attempt.inject_into(&mut TraceHeaders {
-                upstream,
+                headers,
                 cleared: false,
             }),
         }
     }
-    Ok(())
 }
 
-/// Writes an attempt's trace context straight into the upstream request (no intermediate header
-/// map, no second copy of names and values). The first header written removes every trace
-/// header the client sent, so none leaks upstream unchanged; when there is no context to send
-/// nothing is removed and the client's headers pass through.
+/// Writes an attempt's trace context straight into the upstream request's headers (no
+/// intermediate map, no second copy of names and values). The first header written removes
+/// every trace header the client sent, so none leaks upstream unchanged; when there is no
+/// context to send nothing is removed and the client's headers pass through.
 struct TraceHeaders<'a> {
-    upstream: &'a mut RequestHeader,
+    headers: &'a mut HeaderMap,
     cleared: bool,
 }
 
 /// Removes every trace header the client sent (one pass over the names; nothing to do for
 /// most requests).
-fn clear_trace_headers(upstream: &mut RequestHeader) {
-    let sent = upstream
-        .headers
-        .keys()
-        .any(|name| TRACE_HEADERS.contains(&name.as_str()));
+fn clear_trace_headers(headers: &mut HeaderMap) {
+    let sent = headers.keys().any(|name| TRACE_HEADERS.contains(name));
     if sent {
-        for name in TRACE_HEADERS {
-            upstream.remove_header(name);
+        for name in &TRACE_HEADERS {
+            headers.remove(name);
         }
     }
 }
@@ -107,13 +159,112 @@ fn clear_trace_headers(upstream: &mut RequestHeader) {
 impl Injector for TraceHeaders<'_> {
     fn set(&mut self, key: &str, value: String) {
         if !self.cleared {
-            clear_trace_headers(self.upstream);
+            clear_trace_headers(self.headers);
             self.cleared = true;
         }
-        // A `&'static str` name is not copied (Pingora keeps its case as given).
-        let _ = match TRACE_HEADERS.iter().find(|n| **n == key) {
-            Some(name) => self.upstream.insert_header(*name, value),
-            None => self.upstream.insert_header(key.to_owned(), value),
+        let name = match TRACE_HEADERS.iter().find(|n| n.as_str() == key) {
+            Some(name) => name.clone(),
+            None => match HeaderName::from_bytes(key.as_bytes()) {
+                Ok(name) => name,
+                Err(_) => return,
+            },
         };
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            self.headers.insert(name, value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client_request(target: &[u8], headers: &[(&str, &str)]) -> RequestHeader {
+        let mut req = RequestHeader::build("GET", target, None).unwrap();
+        for (name, value) in headers {
+            req.append_header(name.to_string(), *value).unwrap();
+        }
+        req
+    }
+
+    fn ctx() -> RequestCtx {
+        let mut ctx = RequestCtx::new();
+        ctx.request_id = "0123456789abcdef".into();
+        ctx.client.ip = "192.0.2.7".into();
+        ctx
+    }
+
+    fn sent(upstream: &RequestHeader) -> Vec<(String, String)> {
+        upstream
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap().to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn adds_the_gateways_headers_and_keeps_the_clients() {
+        let client = client_request(
+            b"/orders/42?x=1",
+            &[
+                ("Host", "shop.example"),
+                ("X-Custom", "a"),
+                ("x-custom", "b"),
+                ("X-Forwarded-For", "203.0.113.9"),
+                (
+                    "traceparent",
+                    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                ),
+            ],
+        );
+        let mut upstream = client.clone();
+        prepare(&client, &mut upstream, &ctx()).unwrap();
+        let headers = sent(&upstream);
+        let get = |name: &str| -> Vec<&str> {
+            headers
+                .iter()
+                .filter(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+                .collect()
+        };
+        assert_eq!(get("host"), ["shop.example"]);
+        assert_eq!(
+            get("x-custom"),
+            ["a", "b"],
+            "repeated values kept, in order"
+        );
+        assert_eq!(
+            get("x-forwarded-for"),
+            ["192.0.2.7"],
+            "the client's claim replaced"
+        );
+        assert_eq!(get("x-forwarded-proto"), ["http"]);
+        assert_eq!(get("x-forwarded-host"), ["shop.example"]);
+        assert_eq!(get("x-request-id"), ["0123456789abcdef"]);
+        // No CLIENT span in this context: the client's trace context passes through.
+        assert_eq!(get("traceparent").len(), 1);
+        assert_eq!(upstream.raw_path(), b"/orders/42?x=1");
+        // What goes on the wire: every header once, in canonical case.
+        let mut wire = Vec::new();
+        upstream.header_to_h1_wire(&mut wire);
+        let wire = String::from_utf8(wire).unwrap();
+        assert!(wire.contains("Host: shop.example\r\n"), "{wire}");
+        assert!(
+            wire.contains("x-request-id: 0123456789abcdef\r\n"),
+            "{wire}"
+        );
+        assert_eq!(wire.matches("\r\n").count(), headers.len(), "{wire}");
+    }
+
+    #[test]
+    fn keeps_a_target_the_uri_does_not_reproduce() {
+        let client = client_request(b"http://shop.example/a?b=c", &[("Host", "shop.example")]);
+        let mut upstream = client.clone();
+        prepare(&client, &mut upstream, &ctx()).unwrap();
+        assert_eq!(upstream.raw_path(), b"http://shop.example/a?b=c");
+        let client = client_request(b"*", &[("Host", "shop.example")]);
+        let mut upstream = client.clone();
+        prepare(&client, &mut upstream, &ctx()).unwrap();
+        assert_eq!(upstream.raw_path(), b"*");
     }
 }
