@@ -31,10 +31,13 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use opentelemetry::baggage::BaggageExt as _;
 use opentelemetry::trace::{
-    Span as _, SpanContext, SpanKind, Status, TraceContextExt as _, Tracer as _,
+    Span as _, SpanContext, SpanKind, Status, TraceContextExt as _, TraceFlags, Tracer as _,
 };
 use opentelemetry::{Context, KeyValue, StringValue, Value};
-use opentelemetry_sdk::trace::{SdkTracer, Span};
+use opentelemetry_sdk::trace::{
+    IdGenerator as _, RandomIdGenerator, Sampler, SamplingDecision, SdkTracer, ShouldSample as _,
+    Span,
+};
 use opentelemetry_semantic_conventions::attribute as semconv;
 
 use crate::http_trace::{
@@ -47,16 +50,25 @@ use crate::propagation;
 ///
 /// Disabled (every span a no-op with an invalid context) when `OTEL_SDK_DISABLED=true`. When
 /// spans are not exported (no `OTEL_EXPORTER_OTLP_ENDPOINT`), spans still get ids — log lines
-/// carry them and upstreams continue the trace — but no attributes are computed.
+/// carry them and upstreams continue the trace — but no attributes are computed, and no SDK
+/// span is made: the ids and the sampling decision come from [`local_context`], with the
+/// SDK's rules and the configured sampler (`OTEL_TRACES_SAMPLER`), so an upstream sees the same
+/// `traceparent` either way.
 #[derive(Clone, Debug)]
 pub struct HttpTracer {
     tracer: Option<SdkTracer>,
     ids_only: bool,
+    /// The sampler, for ids-only spans.
+    sampler: Arc<Sampler>,
 }
 
 impl HttpTracer {
-    pub(crate) fn new(tracer: Option<SdkTracer>, ids_only: bool) -> Self {
-        Self { tracer, ids_only }
+    pub(crate) fn new(tracer: Option<SdkTracer>, ids_only: bool, sampler: Sampler) -> Self {
+        Self {
+            tracer,
+            ids_only,
+            sampler: Arc::new(sampler),
+        }
     }
 
     /// A tracer whose spans record nothing; for tests and when telemetry is off.
@@ -64,6 +76,7 @@ impl HttpTracer {
         Self {
             tracer: None,
             ids_only: true,
+            sampler: Arc::new(Sampler::AlwaysOff),
         }
     }
 
@@ -74,11 +87,25 @@ impl HttpTracer {
         let Some(tracer) = &self.tracer else {
             return ServerSpan {
                 span: None,
+                local: None,
                 parent,
                 tracer: None,
                 ids_only: true,
             };
         };
+        if self.ids_only {
+            let local = local_context(&self.sampler, &parent, &SpanKind::Server);
+            return ServerSpan {
+                span: None,
+                local: Some(Local {
+                    context: local,
+                    sampler: Arc::clone(&self.sampler),
+                }),
+                parent,
+                tracer: None,
+                ids_only: true,
+            };
+        }
         // Without an exporter nobody sees names or attributes: ids and propagation only.
         let (name, attributes) = if self.ids_only {
             (Cow::Borrowed("HTTP"), Vec::new())
@@ -96,11 +123,42 @@ impl HttpTracer {
             .start_with_context(tracer, &parent);
         ServerSpan {
             span: Some(span),
+            local: None,
             parent,
             tracer: Some(tracer.clone()),
             ids_only: self.ids_only,
         }
     }
+}
+
+/// The context of a span that is not exported, made without an SDK span: what the SDK's tracer
+/// would give it (its `build_with_context`): the parent's trace id or a new one, a new span
+/// id, the parent's flags with the sampled bit set by `sampler`'s decision (no flags when it
+/// drops the span), and the trace state the sampler returns.
+fn local_context(sampler: &Sampler, parent: &Context, kind: &SpanKind) -> SpanContext {
+    let ids = RandomIdGenerator::default();
+    let span_id = ids.new_span_id();
+    let parent_span = parent.span();
+    let psc = parent_span.span_context();
+    let (trace_id, flags) = if psc.is_valid() {
+        (psc.trace_id(), psc.trace_flags())
+    } else {
+        (ids.new_trace_id(), TraceFlags::default())
+    };
+    let result = sampler.should_sample(Some(parent), trace_id, "HTTP", kind, &[], &[]);
+    let flags = match result.decision {
+        SamplingDecision::RecordAndSample => flags.with_sampled(true),
+        SamplingDecision::RecordOnly => flags.with_sampled(false),
+        SamplingDecision::Drop => TraceFlags::default(),
+    };
+    SpanContext::new(trace_id, span_id, flags, false, result.trace_state)
+}
+
+/// An ids-only span: its context, and the sampler its children are decided by.
+#[derive(Debug)]
+struct Local {
+    context: SpanContext,
+    sampler: Arc<Sampler>,
 }
 
 /// Room in a SERVER span's attribute list for what a proxy adds before it ends (the route, its
@@ -264,6 +322,8 @@ fn upstream_url(to: Upstream<'_>) -> String {
 #[derive(Debug)]
 pub struct ServerSpan {
     span: Option<Span>,
+    /// Instead of `span` when spans are not exported.
+    local: Option<Local>,
     /// The extracted caller context: the span's parent, and the baggage passed on upstream.
     parent: Context,
     tracer: Option<SdkTracer>,
@@ -282,6 +342,7 @@ impl ServerSpan {
     pub fn none() -> Self {
         Self {
             span: None,
+            local: None,
             parent: Context::new(),
             tracer: None,
             ids_only: true,
@@ -292,7 +353,11 @@ impl ServerSpan {
     pub fn span_context(&self) -> &SpanContext {
         static INVALID: std::sync::LazyLock<SpanContext> =
             std::sync::LazyLock::new(SpanContext::empty_context);
-        self.span.as_ref().map_or(&INVALID, |s| s.span_context())
+        match (&self.span, &self.local) {
+            (Some(span), _) => span.span_context(),
+            (None, Some(local)) => &local.context,
+            (None, None) => &INVALID,
+        }
     }
 
     /// Names the span `{method} {route}` and sets `http.route`, once routing has matched.
@@ -338,9 +403,19 @@ impl ServerSpan {
         method: &Method,
         attributes: impl FnOnce() -> Vec<KeyValue>,
     ) -> ClientSpan {
+        if let Some(local) = &self.local {
+            let parent = Context::new().with_remote_span_context(local.context.clone());
+            return ClientSpan {
+                span: None,
+                local: Some(local_context(&local.sampler, &parent, &SpanKind::Client)),
+                parent: self.parent.clone(),
+                ids_only: true,
+            };
+        }
         let (Some(tracer), Some(server)) = (&self.tracer, &self.span) else {
             return ClientSpan {
                 span: None,
+                local: None,
                 parent: self.parent.clone(),
                 ids_only: true,
             };
@@ -360,6 +435,7 @@ impl ServerSpan {
             .start_with_context(tracer, &parent);
         ClientSpan {
             span: Some(span),
+            local: None,
             parent: self.parent.clone(),
             ids_only: self.ids_only,
         }
@@ -377,6 +453,8 @@ impl ServerSpan {
 #[derive(Debug)]
 pub struct ClientSpan {
     span: Option<Span>,
+    /// Instead of `span` when spans are not exported.
+    local: Option<SpanContext>,
     /// The caller's context: its baggage goes upstream with this span as the parent (or, with
     /// tracing off, the whole of it passes through).
     parent: Context,
@@ -387,11 +465,12 @@ impl ClientSpan {
     /// What goes upstream: this span as the parent, plus the caller's baggage. Built when a
     /// propagator needs it; [`ClientSpan::w3c_headers`] does without.
     fn inject_context(&self) -> Context {
-        match &self.span {
-            Some(span) => self
+        match (&self.span, &self.local) {
+            (Some(span), _) => self
                 .parent
                 .with_remote_span_context(span.span_context().clone()),
-            None => self.parent.clone(),
+            (None, Some(local)) => self.parent.with_remote_span_context(local.clone()),
+            (None, None) => self.parent.clone(),
         }
     }
 
@@ -412,9 +491,10 @@ impl ClientSpan {
             return None;
         }
         let parent_span;
-        let sc = match &self.span {
-            Some(span) => span.span_context(),
-            None => {
+        let sc = match (&self.span, &self.local) {
+            (Some(span), _) => span.span_context(),
+            (None, Some(local)) => local,
+            (None, None) => {
                 parent_span = self.parent.span();
                 parent_span.span_context()
             }
@@ -554,7 +634,12 @@ mod tests {
             .with_simple_exporter(exporter.clone())
             .build();
         (
-            HttpTracer::new(Some(provider.tracer("test")), ids_only),
+            HttpTracer::new(
+                Some(provider.tracer("test")),
+                ids_only,
+                // The SDK's default, as the provider above uses.
+                Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+            ),
             exporter,
             provider,
         )
@@ -760,6 +845,94 @@ mod tests {
         server.end();
         for span in exporter.0.lock().unwrap().iter() {
             assert!(span.attributes.is_empty(), "{:?}", span.attributes);
+        }
+    }
+
+    /// Ids-only spans are made without the SDK; what goes upstream must be what the SDK would
+    /// have sent: the same trace id, flags and trace state for every sampler and parent.
+    #[test]
+    fn ids_only_spans_decide_as_the_sdk_does() {
+        let samplers = || {
+            vec![
+                Sampler::AlwaysOn,
+                Sampler::AlwaysOff,
+                Sampler::TraceIdRatioBased(0.0),
+                Sampler::TraceIdRatioBased(1.0),
+                Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+                Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
+                Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(0.0))),
+            ]
+        };
+        let parents: [&[(&str, &str)]; 4] = [
+            &[],
+            &[(
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            )],
+            &[(
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
+            )],
+            &[
+                (
+                    "traceparent",
+                    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                ),
+                ("tracestate", "vendor=abc,other=1"),
+            ],
+        ];
+        let sent = |tracer: &HttpTracer, headers: &HeaderMap| {
+            let server = tracer.server(&ServerRequest::new(
+                &Method::GET,
+                &http::Uri::from_static("/x"),
+                http::Version::HTTP_11,
+                headers,
+            ));
+            let client = server.client(&Method::GET, "http://u/x", 0);
+            let sc = server.span_context().clone();
+            let w3c = client.w3c_headers();
+            (sc, w3c)
+        };
+        for (sdk_sampler, local_sampler) in samplers().into_iter().zip(samplers()) {
+            let provider = SdkTracerProvider::builder()
+                .with_sampler(sdk_sampler.clone())
+                .build();
+            let sdk = HttpTracer::new(Some(provider.tracer("t")), false, sdk_sampler);
+            let local = HttpTracer::new(Some(provider.tracer("t")), true, local_sampler);
+            for parent in parents {
+                let mut headers = HeaderMap::new();
+                for (k, v) in parent {
+                    headers.insert(*k, HeaderValue::from_static(v));
+                }
+                let (sdk_sc, sdk_w3c) = sent(&sdk, &headers);
+                let (local_sc, local_w3c) = sent(&local, &headers);
+                let case = format!("{:?} / {parent:?}", local.sampler);
+                assert!(local_sc.is_valid(), "{case}");
+                assert_eq!(local_sc.trace_flags(), sdk_sc.trace_flags(), "{case}");
+                assert_eq!(local_sc.trace_state(), sdk_sc.trace_state(), "{case}");
+                if !parent.is_empty() {
+                    assert_eq!(local_sc.trace_id(), sdk_sc.trace_id(), "{case}");
+                }
+                let (sdk_w3c, local_w3c) = (sdk_w3c.unwrap(), local_w3c.unwrap());
+                let parts = |w: &W3cHeaders| {
+                    let t = w.traceparent.to_str().unwrap().to_owned();
+                    // version-trace-span-flags: everything but the random span id (and the
+                    // random trace id of a new trace).
+                    let f: Vec<_> = t.split('-').map(str::to_owned).collect();
+                    (
+                        f[0].clone(),
+                        f[3].clone(),
+                        w.tracestate.clone(),
+                        f[1].clone(),
+                    )
+                };
+                let (l, s) = (parts(&local_w3c), parts(&sdk_w3c));
+                assert_eq!((&l.0, &l.1, &l.2), (&s.0, &s.1, &s.2), "{case}");
+                assert_eq!(l.3, local_sc.trace_id().to_string(), "{case}");
+                if !parent.is_empty() {
+                    assert_eq!(l.3, s.3, "{case}");
+                }
+            }
         }
     }
 

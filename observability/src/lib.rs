@@ -163,6 +163,8 @@ pub struct Telemetry {
     /// The formats `propagator` was built from (`OTEL_PROPAGATORS`).
     propagators: Vec<env::PropagatorKind>,
     exporting: Option<Protocol>,
+    /// `OTEL_TRACES_SAMPLER`, for [`http_span`]'s ids-only spans.
+    sampler: opentelemetry_sdk::trace::Sampler,
 }
 
 impl fmt::Debug for Telemetry {
@@ -202,6 +204,7 @@ impl Telemetry {
                 .as_ref()
                 .map(|p| p.tracer_with_scope(instrumentation_scope())),
             self.exporting.is_none(),
+            self.sampler.clone(),
         )
     }
 
@@ -380,6 +383,7 @@ where
         propagator,
         propagators: settings.propagators.clone(),
         exporting: settings.export.map(|e| e.protocol),
+        sampler: settings.sampler,
     };
     Ok((telemetry, Dispatch::new(subscriber)))
 }
