@@ -428,6 +428,17 @@ fn escape_into(out: &mut Vec<u8>, s: &str) {
         }
         clean += 8;
     }
+    // The last few bytes (fewer than 8), padded with spaces to one more word test: a short
+    // value, or the end of a long one, then needs no byte-by-byte scan.
+    let rest = &bytes[clean..];
+    if rest.len() < 8 {
+        let mut word = [b' '; 8];
+        word[..rest.len()].copy_from_slice(rest);
+        if !word_needs_escape(u64::from_ne_bytes(word)) {
+            out.extend_from_slice(bytes);
+            return;
+        }
+    }
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate().skip(clean) {
         // One table lookup per byte: almost every byte of a log value needs no escape.
@@ -573,15 +584,20 @@ mod tests {
         // The word-at-a-time skip covers 8-byte words: put each ASCII byte (and a multi-byte
         // character) at every offset of values longer than two words, so it lands in the first
         // word, a later one, and the tail after the last whole word.
-        let filler = "abcdefghijklmnopqrstu";
-        for c in (0u8..0x80).map(char::from).chain(['é', '✓', '😀']) {
-            for at in 0..=filler.len() {
-                let s = format!("{}{c}{}", &filler[..at], &filler[at..]);
-                assert_eq!(
-                    encoded(&s),
-                    serde_json::to_string(&s).unwrap(),
-                    "{c:?} at {at}"
-                );
+        // Short values too (the padded last-word test): every length from 1 to 10.
+        let fillers = ["abcdefghijklmnopqrstu"]
+            .into_iter()
+            .chain((0..10).map(|n| &"abcdefghij"[..n]));
+        for filler in fillers {
+            for c in (0u8..0x80).map(char::from).chain(['é', '✓', '😀']) {
+                for at in 0..=filler.len() {
+                    let s = format!("{}{c}{}", &filler[..at], &filler[at..]);
+                    assert_eq!(
+                        encoded(&s),
+                        serde_json::to_string(&s).unwrap(),
+                        "{c:?} at {at} of {filler:?}"
+                    );
+                }
             }
         }
         // Nothing to escape: the value as it is, quoted.
