@@ -1576,23 +1576,35 @@ fn k8s_overlays_switch_the_services_to_the_mesh_identity_modes() {
                     "{name}"
                 );
             }
-            // Behind a sidecar the gateway still sees its clients' addresses (the per-IP
-            // rate limits): its public ports bypass the sidecar.
-            let excluded: BTreeSet<u16> = annotations
-                .get("traffic.sidecar.istio.io/excludeInboundPorts")
-                .map(|p| p.split(',').map(|p| p.trim().parse().unwrap()).collect())
-                .unwrap_or_default();
-            let public = [
+            // Behind a sidecar or a Linkerd proxy the gateway still sees its clients'
+            // addresses (the per-IP rate limits; both proxies connect to the application from
+            // their own address): its public ports bypass the proxy, and nothing else does.
+            let ports = |annotation: &str| -> BTreeSet<u16> {
+                annotations
+                    .get(annotation)
+                    .map(|p| p.split(',').map(|p| p.trim().parse().unwrap()).collect())
+                    .unwrap_or_default()
+            };
+            let public: BTreeSet<u16> = [
                 contract::GATEWAY_PUBLIC_PORT,
                 contract::GATEWAY_PUBLIC_TLS_PORT,
-            ];
-            assert_eq!(
-                excluded,
-                if sidecar && w == Workload::Gateway {
-                    public.into_iter().collect()
+            ]
+            .into();
+            let bypass = |applies: bool| {
+                if applies && w == Workload::Gateway {
+                    public.clone()
                 } else {
                     BTreeSet::new()
-                },
+                }
+            };
+            assert_eq!(
+                ports("traffic.sidecar.istio.io/excludeInboundPorts"),
+                bypass(sidecar),
+                "{name}: {w}"
+            );
+            assert_eq!(
+                ports("config.linkerd.io/skip-inbound-ports"),
+                bypass(mode == "linkerd"),
                 "{name}: {w}"
             );
         }
