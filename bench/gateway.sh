@@ -64,7 +64,7 @@
 #        BARE_BIN / SINK_BIN (measure other builds),
 #        SYSCALLS=auto|0|1 (syscalls/request of the proxy in the wrk rows, with `perf stat -e
 #        raw_syscalls:sys_enter`), BUILD=1 (rebuild the release binaries first), KEEP=1 (keep the
-#        temp dir)
+#        temp dir), BENCH_LOCK=/tmp/vantage-bench.lock (one run at a time: later runs wait)
 # Needs: nginx (nginx-light), wrk, haproxy, h2load (nghttp2-client), valgrind, openssl, python3
 #        (stdlib only), taskset, curl. Installs the Debian packages with apt-get when missing and
 #        we are root; otherwise says what to install.
@@ -72,6 +72,20 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 HERE="$ROOT/bench/gateway"
+
+# One run at a time on this machine: the rows listen on fixed ports, so a second run started
+# alongside would fail or, worse, measure the first run's processes. Later runs wait their turn
+# (BENCH_LOCK, default /tmp/vantage-bench.lock; do not wrap the script in a `flock` of that file
+# too: the two locks would wait for each other).
+BENCH_LOCK="${BENCH_LOCK:-/tmp/vantage-bench.lock}"
+if [ -z "${VANTAGE_BENCH_LOCKED:-}" ] && command -v flock >/dev/null; then
+  exec 9>>"$BENCH_LOCK"
+  if ! flock -n 9; then
+    echo "bench/gateway.sh: another run holds $BENCH_LOCK; waiting for it" >&2
+    flock 9
+  fi
+  export VANTAGE_BENCH_LOCKED=1
+fi
 
 MEASURE="${MEASURE:-both}"
 DEFAULT_ROWS="direct nginx haproxy haproxy-jwt pingora-bare gw-plain gw-mtls gw-mtls-nokeep gw-jwt gw-jwt-redis gw-full gw-full-w2"
