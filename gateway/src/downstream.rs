@@ -356,7 +356,13 @@ fn poll_read_arrived(
 
 /// Whether `bytes` hold the blank line that ends a head (CRLF CRLF, or bare LF LF).
 fn has_blank_line(bytes: &[u8]) -> bool {
-    bytes.windows(4).any(|w| w == b"\r\n\r\n") || bytes.windows(2).any(|w| w == b"\n\n")
+    // Every `\r\n\r\n` or `\n\n` starts at a line feed: look only there (memchr finds them
+    // many bytes at a time; a head with a long token is a few hundred bytes of one line).
+    memchr::memchr_iter(b'\n', bytes).any(|i| match bytes.get(i + 1) {
+        Some(b'\n') => true,
+        Some(b'\r') => i > 0 && bytes[i - 1] == b'\r' && bytes.get(i + 2) == Some(&b'\n'),
+        _ => false,
+    })
 }
 
 impl AsyncRead for Guarded {
@@ -508,5 +514,40 @@ impl GetSocketDigest for Guarded {
 impl Peek for Guarded {
     async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
         self.inner.try_peek(buf).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The definition: a `\r\n\r\n` or a `\n\n` anywhere.
+    fn blank_line_by_definition(bytes: &[u8]) -> bool {
+        bytes.windows(4).any(|w| w == b"\r\n\r\n") || bytes.windows(2).any(|w| w == b"\n\n")
+    }
+
+    #[test]
+    fn a_blank_line_is_found_exactly_where_the_definition_finds_one() {
+        // Every string of up to 8 bytes over `a`, `\r` and `\n`.
+        let alphabet = [b'a', b'\r', b'\n'];
+        let mut checked = 0;
+        for len in 0..=8u32 {
+            for mut n in 0..3usize.pow(len) {
+                let mut s = Vec::with_capacity(len as usize);
+                for _ in 0..len {
+                    s.push(alphabet[n % 3]);
+                    n /= 3;
+                }
+                assert_eq!(has_blank_line(&s), blank_line_by_definition(&s), "{s:?}");
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, (0..=8).map(|l| 3usize.pow(l)).sum::<usize>());
+        // A long head, with its end and without.
+        let mut head = b"GET / HTTP/1.1\r\nAuthorization: Bearer ".to_vec();
+        head.extend(std::iter::repeat_n(b'x', 900));
+        assert!(!has_blank_line(&head));
+        head.extend_from_slice(b"\r\n\r\n");
+        assert!(has_blank_line(&head));
     }
 }
