@@ -23,7 +23,12 @@ const ADDED_HEADERS: usize = 4;
 /// map under ready names, with room made first. Names reach the client in canonical case;
 /// status, reason phrase, values and order are kept.
 pub(crate) fn add(response: &mut ResponseHeader, ctx: &RequestCtx) {
-    let reason = response.get_reason_phrase().map(str::to_owned);
+    // Only a reason phrase of the upstream's own needs keeping (the canonical one is the
+    // default); copying "OK" for every response would be an allocation per request.
+    let reason = response
+        .get_reason_phrase()
+        .filter(|r| Some(*r) != response.status.canonical_reason())
+        .map(str::to_owned);
     let placeholder = ResponseHeader::from(http::Response::new(()).into_parts().0);
     let mut parts = http::response::Parts::from(std::mem::replace(response, placeholder));
     write(&mut parts.headers, ctx);

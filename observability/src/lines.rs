@@ -492,8 +492,12 @@ fn write_u64(out: &mut Vec<u8>, v: u64) {
 /// Appends `v` in decimal, without the formatting machinery (for per-request text).
 pub fn push_decimal(out: &mut String, v: u64) {
     let mut digits = [0u8; 20];
-    // Only ASCII digits are written.
-    out.push_str(std::str::from_utf8(decimal(&mut digits, v)).unwrap_or("0"));
+    let digits = decimal(&mut digits, v);
+    out.reserve(digits.len());
+    // ASCII digits: one byte each, no UTF-8 validation of the buffer.
+    for &d in digits {
+        out.push(char::from(d));
+    }
 }
 
 /// `v`'s decimal digits, written at the end of `digits`.
@@ -576,6 +580,17 @@ mod tests {
                 serde_json::to_string(&s).unwrap(),
                 "byte {b:#x}"
             );
+        }
+    }
+
+    #[test]
+    fn push_decimal_writes_what_display_writes() {
+        let mut values = vec![0, 1, 9, 10, 99, 100, 12_345, u64::from(u32::MAX), u64::MAX];
+        values.extend((0..64).map(|shift| 1u64 << shift));
+        for v in values {
+            let mut out = String::from("x=");
+            push_decimal(&mut out, v);
+            assert_eq!(out, format!("x={v}"));
         }
     }
 
