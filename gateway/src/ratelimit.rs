@@ -148,7 +148,7 @@ impl Decision {
 /// `policy[tier]:result:remaining` for each decision, comma-separated: the access log's
 /// `ratelimit` field.
 pub(crate) fn summary(decisions: &[Decision]) -> String {
-    let mut out = String::new();
+    let mut out = String::with_capacity(48 * decisions.len());
     for (i, d) in decisions.iter().enumerate() {
         if i > 0 {
             out.push(',');
@@ -246,37 +246,51 @@ impl Policy {
     /// The bucket key of a request. A header the key uses must come at most once: keying on
     /// one copy while the upstream reads another would let a client pick its bucket.
     pub(crate) fn key(&self, input: &KeyInput<'_>) -> Result<String, GatewayError> {
-        let mut key = String::new();
+        // Pushed into one buffer (no `format!` per part): this runs for every request.
+        let mut key = String::with_capacity(64);
         for (i, part) in self.config.key.iter().enumerate() {
             if i > 0 {
                 key.push('|');
             }
-            let value = match part {
-                KeyPart::ClientIp => None,
-                KeyPart::Route => Some(format!("route={}", input.route)),
-                KeyPart::Claim(c) => input
-                    .identity
-                    .and_then(|id| id.claim_str(c))
-                    .map(|v| format!("{c}={v}")),
+            let pushed = match part {
+                KeyPart::ClientIp => false,
+                KeyPart::Route => {
+                    key.push_str("route=");
+                    key.push_str(input.route);
+                    true
+                }
+                KeyPart::Claim(c) => input.identity.is_some_and(|id| {
+                    let start = key.len();
+                    key.push_str(c);
+                    key.push('=');
+                    let found = id.push_claim(c, &mut key);
+                    if !found {
+                        key.truncate(start);
+                    }
+                    found
+                }),
                 KeyPart::Header(h) => {
                     let mut values = input.headers.get_all(h).iter();
                     let first = values.next();
                     if values.next().is_some() {
                         return Err(GatewayError::DuplicateHeader(h.as_str().to_string()));
                     }
-                    first
-                        .and_then(|v| v.to_str().ok())
-                        .map(|v| format!("{}={v}", h.as_str()))
+                    match first.and_then(|v| v.to_str().ok()) {
+                        Some(v) => {
+                            key.push_str(h.as_str());
+                            key.push('=');
+                            key.push_str(v);
+                            true
+                        }
+                        None => false,
+                    }
                 }
             };
             // `client_ip`, and the fallback for a missing claim or header (which must not pool
             // every such caller into one bucket).
-            match value {
-                Some(v) => key.push_str(&v),
-                None => {
-                    key.push_str("ip=");
-                    key.push_str(&self.client_key(input.client));
-                }
+            if !pushed {
+                key.push_str("ip=");
+                key.push_str(&self.client_key(input.client));
             }
         }
         Ok(key)
@@ -554,6 +568,38 @@ mod tests {
             identity: None,
             headers,
         }
+    }
+
+    #[test]
+    fn keys_join_every_part_and_fall_back_to_the_client_address() {
+        let mut config = policy(10, 1, 5).config.clone();
+        config.key = vec![
+            KeyPart::Route,
+            KeyPart::Claim("tenant".into()),
+            KeyPart::Claim("plan".into()),
+            KeyPart::Claim("missing".into()),
+            KeyPart::Header(http::HeaderName::from_static("x-api-key")),
+            KeyPart::ClientIp,
+        ];
+        let p = Policy::new("p".into(), config, None);
+        let mut claims = serde_json::Map::new();
+        claims.insert("tenant".into(), "acme".into());
+        claims.insert("plan".into(), 3.into());
+        let identity = Identity::for_test("alice", claims);
+        let mut headers = HeaderMap::new();
+        headers.insert("x-api-key", "k1".parse().unwrap());
+        let mut with = input("10.0.0.1", &headers);
+        with.identity = Some(&identity);
+        assert_eq!(
+            p.key(&with).unwrap(),
+            "route=r|tenant=acme|plan=3|ip=10.0.0.1|x-api-key=k1|ip=10.0.0.1"
+        );
+        // No identity, no header: every claim and header part falls back to the address.
+        let empty = HeaderMap::new();
+        assert_eq!(
+            p.key(&input("2001:db8::1", &empty)).unwrap(),
+            "route=r|ip=2001:db8::/64|ip=2001:db8::/64|ip=2001:db8::/64|ip=2001:db8::/64|ip=2001:db8::/64"
+        );
     }
 
     #[test]
