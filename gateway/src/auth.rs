@@ -41,7 +41,7 @@ pub(crate) async fn check(
         Ok(None) => return AuthDecision::denied(Reject::Missing, None),
         Err(reject) => return AuthDecision::denied(reject, None),
     };
-    match authenticator.verify(&token, issuers).await {
+    match authenticator.verify(token, issuers).await {
         Err((reject, issuer)) => AuthDecision::denied(reject, issuer),
         Ok(identity) if !has_scopes(&identity.scopes, scopes) => AuthDecision::Forbidden(identity),
         Ok(identity) => AuthDecision::Allowed(identity),
