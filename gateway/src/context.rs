@@ -6,13 +6,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{HeaderMap, HeaderName};
+use http::HeaderMap;
 use ipnet::IpNet;
 use observability::http_span::{ClientSpan, ServerSpan};
 use observability::lines::TraceIds;
 
 use crate::auth::AuthDecision;
-use crate::forwarded::ForwardedClient;
+use crate::forwarded::{ForwardedClient, X_FORWARDED_FOR, X_FORWARDED_PROTO};
 use crate::problem::GatewayError;
 use crate::ratelimit::Decision;
 use crate::state::{Route, Runtime};
@@ -64,10 +64,6 @@ pub(crate) struct Client {
     /// The request's host, lower-case without port.
     pub(crate) host: Option<String>,
 }
-
-/// Looked up by a ready [`HeaderName`]: a `&str` name would be parsed on every lookup.
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 impl Client {
     /// The client of a request from TCP peer `peer` with `headers`, believing forwarding headers

@@ -13,6 +13,15 @@ use std::net::{IpAddr, SocketAddr};
 use http::HeaderValue;
 use ipnet::IpNet;
 
+/// The forwarding headers, by ready names (read from the client's request, written to the
+/// upstream's): a `&str` name would be parsed on every use.
+pub(crate) const X_FORWARDED_FOR: http::HeaderName =
+    http::HeaderName::from_static("x-forwarded-for");
+pub(crate) const X_FORWARDED_PROTO: http::HeaderName =
+    http::HeaderName::from_static("x-forwarded-proto");
+pub(crate) const X_FORWARDED_HOST: http::HeaderName =
+    http::HeaderName::from_static("x-forwarded-host");
+
 /// The client as the gateway sees it, and the forwarding headers to send upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ForwardedClient {

@@ -3,10 +3,11 @@
 
 use http::HeaderMap;
 
-/// The id for a request arriving with `headers`.
-/// Looked up by a ready name: a `&str` would be parsed on every request.
-const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+/// `X-Request-Id`, by a ready name (looked up in the client's request, written to the upstream's
+/// and to the response): a `&str` name would be parsed on every use.
+pub(crate) const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
+/// The id for a request arriving with `headers`.
 pub(crate) fn of(headers: &HeaderMap) -> String {
     headers
         .get(&X_REQUEST_ID)

@@ -7,8 +7,8 @@ use pingora_http::ResponseHeader;
 
 use crate::context::RequestCtx;
 use crate::ratelimit::header_values;
+use crate::request_id::X_REQUEST_ID;
 
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 

@@ -13,7 +13,9 @@ use observability::opentelemetry::propagation::Injector;
 use pingora_http::RequestHeader;
 
 use crate::context::RequestCtx;
+use crate::forwarded::{X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
 use crate::problem::GatewayError;
+use crate::request_id::X_REQUEST_ID;
 use crate::{auth, routing};
 
 /// Trace-context headers replaced by the gateway's own when it propagates a trace.
@@ -23,10 +25,6 @@ const TRACE_HEADERS: [HeaderName; 4] = [
     HeaderName::from_static("baggage"),
     HeaderName::from_static("b3"),
 ];
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// The most headers [`prepare`] adds: the request id, three forwarding headers, two identity
 /// headers and two trace headers. Room for them is made once, so the map never grows.
