@@ -49,10 +49,10 @@ fn write(headers: &mut HeaderMap, ctx: &RequestCtx) {
         }
     }
     if let Some((policy, limit)) = header_values(&ctx.limits) {
-        if let (Ok(policy), Ok(limit)) = (
-            HeaderValue::from_str(&policy),
-            HeaderValue::from_str(&limit),
-        ) {
+        // From the owned strings: no second copy of the text.
+        if let (Ok(policy), Ok(limit)) =
+            (HeaderValue::try_from(policy), HeaderValue::try_from(limit))
+        {
             headers.insert(RATELIMIT_POLICY, policy);
             headers.insert(RATELIMIT, limit);
         }

@@ -167,7 +167,7 @@ impl Injector for TraceHeaders<'_> {
                 Err(_) => return,
             },
         };
-        if let Ok(value) = HeaderValue::from_str(&value) {
+        if let Ok(value) = HeaderValue::try_from(value) {
             self.headers.insert(name, value);
         }
     }

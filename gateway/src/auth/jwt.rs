@@ -64,10 +64,9 @@ impl Identity {
         }
     }
 
-    /// A claim as a string, if it is a string or a number.
-    /// Appends claim `name` to `out` as [`Identity::claim_str`] renders it, without a copy of a
-    /// string claim; false (and nothing appended) when there is no such claim or it is not a
-    /// string, number or boolean.
+    /// Appends claim `name` to `out` as text: a string as it is, a number or boolean as JSON
+    /// writes it. False (and nothing appended) when there is no such claim or it is of another
+    /// type. Writes into the caller's buffer, so a string claim is not copied twice.
     pub(crate) fn push_claim(&self, name: &str, out: &mut String) -> bool {
         match self.claims.get(name) {
             Some(Value::String(s)) => out.push_str(s),
@@ -78,13 +77,10 @@ impl Identity {
         true
     }
 
+    /// Claim `name` as text ([`Identity::push_claim`]), if it is a string, number or boolean.
     pub(crate) fn claim_str(&self, name: &str) -> Option<String> {
-        match self.claims.get(name)? {
-            Value::String(s) => Some(s.clone()),
-            Value::Number(n) => Some(n.to_string()),
-            Value::Bool(b) => Some(b.to_string()),
-            _ => None,
-        }
+        let mut out = String::new();
+        self.push_claim(name, &mut out).then_some(out)
     }
 }
 
