@@ -204,6 +204,53 @@ fn http_client(tls: &ExportTls) -> Result<reqwest::Client, InitError> {
     builder.build().map_err(|e| InitError::Tls(e.to_string()))
 }
 
+impl OwnedRuntimeExporter {
+    /// A sender of already-encoded requests over this exporter's transport and runtime, for
+    /// [`crate::span_queue`]. It stops working once the exporter is dropped.
+    pub(crate) fn request_sender(&self) -> Option<RequestSender> {
+        Some(RequestSender {
+            runtime: self.runtime.as_ref()?.handle().clone(),
+            transport: Arc::clone(&self.transport),
+        })
+    }
+}
+
+/// Sends encoded `ExportTraceServiceRequest`s with the exporter's transport, retries and
+/// timeout; from [`OwnedRuntimeExporter::request_sender`].
+pub(crate) struct RequestSender {
+    runtime: tokio::runtime::Handle,
+    transport: Arc<Transport>,
+}
+
+impl crate::span_queue::BatchSink for RequestSender {
+    fn send(&self, request: Bytes) -> Result<(), String> {
+        let transport = Arc::clone(&self.transport);
+        // Spawned onto the export runtime, as the SDK exporter's sends are; this thread only
+        // waits for the task (no reactor needed here).
+        let task = self
+            .runtime
+            .spawn(async move { transport.send(request).await });
+        match self.runtime.block_on(task) {
+            Ok(Ok(partial)) => {
+                if let Some(PartialSuccess {
+                    rejected_spans,
+                    error_message,
+                }) = partial
+                {
+                    tracing::warn!(
+                        rejected_spans,
+                        %error_message,
+                        "The trace collector rejected some spans."
+                    );
+                }
+                Ok(())
+            }
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(error) => Err(format!("export task failed: {error}")),
+        }
+    }
+}
+
 impl SpanExporter for OwnedRuntimeExporter {
     fn export(
         &self,

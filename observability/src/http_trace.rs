@@ -120,19 +120,64 @@ pub fn ip_string(ip: IpAddr) -> String {
         return ip.to_string();
     };
     let mut out = String::with_capacity(15);
+    ipv4_text(v4, |byte| out.push(char::from(byte)));
+    out
+}
+
+/// Passes the ASCII text of `v4` (dotted decimal) to `push`, byte by byte.
+#[inline]
+fn ipv4_text(v4: std::net::Ipv4Addr, mut push: impl FnMut(u8)) {
     for (i, octet) in v4.octets().into_iter().enumerate() {
         if i > 0 {
-            out.push('.');
+            push(b'.');
         }
         if octet >= 100 {
-            out.push(char::from(b'0' + octet / 100));
+            push(b'0' + octet / 100);
         }
         if octet >= 10 {
-            out.push(char::from(b'0' + octet / 10 % 10));
+            push(b'0' + octet / 10 % 10);
         }
-        out.push(char::from(b'0' + octet % 10));
+        push(b'0' + octet % 10);
     }
-    out
+}
+
+/// An IP address's text (what `Display` writes) on the stack, for span attributes that only
+/// borrow it; IPv4 without the formatting machinery.
+pub(crate) struct IpText {
+    /// Long enough for any IPv6 address, IPv4-mapped ones included.
+    buf: [u8; 45],
+    len: usize,
+}
+
+impl IpText {
+    /// The text of `ip`.
+    pub(crate) fn new(ip: IpAddr) -> Self {
+        let mut buf = [0; 45];
+        let mut len = 0;
+        match ip {
+            IpAddr::V4(v4) => ipv4_text(v4, |byte| {
+                buf[len] = byte;
+                len += 1;
+            }),
+            IpAddr::V6(_) => {
+                let mut cursor = std::io::Cursor::new(&mut buf[..]);
+                // 45 bytes hold every address `Display` writes.
+                let _ = std::io::Write::write_fmt(&mut cursor, format_args!("{ip}"));
+                len = cursor.position() as usize;
+            }
+        }
+        Self { buf, len }
+    }
+
+    /// The text (ASCII).
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    /// The text, validated (for callers that need a `&str`).
+    pub(crate) fn as_str(&self) -> &str {
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
+    }
 }
 
 /// `server.address` and `server.port` of a `Host` value, as `http::uri::Authority` reads them
@@ -186,7 +231,7 @@ pub(crate) struct ServerAttributes<'a> {
     pub(crate) route: Option<&'a str>,
     /// `server.address` and `server.port`, from `Host` (else the URI's authority).
     pub(crate) server: Option<(Cow<'a, str>, Option<i64>)>,
-    pub(crate) client_address: Option<String>,
+    pub(crate) client_address: Option<IpText>,
     pub(crate) user_agent: Option<&'a str>,
     pub(crate) protocol_version: Option<&'static str>,
 }
@@ -207,7 +252,7 @@ impl<'a> ServerAttributes<'a> {
                 .and_then(|h| h.to_str().ok())
                 .or(req.uri.host())
                 .and_then(host_and_port),
-            client_address: req.client_address.map(ip_string),
+            client_address: req.client_address.map(IpText::new),
             user_agent: req
                 .headers
                 .get(http::header::USER_AGENT)
@@ -298,7 +343,7 @@ pub fn server_span(req: &ServerRequest<'_>) -> tracing::Span {
         { semconv::HTTP_ROUTE } = a.route,
         { semconv::SERVER_ADDRESS } = a.server_address(),
         { semconv::SERVER_PORT } = a.server_port(),
-        { semconv::CLIENT_ADDRESS } = a.client_address.as_deref(),
+        { semconv::CLIENT_ADDRESS } = a.client_address.as_ref().map(IpText::as_str),
         { semconv::USER_AGENT_ORIGINAL } = a.user_agent,
         { semconv::NETWORK_PROTOCOL_VERSION } = a.protocol_version,
         { semconv::HTTP_RESPONSE_STATUS_CODE } = Empty,
@@ -428,15 +473,20 @@ mod tests {
             "255.255.255.255",
             "::1",
             "2001:db8::7",
+            // The longest text an IPv6 address has (45 bytes).
+            "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255",
+            "::ffff:192.0.2.128",
         ] {
             let ip: IpAddr = ip.parse().unwrap();
             assert_eq!(ip_string(ip), ip.to_string());
+            assert_eq!(IpText::new(ip).as_str(), ip.to_string());
         }
         // Every octet width (1, 2 and 3 digits, with zeros inside) in every position.
         for a in [0u8, 1, 9, 10, 42, 99, 100, 101, 199, 200, 250, 255] {
             for b in [0u8, 7, 10, 100, 255] {
                 let ip = IpAddr::from([a, b, a, b]);
                 assert_eq!(ip_string(ip), ip.to_string());
+                assert_eq!(IpText::new(ip).as_bytes(), ip.to_string().as_bytes());
             }
         }
     }

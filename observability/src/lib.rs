@@ -59,6 +59,7 @@ pub mod env;
 mod export;
 mod logs;
 mod otlp_encode;
+mod span_queue;
 
 pub mod http_span;
 pub mod http_trace;
@@ -163,8 +164,11 @@ pub struct Telemetry {
     /// The formats `propagator` was built from (`OTEL_PROPAGATORS`).
     propagators: Vec<env::PropagatorKind>,
     exporting: Option<Protocol>,
-    /// `OTEL_TRACES_SAMPLER`, for [`http_span`]'s ids-only spans.
+    /// `OTEL_TRACES_SAMPLER`, for [`http_span`]'s spans.
     sampler: opentelemetry_sdk::trace::Sampler,
+    /// [`http_span`]'s export queue, when spans are exported, and the guard of its thread.
+    span_queue: Option<span_queue::SpanQueue>,
+    span_queue_guard: Option<span_queue::SpanQueueGuard>,
 }
 
 impl fmt::Debug for Telemetry {
@@ -195,17 +199,14 @@ impl Telemetry {
         self.exporting
     }
 
-    /// A tracer for [`http_span`]'s SDK-direct HTTP spans, exporting through the same pipeline
-    /// as `tracing` spans; disabled when `OTEL_SDK_DISABLED=true`, ids and propagation only
-    /// (no attributes) when nothing exports.
+    /// A tracer for [`http_span`]'s HTTP spans, exported to the same collector as `tracing`
+    /// spans (through a queue of their own); disabled when `OTEL_SDK_DISABLED=true`, ids and
+    /// propagation only (no attributes) when nothing exports.
     pub fn http_tracer(&self) -> http_span::HttpTracer {
-        http_span::HttpTracer::new(
-            self.provider
-                .as_ref()
-                .map(|p| p.tracer_with_scope(instrumentation_scope())),
-            self.exporting.is_none(),
-            self.sampler.clone(),
-        )
+        if self.provider.is_none() {
+            return http_span::HttpTracer::disabled();
+        }
+        http_span::HttpTracer::new(self.span_queue.clone(), self.sampler.clone())
     }
 
     /// A writer of JSON log lines that bypasses `tracing`, for a record written on every request
@@ -216,6 +217,11 @@ impl Telemetry {
 
     /// Exports every span ended so far, now. Blocks; meant for tests and before `exec`.
     pub fn force_flush(&self) {
+        if let Some(queue) = &self.span_queue {
+            if !queue.force_flush(FLUSH_TIMEOUT) {
+                tracing::warn!("Failed to flush HTTP spans within 5 s.");
+            }
+        }
         if let Some(provider) = &self.provider {
             if let Err(error) = provider.force_flush() {
                 tracing::warn!(%error, "Failed to flush spans.");
@@ -233,8 +239,13 @@ impl Telemetry {
         if let Some(mut guard) = self.line_guard.take() {
             guard.stop();
         }
+        // Before the provider: the queue sends through the provider's exporter.
+        if let Some(mut guard) = self.span_queue_guard.take() {
+            guard.stop();
+        }
+        self.span_queue = None;
         if let Some(provider) = self.provider.take() {
-            if let Err(error) = provider.shutdown_with_timeout(Duration::from_secs(5)) {
+            if let Err(error) = provider.shutdown_with_timeout(FLUSH_TIMEOUT) {
                 tracing::warn!(%error, "Failed to flush spans at shutdown.");
             }
         }
@@ -248,6 +259,9 @@ impl Drop for Telemetry {
         self.shutdown_inner();
     }
 }
+
+/// The longest a flush or the shutdown waits for spans to be exported.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Log lines queued for the writer thread before loggers wait.
 const LOG_QUEUE_LINES: usize = 65_536;
@@ -324,15 +338,29 @@ where
     };
     let propagator = propagation::build(&settings.propagators);
 
+    let mut span_queue = None;
     let provider = if settings.sdk_disabled {
         None
     } else {
         let resource = resource(&settings, service_version);
         let mut builder = SdkTracerProvider::builder()
             .with_sampler(settings.sampler.clone())
-            .with_resource(resource);
+            .with_resource(resource.clone());
         if let Some(export) = &settings.export {
             let exporter = export::OwnedRuntimeExporter::new(export)?;
+            if let Some(sender) = exporter.request_sender() {
+                let config = span_queue::QueueConfig {
+                    max_queue: settings.max_queue_spans,
+                    max_batch: settings.max_export_batch_spans,
+                    interval: EXPORT_INTERVAL,
+                };
+                let frame =
+                    otlp_encode::recorded::RequestFrame::new(&resource, &instrumentation_scope());
+                span_queue = Some(
+                    span_queue::SpanQueue::start(config, frame, Box::new(sender))
+                        .map_err(InitError::Runtime)?,
+                );
+            }
             let config = BatchConfigBuilder::default()
                 .with_max_queue_size(settings.max_queue_spans)
                 .with_max_export_batch_size(settings.max_export_batch_spans)
@@ -384,6 +412,8 @@ where
         propagators: settings.propagators.clone(),
         exporting: settings.export.map(|e| e.protocol),
         sampler: settings.sampler,
+        span_queue: span_queue.as_ref().map(|(queue, _)| queue.clone()),
+        span_queue_guard: span_queue.map(|(_, guard)| guard),
     };
     Ok((telemetry, Dispatch::new(subscriber)))
 }

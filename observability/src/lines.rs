@@ -500,6 +500,25 @@ pub fn push_decimal(out: &mut String, v: u64) {
     }
 }
 
+/// A number's decimal digits on the stack; for text built from pieces without `fmt`.
+pub(crate) struct Decimal {
+    digits: [u8; 20],
+    start: usize,
+}
+
+impl Decimal {
+    pub(crate) fn new(v: u64) -> Self {
+        let mut digits = [0u8; 20];
+        let start = 20 - decimal(&mut digits, v).len();
+        Self { digits, start }
+    }
+
+    /// The digits (ASCII).
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.digits[self.start..]
+    }
+}
+
 /// `v`'s decimal digits, written at the end of `digits`.
 fn decimal(digits: &mut [u8; 20], mut v: u64) -> &[u8] {
     let mut i = digits.len();

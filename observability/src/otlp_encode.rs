@@ -109,8 +109,12 @@ const FLAG_IS_REMOTE: u32 = 0x200;
 /// Bytes a varint of `value` takes.
 #[inline]
 fn varint_len(value: u64) -> usize {
-    // 1 byte per started group of 7 bits, at least one.
-    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
+    if value < 0x80 {
+        // Nearly every length and tag.
+        return 1;
+    }
+    // 1 byte per started group of 7 bits.
+    (64 - value.leading_zeros() as usize).div_ceil(7)
 }
 
 /// Bytes a length-delimited field of `len` bytes takes, key included (every key used with a
@@ -805,6 +809,8 @@ fn write_array(buf: &mut Out<'_>, array: &Array) {
         _ => {}
     }
 }
+
+pub(crate) mod recorded;
 
 #[cfg(test)]
 mod tests;

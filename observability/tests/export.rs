@@ -565,3 +565,88 @@ fn unreadable_or_half_configured_tls_files_are_configuration_errors_naming_the_f
         "no key material in errors: {error}"
     );
 }
+
+/// `http_span`'s spans go through their own queue and encoder, not the SDK's: they must reach
+/// a real collector over both protocols, with the same resource as `tracing` spans, the
+/// scope, the parent links and the attributes; `force_flush` sends them without a shutdown.
+#[test]
+fn http_span_spans_reach_the_collector_over_grpc_and_http() {
+    use observability::http_span::HttpSpan as _;
+    for protocol in ["grpc", "http/protobuf"] {
+        let receiver = OtlpReceiver::start();
+        let (telemetry, _dispatch) = observability::build(
+            "export-test",
+            "1.2.3",
+            &env(&receiver, protocol),
+            std::io::sink,
+        )
+        .unwrap();
+        let tracer = telemetry.http_tracer();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "traceparent",
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        );
+        headers.insert(
+            "authorization",
+            HeaderValue::from_static("Bearer very-secret-token"),
+        );
+        let uri: Uri = "/orders/42?access_token=query-secret".parse().unwrap();
+        let mut req = ServerRequest::new(&Method::POST, &uri, Version::HTTP_2, &headers);
+        req.client_address = Some("10.1.2.3".parse().unwrap());
+        let mut server = tracer.server(&req);
+        server.set_route(&Method::POST, "/orders/{id}");
+        let mut attempt = server.client(&Method::POST, "http://orders:8080/orders/42", 0);
+        attempt.record_error("connect_refused");
+        drop(attempt);
+        server.set_str("vantage.auth.result", "allowed");
+        server.record_status(http::StatusCode::BAD_GATEWAY, Side::Server);
+        server.end();
+        telemetry.force_flush();
+        let spans = receiver
+            .wait_for_blocking(|s| s.len() >= 2, WAIT)
+            .unwrap_or_else(|e| panic!("{protocol}: the two spans did not arrive: {e}"));
+        let server = spans.iter().find(|s| s.kind() == SpanKind::Server).unwrap();
+        let client = spans.iter().find(|s| s.kind() == SpanKind::Client).unwrap();
+        check_resource(server);
+        assert_eq!(server.scope_name, "observability", "{protocol}");
+        assert_eq!(server.name(), "POST /orders/{id}");
+        assert_eq!(server.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(server.parent_span_id().as_deref(), Some("00f067aa0ba902b7"));
+        assert!(server.is_error());
+        assert_eq!(
+            server.attr("http.response.status_code"),
+            Some(AttrValue::Int(502))
+        );
+        assert_eq!(
+            server.attr_str("network.protocol.version").as_deref(),
+            Some("2")
+        );
+        assert_eq!(
+            server.attr_str("client.address").as_deref(),
+            Some("10.1.2.3")
+        );
+        assert_eq!(
+            server.attr_str("vantage.auth.result").as_deref(),
+            Some("allowed")
+        );
+        assert_eq!(client.name(), "POST");
+        assert_eq!(client.parent_span_id(), Some(server.span_id()));
+        assert_eq!(
+            client.attr_str("error.type").as_deref(),
+            Some("connect_refused")
+        );
+        for span in &spans {
+            for secret in ["very-secret-token", "query-secret"] {
+                assert!(!span.contains_text(secret), "{secret} leaked into {span:?}");
+            }
+        }
+        let (grpc, http) = (receiver.grpc_requests(), receiver.http_requests());
+        if protocol == "grpc" {
+            assert!(grpc >= 1 && http == 0, "{grpc} gRPC, {http} HTTP requests");
+        } else {
+            assert!(http >= 1 && grpc == 0, "{grpc} gRPC, {http} HTTP requests");
+        }
+        telemetry.shutdown();
+    }
+}

@@ -16,11 +16,11 @@ use prost::Message as _;
 
 use super::TraceEncoder;
 
-fn at(nanos: u64) -> SystemTime {
+pub(crate) fn at(nanos: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_nanos(nanos)
 }
 
-fn every_value_kind() -> Vec<KeyValue> {
+pub(crate) fn every_value_kind() -> Vec<KeyValue> {
     vec![
         KeyValue::new("str", "value"),
         KeyValue::new("str.empty", ""),
@@ -50,7 +50,7 @@ fn every_value_kind() -> Vec<KeyValue> {
     ]
 }
 
-fn context(
+pub(crate) fn context(
     trace: u128,
     span: u64,
     flags: TraceFlags,
