@@ -3,62 +3,47 @@
 //! Both are written from the same [`RequestCtx`], so the span (attribute names in
 //! docs/observability.md) and the log (fields in docs/operations.md) always agree.
 
-use std::sync::Arc;
-
 use http::header;
 use observability::http_span::HttpSpan as _;
 use observability::http_trace::Side;
 use observability::lines::{LineLog, TraceIds};
-use observability::opentelemetry::{KeyValue, StringValue};
 use pingora_http::RequestHeader;
 
 use crate::context::RequestCtx;
 use crate::ratelimit;
 
 /// Puts every decision on the SERVER span, then its status and error. `decision` is the
-/// request's [`crate::decision::trail`], made once for the span and the access line.
+/// request's [`crate::decision::trail`], made once for the span and the access line. Values are
+/// borrowed from the request's context: the span encodes them as they are set.
 pub(crate) fn record_on_span(ctx: &mut RequestCtx, status: u16, decision: &str) {
     if !ctx.span.is_recording() {
         return;
     }
-    let mut attributes = Vec::with_capacity(16);
-    attributes.push(KeyValue::new("vantage.request_id", ctx.request_id.clone()));
-    // The route's strings are shared with its configuration, not copied per request.
-    attributes.push(KeyValue::new(
-        "vantage.route",
-        ctx.route
-            .as_ref()
-            .map_or(StringValue::from("unmatched"), |r| {
-                StringValue::from(Arc::clone(&r.span.route))
-            }),
-    ));
-    if let Some(route) = &ctx.route {
-        attributes.push(KeyValue::new(
-            "vantage.upstream",
-            StringValue::from(Arc::clone(&route.span.upstream)),
-        ));
-        attributes.push(KeyValue::new(
-            "vantage.upstream.circuit",
-            route.upstream.breaker.state_name(),
-        ));
+    // Out of the context while the rest of it is read; put back below.
+    let mut span = std::mem::take(&mut ctx.span);
+    span.set_str("vantage.request_id", &ctx.request_id);
+    match &ctx.route {
+        Some(route) => {
+            span.set_str("vantage.route", &route.span.route);
+            span.set_str("vantage.upstream", &route.span.upstream);
+            span.set_str(
+                "vantage.upstream.circuit",
+                route.upstream.breaker.state_name(),
+            );
+        }
+        None => span.set_str("vantage.route", "unmatched"),
     }
-    attributes.push(KeyValue::new(
-        "vantage.upstream.attempts",
-        i64::from(ctx.upstream.count),
-    ));
-    attributes.push(KeyValue::new(
-        "vantage.auth.result",
-        ctx.auth.result().as_str(),
-    ));
+    span.set_i64("vantage.upstream.attempts", i64::from(ctx.upstream.count));
+    span.set_str("vantage.auth.result", ctx.auth.result().as_str());
     let reason = ctx.auth.reason();
     if !reason.is_empty() {
-        attributes.push(KeyValue::new("vantage.auth.reason", reason));
+        span.set_str("vantage.auth.reason", reason);
     }
     if let Some(issuer) = ctx.auth.issuer() {
-        attributes.push(KeyValue::new("vantage.auth.issuer", issuer.to_string()));
+        span.set_str("vantage.auth.issuer", issuer);
     }
     if let Some(sub) = ctx.auth.subject() {
-        attributes.push(KeyValue::new("enduser.id", sub.to_string()));
+        span.set_str("enduser.id", sub);
     }
     // The refusing policy, else the last one consulted.
     if let Some(d) = ctx
@@ -67,20 +52,14 @@ pub(crate) fn record_on_span(ctx: &mut RequestCtx, status: u16, decision: &str) 
         .find(|d| !d.allowed)
         .or_else(|| ctx.limits.last())
     {
-        attributes.push(KeyValue::new("vantage.ratelimit.policy", d.policy.clone()));
-        attributes.push(KeyValue::new("vantage.ratelimit.result", d.result()));
-        attributes.push(KeyValue::new(
-            "vantage.ratelimit.remaining",
-            i64::from(d.remaining),
-        ));
+        span.set_str("vantage.ratelimit.policy", &d.policy);
+        span.set_str("vantage.ratelimit.result", d.result());
+        span.set_i64("vantage.ratelimit.remaining", i64::from(d.remaining));
         if let Some(tier) = &d.tier {
-            attributes.push(KeyValue::new("vantage.ratelimit.tier", tier.clone()));
+            span.set_str("vantage.ratelimit.tier", tier);
         }
         if let Some(store) = &d.store {
-            attributes.push(KeyValue::new(
-                "vantage.ratelimit.store",
-                store.name.to_string(),
-            ));
+            span.set_str("vantage.ratelimit.store", &store.name);
         }
     }
     // A shared policy whose store failed: its on_error made the decision.
@@ -89,20 +68,17 @@ pub(crate) fn record_on_span(ctx: &mut RequestCtx, status: u16, decision: &str) 
         .iter()
         .find_map(|d| d.store.as_ref().and_then(|s| s.error))
     {
-        attributes.push(KeyValue::new(
-            "vantage.ratelimit.store_error",
-            error.as_str(),
-        ));
+        span.set_str("vantage.ratelimit.store_error", error.as_str());
     }
-    crate::shadow::span_attributes(ctx, &mut attributes);
-    attributes.push(KeyValue::new("vantage.decision", decision.to_owned()));
-    ctx.span.set_attributes(attributes);
+    crate::shadow::span_attributes(ctx, &mut span);
+    span.set_str("vantage.decision", decision);
     if let Ok(code) = http::StatusCode::from_u16(status) {
-        ctx.span.record_status(code, Side::Server);
+        span.record_status(code, Side::Server);
     }
     if let Some(failure) = &ctx.failure {
-        ctx.span.record_error(failure.error_type());
+        span.record_error(failure.error_type());
     }
+    ctx.span = span;
 }
 
 /// The access log: one JSON line per request, target `access`, written straight from the

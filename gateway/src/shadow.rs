@@ -15,7 +15,7 @@
 //! trusts an identity the gateway did not check. A shadow limit never sends `RateLimit` fields
 //! (a client would read a quota nobody enforces).
 
-use observability::opentelemetry::KeyValue;
+use observability::http_span::HttpSpan;
 
 use crate::config::Mode;
 use crate::context::RequestCtx;
@@ -69,9 +69,9 @@ pub(crate) fn count(metrics: &Metrics, ctx: &RequestCtx) {
 /// The span attributes of the request's shadow decisions: `vantage.auth.shadow` (true when the
 /// `vantage.auth.*` attributes were not enforced) and `vantage.ratelimit.shadow.{policy,result,
 /// remaining}` for the shadow policy that would have refused (else the last one consulted).
-pub(crate) fn span_attributes(ctx: &RequestCtx, attributes: &mut Vec<KeyValue>) {
+pub(crate) fn span_attributes(ctx: &RequestCtx, span: &mut impl HttpSpan) {
     if auth_shadowed(ctx) {
-        attributes.push(KeyValue::new("vantage.auth.shadow", true));
+        span.set_bool("vantage.auth.shadow", true);
     }
     if let Some(d) = ctx
         .shadow_limits
@@ -79,15 +79,9 @@ pub(crate) fn span_attributes(ctx: &RequestCtx, attributes: &mut Vec<KeyValue>) 
         .find(|d| !d.allowed)
         .or_else(|| ctx.shadow_limits.last())
     {
-        attributes.push(KeyValue::new(
-            "vantage.ratelimit.shadow.policy",
-            d.policy.clone(),
-        ));
-        attributes.push(KeyValue::new("vantage.ratelimit.shadow.result", d.result()));
-        attributes.push(KeyValue::new(
-            "vantage.ratelimit.shadow.remaining",
-            i64::from(d.remaining),
-        ));
+        span.set_str("vantage.ratelimit.shadow.policy", &d.policy);
+        span.set_str("vantage.ratelimit.shadow.result", d.result());
+        span.set_i64("vantage.ratelimit.shadow.remaining", i64::from(d.remaining));
     }
 }
 

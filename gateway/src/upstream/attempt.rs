@@ -1,13 +1,11 @@
 //! One upstream attempt: choosing the endpoint and building the peer, recording how it ended
 //! (metrics, passive ejection, the attempt's CLIENT span), and deciding whether to retry.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::Method;
 use observability::http_span::HttpSpan as _;
 use observability::http_trace::Side;
-use observability::opentelemetry::KeyValue;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::Error;
 use pingora_http::ResponseHeader;
@@ -59,10 +57,7 @@ pub(crate) fn begin(
     let mut span = ctx.span.client_to(method, to, ctx.upstream.count - 1);
     if span.is_recording() {
         // Shared with the route's configuration, not copied per attempt.
-        span.set_attribute(KeyValue::new(
-            "vantage.upstream",
-            Arc::clone(&route.span.upstream),
-        ));
+        span.set_str("vantage.upstream", &route.span.upstream);
     }
     ctx.upstream.span = Some(span);
 
@@ -97,13 +92,10 @@ pub(crate) fn verify_peer(
     match tls.check(digest) {
         Ok(id) => {
             if let Some(span) = &mut ctx.upstream.span {
-                span.set_attribute(KeyValue::new("vantage.upstream.spiffe_id", id));
+                span.set_str("vantage.upstream.spiffe_id", &id);
                 if let Some(ssl) = digest.and_then(|d| d.ssl_digest.as_ref()) {
-                    span.set_attribute(KeyValue::new(
-                        "tls.protocol.version",
-                        ssl.version.to_string(),
-                    ));
-                    span.set_attribute(KeyValue::new("tls.cipher", ssl.cipher.to_string()));
+                    span.set_str("tls.protocol.version", &ssl.version);
+                    span.set_str("tls.cipher", &ssl.cipher);
                 }
             }
             Ok(())
@@ -121,7 +113,7 @@ pub(crate) fn verify_peer(
             }
             if let Some(mut span) = ctx.upstream.span.take() {
                 if let crate::tls::IdentityRefusal::WrongIdentity(id) = &refusal {
-                    span.set_attribute(KeyValue::new("vantage.upstream.spiffe_id", id.clone()));
+                    span.set_str("vantage.upstream.spiffe_id", id);
                 }
                 span.record_error(refusal.reason());
             }
