@@ -396,6 +396,11 @@ impl fmt::Write for Escaping<'_> {
 
 /// Writes `s` as a JSON string, quotes included.
 fn write_str(out: &mut Vec<u8>, s: &str) {
+    if s.is_empty() {
+        // Many access-log fields are empty on a given request (no error, no issuer, …).
+        out.extend_from_slice(b"\"\"");
+        return;
+    }
     out.push(b'"');
     escape_into(out, s);
     out.push(b'"');
