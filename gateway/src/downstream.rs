@@ -261,10 +261,6 @@ impl Guarded {
         if self.phase != Phase::Head || bytes.is_empty() {
             return;
         }
-        if self.deadline.is_none() {
-            // First bytes of a kept-alive request: the head is due from now.
-            self.deadline = Some(Box::pin(tokio::time::sleep(self.head_timeout)));
-        }
         // A blank line inside these bytes, or one that straddles the previous read.
         let mut joint = [0u8; 6];
         joint[..3].copy_from_slice(&self.tail);
@@ -281,6 +277,10 @@ impl Guarded {
             self.phase = Phase::Rest;
             self.deadline = None;
             self.tail = [0; 3];
+        } else if self.deadline.is_none() {
+            // First bytes of a kept-alive request, and the head is not all here: it is due
+            // from now. (A head that arrives in one read, the usual case, needs no timer.)
+            self.deadline = Some(Box::pin(tokio::time::sleep(self.head_timeout)));
         }
     }
 }
