@@ -128,7 +128,7 @@ impl HttpTracer {
             };
             let mut body = SpanBody::default();
             server_attributes(req, &mut body);
-            Recording {
+            Box::new(Recording {
                 head: SpanHead {
                     context: context.clone(),
                     parent_span_id,
@@ -139,7 +139,7 @@ impl HttpTracer {
                     status: Status::Unset,
                 },
                 body,
-            }
+            })
         });
         ServerSpan {
             context: Some(context),
@@ -342,7 +342,8 @@ pub struct ServerSpan {
     /// Where ended spans go, when spans are exported.
     queue: Option<SpanQueue>,
     /// While open, when sampled and exported.
-    record: Option<Recording>,
+    /// Boxed: a span that is not recorded (no exporter, not sampled) stays small to move.
+    record: Option<Box<Recording>>,
 }
 
 impl ServerSpan {
@@ -419,7 +420,7 @@ impl ServerSpan {
                     start: now_nanos(),
                     status: Status::Unset,
                 };
-                Some((Recording { head, body }, queue.clone()))
+                Some(Box::new((Recording { head, body }, queue.clone())))
             }
             _ => None,
         };
@@ -453,12 +454,13 @@ pub struct ClientSpan {
     /// tracing off, the whole of it passes through).
     parent: Context,
     /// While open, when sampled and exported: the span and where it goes when it ends.
-    record: Option<(Recording, SpanQueue)>,
+    record: Option<Box<(Recording, SpanQueue)>>,
 }
 
 impl Drop for ClientSpan {
     fn drop(&mut self) {
-        if let Some((record, queue)) = self.record.take() {
+        if let Some(open) = self.record.take() {
+            let (record, queue) = &*open;
             queue.push(&record.head, &record.body, now_nanos());
         }
     }
@@ -619,13 +621,13 @@ pub trait HttpSpan {
 
 impl HttpSpan for ServerSpan {
     fn recording(&mut self) -> Option<&mut Recording> {
-        self.record.as_mut()
+        self.record.as_deref_mut()
     }
 }
 
 impl HttpSpan for ClientSpan {
     fn recording(&mut self) -> Option<&mut Recording> {
-        self.record.as_mut().map(|(record, _)| record)
+        self.record.as_mut().map(|open| &mut open.0)
     }
 }
 
