@@ -407,7 +407,14 @@ pub(crate) struct Settings {
     /// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`: spans sent per export request. Default
     /// [`crate::MAX_EXPORT_BATCH_SPANS`]; at most the queue size.
     pub(crate) max_export_batch_spans: usize,
+    /// `OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT`: attributes a span keeps (later ones are counted as
+    /// dropped). Default 128, the SDK's; the SDK reads it for `tracing` spans, this for
+    /// [`crate::http_span`]'s.
+    pub(crate) max_span_attributes: u32,
 }
+
+/// The SDK's default for `OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT`.
+pub(crate) const DEFAULT_SPAN_ATTRIBUTES: u32 = 128;
 
 /// Default `RUST_LOG` when unset.
 pub(crate) const DEFAULT_LOG_FILTER: &str = "info";
@@ -535,6 +542,18 @@ impl Settings {
             crate::MAX_EXPORT_BATCH_SPANS.min(max_queue_spans),
         );
 
+        let max_span_attributes = match p.var("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT") {
+            None => DEFAULT_SPAN_ATTRIBUTES,
+            Some(v) => v.parse::<u32>().unwrap_or_else(|_| {
+                p.invalid(
+                    "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT",
+                    v,
+                    "expected a whole number of attributes (0 or more)".to_owned(),
+                );
+                DEFAULT_SPAN_ATTRIBUTES
+            }),
+        };
+
         let log_filter = p
             .var("RUST_LOG")
             .unwrap_or_else(|| DEFAULT_LOG_FILTER.to_owned());
@@ -553,6 +572,7 @@ impl Settings {
                 log_filter,
                 max_queue_spans,
                 max_export_batch_spans,
+                max_span_attributes,
             }),
             Err(errors) => Err(errors.0),
         }
@@ -698,6 +718,17 @@ mod tests {
 
     #[test]
     fn the_export_queue_size_is_read_and_checked() {
+        assert_eq!(
+            settings(&[]).unwrap().max_span_attributes,
+            DEFAULT_SPAN_ATTRIBUTES
+        );
+        let s = settings(&[("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", "16")]).unwrap();
+        assert_eq!(s.max_span_attributes, 16);
+        let errors = match settings(&[("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", "-1")]) {
+            Err(errors) => errors,
+            Ok(_) => panic!("a negative limit is refused"),
+        };
+        assert_eq!(errors[0].variable, "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT");
         let s = settings(&[("OTEL_BSP_MAX_QUEUE_SIZE", "2048")]).unwrap();
         assert_eq!(s.max_queue_spans, 2048);
         for bad in ["0", "-5", "lots", "99999999"] {

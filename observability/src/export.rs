@@ -223,14 +223,27 @@ pub(crate) struct RequestSender {
 }
 
 impl crate::span_queue::BatchSink for RequestSender {
-    fn send(&self, request: Bytes) -> Result<(), String> {
+    fn send(&self, request: Bytes, deadline: Option<Instant>) -> Result<(), String> {
         let transport = Arc::clone(&self.transport);
-        // Spawned onto the export runtime, as the SDK exporter's sends are; this thread only
-        // waits for the task (no reactor needed here).
+        // Spawned onto the export runtime, as the SDK exporter's sends are; this thread waits
+        // for the task, until `deadline` if there is one.
         let task = self
             .runtime
             .spawn(async move { transport.send(request).await });
-        match self.runtime.block_on(task) {
+        let outcome = match deadline {
+            None => self.runtime.block_on(task),
+            Some(deadline) => {
+                let deadline = tokio::time::Instant::from_std(deadline);
+                match self
+                    .runtime
+                    .block_on(async { tokio::time::timeout_at(deadline, task).await })
+                {
+                    Ok(joined) => joined,
+                    Err(_) => return Err("the export did not finish before shutdown".into()),
+                }
+            }
+        };
+        match outcome {
             Ok(Ok(partial)) => {
                 if let Some(PartialSuccess {
                     rejected_spans,

@@ -51,7 +51,7 @@ use crate::http_trace::{
     is_error, method_label, span_method, span_name, ClientAttributes, IpText, ServerAttributes,
     ServerRequest, Side,
 };
-use crate::otlp_encode::recorded::{SpanBody, SpanHead};
+use crate::otlp_encode::recorded::{SpanBody, SpanHead, BODY_CAPACITY};
 use crate::propagation;
 use crate::span_queue::SpanQueue;
 
@@ -66,6 +66,8 @@ pub struct HttpTracer {
     mode: Mode,
     /// `OTEL_TRACES_SAMPLER`: decides every span's sampled flag.
     sampler: Arc<Sampler>,
+    /// `OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT`: attributes a span keeps.
+    max_attributes: u32,
 }
 
 /// What an [`HttpTracer`]'s spans do.
@@ -80,11 +82,13 @@ enum Mode {
 }
 
 impl HttpTracer {
-    /// Spans exported through `queue`, or ids only without one, sampled by `sampler`.
-    pub(crate) fn new(queue: Option<SpanQueue>, sampler: Sampler) -> Self {
+    /// Spans exported through `queue`, or ids only without one, sampled by `sampler`, each
+    /// keeping at most `max_attributes` attributes.
+    pub(crate) fn new(queue: Option<SpanQueue>, sampler: Sampler, max_attributes: u32) -> Self {
         Self {
             mode: queue.map_or(Mode::IdsOnly, Mode::Export),
             sampler: Arc::new(sampler),
+            max_attributes,
         }
     }
 
@@ -93,6 +97,7 @@ impl HttpTracer {
         Self {
             mode: Mode::Off,
             sampler: Arc::new(Sampler::AlwaysOff),
+            max_attributes: 0,
         }
     }
 
@@ -107,6 +112,7 @@ impl HttpTracer {
                     parent,
                     sampler: None,
                     queue: None,
+                    max_attributes: 0,
                     record: None,
                 }
             }
@@ -126,7 +132,7 @@ impl HttpTracer {
                 Some(route) => Cow::Owned(span_name(req.method, Some(route))),
                 None => Cow::Borrowed(span_method(req.method)),
             };
-            let mut body = SpanBody::default();
+            let mut body = SpanBody::new(BODY_CAPACITY, self.max_attributes);
             server_attributes(req, &mut body);
             Box::new(Recording {
                 head: SpanHead {
@@ -146,6 +152,7 @@ impl HttpTracer {
             parent,
             sampler: Some(Arc::clone(&self.sampler)),
             queue: queue.cloned(),
+            max_attributes: self.max_attributes,
             record,
         }
     }
@@ -341,8 +348,10 @@ pub struct ServerSpan {
     sampler: Option<Arc<Sampler>>,
     /// Where ended spans go, when spans are exported.
     queue: Option<SpanQueue>,
-    /// While open, when sampled and exported.
-    /// Boxed: a span that is not recorded (no exporter, not sampled) stays small to move.
+    /// Attributes each of its spans keeps.
+    max_attributes: u32,
+    /// While open, when sampled and exported. Boxed: a span that is not recorded (no
+    /// exporter, not sampled) stays small to move.
     record: Option<Box<Recording>>,
 }
 
@@ -409,7 +418,7 @@ impl ServerSpan {
         let context = local_context(sampler, &parent, &SpanKind::Client);
         let record = match &self.queue {
             Some(queue) if context.is_sampled() => {
-                let mut body = SpanBody::with_capacity(CLIENT_BODY_CAPACITY);
+                let mut body = SpanBody::new(CLIENT_BODY_CAPACITY, self.max_attributes);
                 attributes(&mut body);
                 let head = SpanHead {
                     context: context.clone(),
@@ -655,7 +664,11 @@ mod tests {
     struct Collect(Arc<Mutex<Vec<Bytes>>>);
 
     impl BatchSink for Collect {
-        fn send(&self, request: Bytes) -> Result<(), String> {
+        fn send(
+            &self,
+            request: Bytes,
+            _deadline: Option<std::time::Instant>,
+        ) -> Result<(), String> {
             self.0.lock().unwrap().push(request);
             Ok(())
         }
@@ -671,6 +684,14 @@ mod tests {
 
     impl Harness {
         fn new(ids_only: bool, sampler: Sampler) -> Self {
+            Self::with_limit(
+                ids_only,
+                sampler,
+                crate::otlp_encode::recorded::MAX_ATTRIBUTES,
+            )
+        }
+
+        fn with_limit(ids_only: bool, sampler: Sampler, max_attributes: u32) -> Self {
             let collect = Collect::default();
             let frame = RequestFrame::new(
                 &Resource::builder_empty().build(),
@@ -680,10 +701,12 @@ mod tests {
                 max_queue: 1024,
                 max_batch: 512,
                 interval: Duration::from_secs(3600),
+                stop_timeout: Duration::from_secs(5),
             };
             let (queue, guard) =
                 SpanQueue::start(config, frame, Box::new(collect.clone())).unwrap();
-            let tracer = HttpTracer::new((!ids_only).then(|| queue.clone()), sampler);
+            let tracer =
+                HttpTracer::new((!ids_only).then(|| queue.clone()), sampler, max_attributes);
             Self {
                 tracer,
                 collect,
@@ -965,7 +988,12 @@ mod tests {
 
     #[test]
     fn attributes_past_the_limit_are_counted_as_dropped() {
-        let harness = tracer(false);
+        let limit = 12;
+        let harness = Harness::with_limit(
+            false,
+            Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+            limit,
+        );
         let mut server = harness.tracer.server(&ServerRequest::new(
             &Method::GET,
             &http::Uri::from_static("/"),
@@ -973,14 +1001,25 @@ mod tests {
             &HeaderMap::new(),
         ));
         let before = server.record.as_ref().unwrap().body.len();
-        let limit = crate::otlp_encode::recorded::MAX_ATTRIBUTES;
         for i in 0..limit + 5 {
             server.set_i64("n", i64::from(i));
         }
+        let mut attempt = server.client(&Method::GET, "http://u/", 0);
+        for i in 0..limit {
+            attempt.set_i64("n", i64::from(i));
+        }
+        drop(attempt);
         server.end();
         let spans = harness.spans();
-        assert_eq!(spans[0].attributes.len(), limit as usize);
-        assert_eq!(spans[0].dropped_attributes_count, before + 5);
+        let (client, server) = (&spans[0], &spans[1]);
+        assert_eq!(server.attributes.len(), limit as usize);
+        assert_eq!(server.dropped_attributes_count, before + 5);
+        assert_eq!(
+            client.attributes.len(),
+            limit as usize,
+            "the CLIENT span too"
+        );
+        assert!(client.dropped_attributes_count > 0);
     }
 
     #[test]

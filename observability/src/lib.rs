@@ -50,6 +50,7 @@
 //! | `OTEL_PROPAGATORS` | `tracecontext,baggage` | also `b3` (single header), `b3multi`, `none` |
 //! | `OTEL_SDK_DISABLED` | `false` | `true`: JSON logs only, no spans, no ids |
 //! | `OTEL_BSP_MAX_QUEUE_SIZE` | `16384` | spans queued for export before new ones are dropped; allocated up front (~350 B each) |
+//! | `OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT` | `128` | attributes a span keeps; later ones are counted as dropped |
 //! | `RUST_LOG` | `info` | log filter (`EnvFilter` syntax); does not affect which spans are traced |
 //!
 //! Without an endpoint spans are still created (so logs carry trace ids and context still
@@ -151,7 +152,8 @@ fn join(errors: &[EnvError]) -> String {
 
 /// Handle to the installed telemetry. Keep it alive for the life of the process.
 ///
-/// [`Telemetry::shutdown`] (or dropping it) exports every queued span, waiting up to 5 s.
+/// [`Telemetry::shutdown`] (or dropping it) exports every queued span, waiting up to 5 s for
+/// each of the two export queues (the HTTP spans', then the SDK's).
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
     /// Keeps the log writer thread alive; dropping it flushes the lines still queued.
@@ -169,6 +171,8 @@ pub struct Telemetry {
     /// [`http_span`]'s export queue, when spans are exported, and the guard of its thread.
     span_queue: Option<span_queue::SpanQueue>,
     span_queue_guard: Option<span_queue::SpanQueueGuard>,
+    /// `OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT`, for [`http_span`]'s spans.
+    max_span_attributes: u32,
 }
 
 impl fmt::Debug for Telemetry {
@@ -206,7 +210,11 @@ impl Telemetry {
         if self.provider.is_none() {
             return http_span::HttpTracer::disabled();
         }
-        http_span::HttpTracer::new(self.span_queue.clone(), self.sampler.clone())
+        http_span::HttpTracer::new(
+            self.span_queue.clone(),
+            self.sampler.clone(),
+            self.max_span_attributes,
+        )
     }
 
     /// A writer of JSON log lines that bypasses `tracing`, for a record written on every request
@@ -229,7 +237,9 @@ impl Telemetry {
         }
     }
 
-    /// Exports queued spans and stops the exporter. Blocks up to 5 s.
+    /// Exports queued spans and stops the exporter. Blocks up to 5 s per export queue (HTTP
+    /// spans, then `tracing` spans); what the collector has not taken by then is dropped and
+    /// counted in a warning.
     pub fn shutdown(mut self) {
         self.shutdown_inner();
     }
@@ -353,6 +363,7 @@ where
                     max_queue: settings.max_queue_spans,
                     max_batch: settings.max_export_batch_spans,
                     interval: EXPORT_INTERVAL,
+                    stop_timeout: FLUSH_TIMEOUT,
                 };
                 let frame =
                     otlp_encode::recorded::RequestFrame::new(&resource, &instrumentation_scope());
@@ -414,6 +425,7 @@ where
         sampler: settings.sampler,
         span_queue: span_queue.as_ref().map(|(queue, _)| queue.clone()),
         span_queue_guard: span_queue.map(|(_, guard)| guard),
+        max_span_attributes: settings.max_span_attributes,
     };
     Ok((telemetry, Dispatch::new(subscriber)))
 }

@@ -6,7 +6,8 @@
 //! ones are dropped and counted, never blocking a request), a batch is sent when
 //! `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` spans are waiting or [`crate::EXPORT_INTERVAL`] after the
 //! last one, one export at a time, and [`SpanQueue::force_flush`] / [`SpanQueueGuard::stop`]
-//! send what is queued before returning. A request's thread only appends its span's bytes to
+//! send what is queued before returning — `stop` within [`QueueConfig::stop_timeout`], so a
+//! collector that is down cannot hold up a shutdown (what is left then is dropped and counted). A request's thread only appends its span's bytes to
 //! a buffer under a mutex; the export thread swaps the buffer out and writes the request
 //! around it ([`RequestFrame`]).
 
@@ -21,9 +22,9 @@ use crate::otlp_encode::recorded::{RequestFrame, SpanBody, SpanHead};
 
 /// Where the queue's requests go: the OTLP transport, or a test's buffer.
 pub(crate) trait BatchSink: Send + Sync + 'static {
-    /// Sends one encoded `ExportTraceServiceRequest` and waits for the outcome; an error is a
-    /// message for the log (no credentials in it).
-    fn send(&self, request: Bytes) -> Result<(), String>;
+    /// Sends one encoded `ExportTraceServiceRequest` and waits for the outcome, at most until
+    /// `deadline` when there is one; an error is a message for the log (no credentials in it).
+    fn send(&self, request: Bytes, deadline: Option<Instant>) -> Result<(), String>;
 }
 
 /// How the queue batches; from the same settings as the SDK's batch processor.
@@ -35,6 +36,8 @@ pub(crate) struct QueueConfig {
     pub(crate) max_batch: usize,
     /// The longest a span waits for a batch to fill.
     pub(crate) interval: Duration,
+    /// The longest [`SpanQueueGuard::stop`] spends sending what is queued.
+    pub(crate) stop_timeout: Duration,
 }
 
 /// A handle for ending spans into the queue. Cheap to clone.
@@ -71,7 +74,10 @@ struct State {
     /// Flush rounds asked for, and the last one done.
     flush_asked: u64,
     flush_done: u64,
-    stop: bool,
+    /// Whether a send of the last round failed.
+    round_failed: bool,
+    /// Set by [`SpanQueueGuard::stop`]: send what is queued until then, and end.
+    stop: Option<Instant>,
     /// The export thread has returned.
     stopped: bool,
 }
@@ -106,6 +112,7 @@ impl SpanQueue {
                 max_queue: config.max_queue.max(1),
                 max_batch: config.max_batch.clamp(1, config.max_queue.max(1)),
                 interval: config.interval,
+                stop_timeout: config.stop_timeout,
             },
         });
         let thread = {
@@ -129,11 +136,15 @@ impl SpanQueue {
     pub(crate) fn push(&self, head: &SpanHead, body: &SpanBody, end: u64) {
         let config = &self.shared.config;
         let mut state = self.shared.state.lock();
-        if state.ends.len() >= config.max_queue {
+        if state.ends.len() >= config.max_queue || state.stop.is_some() {
+            // Full, or shutting down (nothing would send it).
             state.dropped += 1;
             return;
         }
-        head.finish(body, end, &mut state.spans);
+        if !head.finish(body, end, &mut state.spans) {
+            state.dropped += 1;
+            return;
+        }
         let at = state.spans.len();
         state.ends.push(at);
         if state.ends.len() == config.max_batch {
@@ -142,7 +153,7 @@ impl SpanQueue {
     }
 
     /// Sends every span queued so far and waits up to `timeout` for it; `false` when that
-    /// did not finish in time or the queue has stopped.
+    /// did not finish in time, a send failed, or the queue has stopped.
     pub(crate) fn force_flush(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut state = self.shared.state.lock();
@@ -162,7 +173,7 @@ impl SpanQueue {
                 return false;
             }
         }
-        state.flush_done >= target
+        state.flush_done >= target && !state.round_failed
     }
 }
 
@@ -177,7 +188,7 @@ impl SpanQueueGuard {
         };
         {
             let mut state = self.queue.shared.state.lock();
-            state.stop = true;
+            state.stop = Some(Instant::now() + self.queue.shared.config.stop_timeout);
             self.queue.shared.wake.notify_one();
         }
         if thread.join().is_err() {
@@ -202,7 +213,7 @@ fn run(shared: &Shared, frame: &RequestFrame, sink: &dyn BatchSink) {
     let mut state = shared.state.lock();
     loop {
         let deadline = Instant::now() + config.interval;
-        while !state.stop
+        while state.stop.is_none()
             && state.ends.len() < config.max_batch
             && state.flush_asked == state.flush_done
         {
@@ -215,48 +226,73 @@ fn run(shared: &Shared, frame: &RequestFrame, sink: &dyn BatchSink) {
         std::mem::swap(&mut state.spans, &mut spans);
         std::mem::swap(&mut state.ends, &mut ends);
         let dropped = std::mem::take(&mut state.dropped);
-        MutexGuard::unlocked(&mut state, || {
+        let sent = MutexGuard::unlocked(&mut state, || {
             if dropped > 0 {
                 tracing::warn!(
                     dropped,
                     max_queue = config.max_queue,
-                    "Dropped spans: the export queue was full (OTEL_BSP_MAX_QUEUE_SIZE)."
+                    "Dropped spans: the export queue was full (OTEL_BSP_MAX_QUEUE_SIZE) or shutting down."
                 );
             }
-            export(frame, sink, config.max_batch, &spans, &ends);
+            let sent = export(frame, sink, config.max_batch, &spans, &ends, stop);
             spans.clear();
             ends.clear();
+            sent
         });
+        state.round_failed = !sent;
         state.flush_done = flushing;
         shared.done.notify_all();
-        if stop && state.ends.is_empty() {
-            break;
+        if let Some(deadline) = stop {
+            if state.ends.is_empty() || Instant::now() >= deadline {
+                break;
+            }
         }
+    }
+    let left = state.ends.len() as u64 + std::mem::take(&mut state.dropped);
+    if left > 0 {
+        tracing::warn!(
+            dropped = left,
+            "Dropped spans at shutdown: the collector did not take them in time."
+        );
+        state.ends.clear();
+        state.spans.clear();
     }
     state.stopped = true;
     shared.done.notify_all();
 }
 
-/// Sends `spans` (ending at `ends`) in requests of at most `max_batch` spans.
+/// Sends `spans` (ending at `ends`) in requests of at most `max_batch` spans; when stopping,
+/// only until `stop` (the rest is dropped and counted). Whether every send succeeded.
 fn export(
     frame: &RequestFrame,
     sink: &dyn BatchSink,
     max_batch: usize,
     spans: &[u8],
     ends: &[usize],
-) {
+    stop: Option<Instant>,
+) -> bool {
     let mut from = 0;
-    for chunk in ends.chunks(max_batch) {
+    let mut all_sent = true;
+    for (sent, chunk) in ends.chunks(max_batch).enumerate() {
         let Some(&to) = chunk.last() else { continue };
-        if let Err(error) = sink.send(frame.request(&spans[from..to])) {
+        if stop.is_some_and(|deadline| Instant::now() >= deadline) {
+            tracing::warn!(
+                dropped = ends.len() - sent * max_batch,
+                "Dropped spans at shutdown: the collector did not take them in time."
+            );
+            return false;
+        }
+        if let Err(error) = sink.send(frame.request(&spans[from..to]), stop) {
             tracing::warn!(
                 %error,
                 spans = chunk.len(),
                 "Failed to export spans."
             );
+            all_sent = false;
         }
         from = to;
     }
+    all_sent
 }
 
 #[cfg(test)]
@@ -280,15 +316,29 @@ mod tests {
         requests: Arc<Mutex<Vec<Vec<String>>>>,
         started: Option<Mutex<mpsc::Sender<()>>>,
         proceed: Option<Mutex<mpsc::Receiver<()>>>,
+        /// How long a gated send waits for permission when not stopping.
+        timeout: Duration,
+        /// Every send fails (a collector that refuses everything).
+        fail: bool,
     }
 
     impl BatchSink for Sink {
-        fn send(&self, request: Bytes) -> Result<(), String> {
+        fn send(&self, request: Bytes, deadline: Option<Instant>) -> Result<(), String> {
             if let Some(started) = &self.started {
                 let _ = started.lock().send(());
             }
             if let Some(proceed) = &self.proceed {
-                let _ = proceed.lock().recv();
+                // A real sink gives up at the deadline, and on its own timeout (the
+                // transport's 5 s) without one.
+                let wait = deadline.map_or(self.timeout, |d| {
+                    d.saturating_duration_since(Instant::now())
+                });
+                if proceed.lock().recv_timeout(wait).is_err() {
+                    return Err("timed out".into());
+                }
+            }
+            if self.fail {
+                return Err("refused".into());
             }
             let request = ExportTraceServiceRequest::decode(request).map_err(|e| e.to_string())?;
             let names = request
@@ -331,6 +381,15 @@ mod tests {
         max_batch: usize,
         gated: bool,
     ) -> (SpanQueue, SpanQueueGuard, Requests, Option<Gate>) {
+        start_with_timeout(max_queue, max_batch, gated, Duration::from_secs(30))
+    }
+
+    fn start_with_timeout(
+        max_queue: usize,
+        max_batch: usize,
+        gated: bool,
+        timeout: Duration,
+    ) -> (SpanQueue, SpanQueueGuard, Requests, Option<Gate>) {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let (gate, sink) = if gated {
             let (started_tx, started_rx) = mpsc::channel();
@@ -341,6 +400,8 @@ mod tests {
                     requests: Arc::clone(&requests),
                     started: Some(Mutex::new(started_tx)),
                     proceed: Some(Mutex::new(proceed_rx)),
+                    timeout,
+                    fail: false,
                 },
             )
         } else {
@@ -350,6 +411,8 @@ mod tests {
                     requests: Arc::clone(&requests),
                     started: None,
                     proceed: None,
+                    timeout,
+                    fail: false,
                 },
             )
         };
@@ -362,6 +425,7 @@ mod tests {
             max_batch,
             // Never by time in these tests: batches go when full, flushed or stopped.
             interval: Duration::from_secs(3600),
+            stop_timeout: Duration::from_millis(300),
         };
         let (queue, guard) = SpanQueue::start(config, frame, Box::new(sink)).unwrap();
         (queue, guard, requests, gate)
@@ -427,5 +491,99 @@ mod tests {
             "nothing flushes after stop"
         );
         guard.stop(); // a second stop does nothing
+    }
+
+    #[test]
+    fn stopping_gives_up_at_its_deadline_when_the_collector_does_not_answer() {
+        let (queue, mut guard, requests, gate) =
+            start_with_timeout(100, 1, true, Duration::from_millis(500));
+        let (started, _proceed) = gate.unwrap();
+        for name in NAMES {
+            queue.push(&head(name), &SpanBody::default(), 5);
+        }
+        started.recv_timeout(Duration::from_secs(5)).unwrap();
+        // The collector never answers: stop still returns, about when its deadline passes.
+        let begun = Instant::now();
+        guard.stop();
+        let took = begun.elapsed();
+        assert!(took < Duration::from_secs(3), "stop took {took:?}");
+        assert!(requests.lock().is_empty(), "nothing was acknowledged");
+        assert!(
+            queue.shared.state.lock().ends.is_empty(),
+            "what is left is dropped"
+        );
+    }
+
+    /// A queue with an ungated sink and these settings.
+    fn plain(config: QueueConfig, fail: bool) -> (SpanQueue, SpanQueueGuard, Requests) {
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let sink = Sink {
+            requests: Arc::clone(&requests),
+            started: None,
+            proceed: None,
+            timeout: Duration::from_secs(30),
+            fail,
+        };
+        let frame = RequestFrame::new(
+            &Resource::builder_empty().build(),
+            &InstrumentationScope::builder("test").build(),
+        );
+        let (queue, guard) = SpanQueue::start(config, frame, Box::new(sink)).unwrap();
+        (queue, guard, requests)
+    }
+
+    fn wait_for(requests: &Requests, spans: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while requests.lock().concat().len() < spans && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        requests.lock().concat()
+    }
+
+    #[test]
+    fn a_span_waits_at_most_the_interval_and_a_batch_larger_than_the_queue_is_the_queue() {
+        let (queue, _guard, requests) = plain(
+            QueueConfig {
+                max_queue: 2,
+                max_batch: 10,
+                interval: Duration::from_millis(50),
+                stop_timeout: Duration::from_secs(1),
+            },
+            false,
+        );
+        // One span, far from a full batch: sent when the interval passes, without a flush.
+        queue.push(&head("a"), &SpanBody::default(), 5);
+        assert_eq!(wait_for(&requests, 1), ["a"]);
+        // The batch is clamped to the queue (2): two spans fill it.
+        queue.push(&head("b"), &SpanBody::default(), 5);
+        queue.push(&head("c"), &SpanBody::default(), 5);
+        assert_eq!(wait_for(&requests, 3), ["a", "b", "c"]);
+        assert_eq!(queue.shared.config.max_batch, 2);
+    }
+
+    #[test]
+    fn a_flush_reports_failed_sends_and_spans_after_stop_are_dropped() {
+        let config = QueueConfig {
+            max_queue: 100,
+            max_batch: 50,
+            interval: Duration::from_secs(3600),
+            stop_timeout: Duration::from_secs(1),
+        };
+        let (queue, _guard, _requests) = plain(config, true);
+        queue.push(&head("a"), &SpanBody::default(), 5);
+        assert!(
+            !queue.force_flush(Duration::from_secs(5)),
+            "the collector refused the batch"
+        );
+
+        let (queue, mut guard, requests) = plain(config, false);
+        queue.push(&head("a"), &SpanBody::default(), 5);
+        guard.stop();
+        queue.push(&head("late"), &SpanBody::default(), 5);
+        let state = queue.shared.state.lock();
+        assert!(state.ends.is_empty(), "nothing is queued after stop");
+        assert_eq!(state.dropped, 1, "the late span is counted");
+        drop(state);
+        assert_eq!(requests.lock().concat(), ["a"]);
     }
 }

@@ -650,3 +650,31 @@ fn http_span_spans_reach_the_collector_over_grpc_and_http() {
         telemetry.shutdown();
     }
 }
+
+/// `OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT` bounds `http_span`'s spans as the SDK bounds its own.
+#[test]
+fn the_span_attribute_limit_applies_to_http_spans() {
+    use observability::http_span::HttpSpan as _;
+    let receiver = OtlpReceiver::start();
+    let mut env = env(&receiver, "grpc");
+    env.insert("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT".into(), "3".into());
+    let (telemetry, _dispatch) =
+        observability::build("export-test", "1.2.3", &env, std::io::sink).unwrap();
+    let tracer = telemetry.http_tracer();
+    let uri: Uri = "/limited".parse().unwrap();
+    let mut server = tracer.server(&ServerRequest::new(
+        &Method::GET,
+        &uri,
+        Version::HTTP_11,
+        &HeaderMap::new(),
+    ));
+    for i in 0..10 {
+        server.set_i64("n", i);
+    }
+    server.end();
+    telemetry.shutdown();
+    let spans = receiver.wait_for_blocking(|s| !s.is_empty(), WAIT).unwrap();
+    assert_eq!(spans[0].span.attributes.len(), 3);
+    // method, path, scheme, protocol version and ten more: 14 set, 3 kept.
+    assert_eq!(spans[0].span.dropped_attributes_count, 11);
+}

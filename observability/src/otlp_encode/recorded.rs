@@ -30,12 +30,12 @@ use super::{
     SPAN_TRACE_STATE, STATUS_CODE, STATUS_MESSAGE,
 };
 
-/// Attributes a span keeps; later ones are counted in `dropped_attributes_count`. The SDK's
-/// default span limit (`OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT` unset).
-pub(crate) const MAX_ATTRIBUTES: u32 = 128;
+/// Attributes a span keeps by default; later ones are counted in `dropped_attributes_count`.
+/// The SDK's default span limit (`OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT` unset).
+pub(crate) const MAX_ATTRIBUTES: u32 = crate::env::DEFAULT_SPAN_ATTRIBUTES;
 
 /// Bytes a span's attribute buffer starts with: a proxy's SERVER span with its decisions fits.
-const BODY_CAPACITY: usize = 1024;
+pub(crate) const BODY_CAPACITY: usize = 1024;
 
 /// Appends `value` as a protobuf varint.
 #[inline]
@@ -63,34 +63,36 @@ fn push_opt_bytes_field(out: &mut Vec<u8>, key: u32, bytes: &[u8]) {
 }
 
 /// A span's attributes, encoded as they are set: each one a `Span.attributes` field
-/// (`KeyValue`), in the order set, at most [`MAX_ATTRIBUTES`].
+/// (`KeyValue`), in the order set, at most `limit` ([`MAX_ATTRIBUTES`] by default).
 #[derive(Debug)]
 pub(crate) struct SpanBody {
     bytes: Vec<u8>,
     count: u32,
     dropped: u32,
+    limit: u32,
 }
 
 impl Default for SpanBody {
     fn default() -> Self {
-        Self::with_capacity(BODY_CAPACITY)
+        Self::new(BODY_CAPACITY, MAX_ATTRIBUTES)
     }
 }
 
 impl SpanBody {
-    /// An empty body with room for `bytes` of attributes.
-    pub(crate) fn with_capacity(bytes: usize) -> Self {
+    /// An empty body with room for `bytes` of attributes, keeping at most `limit` of them.
+    pub(crate) fn new(bytes: usize, limit: u32) -> Self {
         Self {
             bytes: Vec::with_capacity(bytes),
             count: 0,
             dropped: 0,
+            limit,
         }
     }
 
     /// Whether one more attribute fits; counts it either way.
     #[inline]
     fn admit(&mut self) -> bool {
-        if self.count < MAX_ATTRIBUTES {
+        if self.count < self.limit {
             self.count += 1;
             true
         } else {
@@ -239,7 +241,10 @@ pub(crate) struct SpanHead {
 
 impl SpanHead {
     /// Appends the span as one `ScopeSpans.spans` field (key, length, `Span` message) to `out`.
-    pub(crate) fn finish(&self, body: &SpanBody, end: u64, out: &mut Vec<u8>) {
+    /// `false`, with `out` as it was, if the message did not come out at the length it
+    /// declares (a bug): one bad span must not spoil the batch it would be sent in.
+    pub(crate) fn finish(&self, body: &SpanBody, end: u64, out: &mut Vec<u8>) -> bool {
+        let before = out.len();
         let state = trace_state(&self.context);
         let has_parent = self.parent_span_id != SpanId::INVALID;
         let (code, message) = status_parts(&self.status);
@@ -295,6 +300,11 @@ impl SpanHead {
         let flags = span_flags(self.parent_is_remote, self.context.trace_flags().to_u8());
         out.extend_from_slice(&flags.to_le_bytes());
         debug_assert_eq!(out.len() - start, len);
+        if out.len() - start != len {
+            out.truncate(before);
+            return false;
+        }
+        true
     }
 }
 
@@ -533,7 +543,7 @@ mod tests {
         let frame = RequestFrame::new(&resource, &scope());
         let mut spans = Vec::new();
         for (_, head, body, end) in &cases {
-            head.finish(body, *end, &mut spans);
+            assert!(head.finish(body, *end, &mut spans));
         }
         let got = ExportTraceServiceRequest::decode(frame.request(&spans)).unwrap();
         assert_eq!(got, expected);
@@ -553,5 +563,44 @@ mod tests {
         let mut expected = ExportTraceServiceRequest::decode(encoder.encode(&[one])).unwrap();
         expected.resource_spans[0].scope_spans[0].spans.clear();
         assert_eq!(got, expected);
+    }
+
+    /// Byte for byte what the batch encoder writes, at every length where a varint grows
+    /// (127/128 for the value, the key and the whole `KeyValue`, and 16383/16384).
+    #[test]
+    fn attributes_at_varint_boundaries_are_written_as_the_batch_encoder_writes_them() {
+        let resource = resource();
+        let frame = RequestFrame::new(&resource, &scope());
+        let mut encoder = TraceEncoder::new(&resource);
+        let lengths: Vec<usize> = [0, 1, 60, 200, 255, 16383, 16384, 20000]
+            .into_iter()
+            .chain(115..=130)
+            .collect();
+        for &k in &lengths {
+            for &v in &lengths {
+                let (key, value) = ("k".repeat(k), "v".repeat(v));
+                let data = SpanData {
+                    attributes: vec![
+                        KeyValue::new(key.clone(), value.clone()),
+                        KeyValue::new(key.clone(), v as i64),
+                        KeyValue::new(key.clone(), -(v as i64)),
+                    ],
+                    ..span_data(1, 0, false, SpanKind::Server, "x")
+                };
+                let expected = encoder.encode(std::slice::from_ref(&data));
+                let (_, head, body, end) = both(data, |body| {
+                    body.str(&key, &value);
+                    body.i64(&key, v as i64);
+                    body.i64(&key, -(v as i64));
+                });
+                let mut spans = Vec::new();
+                assert!(head.finish(&body, end, &mut spans));
+                assert_eq!(
+                    frame.request(&spans),
+                    expected,
+                    "key {k} bytes, value {v} bytes"
+                );
+            }
+        }
     }
 }
