@@ -56,7 +56,7 @@ pub(crate) async fn admit(
     };
     let path = ctx.path.as_deref().unwrap_or(req.uri.path());
     let route = Arc::clone(runtime.route_for(ctx.client.host.as_deref(), path, &req.method)?);
-    ctx.span.set_shared_route(&req.method, &route.template);
+    ctx.span.set_route(&req.method, &route.template);
     ctx.route = Some(Arc::clone(&route));
     if encoded_slash && !route.config.allow_encoded_slashes {
         return Err(GatewayError::BadPath(PathError::EncodedSlash));

@@ -245,16 +245,8 @@ impl crate::span_queue::BatchSink for RequestSender {
         };
         match outcome {
             Ok(Ok(partial)) => {
-                if let Some(PartialSuccess {
-                    rejected_spans,
-                    error_message,
-                }) = partial
-                {
-                    tracing::warn!(
-                        rejected_spans,
-                        %error_message,
-                        "The trace collector rejected some spans."
-                    );
+                if let Some(partial) = partial {
+                    partial.log();
                 }
                 Ok(())
             }
@@ -288,16 +280,8 @@ impl SpanExporter for OwnedRuntimeExporter {
                 )))
             })?;
             // Logged here, on the caller's thread: the export runtime's threads log nowhere.
-            if let Some(PartialSuccess {
-                rejected_spans,
-                error_message,
-            }) = rejected
-            {
-                tracing::warn!(
-                    rejected_spans,
-                    %error_message,
-                    "The trace collector rejected some spans."
-                );
+            if let Some(partial) = rejected {
+                partial.log();
             }
             Ok(())
         }
@@ -336,6 +320,15 @@ struct PartialSuccess {
 }
 
 impl PartialSuccess {
+    /// The warning for it; on the caller's thread (the export runtime's threads log nowhere).
+    fn log(&self) {
+        tracing::warn!(
+            rejected_spans = self.rejected_spans,
+            error_message = %self.error_message,
+            "The trace collector rejected some spans."
+        );
+    }
+
     fn from_response(response: ExportTraceServiceResponse) -> Option<Self> {
         let partial = response.partial_success?;
         (partial.rejected_spans > 0 || !partial.error_message.is_empty()).then_some(Self {

@@ -376,12 +376,6 @@ impl ServerSpan {
         }
     }
 
-    /// [`ServerSpan::set_route`] for a route template the caller keeps in an `Arc` (kept for
-    /// callers of the SDK-span version, where it saved a copy; both copy the bytes once now).
-    pub fn set_shared_route(&mut self, method: &Method, route: &Arc<str>) {
-        self.set_route(method, route);
-    }
-
     /// Whether attributes are kept: skip computing them when not.
     pub fn is_recording(&self) -> bool {
         self.record.is_some()
@@ -1215,32 +1209,6 @@ mod tests {
         // The fast path really is taken for a plain target at an IPv4 address.
         assert!(is_plain_path("/orders/42"));
         assert!(!is_plain_path("/search?q=1"));
-    }
-
-    #[test]
-    fn shared_route_sets_what_set_route_sets() {
-        let harness = tracer(false);
-        let req = http::Request::get("/orders/42").body(()).unwrap();
-        let route: Arc<str> = Arc::from("/orders/{id}");
-        for shared in [false, true] {
-            let mut server = harness.tracer.server(&ServerRequest::new(
-                req.method(),
-                req.uri(),
-                req.version(),
-                req.headers(),
-            ));
-            if shared {
-                server.set_shared_route(req.method(), &route);
-            } else {
-                server.set_route(req.method(), &route);
-            }
-            server.end();
-        }
-        let spans = harness.spans();
-        assert_eq!(spans.len(), 2);
-        assert_eq!(spans[0].name, "GET /orders/{id}");
-        assert_eq!(spans[0].name, spans[1].name);
-        assert_eq!(spans[0].attributes, spans[1].attributes);
     }
 
     #[test]
