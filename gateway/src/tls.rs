@@ -249,20 +249,28 @@ impl Material {
             .iter()
             .map(|der| X509::from_der(der))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("{}: {e}", svid.paths().cert.display()))?;
+            .map_err(|e| format!("{}: {e}", blame(&svid, |p| &p.cert)))?;
         let key = PKey::private_key_from_der(svid.private_key().secret_der())
-            .map_err(|e| format!("{}: {e}", svid.paths().key.display()))?;
+            .map_err(|e| format!("{}: {e}", blame(&svid, |p| &p.key)))?;
         let ca = svid
             .bundle()
             .iter()
             .map(|der| X509::from_der(der))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("{}: {e}", svid.paths().bundle.display()))?;
+            .map_err(|e| format!("{}: {e}", blame(&svid, |p| &p.bundle)))?;
         Ok(Material {
             svid,
             client: Arc::new(CertKey::new(chain, key)),
             ca: Arc::new(ca.into_boxed_slice()),
         })
+    }
+}
+
+/// What an error about one part of `svid` names: that part's file, or the Workload API.
+fn blame(svid: &identity::Svid, file: impl Fn(&identity::SvidPaths) -> &PathBuf) -> String {
+    match svid.origin() {
+        identity::SvidOrigin::Files(paths) => file(paths).display().to_string(),
+        origin @ identity::SvidOrigin::WorkloadApi(_) => origin.to_string(),
     }
 }
 

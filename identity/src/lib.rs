@@ -9,8 +9,10 @@
 //!   (`tls.crt`, `tls.key`, `ca.crt`) or SPIRE spiffe-helper's (`svid.pem`, `svid_key.pem`,
 //!   `svid_bundle.pem`), or the three `SVID_*_FILE`s. [`Svid::load`] checks them; every error
 //!   names the file and the reason.
-//! - [`WorkloadIdentity`]: the current SVID, re-read when the files change (rotation without a
-//!   restart; a broken new set keeps the old one).
+//!   Or `SPIFFE_ENDPOINT_SOCKET`: the SPIFFE Workload API of a SPIRE agent.
+//! - [`WorkloadIdentity`]: the current SVID, re-read when the files change or streamed from the
+//!   Workload API ([`WorkloadIdentity::connect`]): rotation without a restart; a broken new SVID
+//!   keeps the old one.
 //! - [`tls`]: rustls server and client configs that read the current SVID per handshake and
 //!   verify the peer's SPIFFE ID; [`spiffe_id_of`] for a peer certificate from elsewhere
 //!   (OpenSSL in the gateway).
@@ -37,16 +39,19 @@ mod spiffe_id;
 mod svid;
 pub mod tls;
 mod workload;
+mod workload_api;
 mod x509;
 
 pub use spiffe_id::{
     IdTemplate, SpiffeId, SpiffeIdError, TrustDomain, DEFAULT_ID_TEMPLATE, DEFAULT_TRUST_DOMAIN,
 };
 pub use svid::{
-    Layout, Svid, SvidError, SvidPaths, SvidProblem, SvidSource, SvidSourceError,
-    SVID_BUNDLE_FILE_ENV, SVID_CERT_FILE_ENV, SVID_DIR_ENV, SVID_KEY_FILE_ENV,
+    Layout, Svid, SvidError, SvidOrigin, SvidPaths, SvidProblem, SvidSource, SvidSourceError,
+    SPIFFE_ENDPOINT_SOCKET_ENV, SVID_BUNDLE_FILE_ENV, SVID_CERT_FILE_ENV, SVID_DIR_ENV,
+    SVID_KEY_FILE_ENV,
 };
 pub use workload::{Reload, WorkloadIdentity, DEFAULT_POLL_INTERVAL};
+pub use workload_api::WorkloadApiError;
 pub use x509::{rfc3339, spiffe_id_of, CertError, CertInfo};
 
 /// `SPIFFE_TRUST_DOMAIN`: the trust domain (default [`DEFAULT_TRUST_DOMAIN`]).

@@ -1,5 +1,6 @@
-//! X.509 SVIDs read from files: where they are ([`SvidSource`], [`SvidPaths`]) and what a loaded
-//! one holds ([`Svid`]). Every error names the file and the reason.
+//! X.509 SVIDs: where one comes from ([`SvidSource`]: files, [`SvidPaths`], or the SPIFFE
+//! Workload API) and what a loaded one holds ([`Svid`]). Every error names the file (or the
+//! Workload API endpoint) and the reason.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,10 @@ pub const SVID_CERT_FILE_ENV: &str = "SVID_CERT_FILE";
 pub const SVID_KEY_FILE_ENV: &str = "SVID_KEY_FILE";
 /// `SVID_BUNDLE_FILE`: the PEM trust bundle (the trust domain's CA certificates).
 pub const SVID_BUNDLE_FILE_ENV: &str = "SVID_BUNDLE_FILE";
+/// `SPIFFE_ENDPOINT_SOCKET`: the SPIFFE Workload API endpoint (`unix:///run/spire/agent.sock`,
+/// `tcp://127.0.0.1:8081`), the standard variable SPIRE and the SPIFFE libraries read. Instead
+/// of the files above.
+pub const SPIFFE_ENDPOINT_SOCKET_ENV: &str = "SPIFFE_ENDPOINT_SOCKET";
 
 /// Which tool wrote the files of an SVID directory, and so what they are called.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,20 +57,26 @@ pub enum SvidSource {
     Dir(PathBuf),
     /// `SVID_CERT_FILE`, `SVID_KEY_FILE`, `SVID_BUNDLE_FILE`.
     Files(SvidPaths),
+    /// `SPIFFE_ENDPOINT_SOCKET`: streamed from the SPIFFE Workload API (a SPIRE agent); see
+    /// [`WorkloadIdentity::connect`](crate::WorkloadIdentity::connect). Checked to be an
+    /// endpoint (`unix:` or `tcp:`) when parsed.
+    WorkloadApi(String),
 }
 
-/// Why the `SVID_*` variables do not name an SVID.
+/// Why the `SVID_*` / `SPIFFE_ENDPOINT_SOCKET` variables do not name an SVID.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SvidSourceError {
-    #[error("set either {SVID_DIR_ENV} or {SVID_CERT_FILE_ENV}/{SVID_KEY_FILE_ENV}/{SVID_BUNDLE_FILE_ENV}, not both")]
+    #[error("set one of {SVID_DIR_ENV}, {SVID_CERT_FILE_ENV}/{SVID_KEY_FILE_ENV}/{SVID_BUNDLE_FILE_ENV} or {SPIFFE_ENDPOINT_SOCKET_ENV}, not several")]
     Both,
     #[error("{} must be set too", .0.join(", "))]
     Incomplete(Vec<&'static str>),
+    #[error("{SPIFFE_ENDPOINT_SOCKET_ENV}={0:?} is not a Workload API endpoint (unix:///path/to/agent.sock or tcp://host:port): {1}")]
+    BadEndpoint(String, String),
 }
 
 impl SvidSource {
-    /// From the `SVID_*` variables, as `var` returns them (`None` or empty = unset). `Ok(None)`
-    /// when none is set.
+    /// From the `SVID_*` and `SPIFFE_ENDPOINT_SOCKET` variables, as `var` returns them (`None`
+    /// or empty = unset). `Ok(None)` when none is set.
     pub fn from_vars(
         var: impl Fn(&'static str) -> Option<String>,
     ) -> Result<Option<SvidSource>, SvidSourceError> {
@@ -74,6 +85,12 @@ impl SvidSource {
         let files =
             [SVID_CERT_FILE_ENV, SVID_KEY_FILE_ENV, SVID_BUNDLE_FILE_ENV].map(|n| (n, get(n)));
         let set = files.iter().filter(|(_, v)| v.is_some()).count();
+        if let Some(endpoint) = get(SPIFFE_ENDPOINT_SOCKET_ENV) {
+            if dir.is_some() || set > 0 {
+                return Err(SvidSourceError::Both);
+            }
+            return SvidSource::workload_api(&endpoint).map(Some);
+        }
         match (dir, set) {
             (Some(_), 1..) => Err(SvidSourceError::Both),
             (Some(dir), 0) => Ok(Some(SvidSource::Dir(dir.into()))),
@@ -96,11 +113,24 @@ impl SvidSource {
         }
     }
 
-    /// The three files: explicit ones as they are, a directory's by its layout.
-    pub fn resolve(&self) -> Result<SvidPaths, SvidError> {
+    /// A Workload API source, once `endpoint` is checked to be one.
+    pub fn workload_api(endpoint: &str) -> Result<SvidSource, SvidSourceError> {
+        match spiffe::transport::Endpoint::parse(endpoint) {
+            Ok(_) => Ok(SvidSource::WorkloadApi(endpoint.to_owned())),
+            Err(e) => Err(SvidSourceError::BadEndpoint(
+                endpoint.to_owned(),
+                e.to_string(),
+            )),
+        }
+    }
+
+    /// The three files: explicit ones as they are, a directory's by its layout. `None` for
+    /// the Workload API, which has no files.
+    pub fn resolve(&self) -> Option<Result<SvidPaths, SvidError>> {
         match self {
-            SvidSource::Files(p) => Ok(p.clone()),
-            SvidSource::Dir(dir) => SvidPaths::detect(dir),
+            SvidSource::Files(p) => Some(Ok(p.clone())),
+            SvidSource::Dir(dir) => Some(SvidPaths::detect(dir)),
+            SvidSource::WorkloadApi(_) => None,
         }
     }
 }
@@ -110,6 +140,25 @@ impl fmt::Display for SvidSource {
         match self {
             SvidSource::Dir(d) => write!(f, "{}", d.display()),
             SvidSource::Files(p) => write!(f, "{p}"),
+            SvidSource::WorkloadApi(endpoint) => write!(f, "the Workload API at {endpoint}"),
+        }
+    }
+}
+
+/// Where a loaded [`Svid`] came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SvidOrigin {
+    /// Read from these files.
+    Files(SvidPaths),
+    /// Received from the SPIFFE Workload API at this endpoint.
+    WorkloadApi(String),
+}
+
+impl fmt::Display for SvidOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SvidOrigin::Files(p) => write!(f, "{p}"),
+            SvidOrigin::WorkloadApi(endpoint) => write!(f, "the Workload API at {endpoint}"),
         }
     }
 }
@@ -156,8 +205,8 @@ impl fmt::Display for SvidPaths {
     }
 }
 
-/// An SVID that could not be loaded: the file at fault and why. Displays as
-/// `<file>: <reason>`.
+/// An SVID that could not be loaded: the file at fault (for one from the Workload API, its
+/// endpoint) and why. Displays as `<file>: <reason>`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}: {problem}", .file.display())]
 pub struct SvidError {
@@ -185,6 +234,8 @@ pub enum SvidProblem {
     NotPemCertificate,
     #[error("not a PEM private key")]
     NotPemKey,
+    #[error("the Workload API response has no {0}")]
+    NotInResponse(&'static str),
     #[error("unsupported private key: {0}")]
     UnsupportedKey(String),
     #[error("does not match the certificate in {}", .0.display())]
@@ -211,7 +262,7 @@ pub enum SvidProblem {
 /// Also holds the rustls parts built from them once per load (the signing key, the trust
 /// anchors and a client-certificate verifier), so a handshake only clones `Arc`s.
 pub struct Svid {
-    paths: SvidPaths,
+    origin: SvidOrigin,
     spiffe_id: SpiffeId,
     leaf: CertInfo,
     chain: Vec<CertificateDer<'static>>,
@@ -228,7 +279,7 @@ impl fmt::Debug for Svid {
             .field("spiffe_id", &self.spiffe_id.as_str())
             .field("not_after", &rfc3339(self.leaf.not_after))
             .field("serial", &self.leaf.serial)
-            .field("paths", &self.paths)
+            .field("origin", &self.origin)
             .field("bundle_certificates", &self.bundle.len())
             .finish_non_exhaustive()
     }
@@ -244,13 +295,65 @@ impl Svid {
 
     /// [`load`](Self::load), checking validity at `now`.
     pub fn load_at(paths: &SvidPaths, now: SystemTime) -> Result<Svid, SvidError> {
-        let cert_err = |p| SvidError::new(&paths.cert, p);
         let chain = read_certs(&paths.cert)?;
         let key_pem = read(&paths.key)?;
         let key = PrivateKeyDer::from_pem_slice(&key_pem)
             .map_err(|_| SvidError::new(&paths.key, SvidProblem::NotPemKey))?;
         let bundle = read_certs(&paths.bundle)?;
+        Svid::check(
+            paths,
+            SvidOrigin::Files(paths.clone()),
+            chain,
+            key,
+            bundle,
+            now,
+        )
+    }
 
+    /// An SVID received from the Workload API at `endpoint` (DER chain leaf first, PKCS#8
+    /// key, DER bundle), checked as [`load`](Self::load) checks files; errors name the
+    /// endpoint.
+    pub(crate) fn from_workload_api(
+        endpoint: &str,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        bundle: Vec<CertificateDer<'static>>,
+        now: SystemTime,
+    ) -> Result<Svid, SvidError> {
+        let at = PathBuf::from(endpoint);
+        let blame = SvidPaths {
+            cert: at.clone(),
+            key: at.clone(),
+            bundle: at,
+        };
+        if chain.is_empty() {
+            return Err(SvidError::new(
+                &blame.cert,
+                SvidProblem::NotInResponse("certificate"),
+            ));
+        }
+        if bundle.is_empty() {
+            return Err(SvidError::new(
+                &blame.cert,
+                SvidProblem::NotInResponse("trust bundle"),
+            ));
+        }
+        let origin = SvidOrigin::WorkloadApi(endpoint.to_owned());
+        Svid::check(&blame, origin, chain, key, bundle, now)
+    }
+
+    /// The checks every SVID passes, whatever its origin; `blame` names what each error is
+    /// about (the certificate, key and bundle files, or the endpoint three times).
+    fn check(
+        blame: &SvidPaths,
+        origin: SvidOrigin,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        bundle: Vec<CertificateDer<'static>>,
+        now: SystemTime,
+    ) -> Result<Svid, SvidError> {
+        let paths = blame;
+        let cert_err = |p| SvidError::new(&paths.cert, p);
         let leaf = CertInfo::parse(&chain[0]).map_err(|e| cert_err(SvidProblem::Certificate(e)))?;
         let spiffe_id = leaf
             .spiffe_id
@@ -325,7 +428,7 @@ impl Svid {
             })?;
 
         Ok(Svid {
-            paths: paths.clone(),
+            origin,
             spiffe_id,
             leaf,
             chain,
@@ -342,8 +445,12 @@ impl Svid {
         if self.spiffe_id.trust_domain() == trust_domain {
             return Ok(());
         }
+        let file = match &self.origin {
+            SvidOrigin::Files(paths) => paths.cert.clone(),
+            SvidOrigin::WorkloadApi(endpoint) => PathBuf::from(endpoint),
+        };
         Err(SvidError::new(
-            &self.paths.cert,
+            &file,
             SvidProblem::WrongTrustDomain {
                 id: self.spiffe_id.clone(),
                 expected: trust_domain.clone(),
@@ -376,9 +483,9 @@ impl Svid {
         &self.leaf.serial
     }
 
-    /// The files it was read from.
-    pub fn paths(&self) -> &SvidPaths {
-        &self.paths
+    /// Where it came from: its files, or the Workload API.
+    pub fn origin(&self) -> &SvidOrigin {
+        &self.origin
     }
 
     /// The certificate chain, leaf first (DER).
@@ -458,7 +565,7 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(
-            files.resolve().unwrap(),
+            files.resolve().unwrap().unwrap(),
             SvidPaths {
                 cert: "c".into(),
                 key: "k".into(),

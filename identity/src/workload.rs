@@ -1,4 +1,5 @@
-//! The workload's current SVID, swapped when its files change.
+//! The workload's current SVID, swapped when its files change or the Workload API sends a new
+//! one.
 
 use std::hash::{Hash as _, Hasher as _};
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::spiffe_id::TrustDomain;
 use crate::svid::{Svid, SvidError, SvidPaths};
+use crate::workload_api::{self, WorkloadApiError};
 
 /// How often [`WorkloadIdentity::watch`] looks at the files by default: every second.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -24,7 +26,8 @@ pub enum Reload {
     Rotated(Arc<Svid>),
 }
 
-/// The workload's SVID, re-read when its files change: rotation without a restart.
+/// The workload's SVID, re-read when its files change (or streamed from the SPIFFE Workload
+/// API, see [`connect`](Self::connect)): rotation without a restart.
 ///
 /// Readers call [`current`](Self::current) per use (each TLS handshake does), so a new SVID
 /// applies to the next connection while connections already open finish with the old one. A
@@ -39,12 +42,22 @@ pub struct WorkloadIdentity {
 }
 
 struct Inner {
-    paths: SvidPaths,
+    source: Source,
     trust_domain: Option<TrustDomain>,
     current: ArcSwap<Svid>,
-    /// Hash of the files' contents at the last load attempt, good or bad.
-    seen: Mutex<u64>,
     changes: watch::Sender<Arc<Svid>>,
+}
+
+/// Where new SVIDs come from.
+enum Source {
+    Files {
+        paths: SvidPaths,
+        /// Hash of the files' contents at the last load attempt, good or bad.
+        seen: Mutex<u64>,
+    },
+    WorkloadApi {
+        endpoint: String,
+    },
 }
 
 impl std::fmt::Debug for WorkloadIdentity {
@@ -64,16 +77,53 @@ impl WorkloadIdentity {
     ) -> Result<WorkloadIdentity, SvidError> {
         let fingerprint = fingerprint(paths);
         let svid = Arc::new(load_checked(paths, trust_domain)?);
+        let source = Source::Files {
+            paths: paths.clone(),
+            seen: Mutex::new(fingerprint),
+        };
+        Ok(WorkloadIdentity::new(source, trust_domain, svid))
+    }
+
+    /// Fetches the SVID from the SPIFFE Workload API at `endpoint` (a SPIRE agent's
+    /// `unix:///…/agent.sock`, the value of `SPIFFE_ENDPOINT_SOCKET`), waiting up to `timeout`
+    /// for the first one: an agent answers only once it has attested the workload. With
+    /// `trust_domain`, its ID must be in it. The SVID is the agent's default (first) one and
+    /// the bundle that of its own trust domain; federated bundles are not used.
+    ///
+    /// [`watch`](Self::watch) then follows the agent's stream of updates (rotation), and
+    /// reconnects when the agent restarts.
+    pub async fn connect(
+        endpoint: &str,
+        trust_domain: Option<&TrustDomain>,
+        timeout: Duration,
+    ) -> Result<WorkloadIdentity, WorkloadApiError> {
+        let svid = Arc::new(workload_api::fetch(endpoint, trust_domain, timeout).await?);
+        let source = Source::WorkloadApi {
+            endpoint: endpoint.to_owned(),
+        };
+        Ok(WorkloadIdentity::new(source, trust_domain, svid))
+    }
+
+    fn new(source: Source, trust_domain: Option<&TrustDomain>, svid: Arc<Svid>) -> Self {
         let (changes, _) = watch::channel(svid.clone());
-        Ok(WorkloadIdentity {
+        WorkloadIdentity {
             inner: Arc::new(Inner {
-                paths: paths.clone(),
+                source,
                 trust_domain: trust_domain.cloned(),
                 current: ArcSwap::new(svid),
-                seen: Mutex::new(fingerprint),
                 changes,
             }),
-        })
+        }
+    }
+
+    /// Makes `svid` current and tells the subscribers.
+    pub(crate) fn install(&self, svid: Arc<Svid>) {
+        self.inner.current.store(svid.clone());
+        self.inner.changes.send_replace(svid);
+    }
+
+    pub(crate) fn trust_domain(&self) -> Option<&TrustDomain> {
+        self.inner.trust_domain.as_ref()
     }
 
     /// The SVID in use now.
@@ -81,9 +131,12 @@ impl WorkloadIdentity {
         self.inner.current.load_full()
     }
 
-    /// The files it is read from.
-    pub fn paths(&self) -> &SvidPaths {
-        &self.inner.paths
+    /// The files it is read from; `None` when it comes from the Workload API.
+    pub fn paths(&self) -> Option<&SvidPaths> {
+        match &self.inner.source {
+            Source::Files { paths, .. } => Some(paths),
+            Source::WorkloadApi { .. } => None,
+        }
     }
 
     /// Every SVID that becomes current, starting with the current one (for metrics such as
@@ -94,28 +147,34 @@ impl WorkloadIdentity {
 
     /// Looks at the files once: when their contents changed since the last attempt, loads
     /// them and, if they are good, makes them current. A bad set is returned as the error and
-    /// not tried again until the files change once more.
+    /// not tried again until the files change once more. Always `Unchanged` for the Workload
+    /// API, whose updates [`watch`](Self::watch) receives.
     pub fn reload(&self) -> Result<Reload, SvidError> {
-        let fingerprint = fingerprint(&self.inner.paths);
+        let Source::Files { paths, seen } = &self.inner.source else {
+            return Ok(Reload::Unchanged);
+        };
+        let fingerprint = fingerprint(paths);
         {
-            let mut seen = self.inner.seen.lock();
+            let mut seen = seen.lock();
             if *seen == fingerprint {
                 return Ok(Reload::Unchanged);
             }
             *seen = fingerprint;
         }
-        let svid = Arc::new(load_checked(
-            &self.inner.paths,
-            self.inner.trust_domain.as_ref(),
-        )?);
-        self.inner.current.store(svid.clone());
-        self.inner.changes.send_replace(svid.clone());
+        let svid = Arc::new(load_checked(paths, self.inner.trust_domain.as_ref())?);
+        self.install(svid.clone());
         Ok(Reload::Rotated(svid))
     }
 
-    /// Polls the files every `interval` until `shutdown` is cancelled, logging each rotation
-    /// (SPIFFE ID, serial, expiry) and each rejected set (the file and the reason).
+    /// Keeps the SVID current until `shutdown` is cancelled, logging each rotation (SPIFFE ID,
+    /// serial, expiry) and each rejected SVID (the file or endpoint, and the reason): polls
+    /// the files every `interval`, or follows the Workload API's stream of updates
+    /// (reconnecting with a back-off of up to 30 s when it breaks; `interval` is unused).
     pub async fn watch(self, interval: Duration, shutdown: CancellationToken) {
+        if let Source::WorkloadApi { endpoint } = &self.inner.source {
+            let endpoint = endpoint.clone();
+            return workload_api::follow(self, endpoint, shutdown).await;
+        }
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

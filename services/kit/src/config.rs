@@ -34,7 +34,7 @@ pub struct BaseConfig {
     /// `OPS_LISTEN_ADDR`, default the `LISTEN_ADDR` host with its port + 100 (port 0 stays 0):
     /// `/healthz`, `/readyz`, `/metrics` over plain HTTP, nothing else.
     pub ops_addr: SocketAddr,
-    /// `IDENTITY_MODE`, `SVID_DIR` (or the `SVID_*_FILE`s), `SPIFFE_TRUST_DOMAIN`,
+    /// `IDENTITY_MODE`, `SVID_DIR` (or the `SVID_*_FILE`s, or `SPIFFE_ENDPOINT_SOCKET`), `SPIFFE_TRUST_DOMAIN`,
     /// `SPIFFE_ID_TEMPLATE`, `MESH_TRUSTED_SIDECARS`: see [`IdentityConfig`].
     pub identity: IdentityConfig,
     /// `SHOP_RETRY_BASE_MS` (default 1000) and `SHOP_RETRY_MAX_MS` (default 60000): a delivery

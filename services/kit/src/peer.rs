@@ -42,7 +42,8 @@ pub const XFCC: &str = "x-forwarded-client-cert";
 /// is no plain mode, so a service never trusts a caller it cannot identify.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdentityMode {
-    /// Mutual TLS with the service's own SVID (`SVID_DIR` required).
+    /// Mutual TLS with the service's own SVID (`SVID_DIR`, the `SVID_*_FILE`s or
+    /// `SPIFFE_ENDPOINT_SOCKET` required).
     Mtls,
     /// Behind a Linkerd proxy: `l5d-client-id` from a trusted sidecar.
     Linkerd,
@@ -90,8 +91,9 @@ impl fmt::Display for IdentityMode {
 pub struct IdentityConfig {
     /// `IDENTITY_MODE`, default `mtls`.
     pub mode: IdentityMode,
-    /// `SVID_DIR`, or `SVID_CERT_FILE` + `SVID_KEY_FILE` + `SVID_BUNDLE_FILE`: the service's own
-    /// SVID. Required in `mtls` mode; unused in the mesh modes (the sidecar holds the identity).
+    /// `SVID_DIR`, or `SVID_CERT_FILE` + `SVID_KEY_FILE` + `SVID_BUNDLE_FILE`, or
+    /// `SPIFFE_ENDPOINT_SOCKET` (a SPIRE agent's Workload API): the service's own SVID.
+    /// Required in `mtls` mode; unused in the mesh modes (the sidecar holds the identity).
     pub svid: Option<SvidSource>,
     /// `SPIFFE_TRUST_DOMAIN` and `SPIFFE_ID_TEMPLATE` (defaults `vantage.local`,
     /// `spiffe://{trust_domain}/{workload}`): how the workloads named in the policy map to
@@ -121,14 +123,20 @@ impl IdentityConfig {
         let (svid, source_ok) = match SvidSource::from_vars(|k| p.var(k)) {
             Ok(s) => (s, true),
             Err(e) => {
-                p.error(identity::SVID_DIR_ENV, e.to_string());
+                let var = match e {
+                    identity::SvidSourceError::BadEndpoint(..) => {
+                        identity::SPIFFE_ENDPOINT_SOCKET_ENV
+                    }
+                    _ => identity::SVID_DIR_ENV,
+                };
+                p.error(var, e.to_string());
                 (None, false)
             }
         };
         if mode == IdentityMode::Mtls && svid.is_none() && source_ok {
             p.error(
                 identity::SVID_DIR_ENV,
-                "required in IDENTITY_MODE=mtls (the service's SVID: tls.crt, tls.key, ca.crt)",
+                "required in IDENTITY_MODE=mtls (the service's SVID: tls.crt, tls.key, ca.crt), unless SPIFFE_ENDPOINT_SOCKET names a SPIFFE Workload API",
             );
         }
         let (trusted_sidecars, trust_own_address) = match p.var(MESH_TRUSTED_SIDECARS_ENV) {
@@ -429,6 +437,31 @@ mod tests {
         .unwrap();
         assert!(!c.trust_own_address && !c.is_trusted_sidecar("127.0.0.1".parse().unwrap()));
         assert!(c.is_trusted_sidecar("::6".parse().unwrap()));
+    }
+
+    #[test]
+    fn the_workload_api_is_an_svid_source_of_its_own() {
+        let c = parse(&[("SPIFFE_ENDPOINT_SOCKET", "unix:///run/spire/agent.sock")]).unwrap();
+        assert_eq!(
+            c.svid,
+            Some(SvidSource::WorkloadApi(
+                "unix:///run/spire/agent.sock".into()
+            ))
+        );
+        let errors = parse(&[("SPIFFE_ENDPOINT_SOCKET", "/run/spire/agent.sock")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            errors.contains("SPIFFE_ENDPOINT_SOCKET: SPIFFE_ENDPOINT_SOCKET=\"/run/spire/agent.sock\" is not a Workload API endpoint"),
+            "{errors}"
+        );
+        let errors = parse(&[
+            ("SPIFFE_ENDPOINT_SOCKET", "unix:///run/spire/agent.sock"),
+            ("SVID_DIR", "/svid"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(errors.contains("not several"), "{errors}");
     }
 
     fn conn(remote: &str, local: &str) -> ConnInfo {

@@ -38,7 +38,7 @@ pub enum KitError {
     #[error("cannot build the HTTP client: {0}")]
     HttpClient(#[source] reqwest::Error),
     #[error("cannot load the service's SVID: {0}")]
-    Svid(#[from] identity::SvidError),
+    Svid(#[from] identity::WorkloadApiError),
     #[error("server error: {0}")]
     Serve(std::io::Error),
 }
@@ -96,7 +96,7 @@ impl Kit {
         shutdown: CancellationToken,
     ) -> Result<Self, KitError> {
         // The SVID first: a bad file stops the start before anything is opened.
-        let svid = crate::svid::load(&config.identity)?;
+        let svid = crate::svid::load(&config.identity).await?;
         create_parent_dir(&config.database_path)?;
         let db = Db::open(&config.database_path)?;
         messaging::migrate(&db).await?;

@@ -1,11 +1,12 @@
 //! The service's own SVID at run time: loaded once at start (a bad file stops the start with
-//! the file and the reason), re-read when the files change (rotation without a restart), its
+//! the file and the reason), re-read when the files change or streamed from the SPIFFE Workload
+//! API (rotation without a restart), its
 //! expiry exported as `shop_certificate_expiry_seconds{spiffe_id}`, and the HTTP client that
 //! presents it to other services.
 
 use std::time::{Duration, SystemTime};
 
-use identity::{SpiffeId, SvidError, WorkloadIdentity};
+use identity::{SpiffeId, SvidPaths, SvidSource, WorkloadApiError, WorkloadIdentity};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -16,17 +17,30 @@ use crate::peer::IdentityConfig;
 /// How often the SVID files are looked at and the expiry gauge refreshed.
 pub(crate) const POLL_INTERVAL: Duration = identity::DEFAULT_POLL_INTERVAL;
 
+/// How long the start waits for a SPIRE agent to hand out the first SVID: an agent answers only
+/// once it has attested the workload, which can take a few seconds after the pod starts.
+pub(crate) const WORKLOAD_API_WAIT: Duration = Duration::from_secs(30);
+
 /// Loads the SVID `config` names (`None` in the mesh modes, where the sidecar holds it),
-/// checking it is in the configured trust domain.
-pub(crate) fn load(config: &IdentityConfig) -> Result<Option<WorkloadIdentity>, SvidError> {
+/// checking it is in the configured trust domain: from its files, or from the Workload API
+/// (waiting up to [`WORKLOAD_API_WAIT`] for the first one).
+pub(crate) async fn load(
+    config: &IdentityConfig,
+) -> Result<Option<WorkloadIdentity>, WorkloadApiError> {
     if config.mode.is_mesh() {
         return Ok(None);
     }
     let Some(source) = &config.svid else {
         return Ok(None);
     };
-    let paths = source.resolve()?;
-    let id = WorkloadIdentity::load(&paths, Some(config.ids.trust_domain()))?;
+    let trust_domain = Some(config.ids.trust_domain());
+    let id = match source {
+        SvidSource::WorkloadApi(endpoint) => {
+            WorkloadIdentity::connect(endpoint, trust_domain, WORKLOAD_API_WAIT).await?
+        }
+        SvidSource::Dir(dir) => WorkloadIdentity::load(&SvidPaths::detect(dir)?, trust_domain)?,
+        SvidSource::Files(paths) => WorkloadIdentity::load(paths, trust_domain)?,
+    };
     let svid = id.current();
     tracing::info!(
         spiffe_id = %svid.spiffe_id(),

@@ -519,6 +519,77 @@ async fn a_rotated_svid_serves_new_connections_while_an_in_flight_request_comple
     svc.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn an_svid_from_the_workload_api_serves_the_api_and_rotates_down_the_stream() {
+    let pki = Pki::new("kit test CA");
+    let agent = test_support::WorkloadApiServer::start();
+    let issue = |workload: &str| {
+        let issued = pki
+            .ca
+            .issue_svid(&Pki::id(workload), Duration::from_secs(3600))
+            .unwrap();
+        let serial = identity::CertInfo::parse(
+            &CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap(),
+        )
+        .unwrap()
+        .serial;
+        let id = Pki::id(workload);
+        agent.issue(
+            id.as_str(),
+            &issued.cert_pem,
+            &issued.key_pem,
+            pki.ca.bundle_pem(),
+        );
+        serial
+    };
+    let first = issue("kit-test");
+    let mut config = IdentityConfig::mtls("/unused");
+    config.svid = Some(identity::SvidSource::WorkloadApi(agent.endpoint()));
+    let svc = start(config).await;
+
+    // It serves the agent's SVID, and requires and checks callers' as with files.
+    let gateway = pem_pair(&pki.svid("gateway"));
+    assert_eq!(
+        served_serial(svc.api, raw_tls(Some(gateway.clone()))).await,
+        first
+    );
+    let c = client(raw_tls(Some(gateway.clone())));
+    let (status, body) = get_as(&c, svc.api, "/api/whoami").await.unwrap();
+    assert_eq!((status, body["user"].as_str()), (200, Some("u-1")));
+    assert!(
+        get_as(&client(raw_tls(None)), svc.api, "/api/whoami")
+            .await
+            .is_err(),
+        "no client certificate, no connection"
+    );
+    let (_, metrics) = svc.ops_get("/metrics").await;
+    assert!(
+        metric(
+            &metrics,
+            "shop_certificate_expiry_seconds{spiffe_id=\"spiffe://vantage.local/kit-test\"}"
+        )
+        .is_some_and(|left| left > 3000.0),
+        "{metrics}"
+    );
+
+    // The agent rotates it: new connections get the new one, without a restart.
+    let second = issue("kit-test");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let serial = served_serial(svc.api, raw_tls(Some(gateway.clone()))).await;
+        if serial == second {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still serving {serial} after the agent rotated it"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(get_as(&c, svc.api, "/api/whoami").await.unwrap().0, 200);
+    svc.stop().await;
+}
+
 /// A mesh mode trusting the network `trusted` only (not the pod's own address: the tests
 /// connect over loopback, where the peer's address is the listener's).
 fn mesh(mode: IdentityMode, trusted: &str) -> IdentityConfig {

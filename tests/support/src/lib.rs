@@ -40,6 +40,7 @@ mod openmetrics;
 mod otlp;
 mod rabbitmq;
 mod tcp;
+mod workload_api;
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,6 +56,7 @@ pub use openmetrics::{
 pub use otlp::{AttrValue, OtlpReceiver, ReceivedSpan, SpanKind};
 pub use rabbitmq::{amqp_url, require_rabbitmq, DEFAULT_AMQP_URL};
 pub use tcp::OneShotServer;
+pub use workload_api::WorkloadApiServer;
 
 /// Lowest and highest port handed out by [`free_ports`]: below Linux's ephemeral range
 /// (32768–60999), which outgoing connections and `bind(0)` servers draw from at random.
