@@ -103,17 +103,34 @@ pub struct EdgeTlsConfig {
 /// the SPIFFE IDs the upstream may present.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UpstreamTlsConfig {
-    /// The gateway's SVID (PEM chain). Re-read when it changes.
-    pub cert_file: PathBuf,
-    /// Its private key (PEM). Never shown in `/config`.
-    pub key_file: PathBuf,
-    /// The trust bundle the upstream's certificate must chain to (PEM).
-    pub bundle_file: PathBuf,
+    /// Where the gateway's SVID and trust bundle come from.
+    pub svid: SvidConfig,
     /// SPIFFE IDs the upstream may present (its certificate's URI SAN); anything else is
     /// refused before a request byte is sent.
     pub spiffe_ids: Vec<String>,
     /// The name sent as SNI. Default: the upstream's name.
     pub server_name: String,
+}
+
+/// Where the gateway's own SVID comes from (`svid_dir`, the three files, or `workload_api`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SvidConfig {
+    /// PEM files, re-read when they change.
+    Files {
+        /// The gateway's SVID (PEM chain).
+        cert_file: PathBuf,
+        /// Its private key (PEM). Never read into `/config`, only named.
+        key_file: PathBuf,
+        /// The trust bundle the peer's certificate must chain to (PEM).
+        bundle_file: PathBuf,
+    },
+    /// The SPIFFE Workload API of a SPIRE agent (`unix:///run/spire/agent.sock`), followed
+    /// for rotations; one stream per endpoint, shared by every upstream that names it.
+    WorkloadApi {
+        /// The endpoint, as `SPIFFE_ENDPOINT_SOCKET` would give it.
+        endpoint: String,
+    },
 }
 
 /// Admin endpoint protection.

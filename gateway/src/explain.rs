@@ -88,8 +88,22 @@ pub(crate) async fn load_issuers(
     let (mut issuers, mut errors) = (BTreeMap::new(), Vec::new());
     // Cancelled at once: the fetch at start happens, the periodic refresh never runs.
     let stop = CancellationToken::new();
+    let mut identities = crate::tls::Identities::default();
     for (name, cfg) in &config.issuers {
-        match IssuerKeys::new(name.clone(), cfg.clone(), handle.clone()) {
+        let jwks_identity = match &cfg.jwks_tls {
+            None => None,
+            Some(tls) => match identities.get(&tls.svid).await {
+                Ok(id) => Some(id),
+                Err(message) => {
+                    errors.push(ConfigError {
+                        location: format!("issuers.{name}.jwks_tls"),
+                        message,
+                    });
+                    continue;
+                }
+            },
+        };
+        match IssuerKeys::new(name.clone(), cfg.clone(), handle.clone(), jwks_identity) {
             Ok(keys) => {
                 keys.start(stop.clone(), KEY_FETCH_WAIT).await;
                 issuers.insert(name.clone(), keys);

@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::ratelimit::Policy;
 use crate::revocation::Revocations;
 use crate::store::{Store, StoreMetrics};
-use crate::tls::{EdgeCerts, UpstreamTls};
+use crate::tls::{EdgeCerts, Identities, UpstreamTls};
 use crate::upstream::Upstream;
 
 /// A route with its upstream and limit policies resolved.
@@ -78,6 +78,8 @@ pub(crate) struct Runtime {
     key_files: BTreeMap<String, Vec<u8>>,
     /// `Strict-Transport-Security` for responses over TLS, when `edge_tls.hsts_max_age_secs`.
     pub(crate) hsts: Option<http::HeaderValue>,
+    /// The gateway's SVIDs from the Workload API, passed on to the next generation.
+    identities: Identities,
     /// Stops this generation's background tasks (health checks, key refresh, pruning).
     stop: CancellationToken,
 }
@@ -129,6 +131,7 @@ impl Runtime {
             }
         }
 
+        let mut identities = Identities::inherit(previous.map(|p| &p.identities));
         let mut issuers = BTreeMap::new();
         let mut key_files = BTreeMap::new();
         let mut kept_issuers = BTreeSet::new();
@@ -151,11 +154,27 @@ impl Runtime {
                 key_files.insert(name.clone(), file);
             }
             if let Some(keys) = kept {
+                if let Some(tls) = &cfg.jwks_tls {
+                    identities.keep(&tls.svid);
+                }
                 kept_issuers.insert(name.clone());
                 issuers.insert(name.clone(), Arc::clone(keys));
                 continue;
             }
-            match IssuerKeys::new(name.clone(), cfg.clone(), background.clone()) {
+            let jwks_identity = match &cfg.jwks_tls {
+                None => None,
+                Some(tls) => match identities.get(&tls.svid).await {
+                    Ok(id) => Some(id),
+                    Err(message) => {
+                        errors.push(ConfigError {
+                            location: format!("issuers.{name}.jwks_tls"),
+                            message,
+                        });
+                        continue;
+                    }
+                },
+            };
+            match IssuerKeys::new(name.clone(), cfg.clone(), background.clone(), jwks_identity) {
                 Ok(keys) => {
                     issuers.insert(name.clone(), keys);
                 }
@@ -193,9 +212,18 @@ impl Runtime {
                         .map(|e| e.addr)
                         .eq(addresses.iter().copied())
             });
-            let tls = match kept {
-                Some(u) => Ok(u.tls.clone()),
-                None => cfg.tls.as_ref().map(UpstreamTls::load).transpose(),
+            let tls = match (kept, &cfg.tls) {
+                (Some(u), tls) => {
+                    if let Some(tls) = tls {
+                        identities.keep(&tls.svid);
+                    }
+                    Ok(u.tls.clone())
+                }
+                (None, None) => Ok(None),
+                (None, Some(tls)) => match identities.get(&tls.svid).await {
+                    Ok(id) => UpstreamTls::new(tls, id).map(Some),
+                    Err(message) => Err(message),
+                },
             };
             let tls = match tls {
                 Ok(tls) => tls,
@@ -207,7 +235,8 @@ impl Runtime {
                     None
                 }
             };
-            if let Some(tls) = &tls {
+            // Files are polled per upstream; Workload API streams once each, below.
+            if let Some(tls) = tls.as_ref().filter(|t| t.identity().paths().is_some()) {
                 background.spawn(
                     tls.identity()
                         .clone()
@@ -224,6 +253,7 @@ impl Runtime {
             stop.cancel();
             return Err(ConfigErrors(errors));
         }
+        identities.follow(background, &stop);
         for u in upstreams.values() {
             crate::upstream::health::start(u, background, stop.clone());
         }
@@ -264,6 +294,7 @@ impl Runtime {
         }
         Ok(Arc::new(Runtime {
             hsts,
+            identities,
             config,
             routes,
             upstreams,
@@ -303,6 +334,7 @@ impl Runtime {
         let routes = assemble_routes(&config, &upstreams, &policies);
         Runtime {
             hsts: None,
+            identities: Identities::default(),
             config,
             routes,
             upstreams,

@@ -29,7 +29,9 @@ use pingora_core::tls::x509::X509;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::utils::tls::CertKey;
 
-use crate::config::{EdgeTlsConfig, UpstreamTlsConfig};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{EdgeTlsConfig, SvidConfig, UpstreamTlsConfig};
 
 // === edge ===
 
@@ -266,6 +268,93 @@ impl Material {
     }
 }
 
+/// How long applying a policy waits for a SPIRE agent to hand out the gateway's first SVID
+/// (an agent answers only once it has attested the workload).
+pub(crate) const WORKLOAD_API_WAIT: Duration = Duration::from_secs(30);
+
+/// The gateway's own SVIDs for one policy generation, one per source named in it: files are
+/// read (and later polled) per upstream; each Workload API endpoint is one stream, shared by
+/// every upstream and issuer that names it and carried over to the next generation, so a
+/// reload does not wait for the agent again (its new stream replaces the old generation's).
+#[derive(Default)]
+pub(crate) struct Identities {
+    followed: std::collections::BTreeMap<String, identity::WorkloadIdentity>,
+    /// The endpoints this generation names; the others are dropped by `follow`.
+    used: std::collections::BTreeSet<String>,
+}
+
+impl Identities {
+    /// Starts from the Workload API identities of the generation being replaced.
+    pub(crate) fn inherit(previous: Option<&Identities>) -> Identities {
+        Identities {
+            followed: previous.map(|p| p.followed.clone()).unwrap_or_default(),
+            used: Default::default(),
+        }
+    }
+
+    /// Records that this generation uses `svid` through something carried over unchanged
+    /// (an upstream or issuer that keeps its identity without [`get`](Self::get)).
+    pub(crate) fn keep(&mut self, svid: &SvidConfig) {
+        if let SvidConfig::WorkloadApi { endpoint } = svid {
+            self.used.insert(endpoint.clone());
+        }
+    }
+
+    /// The identity for `svid`: its files loaded, or the endpoint's stream (fetching the
+    /// first SVID, up to [`WORKLOAD_API_WAIT`], if no generation had it). The error names the
+    /// file or the endpoint.
+    pub(crate) async fn get(
+        &mut self,
+        svid: &SvidConfig,
+    ) -> Result<identity::WorkloadIdentity, String> {
+        match svid {
+            SvidConfig::Files {
+                cert_file,
+                key_file,
+                bundle_file,
+            } => {
+                let paths = identity::SvidPaths {
+                    cert: cert_file.clone(),
+                    key: key_file.clone(),
+                    bundle: bundle_file.clone(),
+                };
+                identity::WorkloadIdentity::load(&paths, None).map_err(|e| e.to_string())
+            }
+            SvidConfig::WorkloadApi { endpoint } => {
+                self.used.insert(endpoint.clone());
+                if let Some(id) = self.followed.get(endpoint) {
+                    return Ok(id.clone());
+                }
+                let id = identity::WorkloadIdentity::connect(endpoint, None, WORKLOAD_API_WAIT)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tracing::info!(
+                    spiffe_id = %id.current().spiffe_id(),
+                    serial = id.current().serial(),
+                    endpoint = %endpoint,
+                    "Received the gateway's SVID from the Workload API."
+                );
+                self.followed.insert(endpoint.clone(), id.clone());
+                Ok(id)
+            }
+        }
+    }
+
+    /// Drops the endpoints this generation does not use, and follows the others' streams
+    /// until `stop` (one task per endpoint).
+    pub(crate) fn follow(&mut self, background: &tokio::runtime::Handle, stop: &CancellationToken) {
+        let used = std::mem::take(&mut self.used);
+        self.followed.retain(|endpoint, _| used.contains(endpoint));
+        self.used = used;
+        for id in self.followed.values() {
+            background.spawn(
+                id.clone()
+                    .watch(identity::DEFAULT_POLL_INTERVAL, stop.clone()),
+            );
+        }
+    }
+}
+
 /// What an error about one part of `svid` names: that part's file, or the Workload API.
 fn blame(svid: &identity::Svid, file: impl Fn(&identity::SvidPaths) -> &PathBuf) -> String {
     match svid.origin() {
@@ -283,14 +372,11 @@ pub(crate) struct UpstreamTls {
 }
 
 impl UpstreamTls {
-    /// Loads the gateway's SVID and trust bundle named by `config`.
-    pub(crate) fn load(config: &UpstreamTlsConfig) -> Result<Arc<UpstreamTls>, String> {
-        let paths = identity::SvidPaths {
-            cert: config.cert_file.clone(),
-            key: config.key_file.clone(),
-            bundle: config.bundle_file.clone(),
-        };
-        let identity = identity::WorkloadIdentity::load(&paths, None).map_err(|e| e.to_string())?;
+    /// Mutual TLS per `config` with the gateway's SVID from `identity` (see [`Identities`]).
+    pub(crate) fn new(
+        config: &UpstreamTlsConfig,
+        identity: identity::WorkloadIdentity,
+    ) -> Result<Arc<UpstreamTls>, String> {
         let material = Material::of(identity.current())?;
         Ok(Arc::new(UpstreamTls {
             identity,

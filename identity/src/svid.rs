@@ -70,7 +70,9 @@ pub enum SvidSourceError {
     Both,
     #[error("{} must be set too", .0.join(", "))]
     Incomplete(Vec<&'static str>),
-    #[error("{SPIFFE_ENDPOINT_SOCKET_ENV}={0:?} is not a Workload API endpoint (unix:///path/to/agent.sock or tcp://host:port): {1}")]
+    #[error(
+        "{0:?} is not a Workload API endpoint (unix:///path/to/agent.sock or tcp://host:port): {1}"
+    )]
     BadEndpoint(String, String),
 }
 

@@ -139,6 +139,14 @@ impl WorkloadIdentity {
         }
     }
 
+    /// The Workload API endpoint it follows; `None` when it is read from files.
+    pub fn workload_api_endpoint(&self) -> Option<&str> {
+        match &self.inner.source {
+            Source::Files { .. } => None,
+            Source::WorkloadApi { endpoint } => Some(endpoint),
+        }
+    }
+
     /// Every SVID that becomes current, starting with the current one (for metrics such as
     /// the certificate's expiry).
     pub fn subscribe(&self) -> watch::Receiver<Arc<Svid>> {

@@ -195,17 +195,23 @@ pub(crate) struct IssuerKeys {
     /// Single flight: whoever holds this lock fetches; the value is when the last fetch began.
     last_fetch: tokio::sync::Mutex<Option<Instant>>,
     client: reqwest::Client,
-    /// The gateway's SVID for `jwks_tls`, re-read before each fetch.
+    /// The gateway's SVID for `jwks_tls`: files re-read before each fetch; one from the
+    /// Workload API is kept current by its stream.
     jwks_identity: Option<identity::WorkloadIdentity>,
     background: Handle,
 }
 
 impl IssuerKeys {
     /// Creates the issuer; file keys are loaded now, URL keys by [`IssuerKeys::start`].
+    /// `jwks_identity`: the gateway's SVID for `config.jwks_tls` (from [`Identities`]),
+    /// required when that is set.
+    ///
+    /// [`Identities`]: crate::tls::Identities
     pub(crate) fn new(
         name: String,
         config: IssuerConfig,
         background: Handle,
+        jwks_identity: Option<identity::WorkloadIdentity>,
     ) -> Result<Arc<Self>, KeyError> {
         let initial = match &config.keys {
             KeySource::JwksFile { path } => Some(load_jwks_file(path, &config.algorithms)?),
@@ -218,26 +224,20 @@ impl IssuerKeys {
         let mut builder = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .connect_timeout(Duration::from_secs(2));
-        let mut jwks_identity = None;
         if let Some(tls) = &config.jwks_tls {
             // The gateway's SVID as client certificate; only the listed SPIFFE IDs are accepted
             // as the server. Read per handshake, so a rotation (see `refresh`) applies to the
             // next connection.
-            let paths = identity::SvidPaths {
-                cert: tls.cert_file.clone(),
-                key: tls.key_file.clone(),
-                bundle: tls.bundle_file.clone(),
+            let Some(id) = &jwks_identity else {
+                return Err(KeyError::Http("jwks_tls needs the gateway's SVID".into()));
             };
-            let id = identity::WorkloadIdentity::load(&paths, None)
-                .map_err(|e| KeyError::Http(e.to_string()))?;
             let allowed = tls
                 .spiffe_ids
                 .iter()
                 .filter_map(|s| s.parse().ok())
                 .collect();
-            let rustls = identity::tls::client_config(&id, allowed);
+            let rustls = identity::tls::client_config(id, allowed);
             builder = builder.tls_backend_preconfigured((*rustls).clone());
-            jwks_identity = Some(id);
         }
         let client = builder.build().map_err(|e| KeyError::Http(e.to_string()))?;
         Ok(Arc::new(IssuerKeys {

@@ -60,6 +60,7 @@ pub(crate) struct RawUpstreamTls {
     pub(crate) cert_file: Option<String>,
     pub(crate) key_file: Option<String>,
     pub(crate) bundle_file: Option<String>,
+    pub(crate) workload_api: Option<String>,
     #[serde(default)]
     pub(crate) spiffe_ids: Vec<String>,
     pub(crate) server_name: Option<String>,

@@ -66,6 +66,8 @@ pub struct Seen {
     pub path: String,
     /// The SPIFFE ID of the client certificate, if any.
     pub caller: Option<String>,
+    /// The client certificate's serial, if any.
+    pub serial: Option<String>,
 }
 
 /// An HTTPS upstream, answering `{"path", "caller"}`, counting handshakes and requests.
@@ -95,12 +97,20 @@ impl TlsUpstream {
                     let caller = identity::tls::PeerTls::of(tls.get_ref().1)
                         .spiffe_id
                         .map(|id| id.to_string());
+                    let serial = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(|leaf| identity::CertInfo::parse(leaf).ok())
+                        .map(|info| info.serial);
                     let service = hyper::service::service_fn(
                         move |req: hyper::Request<hyper::body::Incoming>| {
                             let path = req.uri().path().to_string();
                             s.lock().unwrap().push(Seen {
                                 path: path.clone(),
                                 caller: caller.clone(),
+                                serial: serial.clone(),
                             });
                             let body = json!({"path": path, "caller": caller}).to_string();
                             async move {
@@ -317,6 +327,62 @@ async fn health_checks_use_the_same_mtls_and_keep_their_connection() {
     );
 }
 
+/// Issues `workload`'s SVID from `pki` on `agent`; returns its serial.
+fn issue_on(agent: &test_support::WorkloadApiServer, pki: &Pki, workload: &str) -> String {
+    let id: SpiffeId = format!("{TD}/{workload}").parse().unwrap();
+    let issued = pki.ca.issue_svid(&id, Duration::from_secs(3600)).unwrap();
+    agent.issue(
+        id.as_str(),
+        &issued.cert_pem,
+        &issued.key_pem,
+        pki.ca.bundle_pem(),
+    );
+    let dir = pki.dir.join(format!("{workload}-issued-{}", agent.calls()));
+    let paths = issued
+        .write(&dir, identity::Layout::CsiDriver, pki.ca.bundle_pem())
+        .unwrap();
+    identity::Svid::load(&paths).unwrap().serial().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gateways_svid_from_the_workload_api_is_presented_and_rotated_without_a_restart() {
+    let pki = Pki::new("tls-wlapi");
+    let agent = test_support::WorkloadApiServer::start();
+    let first = issue_on(&agent, &pki, "gateway");
+    let up = TlsUpstream::mtls(&pki.svid("orders")).await;
+    let gw = Gateway::start(&format!(
+        "upstreams:\n  orders:\n    endpoints: [\"{}\"]\n    retries: 0\n    tls: {{workload_api: \"{}\", spiffe_ids: [\"{TD}/orders\"]}}\n\
+         routes:\n  - {{name: all, match: {{path_prefix: /}}, upstream: orders, auth: none}}\n",
+        up.addr,
+        agent.endpoint()
+    ))
+    .await;
+    let c = client();
+    let r = c.get(gw.url("/orders/1")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = up.requests();
+    assert_eq!(seen[0].caller.as_deref(), Some(&*format!("{TD}/gateway")));
+    assert_eq!(seen[0].serial.as_deref(), Some(first.as_str()));
+
+    // The agent rotates the SVID: the next connection presents the new one, no restart.
+    let second = issue_on(&agent, &pki, "gateway");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = c.get(gw.url("/orders/2")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let last = up.requests().last().unwrap().serial.clone();
+        if last.as_deref() == Some(second.as_str()) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still presenting {last:?} after the agent rotated the SVID"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(agent.refused(), 0);
+}
+
 #[test]
 fn bad_certificate_files_are_validation_errors_naming_the_file() {
     let pki = Pki::new("tls-validate");
@@ -337,6 +403,8 @@ fn bad_certificate_files_are_validation_errors_naming_the_file() {
          \x20 a: {{endpoints: [\"127.0.0.1:1\"], tls: {{svid_dir: \"{}\", spiffe_ids: [\"{TD}/a\"]}}}}\n\
          \x20 b: {{endpoints: [\"127.0.0.1:1\"], tls: {{svid_dir: \"{}\", spiffe_ids: [\"{TD}/b\"]}}}}\n\
          \x20 c: {{endpoints: [\"127.0.0.1:1\"], tls: {{cert_file: \"{}\", key_file: \"{}\", bundle_file: \"{}\", spiffe_ids: [\"not-spiffe\"]}}}}\n\
+         \x20 d: {{endpoints: [\"127.0.0.1:1\"], tls: {{workload_api: \"/run/spire/agent.sock\", spiffe_ids: [\"{TD}/d\"]}}}}\n\
+         \x20 e: {{endpoints: [\"127.0.0.1:1\"], tls: {{workload_api: \"unix:///run/spire/agent.sock\", svid_dir: \"{}\", spiffe_ids: [\"{TD}/e\"]}}}}\n\
          routes:\n  - {{name: r, match: {{path_prefix: /}}, upstream: a, auth: none}}\n",
         edge_crt.display(),
         other_key.display(),
@@ -345,6 +413,7 @@ fn bad_certificate_files_are_validation_errors_naming_the_file() {
         expired_cert.display(),
         expired_key.display(),
         dir.join("ca.crt").display(),
+        dir.display(),
     );
     let file = pki.dir.join("policy.yaml");
     std::fs::write(&file, text).unwrap();
@@ -363,6 +432,8 @@ fn bad_certificate_files_are_validation_errors_naming_the_file() {
         format!("upstreams.b.tls.svid_dir: {}", missing.display()),
         format!("upstreams.c.tls: {}: expired at", expired_cert.display()),
         "upstreams.c.tls.spiffe_ids[0]".to_string(),
+        "upstreams.d.tls.workload_api: \"/run/spire/agent.sock\" is not a Workload API endpoint".to_string(),
+        "upstreams.e.tls: set svid_dir, all of cert_file, key_file and bundle_file, or workload_api".to_string(),
         format!(
             "edge_tls: {}: does not match the certificate in {}",
             other_key.display(),

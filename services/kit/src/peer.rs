@@ -452,7 +452,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            errors.contains("SPIFFE_ENDPOINT_SOCKET: SPIFFE_ENDPOINT_SOCKET=\"/run/spire/agent.sock\" is not a Workload API endpoint"),
+            errors.contains(
+                "SPIFFE_ENDPOINT_SOCKET: \"/run/spire/agent.sock\" is not a Workload API endpoint"
+            ),
             "{errors}"
         );
         let errors = parse(&[

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use super::super::raw::{RawEdgeTls, RawUpstreamTls};
-use super::super::{EdgeTlsConfig, UpstreamTlsConfig};
+use super::super::{EdgeTlsConfig, SvidConfig, UpstreamTlsConfig};
 use super::Errors;
 
 pub(super) fn edge(
@@ -47,26 +47,36 @@ pub(super) fn upstream(
         cert_file,
         key_file,
         bundle_file,
+        workload_api,
         spiffe_ids,
         server_name,
     } = raw;
-    let paths = match (svid_dir, cert_file, key_file, bundle_file) {
-        (Some(dir), None, None, None) => match identity::SvidPaths::detect(&base_dir.join(dir)) {
-            Ok(paths) => paths,
-            Err(e) => {
-                errs.push(format!("{loc}.svid_dir"), e.to_string());
-                return None;
+    let svid = match (svid_dir, cert_file, key_file, bundle_file, workload_api) {
+        (Some(dir), None, None, None, None) => {
+            match identity::SvidPaths::detect(&base_dir.join(dir)) {
+                Ok(paths) => files(paths),
+                Err(e) => {
+                    errs.push(format!("{loc}.svid_dir"), e.to_string());
+                    return None;
+                }
             }
-        },
-        (None, Some(cert), Some(key), Some(bundle)) => identity::SvidPaths {
+        }
+        (None, Some(cert), Some(key), Some(bundle), None) => files(identity::SvidPaths {
             cert: base_dir.join(cert),
             key: base_dir.join(key),
             bundle: base_dir.join(bundle),
-        },
+        }),
+        (None, None, None, None, Some(endpoint)) => {
+            if let Err(e) = identity::SvidSource::workload_api(&endpoint) {
+                errs.push(format!("{loc}.workload_api"), e.to_string());
+                return None;
+            }
+            SvidConfig::WorkloadApi { endpoint }
+        }
         _ => {
             errs.push(
                 loc,
-                "set svid_dir, or all of cert_file, key_file and bundle_file",
+                "set svid_dir, all of cert_file, key_file and bundle_file, or workload_api",
             );
             return None;
         }
@@ -82,14 +92,34 @@ pub(super) fn upstream(
             errs.push(format!("{loc}.spiffe_ids[{i}]"), format!("{id:?}: {e}"));
         }
     }
-    if let Err(e) = identity::Svid::load(&paths) {
-        errs.push(loc, e.to_string());
+    // Files are checked now; an SVID from the Workload API when the policy is applied (the
+    // agent gives one only to the running gateway).
+    if let SvidConfig::Files {
+        cert_file,
+        key_file,
+        bundle_file,
+    } = &svid
+    {
+        let paths = identity::SvidPaths {
+            cert: cert_file.clone(),
+            key: key_file.clone(),
+            bundle: bundle_file.clone(),
+        };
+        if let Err(e) = identity::Svid::load(&paths) {
+            errs.push(loc, e.to_string());
+        }
     }
     Some(UpstreamTlsConfig {
-        cert_file: paths.cert,
-        key_file: paths.key,
-        bundle_file: paths.bundle,
+        svid,
         spiffe_ids,
         server_name: server_name.unwrap_or_else(|| upstream.to_string()),
     })
+}
+
+fn files(paths: identity::SvidPaths) -> SvidConfig {
+    SvidConfig::Files {
+        cert_file: paths.cert,
+        key_file: paths.key,
+        bundle_file: paths.bundle,
+    }
 }
