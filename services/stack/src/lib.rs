@@ -164,6 +164,8 @@ async fn serve(
         sup.spawn(
             Launch::new(svc.name, bin)
                 .envs(service_env(config, svc, dirs, broker, pki))
+                // The stack's own SVIDs, not an agent the caller's shell may point at.
+                .env_remove(identity::SPIFFE_ENDPOINT_SOCKET_ENV)
                 .own_process_group(),
         )?;
     }
