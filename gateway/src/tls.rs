@@ -459,3 +459,62 @@ fn fingerprint(files: &[&Path]) -> u64 {
     }
     h.finish()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent_with_svid() -> test_support::WorkloadApiServer {
+        let ca = identity::dev_ca::DevCa::new("identities test CA").unwrap();
+        let id: identity::SpiffeId = "spiffe://vantage.local/gateway".parse().unwrap();
+        let issued = ca.issue_svid(&id, Duration::from_secs(3600)).unwrap();
+        let agent = test_support::WorkloadApiServer::start();
+        agent.issue(
+            id.as_str(),
+            &issued.cert_pem,
+            &issued.key_pem,
+            ca.bundle_pem(),
+        );
+        agent
+    }
+
+    #[tokio::test]
+    async fn a_workload_api_stream_is_shared_carried_over_and_dropped_when_unused() {
+        let (a, b) = (agent_with_svid(), agent_with_svid());
+        let source = |agent: &test_support::WorkloadApiServer| SvidConfig::WorkloadApi {
+            endpoint: agent.endpoint(),
+        };
+        // Stopped already: the streams `follow` starts end at once, so they make no calls.
+        let (background, stop) = (tokio::runtime::Handle::current(), CancellationToken::new());
+        stop.cancel();
+
+        let mut first = Identities::default();
+        let one = first.get(&source(&a)).await.unwrap();
+        let again = first.get(&source(&a)).await.unwrap();
+        first.get(&source(&b)).await.unwrap();
+        assert_eq!(
+            a.calls(),
+            1,
+            "one fetch for two upstreams naming the endpoint"
+        );
+        assert_eq!(again.current().serial(), one.current().serial());
+        first.follow(&background, &stop);
+        assert_eq!(first.followed.len(), 2);
+
+        // The next generation keeps `a` through an unchanged upstream and no longer names `b`.
+        let mut second = Identities::inherit(Some(&first));
+        second.keep(&source(&a));
+        second.follow(&background, &stop);
+        assert_eq!(
+            second.followed.keys().collect::<Vec<_>>(),
+            [&a.endpoint()],
+            "only the endpoint still named is followed"
+        );
+        // A generation naming `a` again takes the same identity without asking the agent.
+        let calls = a.calls();
+        let mut third = Identities::inherit(Some(&second));
+        let kept = third.get(&source(&a)).await.unwrap();
+        assert_eq!(kept.current().serial(), one.current().serial());
+        assert_eq!(a.calls(), calls, "no new fetch on reload");
+    }
+}

@@ -83,6 +83,7 @@ pub(crate) async fn follow(
     let mut backoff = FIRST_BACKOFF;
     loop {
         let broke = tokio::select! {
+            biased;
             () = shutdown.cancelled() => return,
             broke = stream(&identity, &endpoint, &mut backoff) => broke,
         };
@@ -94,6 +95,7 @@ pub(crate) async fn follow(
             "Lost the Workload API stream; the current SVID stays in use."
         );
         tokio::select! {
+            biased;
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(backoff) => {}
         }
