@@ -1437,6 +1437,78 @@ fn k8s_mesh_overlays_run_the_gateway_policy_over_plain_http() {
     }
 }
 
+/// The SPIRE agent's socket in the SPIRE overlay: in the directory the SPIFFE CSI driver mounts.
+const SPIRE_SOCKET: &str = "unix:///var/run/secrets/spiffe/spire-agent.sock";
+
+#[test]
+fn k8s_spire_overlay_takes_every_svid_from_the_workload_api() {
+    use service_kit::IdentityConfig;
+    let docs = rendered("overlays/spire");
+    let socket_dir = Path::new(SPIRE_SOCKET.strip_prefix("unix://").unwrap())
+        .parent()
+        .unwrap();
+    for w in Workload::ALL {
+        let pod = &workload(docs, w)["spec"]["template"]["spec"];
+        let container = &pod["containers"][0];
+        assert_eq!(
+            volume(pod, "spiffe")["csi"],
+            serde_yaml::from_str::<Value>("{driver: csi.spiffe.io, readOnly: true}").unwrap(),
+            "{w}: the agent's socket, from the SPIFFE CSI driver, instead of SVID files"
+        );
+        assert_eq!(
+            mount(container, "spiffe")["mountPath"]
+                .as_str()
+                .map(Path::new),
+            Some(socket_dir),
+            "{w}: SPIFFE_ENDPOINT_SOCKET is in the mounted directory"
+        );
+        if !w.is_service() {
+            continue;
+        }
+        // The services' own parser reads the Workload API as their SVID source, in mtls mode.
+        let env: HashMap<String, String> = container_env(docs, container).into_iter().collect();
+        let mut p = observability::env::EnvParser::new(&env);
+        let config = IdentityConfig::parse(&mut p);
+        p.finish().unwrap_or_else(|e| panic!("{w}: {e}"));
+        assert_eq!(config.mode, service_kit::IdentityMode::Mtls, "{w}");
+        assert_eq!(
+            config.svid,
+            Some(identity::SvidSource::WorkloadApi(SPIRE_SOCKET.into())),
+            "{w}"
+        );
+    }
+
+    // The gateway: every tls block names the socket, and the policy is otherwise the base's.
+    // No SVID file to load (validation checks the endpoint; the agent serves the SVID).
+    let text = k8s_gateway_policy(docs);
+    let policy = gateway::config::Config::parse(text, &root().join("gateway/config"))
+        .unwrap_or_else(|e| panic!("overlays/spire: {e}"));
+    let workload_api = gateway::config::SvidConfig::WorkloadApi {
+        endpoint: SPIRE_SOCKET.into(),
+    };
+    for s in Workload::SERVICES {
+        let tls = policy.upstreams[s.name()].tls.as_ref().unwrap();
+        assert_eq!(tls.svid, workload_api, "{s}");
+        assert_eq!(tls.spiffe_ids, [k8s_spiffe_id(docs, s)], "{s}");
+    }
+    for (issuer, i) in &policy.issuers {
+        if let Some(tls) = &i.jwks_tls {
+            assert_eq!(tls.svid, workload_api, "{issuer}");
+        }
+    }
+    let base = k8s_gateway_policy(rendered("base"));
+    let as_base: Value = serde_yaml::from_str(&text.replace(
+        &format!("workload_api: \"{SPIRE_SOCKET}\""),
+        &format!("svid_dir: {GATEWAY_SVID_DIR}"),
+    ))
+    .unwrap();
+    assert_eq!(
+        as_base,
+        serde_yaml::from_str::<Value>(base).unwrap(),
+        "the SPIRE policy differs from the base one by more than its SVID source"
+    );
+}
+
 #[test]
 fn k8s_gateway_is_autoscaled_and_keeps_one_pod_through_disruptions() {
     let docs = rendered("base");

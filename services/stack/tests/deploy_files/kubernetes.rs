@@ -21,11 +21,12 @@ use serde_yaml::Value;
 pub(crate) const NAMESPACE: &str = "vantage";
 
 /// The kustomizations under deploy/k8s, by name.
-pub(crate) const KUSTOMIZATIONS: [&str; 4] = [
+pub(crate) const KUSTOMIZATIONS: [&str; 5] = [
     "base",
     "overlays/linkerd",
     "overlays/istio-sidecar",
     "overlays/istio-ambient",
+    "overlays/spire",
 ];
 
 /// Renders `deploy/k8s/<name>` with `kustomize build` or `kubectl kustomize`, once per test run.
