@@ -295,11 +295,21 @@ impl fmt::Debug for TraceIds {
     }
 }
 
+/// Writes `bytes` as lower-case hex into `out` (twice as long): one table lookup per byte.
 pub(crate) fn hex(bytes: &[u8], out: &mut [u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for (i, b) in bytes.iter().enumerate() {
-        out[2 * i] = DIGITS[usize::from(b >> 4)];
-        out[2 * i + 1] = DIGITS[usize::from(b & 0xf)];
+    const PAIRS: [[u8; 2]; 256] = {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut pairs = [[0u8; 2]; 256];
+        let mut b = 0;
+        while b < 256 {
+            pairs[b] = [DIGITS[b >> 4], DIGITS[b & 0xf]];
+            b += 1;
+        }
+        pairs
+    };
+    debug_assert_eq!(out.len(), 2 * bytes.len());
+    for (pair, &b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair.copy_from_slice(&PAIRS[usize::from(b)]);
     }
 }
 
@@ -311,6 +321,7 @@ pub struct JsonFields<'a> {
 }
 
 impl JsonFields<'_> {
+    #[inline]
     fn key(&mut self, key: &str) {
         debug_assert!(
             key.bytes()
@@ -327,6 +338,7 @@ impl JsonFields<'_> {
     }
 
     /// A string field.
+    #[inline]
     pub fn str(&mut self, key: &str, value: &str) -> &mut Self {
         self.key(key);
         write_str(self.out, value);
@@ -343,6 +355,7 @@ impl JsonFields<'_> {
     }
 
     /// An unsigned integer field.
+    #[inline]
     pub fn u64(&mut self, key: &str, value: u64) -> &mut Self {
         self.key(key);
         write_u64(self.out, value);
@@ -350,6 +363,7 @@ impl JsonFields<'_> {
     }
 
     /// A boolean field.
+    #[inline]
     pub fn bool(&mut self, key: &str, value: bool) -> &mut Self {
         self.key(key);
         self.out
@@ -369,6 +383,7 @@ impl JsonFields<'_> {
     }
 
     /// A duration in milliseconds with microsecond precision (`12.345`).
+    #[inline]
     pub fn millis(&mut self, key: &str, value: Duration) -> &mut Self {
         self.key(key);
         let micros = u64::try_from(value.as_micros()).unwrap_or(u64::MAX);
@@ -395,6 +410,7 @@ impl fmt::Write for Escaping<'_> {
 }
 
 /// Writes `s` as a JSON string, quotes included.
+#[inline]
 fn write_str(out: &mut Vec<u8>, s: &str) {
     if s.is_empty() {
         // Many access-log fields are empty on a given request (no error, no issuer, …).
@@ -550,19 +566,35 @@ fn write_timestamp(out: &mut Vec<u8>, t: time::OffsetDateTime) {
         }
         out.extend_from_slice(&digits[..width]);
     }
-    let (year, month, day) = t.to_calendar_date();
-    let (hour, minute, second, nanos) = t.to_hms_nano();
-    pad(out, u32::try_from(year).unwrap_or(0), 4);
-    out.push(b'-');
-    pad(out, u32::from(u8::from(month)), 2);
-    out.push(b'-');
-    pad(out, u32::from(day), 2);
-    out.push(b'T');
-    pad(out, u32::from(hour), 2);
-    out.push(b':');
-    pad(out, u32::from(minute), 2);
-    out.push(b':');
-    pad(out, u32::from(second), 2);
+    thread_local! {
+        /// The `YYYY-MM-DDTHH:MM:SS` of the last second this thread wrote: lines come many per
+        /// second, and the calendar arithmetic is most of a timestamp's cost.
+        static SECOND: std::cell::Cell<(i64, [u8; 19])> = const { std::cell::Cell::new((i64::MIN, [0; 19])) };
+    }
+    let unix = t.unix_timestamp();
+    let (cached, text) = SECOND.get();
+    if cached == unix {
+        out.extend_from_slice(&text);
+    } else {
+        let start = out.len();
+        let (year, month, day) = t.to_calendar_date();
+        let (hour, minute, second) = t.to_hms();
+        pad(out, u32::try_from(year).unwrap_or(0), 4);
+        out.push(b'-');
+        pad(out, u32::from(u8::from(month)), 2);
+        out.push(b'-');
+        pad(out, u32::from(day), 2);
+        out.push(b'T');
+        pad(out, u32::from(hour), 2);
+        out.push(b':');
+        pad(out, u32::from(minute), 2);
+        out.push(b':');
+        pad(out, u32::from(second), 2);
+        if let Ok(text) = <[u8; 19]>::try_from(&out[start..]) {
+            SECOND.set((unix, text));
+        }
+    }
+    let nanos = t.nanosecond();
     if nanos != 0 {
         let (mut v, mut width) = (nanos, 9);
         while v % 10 == 0 {
@@ -662,15 +694,39 @@ mod tests {
     #[test]
     fn timestamps_match_time_rfc3339() {
         use time::format_description::well_known::Rfc3339;
-        for nanos in [0, 1, 10, 120_000_000, 123_456_789, 999_999_999] {
-            let t = time::OffsetDateTime::from_unix_timestamp(1_796_000_000)
-                .unwrap()
-                .replace_nanosecond(nanos)
-                .unwrap();
-            let mut out = Vec::new();
-            write_timestamp(&mut out, t);
-            assert_eq!(String::from_utf8(out).unwrap(), t.format(&Rfc3339).unwrap());
+        // The same second twice (the cached date), the next, a day before, back again, and a
+        // year boundary: each line has its own second's date whatever the thread wrote last.
+        for second in [
+            1_796_000_000,
+            1_796_000_000,
+            1_796_000_001,
+            1_795_913_600,
+            1_796_000_000,
+            1_798_761_599,
+            1_798_761_600,
+        ] {
+            for nanos in [0, 1, 10, 120_000_000, 123_456_789, 999_999_999] {
+                let t = time::OffsetDateTime::from_unix_timestamp(second)
+                    .unwrap()
+                    .replace_nanosecond(nanos)
+                    .unwrap();
+                let mut out = b"prefix".to_vec();
+                write_timestamp(&mut out, t);
+                assert_eq!(
+                    String::from_utf8(out).unwrap(),
+                    format!("prefix{}", t.format(&Rfc3339).unwrap())
+                );
+            }
         }
+    }
+
+    #[test]
+    fn hex_is_lower_case_two_digits_a_byte() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        let mut out = vec![0u8; 512];
+        hex(&bytes, &mut out);
+        let expected: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(String::from_utf8(out).unwrap(), expected);
     }
 
     #[test]
