@@ -90,18 +90,12 @@ pub(crate) async fn load_issuers(
     let stop = CancellationToken::new();
     let mut identities = crate::tls::Identities::default();
     for (name, cfg) in &config.issuers {
-        let jwks_identity = match &cfg.jwks_tls {
-            None => None,
-            Some(tls) => match identities.get(&tls.svid).await {
-                Ok(id) => Some(id),
-                Err(message) => {
-                    errors.push(ConfigError {
-                        location: format!("issuers.{name}.jwks_tls"),
-                        message,
-                    });
-                    continue;
-                }
-            },
+        let jwks_identity = match identities.for_issuer(name, cfg).await {
+            Ok(id) => id,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
         };
         match IssuerKeys::new(name.clone(), cfg.clone(), handle.clone(), jwks_identity) {
             Ok(keys) => {

@@ -161,18 +161,12 @@ impl Runtime {
                 issuers.insert(name.clone(), Arc::clone(keys));
                 continue;
             }
-            let jwks_identity = match &cfg.jwks_tls {
-                None => None,
-                Some(tls) => match identities.get(&tls.svid).await {
-                    Ok(id) => Some(id),
-                    Err(message) => {
-                        errors.push(ConfigError {
-                            location: format!("issuers.{name}.jwks_tls"),
-                            message,
-                        });
-                        continue;
-                    }
-                },
+            let jwks_identity = match identities.for_issuer(name, cfg).await {
+                Ok(id) => id,
+                Err(e) => {
+                    errors.push(e);
+                    continue;
+                }
             };
             match IssuerKeys::new(name.clone(), cfg.clone(), background.clone(), jwks_identity) {
                 Ok(keys) => {

@@ -340,6 +340,25 @@ impl Identities {
         }
     }
 
+    /// The SVID issuer `name` presents for its `jwks_tls` (`None` without one); the error
+    /// is located at `issuers.<name>.jwks_tls`.
+    pub(crate) async fn for_issuer(
+        &mut self,
+        name: &str,
+        issuer: &crate::config::IssuerConfig,
+    ) -> Result<Option<identity::WorkloadIdentity>, crate::config::ConfigError> {
+        let Some(tls) = &issuer.jwks_tls else {
+            return Ok(None);
+        };
+        self.get(&tls.svid)
+            .await
+            .map(Some)
+            .map_err(|message| crate::config::ConfigError {
+                location: format!("issuers.{name}.jwks_tls"),
+                message,
+            })
+    }
+
     /// Drops the endpoints this generation does not use, and follows the others' streams
     /// until `stop` (one task per endpoint).
     pub(crate) fn follow(&mut self, background: &tokio::runtime::Handle, stop: &CancellationToken) {

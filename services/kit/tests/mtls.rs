@@ -465,6 +465,23 @@ async fn served_serial(api: SocketAddr, tls: rustls::ClientConfig) -> String {
     identity::CertInfo::parse(&leaf).unwrap().serial
 }
 
+/// Waits (10 s at most) until new connections to `api`, made with the client certificate
+/// `caller`, are served the certificate with `serial`.
+async fn wait_until_serving(api: SocketAddr, caller: &(String, String), serial: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let served = served_serial(api, raw_tls(Some(caller.clone()))).await;
+        if served == serial {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still serving {served} after the rotation to {serial}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rotated_svid_serves_new_connections_while_an_in_flight_request_completes() {
     let pki = Pki::new("kit test CA");
@@ -489,18 +506,7 @@ async fn a_rotated_svid_serves_new_connections_while_an_in_flight_request_comple
     let rotated = pki.svid("kit-test");
     let second = identity::Svid::load(&rotated).unwrap().serial().to_owned();
     assert_ne!(first, second);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let serial = served_serial(svc.api, raw_tls(Some(gateway.clone()))).await;
-        if serial == second {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "still serving {serial} after the rotation"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until_serving(svc.api, &gateway, &second).await;
     // The new SVID admits requests, and the old connection's request completes.
     let c = client(raw_tls(Some(gateway)));
     assert_eq!(get_as(&c, svc.api, "/api/whoami").await.unwrap().0, 200);
@@ -574,18 +580,7 @@ async fn an_svid_from_the_workload_api_serves_the_api_and_rotates_down_the_strea
 
     // The agent rotates it: new connections get the new one, without a restart.
     let second = issue("kit-test");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let serial = served_serial(svc.api, raw_tls(Some(gateway.clone()))).await;
-        if serial == second {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "still serving {serial} after the agent rotated it"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_serving(svc.api, &gateway, &second).await;
     assert_eq!(get_as(&c, svc.api, "/api/whoami").await.unwrap().0, 200);
     svc.stop().await;
 }
