@@ -88,7 +88,8 @@ pub(crate) async fn load_issuers(
     let (mut issuers, mut errors) = (BTreeMap::new(), Vec::new());
     // Cancelled at once: the fetch at start happens, the periodic refresh never runs.
     let stop = CancellationToken::new();
-    let mut identities = crate::tls::Identities::default();
+    // An agent for `jwks_tls: {workload_api}` gets as long as a JWKS URL does.
+    let mut identities = crate::tls::Identities::waiting(KEY_FETCH_WAIT);
     for (name, cfg) in &config.issuers {
         let jwks_identity = match identities.for_issuer(name, cfg).await {
             Ok(id) => id,

@@ -276,19 +276,40 @@ pub(crate) const WORKLOAD_API_WAIT: Duration = Duration::from_secs(30);
 /// read (and later polled) per upstream; each Workload API endpoint is one stream, shared by
 /// every upstream and issuer that names it and carried over to the next generation, so a
 /// reload does not wait for the agent again (its new stream replaces the old generation's).
-#[derive(Default)]
 pub(crate) struct Identities {
     followed: std::collections::BTreeMap<String, identity::WorkloadIdentity>,
     /// The endpoints this generation names; the others are dropped by `follow`.
     used: std::collections::BTreeSet<String>,
+    /// Endpoints that gave no SVID while this generation was built, with the error: asked
+    /// once, so several blocks naming a dead agent wait for it once.
+    failed: std::collections::BTreeMap<String, String>,
+    /// How long a first fetch waits for the agent.
+    wait: Duration,
+}
+
+impl Default for Identities {
+    fn default() -> Self {
+        Identities::waiting(WORKLOAD_API_WAIT)
+    }
 }
 
 impl Identities {
+    /// No identity yet; a first fetch from an agent waits up to `wait` (`gateway explain` and
+    /// `gateway test` wait less than a policy being applied).
+    pub(crate) fn waiting(wait: Duration) -> Identities {
+        Identities {
+            followed: Default::default(),
+            used: Default::default(),
+            failed: Default::default(),
+            wait,
+        }
+    }
+
     /// Starts from the Workload API identities of the generation being replaced.
     pub(crate) fn inherit(previous: Option<&Identities>) -> Identities {
         Identities {
             followed: previous.map(|p| p.followed.clone()).unwrap_or_default(),
-            used: Default::default(),
+            ..Identities::default()
         }
     }
 
@@ -301,8 +322,9 @@ impl Identities {
     }
 
     /// The identity for `svid`: its files loaded, or the endpoint's stream (fetching the
-    /// first SVID, up to [`WORKLOAD_API_WAIT`], if no generation had it). The error names the
-    /// file or the endpoint.
+    /// first SVID, up to [`WORKLOAD_API_WAIT`] by default, if no generation had it; an endpoint
+    /// that failed is not asked again for this generation). The error names the file or the
+    /// endpoint.
     pub(crate) async fn get(
         &mut self,
         svid: &SvidConfig,
@@ -325,9 +347,17 @@ impl Identities {
                 if let Some(id) = self.followed.get(endpoint) {
                     return Ok(id.clone());
                 }
-                let id = identity::WorkloadIdentity::connect(endpoint, None, WORKLOAD_API_WAIT)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                if let Some(error) = self.failed.get(endpoint) {
+                    return Err(error.clone());
+                }
+                let id = match identity::WorkloadIdentity::connect(endpoint, None, self.wait).await
+                {
+                    Ok(id) => id,
+                    Err(e) => {
+                        self.failed.insert(endpoint.clone(), e.to_string());
+                        return Err(e.to_string());
+                    }
+                };
                 tracing::info!(
                     spiffe_id = %id.current().spiffe_id(),
                     serial = id.current().serial(),
@@ -535,5 +565,20 @@ mod tests {
         let kept = third.get(&source(&a)).await.unwrap();
         assert_eq!(kept.current().serial(), one.current().serial());
         assert_eq!(a.calls(), calls, "no new fetch on reload");
+
+        // An agent with nothing to give is asked once per generation, however many blocks
+        // name it.
+        let silent = test_support::WorkloadApiServer::start();
+        let mut fourth = Identities::waiting(Duration::from_millis(300));
+        let first_error = fourth.get(&source(&silent)).await.unwrap_err();
+        let calls = silent.calls();
+        let second_error = fourth.get(&source(&silent)).await.unwrap_err();
+        assert_eq!(first_error, second_error);
+        assert!(first_error.contains(&silent.endpoint()), "{first_error}");
+        assert_eq!(
+            silent.calls(),
+            calls,
+            "the failed endpoint was not asked again"
+        );
     }
 }

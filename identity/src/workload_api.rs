@@ -48,26 +48,29 @@ pub(crate) async fn fetch(
 ) -> Result<Svid, WorkloadApiError> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut backoff = FIRST_BACKOFF;
+    // The agent's last answer, for the error; an attempt cut short by the deadline keeps it.
+    let mut last = "no answer".to_owned();
     loop {
         let attempt = async {
             let client = WorkloadApiClient::connect_to(endpoint).await?;
             client.fetch_x509_context().await
         };
-        let last = match tokio::time::timeout_at(deadline, attempt).await {
+        match tokio::time::timeout_at(deadline, attempt).await {
             Ok(Ok(context)) => return Ok(svid_of(endpoint, &context, trust_domain)?),
-            Ok(Err(error)) => error.to_string(),
-            Err(_) => "no answer".to_owned(),
-        };
+            Ok(Err(error)) => last = error.to_string(),
+            Err(_) => {}
+        }
         let now = tokio::time::Instant::now();
-        if now + backoff >= deadline {
+        if now >= deadline {
             return Err(WorkloadApiError::NoSvid {
                 endpoint: endpoint.to_owned(),
                 waited: timeout,
-                last,
+                last: std::mem::take(&mut last),
             });
         }
         tracing::debug!(endpoint, %last, "No SVID from the Workload API yet; retrying.");
-        tokio::time::sleep(backoff).await;
+        // The last attempt comes at the deadline at the latest: the whole wait is used.
+        tokio::time::sleep_until((now + backoff).min(deadline)).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
@@ -120,14 +123,17 @@ async fn stream(identity: &WorkloadIdentity, endpoint: &str, backoff: &mut Durat
         };
         *backoff = FIRST_BACKOFF;
         match svid_of(endpoint, &context, identity.trust_domain()) {
-            Ok(svid) if svid.cert_chain() == identity.current().cert_chain() => {}
+            // The agent sends the current state on every (re)connection, and again when only
+            // the bundle changes (a CA added or removed): that is an update too.
+            Ok(svid) if same(&svid, &identity.current()) => {}
             Ok(svid) => {
                 tracing::info!(
                     spiffe_id = %svid.spiffe_id(),
                     serial = svid.serial(),
                     not_after = %crate::x509::rfc3339(svid.not_after()),
                     endpoint,
-                    "Received a new SVID from the Workload API."
+                    bundle_certificates = svid.bundle().len(),
+                    "Received a new SVID or trust bundle from the Workload API."
                 );
                 identity.install(Arc::new(svid));
             }
@@ -139,6 +145,11 @@ async fn stream(identity: &WorkloadIdentity, endpoint: &str, backoff: &mut Durat
         }
     }
     "the agent closed the stream".to_owned()
+}
+
+/// Whether `a` and `b` are the same SVID with the same trust bundle.
+fn same(a: &Svid, b: &Svid) -> bool {
+    a.cert_chain() == b.cert_chain() && a.bundle() == b.bundle()
 }
 
 /// The context's default SVID with the bundle of its own trust domain, checked.

@@ -123,11 +123,13 @@ async fn rotation_arrives_on_the_stream_and_survives_an_agent_restart() {
             .watch(Duration::from_secs(3600), shutdown.clone()),
     );
     wait_until("the watcher's stream is open", || agent.calls() >= 2).await;
-    assert_eq!(
-        orders.current().serial(),
-        first,
-        "the stream's first message is no rotation"
+    // Its first message (the SVID already current) has been sent; give it time to arrive.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !changes.has_changed().unwrap(),
+        "the stream's first message is the current SVID: no rotation"
     );
+    assert_eq!(orders.current().serial(), first);
 
     let second = issue(&agent, &ca, ORDERS);
     wait_until("the rotated SVID", || orders.current().serial() == second).await;
@@ -164,6 +166,39 @@ async fn rotation_arrives_on_the_stream_and_survives_an_agent_restart() {
         .await
         .expect("the watcher stops on shutdown")
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_new_trust_bundle_alone_is_taken_from_the_stream() {
+    let ca = DevCa::new("wl-api CA").unwrap();
+    let added = DevCa::new("wl-api CA, the next one").unwrap();
+    let agent = WorkloadApiServer::start();
+    let issued = ca.issue_svid(&id(ORDERS), DEFAULT_SVID_TTL).unwrap();
+    agent.issue(ORDERS, &issued.cert_pem, &issued.key_pem, ca.bundle_pem());
+    let orders = WorkloadIdentity::connect(&agent.endpoint(), None, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(orders.current().bundle().len(), 1);
+    let serial = orders.current().serial().to_owned();
+    let shutdown = CancellationToken::new();
+    let watcher = tokio::spawn(
+        orders
+            .clone()
+            .watch(Duration::from_secs(3600), shutdown.clone()),
+    );
+    wait_until("the watcher's stream is open", || agent.calls() >= 2).await;
+
+    // The trust domain adds a CA: the same SVID arrives with a bundle of two.
+    let both = format!("{}{}", ca.bundle_pem(), added.bundle_pem());
+    agent.issue(ORDERS, &issued.cert_pem, &issued.key_pem, &both);
+    wait_until("the larger bundle", || orders.current().bundle().len() == 2).await;
+    assert_eq!(
+        orders.current().serial(),
+        serial,
+        "the SVID itself is the same"
+    );
+    shutdown.cancel();
+    watcher.await.unwrap();
 }
 
 #[tokio::test]

@@ -39,6 +39,8 @@ pub enum KitError {
     HttpClient(#[source] reqwest::Error),
     #[error("cannot load the service's SVID: {0}")]
     Svid(#[from] identity::WorkloadApiError),
+    #[error("asked to stop while waiting for the service's SVID")]
+    StoppedStarting,
     #[error("server error: {0}")]
     Serve(std::io::Error),
 }
@@ -95,8 +97,12 @@ impl Kit {
         migrations: &'static str,
         shutdown: CancellationToken,
     ) -> Result<Self, KitError> {
-        // The SVID first: a bad file stops the start before anything is opened.
-        let svid = crate::svid::load(&config.identity).await?;
+        // The SVID first: a bad file stops the start before anything is opened. A shutdown
+        // while waiting for a SPIRE agent stops it too.
+        let svid = tokio::select! {
+            svid = crate::svid::load(&config.identity) => svid?,
+            () = shutdown.cancelled() => return Err(KitError::StoppedStarting),
+        };
         create_parent_dir(&config.database_path)?;
         let db = Db::open(&config.database_path)?;
         messaging::migrate(&db).await?;

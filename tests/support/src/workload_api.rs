@@ -119,12 +119,11 @@ impl WorkloadApiServer {
             }],
         };
         let frame = grpc_frame(&message);
+        // Under the streams' lock, as `answer` reads the current SVID: a stream opening now
+        // either starts with this SVID or is in the list it is sent to.
+        let mut streams = self.state.streams.lock().unwrap();
         *self.state.current.lock().unwrap() = Some(frame.clone());
-        self.state
-            .streams
-            .lock()
-            .unwrap()
-            .retain(|stream| stream.try_send(Ok(Frame::data(frame.clone()))).is_ok());
+        streams.retain(|stream| stream.try_send(Ok(Frame::data(frame.clone()))).is_ok());
     }
 
     /// Ends every open stream with `UNAVAILABLE`, as a restarting agent does; clients must
@@ -185,14 +184,18 @@ fn answer(state: &State, req: Request<Incoming>) -> Response<Body> {
     if req.uri().path() != "/SpiffeWorkloadAPI/FetchX509SVID" {
         return trailers_only(12, "only FetchX509SVID is served here");
     }
-    state.calls.fetch_add(1, Ordering::SeqCst);
+    // The streams' lock first (see `issue`); the call is counted once the stream is listed.
+    let mut streams = state.streams.lock().unwrap();
     let Some(current) = state.current.lock().unwrap().clone() else {
+        state.calls.fetch_add(1, Ordering::SeqCst);
         return trailers_only(7, "no identity issued");
     };
     let (tx, rx) = mpsc::channel(16);
     tx.try_send(Ok(Frame::data(current)))
         .expect("a new stream has room");
-    state.streams.lock().unwrap().push(tx);
+    streams.push(tx);
+    state.calls.fetch_add(1, Ordering::SeqCst);
+    drop(streams);
     Response::builder()
         .header("content-type", "application/grpc")
         .body(StreamBody::new(ReceiverStream::new(rx)).boxed())
