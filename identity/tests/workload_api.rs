@@ -38,6 +38,22 @@ fn issue(agent: &WorkloadApiServer, ca: &DevCa, spiffe_id: &str) -> String {
     identity::Svid::load(&paths).unwrap().serial().to_owned()
 }
 
+/// Starts `identity`'s watcher on `agent`'s stream and waits until the stream is open (the
+/// agent's second call, after the first fetch). Cancel the token to stop it.
+async fn follow(
+    identity: &WorkloadIdentity,
+    agent: &WorkloadApiServer,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let shutdown = CancellationToken::new();
+    let watcher = tokio::spawn(
+        identity
+            .clone()
+            .watch(Duration::from_secs(3600), shutdown.clone()),
+    );
+    wait_until("the watcher's stream is open", || agent.calls() >= 2).await;
+    (shutdown, watcher)
+}
+
 async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !done() {
@@ -116,13 +132,7 @@ async fn rotation_arrives_on_the_stream_and_survives_an_agent_restart() {
         .unwrap();
     let mut changes = orders.subscribe();
     changes.mark_unchanged();
-    let shutdown = CancellationToken::new();
-    let watcher = tokio::spawn(
-        orders
-            .clone()
-            .watch(Duration::from_secs(3600), shutdown.clone()),
-    );
-    wait_until("the watcher's stream is open", || agent.calls() >= 2).await;
+    let (shutdown, watcher) = follow(&orders, &agent).await;
     // Its first message (the SVID already current) has been sent; give it time to arrive.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(
@@ -180,13 +190,7 @@ async fn a_new_trust_bundle_alone_is_taken_from_the_stream() {
         .unwrap();
     assert_eq!(orders.current().bundle().len(), 1);
     let serial = orders.current().serial().to_owned();
-    let shutdown = CancellationToken::new();
-    let watcher = tokio::spawn(
-        orders
-            .clone()
-            .watch(Duration::from_secs(3600), shutdown.clone()),
-    );
-    wait_until("the watcher's stream is open", || agent.calls() >= 2).await;
+    let (shutdown, watcher) = follow(&orders, &agent).await;
 
     // The trust domain adds a CA: the same SVID arrives with a bundle of two.
     let both = format!("{}{}", ca.bundle_pem(), added.bundle_pem());
