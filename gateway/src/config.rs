@@ -133,6 +133,33 @@ pub enum SvidConfig {
     },
 }
 
+impl SvidConfig {
+    /// The three files, as the `identity` crate names them.
+    pub fn files(paths: identity::SvidPaths) -> SvidConfig {
+        SvidConfig::Files {
+            cert_file: paths.cert,
+            key_file: paths.key,
+            bundle_file: paths.bundle,
+        }
+    }
+
+    /// The files it names; `None` for the Workload API.
+    pub fn paths(&self) -> Option<identity::SvidPaths> {
+        match self {
+            SvidConfig::Files {
+                cert_file,
+                key_file,
+                bundle_file,
+            } => Some(identity::SvidPaths {
+                cert: cert_file.clone(),
+                key: key_file.clone(),
+                bundle: bundle_file.clone(),
+            }),
+            SvidConfig::WorkloadApi { .. } => None,
+        }
+    }
+}
+
 /// Admin endpoint protection.
 #[derive(Debug, Clone, Serialize)]
 pub struct AdminSettings {

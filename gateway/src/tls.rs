@@ -268,10 +268,6 @@ impl Material {
     }
 }
 
-/// How long applying a policy waits for a SPIRE agent to hand out the gateway's first SVID
-/// (an agent answers only once it has attested the workload).
-pub(crate) const WORKLOAD_API_WAIT: Duration = Duration::from_secs(30);
-
 /// The gateway's own SVIDs for one policy generation, one per source named in it: files are
 /// read (and later polled) per upstream; each Workload API endpoint is one stream, shared by
 /// every upstream and issuer that names it and carried over to the next generation, so a
@@ -289,7 +285,7 @@ pub(crate) struct Identities {
 
 impl Default for Identities {
     fn default() -> Self {
-        Identities::waiting(WORKLOAD_API_WAIT)
+        Identities::waiting(identity::DEFAULT_WORKLOAD_API_WAIT)
     }
 }
 
@@ -322,7 +318,7 @@ impl Identities {
     }
 
     /// The identity for `svid`: its files loaded, or the endpoint's stream (fetching the
-    /// first SVID, up to [`WORKLOAD_API_WAIT`] by default, if no generation had it; an endpoint
+    /// first SVID, up to [`identity::DEFAULT_WORKLOAD_API_WAIT`] by default, if no generation had it; an endpoint
     /// that failed is not asked again for this generation). The error names the file or the
     /// endpoint.
     pub(crate) async fn get(
@@ -330,16 +326,8 @@ impl Identities {
         svid: &SvidConfig,
     ) -> Result<identity::WorkloadIdentity, String> {
         match svid {
-            SvidConfig::Files {
-                cert_file,
-                key_file,
-                bundle_file,
-            } => {
-                let paths = identity::SvidPaths {
-                    cert: cert_file.clone(),
-                    key: key_file.clone(),
-                    bundle: bundle_file.clone(),
-                };
+            SvidConfig::Files { .. } => {
+                let paths = svid.paths().expect("files have paths");
                 identity::WorkloadIdentity::load(&paths, None).map_err(|e| e.to_string())
             }
             SvidConfig::WorkloadApi { endpoint } => {
@@ -392,9 +380,8 @@ impl Identities {
     /// Drops the endpoints this generation does not use, and follows the others' streams
     /// until `stop` (one task per endpoint).
     pub(crate) fn follow(&mut self, background: &tokio::runtime::Handle, stop: &CancellationToken) {
-        let used = std::mem::take(&mut self.used);
+        let used = &self.used;
         self.followed.retain(|endpoint, _| used.contains(endpoint));
-        self.used = used;
         for id in self.followed.values() {
             background.spawn(
                 id.clone()

@@ -50,7 +50,7 @@ pub use svid::{
     SPIFFE_ENDPOINT_SOCKET_ENV, SVID_BUNDLE_FILE_ENV, SVID_CERT_FILE_ENV, SVID_DIR_ENV,
     SVID_KEY_FILE_ENV,
 };
-pub use workload::{Reload, WorkloadIdentity, DEFAULT_POLL_INTERVAL};
+pub use workload::{Reload, WorkloadIdentity, DEFAULT_POLL_INTERVAL, DEFAULT_WORKLOAD_API_WAIT};
 pub use workload_api::WorkloadApiError;
 pub use x509::{rfc3339, spiffe_id_of, CertError, CertInfo};
 

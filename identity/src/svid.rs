@@ -125,16 +125,6 @@ impl SvidSource {
             )),
         }
     }
-
-    /// The three files: explicit ones as they are, a directory's by its layout. `None` for
-    /// the Workload API, which has no files.
-    pub fn resolve(&self) -> Option<Result<SvidPaths, SvidError>> {
-        match self {
-            SvidSource::Files(p) => Some(Ok(p.clone())),
-            SvidSource::Dir(dir) => Some(SvidPaths::detect(dir)),
-            SvidSource::WorkloadApi(_) => None,
-        }
-    }
 }
 
 impl fmt::Display for SvidSource {
@@ -563,16 +553,14 @@ mod tests {
             ("SVID_CERT_FILE", "c"),
             ("SVID_KEY_FILE", "k"),
             ("SVID_BUNDLE_FILE", "b"),
-        ]))
-        .unwrap()
-        .unwrap();
+        ]));
         assert_eq!(
-            files.resolve().unwrap().unwrap(),
-            SvidPaths {
+            files,
+            Ok(Some(SvidSource::Files(SvidPaths {
                 cert: "c".into(),
                 key: "k".into(),
                 bundle: "b".into()
-            }
+            })))
         );
         assert_eq!(
             SvidSource::from_vars(vars(&[("SVID_DIR", "/s"), ("SVID_KEY_FILE", "k")])),

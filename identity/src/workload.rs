@@ -17,6 +17,11 @@ use crate::workload_api::{self, WorkloadApiError};
 /// How often [`WorkloadIdentity::watch`] looks at the files by default: every second.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How long a workload waits by default for a SPIRE agent to hand out its first SVID
+/// ([`WorkloadIdentity::connect`]): 30 s. An agent answers only once it has attested the
+/// workload, which can take a few seconds after a pod starts.
+pub const DEFAULT_WORKLOAD_API_WAIT: Duration = Duration::from_secs(30);
+
 /// What [`WorkloadIdentity::reload`] found.
 #[derive(Debug, Clone)]
 pub enum Reload {

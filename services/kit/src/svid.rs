@@ -17,13 +17,9 @@ use crate::peer::IdentityConfig;
 /// How often the SVID files are looked at and the expiry gauge refreshed.
 pub(crate) const POLL_INTERVAL: Duration = identity::DEFAULT_POLL_INTERVAL;
 
-/// How long the start waits for a SPIRE agent to hand out the first SVID: an agent answers only
-/// once it has attested the workload, which can take a few seconds after the pod starts.
-pub(crate) const WORKLOAD_API_WAIT: Duration = Duration::from_secs(30);
-
 /// Loads the SVID `config` names (`None` in the mesh modes, where the sidecar holds it),
 /// checking it is in the configured trust domain: from its files, or from the Workload API
-/// (waiting up to [`WORKLOAD_API_WAIT`] for the first one).
+/// (waiting up to [`identity::DEFAULT_WORKLOAD_API_WAIT`] for the first one).
 pub(crate) async fn load(
     config: &IdentityConfig,
 ) -> Result<Option<WorkloadIdentity>, WorkloadApiError> {
@@ -36,7 +32,8 @@ pub(crate) async fn load(
     let trust_domain = Some(config.ids.trust_domain());
     let id = match source {
         SvidSource::WorkloadApi(endpoint) => {
-            WorkloadIdentity::connect(endpoint, trust_domain, WORKLOAD_API_WAIT).await?
+            WorkloadIdentity::connect(endpoint, trust_domain, identity::DEFAULT_WORKLOAD_API_WAIT)
+                .await?
         }
         SvidSource::Dir(dir) => WorkloadIdentity::load(&SvidPaths::detect(dir)?, trust_domain)?,
         SvidSource::Files(paths) => WorkloadIdentity::load(paths, trust_domain)?,

@@ -1307,14 +1307,10 @@ fn k8s_gateway_policy_is_valid_and_routes_to_the_service_names() {
     );
     let raw: Value = serde_yaml::from_str(text).unwrap();
     // The SVID files the gateway loads: csi-driver-spiffe's names (tls.crt, tls.key, ca.crt).
-    let svid_files = |tls: &gateway::config::UpstreamTlsConfig| match &tls.svid {
-        gateway::config::SvidConfig::Files {
-            cert_file,
-            key_file,
-            bundle_file,
-        } => [cert_file, key_file, bundle_file]
-            .map(|f| f.file_name().and_then(|n| n.to_str()).unwrap().to_owned()),
-        other => panic!("the k8s policy reads SVID files, not {other:?}"),
+    let svid_files = |tls: &gateway::config::UpstreamTlsConfig| {
+        let paths = tls.svid.paths().expect("the k8s policy reads SVID files");
+        [&paths.cert, &paths.key, &paths.bundle]
+            .map(|f| f.file_name().and_then(|n| n.to_str()).unwrap().to_owned())
     };
     for s in Workload::SERVICES {
         assert_eq!(

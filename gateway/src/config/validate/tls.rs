@@ -54,18 +54,20 @@ pub(super) fn upstream(
     let svid = match (svid_dir, cert_file, key_file, bundle_file, workload_api) {
         (Some(dir), None, None, None, None) => {
             match identity::SvidPaths::detect(&base_dir.join(dir)) {
-                Ok(paths) => files(paths),
+                Ok(paths) => SvidConfig::files(paths),
                 Err(e) => {
                     errs.push(format!("{loc}.svid_dir"), e.to_string());
                     return None;
                 }
             }
         }
-        (None, Some(cert), Some(key), Some(bundle), None) => files(identity::SvidPaths {
-            cert: base_dir.join(cert),
-            key: base_dir.join(key),
-            bundle: base_dir.join(bundle),
-        }),
+        (None, Some(cert), Some(key), Some(bundle), None) => {
+            SvidConfig::files(identity::SvidPaths {
+                cert: base_dir.join(cert),
+                key: base_dir.join(key),
+                bundle: base_dir.join(bundle),
+            })
+        }
         (None, None, None, None, Some(endpoint)) => {
             if let Err(e) = identity::SvidSource::workload_api(&endpoint) {
                 errs.push(format!("{loc}.workload_api"), e.to_string());
@@ -94,17 +96,7 @@ pub(super) fn upstream(
     }
     // Files are checked now; an SVID from the Workload API when the policy is applied (the
     // agent gives one only to the running gateway).
-    if let SvidConfig::Files {
-        cert_file,
-        key_file,
-        bundle_file,
-    } = &svid
-    {
-        let paths = identity::SvidPaths {
-            cert: cert_file.clone(),
-            key: key_file.clone(),
-            bundle: bundle_file.clone(),
-        };
+    if let Some(paths) = svid.paths() {
         if let Err(e) = identity::Svid::load(&paths) {
             errs.push(loc, e.to_string());
         }
@@ -114,12 +106,4 @@ pub(super) fn upstream(
         spiffe_ids,
         server_name: server_name.unwrap_or_else(|| upstream.to_string()),
     })
-}
-
-fn files(paths: identity::SvidPaths) -> SvidConfig {
-    SvidConfig::Files {
-        cert_file: paths.cert,
-        key_file: paths.key,
-        bundle_file: paths.bundle,
-    }
 }
