@@ -105,7 +105,8 @@ impl AccessLog {
     /// a `tracing` span, so it carries them itself (as the top-level `trace_id` / `span_id`).
     ///
     /// Fields are written in alphabetical order, as the `tracing` lines' are; add a field by
-    /// adding its line at its place.
+    /// adding its line at its place. `clean_str` only for values that cannot need escaping
+    /// (addresses, the validated request id, the method token).
     pub(crate) fn write(
         &self,
         ctx: &RequestCtx,
@@ -133,10 +134,10 @@ impl AccessLog {
                 .str("auth_reason", ctx.auth.reason())
                 .str("auth_result", ctx.auth.result().as_str())
                 .bool("auth_shadow", crate::shadow::auth_shadowed(ctx))
-                .str("client_ip", &ctx.client.ip)
+                .clean_str("client_ip", &ctx.client.ip)
                 .str("decision", decision)
                 .millis("duration_ms", elapsed)
-                .str(
+                .clean_str(
                     "endpoint",
                     ctx.upstream.endpoint.as_ref().map_or("", |e| &e.addr_text),
                 )
@@ -144,12 +145,12 @@ impl AccessLog {
                 .str("error_detail", error_detail)
                 .str("error_type", error_type)
                 .str("host", ctx.client.host.as_deref().unwrap_or(""))
-                .str("method", req.method.as_str())
+                .clean_str("method", req.method.as_str())
                 .str("path", req.uri.path())
                 .str("ratelimit", &ratelimit::summary(&ctx.limits))
                 .str("ratelimit_shadow", &crate::shadow::limits_summary(ctx))
                 .u64("request_body_bytes", ctx.body_bytes)
-                .str("request_id", &ctx.request_id)
+                .clean_str("request_id", &ctx.request_id)
                 .str("route", ctx.route_name())
                 .u64("status", u64::from(status))
                 .str("upstream", ctx.upstream_name().unwrap_or(""))

@@ -76,6 +76,11 @@ impl Client {
     ) -> Self {
         let own_proto = if tls { "https" } else { "http" };
         let forwarded = peer.map(|ip| {
+            if trusted.is_empty() {
+                // No proxy is trusted (the default): the headers cannot matter, so they are
+                // not looked up.
+                return crate::forwarded::resolve(ip, std::iter::empty(), None, trusted, own_proto);
+            }
             crate::forwarded::resolve(
                 ip,
                 headers.get_all(&X_FORWARDED_FOR).iter(),
@@ -84,13 +89,16 @@ impl Client {
                 own_proto,
             )
         });
+        let ip = match &forwarded {
+            // A chain of one address is the client alone: its text is already made.
+            Some(f) if !f.forwarded_for.contains(',') => f.forwarded_for.clone(),
+            Some(f) => crate::forwarded::ip_string(f.ip),
+            None => "unknown".to_string(),
+        };
         Client {
             tls,
             addr: forwarded.as_ref().map(|f| f.ip),
-            ip: forwarded.as_ref().map_or_else(
-                || "unknown".to_string(),
-                |f| crate::forwarded::ip_string(f.ip),
-            ),
+            ip,
             forwarded,
             host: None,
         }
@@ -191,6 +199,32 @@ impl RequestCtx {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forwarding_headers_count_only_from_trusted_proxies() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", "203.0.113.9".parse().unwrap());
+        headers.insert("x-forwarded-proto", "https".parse().unwrap());
+        let peer = Some("10.0.0.5".parse().unwrap());
+
+        // No trusted proxy (the default): the headers are not even read.
+        let client = Client::resolve(peer, &headers, &[], false);
+        assert_eq!(client.ip, "10.0.0.5");
+        let forwarded = client.forwarded.unwrap();
+        assert_eq!(forwarded.forwarded_for, "10.0.0.5");
+        assert_eq!(forwarded.proto, "http");
+
+        // From a trusted proxy: the client it names, and the whole chain upstream.
+        let trusted: [IpNet; 1] = ["10.0.0.0/8".parse().unwrap()];
+        let client = Client::resolve(peer, &headers, &trusted, false);
+        assert_eq!(client.ip, "203.0.113.9");
+        let forwarded = client.forwarded.unwrap();
+        assert_eq!(forwarded.forwarded_for, "203.0.113.9, 10.0.0.5");
+        assert_eq!(forwarded.proto, "https");
+
+        let unknown = Client::resolve(None, &headers, &trusted, true);
+        assert_eq!(unknown.ip, "unknown");
+    }
 
     /// Pingora keeps `CTX` inside the request's future, which is boxed and moved per request:
     /// every byte here is copied. `cargo test -p gateway --lib ctx_size -- --nocapture` prints

@@ -11,6 +11,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use observability::lines::TraceIds;
+
 use crate::context::RequestCtx;
 
 /// Labels of the request-duration histogram: the semantic-convention names mapped to Prometheus
@@ -331,10 +333,20 @@ impl Metrics {
     /// Counts a finished request: its duration (with the trace as exemplar), the auth decision
     /// and every rate-limit decision; decisions made in shadow mode are counted apart
     /// ([`crate::shadow::count`]).
-    pub(crate) fn record_request(&self, ctx: &RequestCtx, method: &http::Method, status: u16) {
+    /// Records a finished request. `trace` is its SERVER span's ids, formatted once for the
+    /// access line too; a sampled span's trace id becomes the duration's exemplar.
+    pub(crate) fn record_request(
+        &self,
+        ctx: &RequestCtx,
+        method: &http::Method,
+        status: u16,
+        trace: Option<&TraceIds>,
+    ) {
         let route = ctx.route_name();
         let method = Method::from_http(method);
-        let exemplar = observability::metrics::trace_exemplar_of(ctx.span.span_context());
+        let exemplar = trace
+            .filter(|_| ctx.span.span_context().is_sampled())
+            .map(observability::metrics::trace_exemplar_from);
         let elapsed = ctx.start.elapsed().as_secs_f64();
         self.resolved_durations.with(
             |k| {

@@ -250,11 +250,14 @@ impl ProxyHttp for Gateway {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         attempt::finished(ctx, e);
         let req = session.req_header();
-        self.shared.metrics.record_request(ctx, &req.method, status);
+        // Formatted once, for the duration's exemplar and the access line.
+        let trace = ctx.span_ids();
+        self.shared
+            .metrics
+            .record_request(ctx, &req.method, status, trace.as_ref());
         let decision = decision::trail(ctx, status);
         access_log::record_on_span(ctx, status, &decision);
         ctx.upstream.span = None;
-        let trace = ctx.span_ids();
         ctx.span.end();
         self.access_log
             .write(ctx, req, status, &decision, trace.as_ref());

@@ -18,8 +18,9 @@ use crate::problem::GatewayError;
 use crate::request_id::X_REQUEST_ID;
 use crate::{auth, routing};
 
-/// Trace-context headers replaced by the gateway's own when it propagates a trace.
-const TRACE_HEADERS: [HeaderName; 4] = [
+/// Trace-context headers replaced by the gateway's own when it propagates a trace. A `static`,
+/// not a `const`: each use of a `const` array builds and drops a temporary copy of it.
+static TRACE_HEADERS: [HeaderName; 4] = [
     HeaderName::from_static("traceparent"),
     HeaderName::from_static("tracestate"),
     HeaderName::from_static("baggage"),

@@ -76,9 +76,15 @@ pub fn trace_exemplar_of(sc: &opentelemetry::trace::SpanContext) -> Option<Trace
     if !sc.is_sampled() {
         return None;
     }
-    crate::lines::TraceIds::of(sc).map(|ids| TraceExemplar {
+    crate::lines::TraceIds::of(sc).map(|ids| trace_exemplar_from(&ids))
+}
+
+/// The exemplar of a sampled span whose ids are already formatted (no second hex encoding);
+/// the caller checks that the span is sampled, as [`trace_exemplar_of`] does.
+pub fn trace_exemplar_from(ids: &crate::lines::TraceIds) -> TraceExemplar {
+    TraceExemplar {
         trace_id: ids.trace_id().to_owned(),
-    })
+    }
 }
 
 /// A shared, thread-safe prometheus-client [`Registry`] that encodes OpenMetrics text.
