@@ -134,7 +134,7 @@ impl AccessLog {
                 .str("auth_reason", ctx.auth.reason())
                 .str("auth_result", ctx.auth.result().as_str())
                 .bool("auth_shadow", crate::shadow::auth_shadowed(ctx))
-                .clean_str("client_ip", &ctx.client.ip)
+                .clean_str("client_ip", ctx.client.ip())
                 .str("decision", decision)
                 .millis("duration_ms", elapsed)
                 .clean_str(

@@ -12,7 +12,7 @@ use observability::http_span::{ClientSpan, ServerSpan};
 use observability::lines::TraceIds;
 
 use crate::auth::AuthDecision;
-use crate::forwarded::{ForwardedClient, X_FORWARDED_FOR, X_FORWARDED_PROTO};
+use crate::forwarded::ForwardedClient;
 use crate::problem::GatewayError;
 use crate::ratelimit::Decision;
 use crate::state::{Route, Runtime};
@@ -57,8 +57,6 @@ pub(crate) struct Client {
     pub(crate) tls: bool,
     /// The client's address (see [`crate::forwarded`]), canonical (IPv4-mapped IPv6 as IPv4).
     pub(crate) addr: Option<IpAddr>,
-    /// [`Client::addr`] as text, or `unknown`.
-    pub(crate) ip: String,
     /// The client and forwarding headers as resolved from the TCP peer and trusted proxies.
     pub(crate) forwarded: Option<ForwardedClient>,
     /// The request's host, lower-case without port.
@@ -75,33 +73,20 @@ impl Client {
         tls: bool,
     ) -> Self {
         let own_proto = if tls { "https" } else { "http" };
-        let forwarded = peer.map(|ip| {
-            if trusted.is_empty() {
-                // No proxy is trusted (the default): the headers cannot matter, so they are
-                // not looked up.
-                return crate::forwarded::resolve(ip, std::iter::empty(), None, trusted, own_proto);
-            }
-            crate::forwarded::resolve(
-                ip,
-                headers.get_all(&X_FORWARDED_FOR).iter(),
-                headers.get(&X_FORWARDED_PROTO),
-                trusted,
-                own_proto,
-            )
-        });
-        let ip = match &forwarded {
-            // A chain of one address is the client alone: its text is already made.
-            Some(f) if !f.forwarded_for.contains(',') => f.forwarded_for.clone(),
-            Some(f) => crate::forwarded::ip_string(f.ip),
-            None => "unknown".to_string(),
-        };
+        let forwarded = peer.map(|ip| crate::forwarded::resolve(ip, headers, trusted, own_proto));
         Client {
             tls,
             addr: forwarded.as_ref().map(|f| f.ip),
-            ip,
             forwarded,
             host: None,
         }
+    }
+
+    /// [`Client::addr`] as text (formatted once, in [`ForwardedClient`]), or `unknown`.
+    pub(crate) fn ip(&self) -> &str {
+        self.forwarded
+            .as_ref()
+            .map_or("unknown", ForwardedClient::client_text)
     }
 }
 
@@ -209,7 +194,7 @@ mod tests {
 
         // No trusted proxy (the default): the headers are not even read.
         let client = Client::resolve(peer, &headers, &[], false);
-        assert_eq!(client.ip, "10.0.0.5");
+        assert_eq!(client.ip(), "10.0.0.5");
         let forwarded = client.forwarded.unwrap();
         assert_eq!(forwarded.forwarded_for, "10.0.0.5");
         assert_eq!(forwarded.proto, "http");
@@ -217,13 +202,13 @@ mod tests {
         // From a trusted proxy: the client it names, and the whole chain upstream.
         let trusted: [IpNet; 1] = ["10.0.0.0/8".parse().unwrap()];
         let client = Client::resolve(peer, &headers, &trusted, false);
-        assert_eq!(client.ip, "203.0.113.9");
+        assert_eq!(client.ip(), "203.0.113.9");
         let forwarded = client.forwarded.unwrap();
         assert_eq!(forwarded.forwarded_for, "203.0.113.9, 10.0.0.5");
         assert_eq!(forwarded.proto, "https");
 
         let unknown = Client::resolve(None, &headers, &trusted, true);
-        assert_eq!(unknown.ip, "unknown");
+        assert_eq!(unknown.ip(), "unknown");
     }
 
     /// Pingora keeps `CTX` inside the request's future, which is boxed and moved per request:

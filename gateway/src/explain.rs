@@ -219,7 +219,7 @@ pub(crate) async fn explain_on(
             url: request.url.clone(),
             host: ctx.client.host.clone(),
             path,
-            client_ip: ctx.client.ip.clone(),
+            client_ip: ctx.client.ip().to_owned(),
         },
         routes,
         route: ctx.route.as_ref().map(|r| r.config.name.clone()),

@@ -10,7 +10,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use http::HeaderValue;
+use http::HeaderMap;
 use ipnet::IpNet;
 
 /// The forwarding headers, by ready names (read from the client's request, written to the
@@ -34,13 +34,23 @@ pub(crate) struct ForwardedClient {
     pub(crate) proto: &'static str,
 }
 
-/// Resolves the client of a request that arrived from `peer` carrying `forwarded_for` (every
-/// `X-Forwarded-For` value, in order) and `forwarded_proto`, over a connection that was
-/// `own_proto` (`https` on the TLS listener).
-pub(crate) fn resolve<'a>(
+impl ForwardedClient {
+    /// The client's address as text: the first entry of [`ForwardedClient::forwarded_for`],
+    /// formatted once.
+    pub(crate) fn client_text(&self) -> &str {
+        self.forwarded_for
+            .split(',')
+            .next()
+            .unwrap_or(&self.forwarded_for)
+    }
+}
+
+/// Resolves the client of a request that arrived from `peer` with `headers`, over a connection
+/// that was `own_proto` (`https` on the TLS listener). `X-Forwarded-For` (every value, in
+/// order) and `X-Forwarded-Proto` are looked up only when `peer` is a `trusted` proxy.
+pub(crate) fn resolve(
     peer: IpAddr,
-    forwarded_for: impl Iterator<Item = &'a HeaderValue>,
-    forwarded_proto: Option<&HeaderValue>,
+    headers: &HeaderMap,
     trusted: &[IpNet],
     own_proto: &'static str,
 ) -> ForwardedClient {
@@ -56,7 +66,9 @@ pub(crate) fn resolve<'a>(
     }
     // Right to left: the nearest hop first. An entry that is not an address ends the walk:
     // nothing left of it can be believed.
-    let hops: Vec<&str> = forwarded_for
+    let hops: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
@@ -76,7 +88,11 @@ pub(crate) fn resolve<'a>(
         .map(|ip| ip_string(*ip))
         .collect::<Vec<_>>()
         .join(", ");
-    let proto = match forwarded_proto.and_then(|v| v.to_str().ok()).map(str::trim) {
+    let proto = match headers
+        .get(&X_FORWARDED_PROTO)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+    {
         Some(p) if p.eq_ignore_ascii_case("https") => "https",
         _ => "http",
     };
@@ -104,6 +120,7 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
     #[test]
     fn addresses_are_canonical_whatever_their_spelling() {
@@ -121,18 +138,20 @@ mod tests {
     }
 
     fn run(peer: &str, xff: &[&str], proto: Option<&str>, trusted: &[&str]) -> ForwardedClient {
-        let values: Vec<HeaderValue> = xff
-            .iter()
-            .map(|v| HeaderValue::from_str(v).unwrap())
-            .collect();
-        let proto = proto.map(|p| HeaderValue::from_str(p).unwrap());
-        resolve(
-            peer.parse().unwrap(),
-            values.iter(),
-            proto.as_ref(),
-            &nets(trusted),
-            "http",
-        )
+        let mut headers = HeaderMap::new();
+        for v in xff {
+            headers.append(&X_FORWARDED_FOR, HeaderValue::from_str(v).unwrap());
+        }
+        if let Some(p) = proto {
+            headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_str(p).unwrap());
+        }
+        let c = resolve(peer.parse().unwrap(), &headers, &nets(trusted), "http");
+        assert_eq!(
+            c.client_text(),
+            c.ip.to_string(),
+            "the chain starts with the client"
+        );
+        c
     }
 
     #[test]

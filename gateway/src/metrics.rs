@@ -332,9 +332,8 @@ impl Metrics {
 
     /// Counts a finished request: its duration (with the trace as exemplar), the auth decision
     /// and every rate-limit decision; decisions made in shadow mode are counted apart
-    /// ([`crate::shadow::count`]).
-    /// Records a finished request. `trace` is its SERVER span's ids, formatted once for the
-    /// access line too; a sampled span's trace id becomes the duration's exemplar.
+    /// ([`crate::shadow::count`]). `trace` is the SERVER span's ids, formatted once for the
+    /// access line too; a sampled span's trace id becomes the exemplar.
     pub(crate) fn record_request(
         &self,
         ctx: &RequestCtx,

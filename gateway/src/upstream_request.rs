@@ -105,7 +105,7 @@ fn add_headers(headers: &mut HeaderMap, downstream: &RequestHeader, ctx: &Reques
         .client
         .forwarded
         .as_ref()
-        .map_or((ctx.client.ip.as_str(), "http"), |f| {
+        .map_or((ctx.client.ip(), "http"), |f| {
             (f.forwarded_for.as_str(), f.proto)
         });
     if let Ok(value) = HeaderValue::from_str(forwarded_for) {
@@ -189,7 +189,11 @@ mod tests {
     fn ctx() -> RequestCtx {
         let mut ctx = RequestCtx::new();
         ctx.request_id = "0123456789abcdef".into();
-        ctx.client.ip = "192.0.2.7".into();
+        ctx.client.forwarded = Some(crate::forwarded::ForwardedClient {
+            ip: "192.0.2.7".parse().unwrap(),
+            forwarded_for: "192.0.2.7".into(),
+            proto: "http",
+        });
         ctx
     }
 
