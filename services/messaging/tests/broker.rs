@@ -472,10 +472,17 @@ async fn an_outbox_row_written_while_the_broker_is_down_is_published_when_it_ret
     fx.cleanup().await;
 }
 
-/// Blocks inside the transaction on its first call until the test has killed the connection.
+/// On its first call, writes the effect and then holds the transaction open until the test
+/// says the consumer's connection is gone, so the commit and the ack come after the kill
+/// however long `rabbitmqctl` takes (a fixed sleep raced it on a loaded machine).
 struct SlowFirst {
     inner: Recorder,
-    first: std::sync::Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    first: std::sync::Mutex<Option<Handshake>>,
+}
+
+struct Handshake {
+    entered: std::sync::mpsc::Sender<()>,
+    killed: std::sync::mpsc::Receiver<()>,
 }
 
 impl Handler for SlowFirst {
@@ -483,29 +490,53 @@ impl Handler for SlowFirst {
 
     fn apply(&self, tx: &Writer<'_>, msg: &Incoming, prepared: ()) -> Result<(), HandlerError> {
         self.inner.apply(tx, msg, prepared)?;
-        if let Some(tell) = self.first.lock().unwrap().take() {
-            tell.send(()).unwrap();
+        if let Some(hs) = self.first.lock().unwrap().take() {
+            hs.entered.send(()).unwrap();
             // The effect is written but not committed or acked while the connection dies.
-            std::thread::sleep(Duration::from_secs(3));
+            hs.killed
+                .recv_timeout(Duration::from_secs(60))
+                .expect("the test kills the consumer's connection within 60 s");
         }
         Ok(())
     }
 }
 
-fn close_connections_named(name: &str) -> usize {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args(["list_connections", "-q", "pid", "client_properties"])
-        .output()
+/// Runs `rabbitmqctl` with a deadline: the CLI boots an Erlang VM per call, which can take
+/// seconds on a loaded machine and, rarely, hang.
+fn rabbitmqctl(args: &[&str]) -> String {
+    use std::io::Read;
+    let mut child = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
         .expect("rabbitmqctl is needed to kill a consumer's connection");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        stdout.read_to_string(&mut out).map(|_| out)
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("rabbitmqctl {args:?} did not finish within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = reader.join().unwrap().unwrap();
+    assert!(status.success(), "rabbitmqctl {args:?} failed: {status}");
+    out
+}
+
+fn close_connections_named(name: &str) -> usize {
+    let listed = rabbitmqctl(&["list_connections", "-q", "pid", "client_properties"]);
     let mut closed = 0;
-    for line in text.lines().filter(|l| l.contains(name)) {
+    for line in listed.lines().filter(|l| l.contains(name)) {
         let pid = line.split_whitespace().next().unwrap();
-        let status = std::process::Command::new("rabbitmqctl")
-            .args(["close_connection", pid, "test kills the consumer"])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        rabbitmqctl(&["close_connection", pid, "test kills the consumer"]);
         closed += 1;
     }
     closed
@@ -524,22 +555,32 @@ async fn a_consumer_killed_before_ack_gets_the_message_again_and_the_effect_happ
     )
     .await;
 
-    let (tell, told) = std::sync::mpsc::channel();
+    let (entered, in_tx) = std::sync::mpsc::channel();
+    let (killed, kill_seen) = std::sync::mpsc::channel();
     let handler = Arc::new(SlowFirst {
         inner: Recorder::default(),
-        first: std::sync::Mutex::new(Some(tell)),
+        first: std::sync::Mutex::new(Some(Handshake {
+            entered,
+            killed: kill_seen,
+        })),
     });
     let consumer = fx.consumer(handler.clone(), 5);
     let up = consumer.status();
     tokio::spawn(consumer.run(fx.shutdown.clone()));
-    tokio::task::spawn_blocking(move || told.recv_timeout(Duration::from_secs(10)).unwrap())
-        .await
-        .unwrap();
+    tokio::task::spawn_blocking(move || {
+        in_tx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the consumer got the message within 10 s")
+    })
+    .await
+    .unwrap();
     let name = format!("{}-consumer-svc", fx.amqp.connection_name);
     let closed = tokio::task::spawn_blocking(move || close_connections_named(&name))
         .await
         .unwrap();
     assert_eq!(closed, 1, "the consumer's connection was found and closed");
+    // Only now may the handler commit and try to ack, on a connection that is gone.
+    killed.send(()).unwrap();
 
     eventually(
         "redelivery recognised as a duplicate",
