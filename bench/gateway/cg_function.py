@@ -7,7 +7,10 @@ Usage: cg_function.py OUT 'function name substring' [divisor [lines]]
   divisor: requests in the batch (default 3000, the CG_N2 batch: *.out.2 / *.out.4)
   lines:   how many source lines to list (default 25)
 Example: bench/gateway/cg_function.py /tmp/gwbench.X/callgrind/gw-plain.out.4 'upstream_request::prepare'
+With CALLERS=1 in the environment it lists instead who calls the matching functions, with the
+inclusive cost and count of those calls per request (e.g. who is behind `__memcpy_avx_unaligned`).
 """
+import os
 import re, sys, collections
 path, pat = sys.argv[1], sys.argv[2]
 div = float(sys.argv[3]) if len(sys.argv) > 3 else 3000
@@ -33,6 +36,8 @@ if m:
 fl = fi = fn = None; line = 0
 selfc = collections.Counter(); calls = collections.Counter(); ncalls = collections.Counter()
 cfn = None; pending_call = False; target = False
+callers = collections.Counter(); ncallers = collections.Counter()
+by_caller = os.environ.get('CALLERS') == '1'
 for raw in open(path, errors='replace'):
     raw = raw.rstrip('\n')
     if not raw: continue
@@ -56,6 +61,8 @@ for raw in open(path, errors='replace'):
         elif p[0] in '+-': line += int(p)
         else: line = int(p)
         cost = int(parts[1]) if len(parts) > 1 else 0
+        if by_caller and pending_call and pat in cfn:
+            callers[fn] += cost; ncallers[fn] += ncall
         if target:
             if pending_call:
                 calls[cfn] += cost; ncalls[cfn] += ncall
@@ -63,6 +70,10 @@ for raw in open(path, errors='replace'):
                 selfc[(fi, line)] += cost
         pending_call = False
         continue
+if by_caller:
+    print(f"calls into '{pat}': {sum(callers.values())/div:.0f} a request, by caller")
+    for k, v in callers.most_common(30): print(f"{v/div:8.0f}  x{ncallers[k]/div:.2f}  {k[:150]}")
+    sys.exit(0)
 tot_self = sum(selfc.values()); tot_calls = sum(calls.values())
 print(f"self {tot_self/div:.0f}  calls {tot_calls/div:.0f}  total {(tot_self+tot_calls)/div:.0f}")
 byfile = collections.Counter()
