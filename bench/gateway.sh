@@ -667,7 +667,7 @@ run_wrk() {
   # Syscalls of the proxy (every thread, nginx's worker too), counted in the kernel by perf.
   if [ "$SYSCALLS" = 1 ] && [ -n "$pids" ]; then
     for p in $pids; do for c in $p $(cat "/proc/$p/task/"*/children 2>/dev/null); do plist="$plist${plist:+,}$c"; done; done
-    taskset -c "$LOAD_CPU" perf stat -x, -e raw_syscalls:sys_enter -p "$plist" -o "$WORK/perf-$name.txt" &
+    taskset -c "$LOAD_CPU" perf stat -x, -e raw_syscalls:sys_enter,page-faults -p "$plist" -o "$WORK/perf-$name.txt" &
     perf_pid=$!
     sleep 0.2
   fi
@@ -681,6 +681,11 @@ run_wrk() {
     wait "$perf_pid" 2>/dev/null || true
     syscalls=$(awk -F, '/raw_syscalls:sys_enter/{print $1}' "$WORK/perf-$name.txt" 2>/dev/null)
     case "$syscalls" in ''|*[!0-9]*) syscalls="-";; esac
+    # Page faults (software event, counted on any VM): in the log only, to explain kernel time
+    # that system calls do not (memory returned to the OS and touched again).
+    local faults
+    faults=$(awk -F, '/page-faults/{print $1}' "$WORK/perf-$name.txt" 2>/dev/null)
+    case "$faults" in ''|*[!0-9]*) ;; *) say "   $name: $faults page faults in the run";; esac
   fi
   printf '%s\n' "$out" >"$WORK/wrk-$name.txt"
   WRK_SENT=$(( ${WRK_SENT:-0} + $(printf '%s\n' "$out" | awk '/requests in/{print $1}') ))
