@@ -6,6 +6,7 @@
 use http::header;
 use observability::http_span::HttpSpan as _;
 use observability::http_trace::Side;
+use observability::json_key;
 use observability::lines::{LineLog, TraceIds};
 use pingora_http::RequestHeader;
 
@@ -129,36 +130,39 @@ impl AccessLog {
             .as_ref()
             .map_or(("", ""), |f| (f.error_type(), f.detail().unwrap_or("")));
         lines.write(tracing::Level::INFO, "access", "request", trace, |f| {
-            f.u64("attempts", u64::from(ctx.upstream.count))
-                .str("auth_issuer", ctx.auth.issuer().unwrap_or(""))
-                .str("auth_reason", ctx.auth.reason())
-                .str("auth_result", ctx.auth.result().as_str())
-                .bool("auth_shadow", crate::shadow::auth_shadowed(ctx))
-                .clean_str("client_ip", ctx.client.ip())
-                .str("decision", decision)
-                .millis("duration_ms", elapsed)
+            f.u64(json_key!("attempts"), u64::from(ctx.upstream.count))
+                .str(json_key!("auth_issuer"), ctx.auth.issuer().unwrap_or(""))
+                .str(json_key!("auth_reason"), ctx.auth.reason())
+                .str(json_key!("auth_result"), ctx.auth.result().as_str())
+                .bool(json_key!("auth_shadow"), crate::shadow::auth_shadowed(ctx))
+                .clean_str(json_key!("client_ip"), ctx.client.ip())
+                .str(json_key!("decision"), decision)
+                .millis(json_key!("duration_ms"), elapsed)
                 .clean_str(
-                    "endpoint",
+                    json_key!("endpoint"),
                     ctx.upstream.endpoint.as_ref().map_or("", |e| &e.addr_text),
                 )
-                .str("enduser_id", ctx.auth.subject().unwrap_or(""))
-                .str("error_detail", error_detail)
-                .str("error_type", error_type)
-                .str("host", ctx.client.host.as_deref().unwrap_or(""))
-                .clean_str("method", req.method.as_str())
-                .str("path", req.uri.path())
-                .str("ratelimit", &ratelimit::summary(&ctx.limits))
-                .str("ratelimit_shadow", &crate::shadow::limits_summary(ctx))
-                .u64("request_body_bytes", ctx.body_bytes)
-                .clean_str("request_id", &ctx.request_id)
-                .str("route", ctx.route_name())
-                .u64("status", u64::from(status))
-                .str("upstream", ctx.upstream_name().unwrap_or(""))
+                .str(json_key!("enduser_id"), ctx.auth.subject().unwrap_or(""))
+                .str(json_key!("error_detail"), error_detail)
+                .str(json_key!("error_type"), error_type)
+                .str(json_key!("host"), ctx.client.host.as_deref().unwrap_or(""))
+                .clean_str(json_key!("method"), req.method.as_str())
+                .str(json_key!("path"), req.uri.path())
+                .str(json_key!("ratelimit"), &ratelimit::summary(&ctx.limits))
+                .str(
+                    json_key!("ratelimit_shadow"),
+                    &crate::shadow::limits_summary(ctx),
+                )
+                .u64(json_key!("request_body_bytes"), ctx.body_bytes)
+                .clean_str(json_key!("request_id"), &ctx.request_id)
+                .str(json_key!("route"), ctx.route_name())
+                .u64(json_key!("status"), u64::from(status))
+                .str(json_key!("upstream"), ctx.upstream_name().unwrap_or(""))
                 .u64(
-                    "upstream_status",
+                    json_key!("upstream_status"),
                     u64::from(ctx.upstream.status.unwrap_or(0)),
                 )
-                .str("user_agent", user_agent);
+                .str(json_key!("user_agent"), user_agent);
         });
     }
 }

@@ -19,7 +19,8 @@
 //! let (telemetry, _dispatch) = observability::build("gateway", "1", &env, std::io::sink).unwrap();
 //! let log = telemetry.line_log();
 //! log.write(tracing::Level::INFO, "access", "request", None, |f| {
-//!     f.str("path", "/orders/42").u64("status", 200);
+//!     f.str(observability::json_key!("path"), "/orders/42")
+//!         .u64(observability::json_key!("status"), 200);
 //! });
 //! telemetry.shutdown(); // writes what is still queued
 //! ```
@@ -196,17 +197,15 @@ impl LineLog {
             out.push(b'"');
         }
         let start = out.len();
-        out.extend_from_slice(b",\"fields\":{");
-        let mut f = JsonFields {
-            out: &mut *out,
-            first: true,
-        };
-        fields(&mut f);
-        let empty = f.first;
-        if empty {
+        out.extend_from_slice(b",\"fields\":");
+        let body = out.len();
+        fields(&mut JsonFields { out: &mut *out });
+        if out.len() == body {
             // No fields: no `fields` key, as the `tracing` lines do.
             out.truncate(start);
         } else {
+            // Each field began with a comma: the first one opens the object instead.
+            out[body] = b'{';
             out.push(b'}');
         }
         out.extend_from_slice(b"}\n");
@@ -313,33 +312,69 @@ pub(crate) fn hex(bytes: &[u8], out: &mut [u8]) {
     }
 }
 
-/// The `fields` object of one line. Keys are written as they are: pass plain ASCII names
-/// (`snake_case`); values are escaped.
+/// A field name with its JSON punctuation (`,"name":`), made at compile time by
+/// [`json_key!`](crate::json_key): a field's key is then one copy, not four writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Key(&'static str);
+
+impl Key {
+    /// The key whose fragment is `fragment` (`,"name":`); use [`json_key!`](crate::json_key),
+    /// which builds the fragment and checks it when the program compiles. Panics (at compile
+    /// time in a `const`) unless the name is letters, digits, `_` and `.`, so it needs no escaping.
+    #[doc(hidden)]
+    pub const fn from_fragment(fragment: &'static str) -> Key {
+        let b = fragment.as_bytes();
+        assert!(
+            b.len() > 4 && b[0] == b',' && b[1] == b'"' && b[b.len() - 2] == b'"',
+            "a key fragment is ,\"name\":"
+        );
+        assert!(b[b.len() - 1] == b':', "a key fragment is ,\"name\":");
+        let mut i = 2;
+        while i < b.len() - 2 {
+            assert!(
+                b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'.',
+                "a field name is letters, digits, _ and ."
+            );
+            i += 1;
+        }
+        Key(fragment)
+    }
+
+    /// The field's name.
+    pub fn name(&self) -> &'static str {
+        let b = self.0;
+        // Checked in `from_fragment`: `,"` before the name, `":` after it.
+        b.get(2..b.len() - 2).unwrap_or_default()
+    }
+}
+
+/// The [`Key`] of a field named `$name` (a string literal of letters, digits, `_` and `.`),
+/// checked when the program compiles: `f.str(json_key!("path"), path)`.
+#[macro_export]
+macro_rules! json_key {
+    ($name:literal) => {{
+        const KEY: $crate::lines::Key =
+            $crate::lines::Key::from_fragment(concat!(",\"", $name, "\":"));
+        KEY
+    }};
+}
+
+/// The `fields` object of one line. Keys are [`Key`]s, made by [`json_key!`](crate::json_key);
+/// values are escaped.
 pub struct JsonFields<'a> {
     out: &'a mut Vec<u8>,
-    first: bool,
 }
 
 impl JsonFields<'_> {
+    /// Every field starts with a comma; [`LineLog`] turns the first one into the object's `{`.
     #[inline]
-    fn key(&mut self, key: &str) {
-        debug_assert!(
-            key.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.'),
-            "field name {key:?} needs escaping"
-        );
-        if !self.first {
-            self.out.push(b',');
-        }
-        self.first = false;
-        self.out.push(b'"');
-        self.out.extend_from_slice(key.as_bytes());
-        self.out.extend_from_slice(b"\":");
+    fn key(&mut self, key: Key) {
+        self.out.extend_from_slice(key.0.as_bytes());
     }
 
     /// A string field.
     #[inline]
-    pub fn str(&mut self, key: &str, value: &str) -> &mut Self {
+    pub fn str(&mut self, key: Key, value: &str) -> &mut Self {
         self.key(key);
         write_str(self.out, value);
         self
@@ -351,10 +386,11 @@ impl JsonFields<'_> {
     ///
     /// [`str`]: JsonFields::str
     #[inline]
-    pub fn clean_str(&mut self, key: &str, value: &str) -> &mut Self {
+    pub fn clean_str(&mut self, key: Key, value: &str) -> &mut Self {
         debug_assert!(
             !value.bytes().any(|b| NEEDS_ESCAPE[usize::from(b)]),
-            "{key} = {value:?} needs escaping"
+            "{} = {value:?} needs escaping",
+            key.name()
         );
         self.key(key);
         self.out.push(b'"');
@@ -364,7 +400,7 @@ impl JsonFields<'_> {
     }
 
     /// A string field written by `value`'s `Display` (escaped as it is written).
-    pub fn display(&mut self, key: &str, value: impl fmt::Display) -> &mut Self {
+    pub fn display(&mut self, key: Key, value: impl fmt::Display) -> &mut Self {
         self.key(key);
         self.out.push(b'"');
         let _ = fmt::Write::write_fmt(&mut Escaping(&mut *self.out), format_args!("{value}"));
@@ -374,7 +410,7 @@ impl JsonFields<'_> {
 
     /// An unsigned integer field.
     #[inline]
-    pub fn u64(&mut self, key: &str, value: u64) -> &mut Self {
+    pub fn u64(&mut self, key: Key, value: u64) -> &mut Self {
         self.key(key);
         write_u64(self.out, value);
         self
@@ -382,7 +418,7 @@ impl JsonFields<'_> {
 
     /// A boolean field.
     #[inline]
-    pub fn bool(&mut self, key: &str, value: bool) -> &mut Self {
+    pub fn bool(&mut self, key: Key, value: bool) -> &mut Self {
         self.key(key);
         self.out
             .extend_from_slice(if value { b"true" } else { b"false" });
@@ -390,7 +426,7 @@ impl JsonFields<'_> {
     }
 
     /// A number field; `null` when not finite (JSON has no NaN or infinity).
-    pub fn f64(&mut self, key: &str, value: f64) -> &mut Self {
+    pub fn f64(&mut self, key: Key, value: f64) -> &mut Self {
         self.key(key);
         if value.is_finite() {
             let _ = write!(self.out, "{value}");
@@ -402,7 +438,7 @@ impl JsonFields<'_> {
 
     /// A duration in milliseconds with microsecond precision (`12.345`).
     #[inline]
-    pub fn millis(&mut self, key: &str, value: Duration) -> &mut Self {
+    pub fn millis(&mut self, key: Key, value: Duration) -> &mut Self {
         self.key(key);
         let micros = u64::try_from(value.as_micros()).unwrap_or(u64::MAX);
         write_u64(self.out, micros / 1000);
@@ -758,16 +794,19 @@ mod tests {
             "request",
             None,
             |f| {
-                f.str("path", "/a\"b")
-                    .u64("status", 200)
-                    .u64("zero", 0)
-                    .u64("max", u64::MAX)
-                    .millis("duration_ms", Duration::from_nanos(12_345_678))
-                    .bool("shadow", true)
-                    .f64("ratio", 0.25)
-                    .f64("nan", f64::NAN)
-                    .display("client_ip", std::net::Ipv4Addr::LOCALHOST)
-                    .clean_str("request_id", "0af7-65:19.x_y");
+                f.str(crate::json_key!("path"), "/a\"b")
+                    .u64(crate::json_key!("status"), 200)
+                    .u64(crate::json_key!("zero"), 0)
+                    .u64(crate::json_key!("max"), u64::MAX)
+                    .millis(
+                        crate::json_key!("duration_ms"),
+                        Duration::from_nanos(12_345_678),
+                    )
+                    .bool(crate::json_key!("shadow"), true)
+                    .f64(crate::json_key!("ratio"), 0.25)
+                    .f64(crate::json_key!("nan"), f64::NAN)
+                    .display(crate::json_key!("client_ip"), std::net::Ipv4Addr::LOCALHOST)
+                    .clean_str(crate::json_key!("request_id"), "0af7-65:19.x_y");
             },
         );
         assert_eq!(line.pop(), Some(b'\n'));
@@ -802,6 +841,26 @@ mod tests {
     }
 
     #[test]
+    fn keys_are_checked_and_one_field_makes_a_valid_object() {
+        let key = crate::json_key!("http.status_code");
+        assert_eq!(key.name(), "http.status_code");
+        for bad in [",\"a b\":", ",\"a\\\"\":", "\"a\":", ",\"\":", ",\"a\""] {
+            assert!(
+                std::panic::catch_unwind(|| Key::from_fragment(bad)).is_err(),
+                "{bad} accepted"
+            );
+        }
+        let (log, mut guard) = LineLog::start("svc", |_| {}).unwrap();
+        let mut line = Vec::new();
+        log.format(&mut line, tracing::Level::INFO, "t", "m", None, |f| {
+            f.u64(key, 7);
+        });
+        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(v["fields"], serde_json::json!({ "http.status_code": 7 }));
+        guard.stop();
+    }
+
+    #[test]
     fn every_line_written_before_stop_is_written_whole_and_in_order() {
         let written = Arc::new(Mutex::new(Vec::<u8>::new()));
         let sink = Arc::clone(&written);
@@ -813,7 +872,9 @@ mod tests {
                 std::thread::spawn(move || {
                     for i in 0..2000u64 {
                         log.write(tracing::Level::INFO, "access", "request", None, |f| {
-                            f.u64("thread", t).u64("i", i).str("pad", &"x".repeat(100));
+                            f.u64(crate::json_key!("thread"), t)
+                                .u64(crate::json_key!("i"), i)
+                                .str(crate::json_key!("pad"), &"x".repeat(100));
                         });
                     }
                 })
