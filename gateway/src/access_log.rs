@@ -107,7 +107,9 @@ impl AccessLog {
     ///
     /// Fields are written in alphabetical order, as the `tracing` lines' are; add a field by
     /// adding its line at its place. `clean_str` only for values that cannot need escaping
-    /// (addresses, the validated request id, the method token).
+    /// (addresses, the validated request id, the method token, the route name — letters,
+    /// digits, `-` and `_` by the policy's validation — and the auth result and reason, fixed
+    /// snake_case words).
     pub(crate) fn write(
         &self,
         ctx: &RequestCtx,
@@ -132,8 +134,8 @@ impl AccessLog {
         lines.write(tracing::Level::INFO, "access", "request", trace, |f| {
             f.u64(json_key!("attempts"), u64::from(ctx.upstream.count))
                 .str(json_key!("auth_issuer"), ctx.auth.issuer().unwrap_or(""))
-                .str(json_key!("auth_reason"), ctx.auth.reason())
-                .str(json_key!("auth_result"), ctx.auth.result().as_str())
+                .clean_str(json_key!("auth_reason"), ctx.auth.reason())
+                .clean_str(json_key!("auth_result"), ctx.auth.result().as_str())
                 .bool(json_key!("auth_shadow"), crate::shadow::auth_shadowed(ctx))
                 .clean_str(json_key!("client_ip"), ctx.client.ip())
                 .str(json_key!("decision"), decision)
@@ -155,7 +157,7 @@ impl AccessLog {
                 )
                 .u64(json_key!("request_body_bytes"), ctx.body_bytes)
                 .clean_str(json_key!("request_id"), &ctx.request_id)
-                .str(json_key!("route"), ctx.route_name())
+                .clean_str(json_key!("route"), ctx.route_name())
                 .u64(json_key!("status"), u64::from(status))
                 .str(json_key!("upstream"), ctx.upstream_name().unwrap_or(""))
                 .u64(

@@ -62,6 +62,8 @@ impl fmt::Debug for LineLog {
 
 struct Shared {
     service: Box<str>,
+    /// `"service":"…"` with the name escaped, once: every line starts with it.
+    service_field: Box<[u8]>,
     queue: Mutex<Queue>,
     /// The writer thread waits on it between flushes.
     wake: Condvar,
@@ -95,8 +97,11 @@ impl LineLog {
         service: &str,
         mut write: impl FnMut(&[u8]) + Send + 'static,
     ) -> std::io::Result<(LineLog, LineLogGuard)> {
+        let mut service_field = b"\"service\":".to_vec();
+        write_str(&mut service_field, service);
         let shared = Arc::new(Shared {
             service: service.into(),
+            service_field: service_field.into(),
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
             room: Condvar::new(),
@@ -144,7 +149,8 @@ impl LineLog {
         &self.shared.service
     }
 
-    /// Queues one line: `level`, `target` and `message` (plain ASCII names, written as they are),
+    /// Queues one line: `level`, `target` and `message` (plain ASCII names without `"`, `\\` or
+    /// control characters, written as they are; debug builds check),
     /// the trace it belongs to, and the fields `fields` writes. Waits only when
     /// [`MAX_QUEUED_BYTES`] are queued (the log's output is stuck); lines written after
     /// [`crate::Telemetry::shutdown`] are dropped.
@@ -183,12 +189,20 @@ impl LineLog {
         write_timestamp(out, time::OffsetDateTime::now_utc());
         out.extend_from_slice(b"\",\"level\":\"");
         out.extend_from_slice(level.as_str().as_bytes());
-        out.extend_from_slice(b"\",\"service\":");
-        write_str(out, &self.shared.service);
-        out.extend_from_slice(b",\"target\":");
-        write_str(out, target);
-        out.extend_from_slice(b",\"message\":");
-        write_str(out, message);
+        out.extend_from_slice(b"\",");
+        out.extend_from_slice(&self.shared.service_field);
+        // Plain ASCII names by contract (see `write`): copied, not escaped.
+        debug_assert!(
+            !format!("{target}{message}")
+                .bytes()
+                .any(|b| NEEDS_ESCAPE[usize::from(b)]),
+            "target {target:?} or message {message:?} needs escaping"
+        );
+        out.extend_from_slice(b",\"target\":\"");
+        out.extend_from_slice(target.as_bytes());
+        out.extend_from_slice(b"\",\"message\":\"");
+        out.extend_from_slice(message.as_bytes());
+        out.push(b'"');
         if let Some(ids) = trace {
             out.extend_from_slice(b",\"trace_id\":\"");
             out.extend_from_slice(&ids.trace_id);
