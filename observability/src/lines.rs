@@ -193,8 +193,9 @@ impl LineLog {
         out.extend_from_slice(&self.shared.service_field);
         // Plain ASCII names by contract (see `write`): copied, not escaped.
         debug_assert!(
-            !format!("{target}{message}")
+            !target
                 .bytes()
+                .chain(message.bytes())
                 .any(|b| NEEDS_ESCAPE[usize::from(b)]),
             "target {target:?} or message {message:?} needs escaping"
         );
