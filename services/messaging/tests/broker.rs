@@ -501,42 +501,18 @@ impl Handler for SlowFirst {
     }
 }
 
-/// Runs `rabbitmqctl` with a deadline: the CLI boots an Erlang VM per call, which can take
-/// seconds on a loaded machine and, rarely, hang.
-fn rabbitmqctl(args: &[&str]) -> String {
-    use std::io::Read;
-    let mut child = std::process::Command::new("rabbitmqctl")
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("rabbitmqctl is needed to kill a consumer's connection");
-    let mut stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut out = String::new();
-        stdout.read_to_string(&mut out).map(|_| out)
-    });
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("rabbitmqctl {args:?} did not finish within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let out = reader.join().unwrap().unwrap();
-    assert!(status.success(), "rabbitmqctl {args:?} failed: {status}");
-    out
-}
-
+/// Closes the broker's connections whose client properties mention `name`; each
+/// `rabbitmqctl` call is bounded (`test_support::RABBITMQCTL_DEADLINE`).
 fn close_connections_named(name: &str) -> usize {
-    let listed = rabbitmqctl(&["list_connections", "-q", "pid", "client_properties"]);
+    let ctl = |args: &[&str]| {
+        test_support::rabbitmqctl(args)
+            .unwrap_or_else(|e| panic!("killing the consumer's connection needs rabbitmqctl: {e}"))
+    };
+    let listed = ctl(&["list_connections", "-q", "pid", "client_properties"]);
     let mut closed = 0;
     for line in listed.lines().filter(|l| l.contains(name)) {
         let pid = line.split_whitespace().next().unwrap();
-        rabbitmqctl(&["close_connection", pid, "test kills the consumer"]);
+        ctl(&["close_connection", pid, "test kills the consumer"]);
         closed += 1;
     }
     closed

@@ -291,26 +291,17 @@ rm -rf "$VANTAGE_BROKER_DIR"
         }
     }
 
-    /// `rabbitmqctl -n <node> args…` against this node.
+    /// `rabbitmqctl -n <node> args…` against this node, within [`RABBITMQCTL_DEADLINE`].
     pub fn rabbitmqctl(&self, args: &[&str]) -> Result<String, String> {
         let ctl = find_program("rabbitmqctl")?;
-        let out = Command::new(&ctl)
-            .arg("-n")
-            .arg(&self.node_name)
-            .args(args)
-            .envs(node_env(&self.node_name, &self.dir))
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", ctl.display()))?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(format!(
-                "rabbitmqctl {}: {}{}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
+        ctl_output(
+            Command::new(&ctl)
+                .arg("-n")
+                .arg(&self.node_name)
+                .args(args)
+                .envs(node_env(&self.node_name, &self.dir)),
+            args,
+        )
     }
 
     /// Stops the node and waits until it is gone (its directory removed). Dropping a node does
@@ -459,6 +450,67 @@ fn node_env(node_name: &str, dir: &Path) -> Vec<(&'static str, String)> {
         ("RABBITMQ_PID_FILE", d("rabbitmq.pid")),
         ("ERL_EPMD_ADDRESS", "127.0.0.1".to_owned()),
     ]
+}
+
+/// How long one `rabbitmqctl` call may take: each boots an Erlang VM, which takes seconds on a
+/// loaded machine and, rarely, hangs; past this the call is killed and fails with a message.
+pub const RABBITMQCTL_DEADLINE: Duration = Duration::from_secs(60);
+
+/// `rabbitmqctl args…` against this machine's own RabbitMQ node (the one at the default
+/// `AMQP_URL`), within [`RABBITMQCTL_DEADLINE`]. It runs the `rabbitmqctl` on `PATH`: the
+/// distribution's wrapper, which switches to the broker's user and so uses its Erlang cookie
+/// (a [`BrokerNode`] uses RabbitMQ's own script instead, with the test's cookie).
+pub fn rabbitmqctl(args: &[&str]) -> Result<String, String> {
+    ctl_output(Command::new("rabbitmqctl").args(args), args)
+}
+
+/// Runs a `rabbitmqctl` command: its standard output, or an error with both outputs, or an
+/// error once [`RABBITMQCTL_DEADLINE`] has passed (the process is killed).
+fn ctl_output(cmd: &mut Command, args: &[&str]) -> Result<String, String> {
+    let program = Path::new(cmd.get_program()).display().to_string();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    // Both pipes are drained while the command runs, so a chatty one cannot block it.
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut out);
+            }
+            String::from_utf8_lossy(&out).into_owned()
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let deadline = Instant::now() + RABBITMQCTL_DEADLINE;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "rabbitmqctl {} did not finish within {RABBITMQCTL_DEADLINE:?}",
+                    args.join(" ")
+                ));
+            }
+            Err(e) => return Err(format!("waiting for rabbitmqctl: {e}")),
+        }
+    };
+    let (stdout, stderr) = (
+        stdout.join().unwrap_or_default(),
+        stderr.join().unwrap_or_default(),
+    );
+    if status.success() {
+        Ok(stdout)
+    } else {
+        Err(format!("rabbitmqctl {}: {stdout}{stderr}", args.join(" ")))
+    }
 }
 
 /// RabbitMQ's scripts themselves, not distribution wrappers that switch to the `rabbitmq` user

@@ -47,7 +47,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 pub use binaries::{binaries, binary, workspace_root};
-pub use broker_node::{BrokerNode, Frozen};
+pub use broker_node::{rabbitmqctl, BrokerNode, Frozen, RABBITMQCTL_DEADLINE};
 pub use consumer_harness::ConsumerHarness;
 pub use http::wait_http_ok;
 pub use openmetrics::{
