@@ -147,8 +147,7 @@ struct TraceHeaders<'a> {
 /// Removes every trace header the client sent (one pass over the names; nothing to do for
 /// most requests).
 fn clear_trace_headers(headers: &mut HeaderMap) {
-    let sent = headers.keys().any(|name| TRACE_HEADERS.contains(name));
-    if sent {
+    if observability::propagation::has_any(headers, &TRACE_HEADERS) {
         for name in &TRACE_HEADERS {
             headers.remove(name);
         }

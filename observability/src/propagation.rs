@@ -101,14 +101,30 @@ pub fn extract_http(headers: &HeaderMap) -> Context {
     let installed = installed();
     // Most requests carry no trace context: then every propagator would hand back the current
     // context unchanged, so skip their parsing (a lookup per field instead, ~1/5 of the cost).
-    if !installed
-        .fields
-        .iter()
-        .any(|field| headers.contains_key(field))
-    {
+    if !has_any(headers, &installed.fields) {
         return Context::current();
     }
     installed.propagator.extract(&HeaderExtractor(headers))
+}
+
+/// Above this many distinct header names, [`has_any`] looks each wanted name up instead of
+/// scanning; below it a scan is cheaper than hashing every wanted name.
+const SCAN_LIMIT: usize = 16;
+
+/// Whether `headers` holds any of `names`.
+///
+/// A request usually carries a dozen headers or fewer and none of the wanted ones, so this walks
+/// the names once (a string compare fails on the length first) instead of hashing each wanted
+/// name for a map lookup; a map with more than 16 distinct names is looked up instead, so a request stuffed with
+/// headers costs no more than the lookups would.
+pub fn has_any(headers: &HeaderMap, names: &[HeaderName]) -> bool {
+    if headers.keys_len() > SCAN_LIMIT {
+        return names.iter().any(|name| headers.contains_key(name));
+    }
+    headers.keys().any(|key| {
+        let key = key.as_str();
+        names.iter().any(|name| name.as_str() == key)
+    })
 }
 
 /// Writes `cx` into outgoing request headers, replacing any propagation headers already there
@@ -205,6 +221,37 @@ mod tests {
     use super::*;
 
     const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn has_any_finds_a_wanted_name_by_scan_and_by_lookup() {
+        let wanted = [
+            HeaderName::from_static("traceparent"),
+            HeaderName::from_static("b3"),
+        ];
+        let mut headers = HeaderMap::new();
+        assert!(!has_any(&headers, &wanted), "empty map");
+        headers.insert("host", HeaderValue::from_static("shop"));
+        headers.insert("x-b3", HeaderValue::from_static("1"));
+        headers.insert("b", HeaderValue::from_static("1"));
+        assert!(
+            !has_any(&headers, &wanted),
+            "no wanted name, only look-alikes"
+        );
+        assert!(!has_any(&headers, &[]), "nothing wanted");
+        headers.append("b3", HeaderValue::from_static("1"));
+        assert!(has_any(&headers, &wanted), "found by the scan");
+
+        // More distinct names than the scan handles: the lookups must answer the same.
+        let mut many = HeaderMap::new();
+        for i in 0..=SCAN_LIMIT {
+            let name = HeaderName::from_bytes(format!("x-filler-{i}").as_bytes()).unwrap();
+            many.insert(name, HeaderValue::from_static("1"));
+        }
+        assert!(many.keys_len() > SCAN_LIMIT);
+        assert!(!has_any(&many, &wanted), "not there, by lookup");
+        many.insert("traceparent", HeaderValue::from_static(TRACEPARENT));
+        assert!(has_any(&many, &wanted), "found by lookup");
+    }
 
     #[test]
     fn http_extract_then_inject_keeps_trace_and_baggage() {
