@@ -22,7 +22,7 @@ pub(crate) fn record_on_span(ctx: &mut RequestCtx, status: u16, decision: &str) 
     }
     // Out of the context while the rest of it is read; put back below.
     let mut span = std::mem::take(&mut ctx.span);
-    span.set_str("vantage.request_id", &ctx.request_id);
+    span.set_str("vantage.request_id", ctx.request_id.as_str());
     match &ctx.route {
         Some(route) => {
             span.set_str("vantage.route", &route.span.route);
@@ -156,7 +156,7 @@ impl AccessLog {
                     &crate::shadow::limits_summary(ctx),
                 )
                 .u64(json_key!("request_body_bytes"), ctx.body_bytes)
-                .clean_str(json_key!("request_id"), &ctx.request_id)
+                .clean_str(json_key!("request_id"), ctx.request_id.as_str())
                 .clean_str(json_key!("route"), ctx.route_name())
                 .u64(json_key!("status"), u64::from(status))
                 .str(json_key!("upstream"), ctx.upstream_name().unwrap_or(""))

@@ -15,6 +15,7 @@ use crate::auth::AuthDecision;
 use crate::forwarded::ForwardedClient;
 use crate::problem::GatewayError;
 use crate::ratelimit::Decision;
+use crate::request_id::RequestId;
 use crate::state::{Route, Runtime};
 use crate::upstream::{Endpoint, InflightGuard};
 
@@ -22,7 +23,7 @@ use crate::upstream::{Endpoint, InflightGuard};
 pub(crate) struct RequestCtx {
     pub(crate) start: Instant,
     /// `X-Request-Id`: the client's when well-formed, else generated.
-    pub(crate) request_id: String,
+    pub(crate) request_id: RequestId,
     /// The configuration generation this request runs under, fixed at its start.
     pub(crate) runtime: Option<Arc<Runtime>>,
     /// Who sent it.
@@ -146,7 +147,7 @@ impl RequestCtx {
     pub(crate) fn new() -> Self {
         RequestCtx {
             start: Instant::now(),
-            request_id: String::new(),
+            request_id: RequestId::default(),
             runtime: None,
             client: Client::default(),
             path: None,

@@ -29,6 +29,7 @@ use crate::auth::keys::IssuerKeys;
 use crate::config::{Config, ConfigError, ConfigErrors, Mode, PathMatch, RouteConfig};
 use crate::context::{Client, Failure, RequestCtx};
 use crate::ratelimit::KeyInput;
+use crate::request_id::RequestId;
 use crate::state::Runtime;
 use crate::{decision, routing, upstream_request};
 
@@ -159,7 +160,7 @@ pub(crate) async fn explain_on(
 ) -> Result<Explanation, ExplainError> {
     let (mut req, tls) = request_head(request).map_err(ExplainError::Request)?;
     let mut ctx = RequestCtx::new();
-    ctx.request_id = "explain".into();
+    ctx.request_id = RequestId::from_static("explain");
     ctx.client = Client::resolve(
         Some(request.client_ip),
         &req.headers,

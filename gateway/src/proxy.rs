@@ -23,9 +23,10 @@ use observability::http_trace::ServerRequest;
 use crate::context::{Client, Failure, RequestCtx};
 use crate::problem::classify::{classify, reject};
 use crate::problem::{render, GatewayError};
+use crate::request_id::RequestId;
 use crate::state::{Runtime, Shared};
 use crate::upstream::attempt;
-use crate::{access_log, decision, framing, request_id, response_headers, upstream_request};
+use crate::{access_log, decision, framing, response_headers, upstream_request};
 
 /// The gateway's proxy logic.
 pub(crate) struct Gateway {
@@ -93,7 +94,7 @@ impl ProxyHttp for Gateway {
             .map_or(if tls { "https" } else { "http" }, |f| f.proto);
         ctx.span = self.shared.tracer.server(&server_req);
 
-        ctx.request_id = request_id::of(&req.headers);
+        ctx.request_id = RequestId::of(&req.headers);
         // Pingora keeps HTTP/1.1 connections open forever by default.
         session.set_keepalive(Some(
             runtime.config.server.connections.keepalive_timeout_secs,
@@ -218,10 +219,10 @@ impl ProxyHttp for Gateway {
             };
         };
         if ctx.request_id.is_empty() {
-            ctx.request_id = request_id::generate();
+            ctx.request_id = RequestId::generate();
         }
         if session.response_written().is_none() {
-            let (header, body) = render(&err, &ctx.request_id);
+            let (header, body) = render(&err, ctx.request_id.as_str());
             let _ = session.write_response_header(Box::new(header), false).await;
             let _ = session.write_response_body(Some(body), true).await;
         }

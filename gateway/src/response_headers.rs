@@ -40,8 +40,8 @@ pub(crate) fn add(response: &mut ResponseHeader, ctx: &RequestCtx) {
 
 fn write(headers: &mut HeaderMap, ctx: &RequestCtx) {
     headers.reserve(ADDED_HEADERS);
-    if let Ok(id) = HeaderValue::from_str(&ctx.request_id) {
-        headers.insert(X_REQUEST_ID, id);
+    if !ctx.request_id.is_empty() {
+        headers.insert(X_REQUEST_ID, ctx.request_id.header_value());
     }
     if ctx.client.tls {
         if let Some(hsts) = ctx.runtime.as_ref().and_then(|r| r.hsts.as_ref()) {
@@ -62,6 +62,7 @@ fn write(headers: &mut HeaderMap, ctx: &RequestCtx) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::request_id::RequestId;
 
     #[test]
     fn adds_the_request_id_and_keeps_status_reason_and_headers() {
@@ -73,7 +74,7 @@ mod tests {
             .append_header("X-Request-Id", "from-upstream")
             .unwrap();
         let mut ctx = RequestCtx::new();
-        ctx.request_id = "0123456789abcdef".into();
+        ctx.request_id = RequestId::from_static("0123456789abcdef");
         add(&mut response, &ctx);
         assert_eq!(response.status.as_u16(), 418);
         assert_eq!(response.get_reason_phrase(), Some("Short And Stout"));

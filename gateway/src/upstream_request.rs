@@ -93,8 +93,8 @@ pub(crate) fn prepare(
 /// The gateway's headers: request id, identity, forwarding headers, trace context.
 fn add_headers(headers: &mut HeaderMap, downstream: &RequestHeader, ctx: &RequestCtx) {
     headers.reserve(ADDED_HEADERS);
-    if let Ok(id) = HeaderValue::from_str(&ctx.request_id) {
-        headers.insert(X_REQUEST_ID, id);
+    if !ctx.request_id.is_empty() {
+        headers.insert(X_REQUEST_ID, ctx.request_id.header_value());
     }
     if let Some(identity) = ctx.auth.admitted() {
         auth::forward_identity(headers, identity);
@@ -176,6 +176,7 @@ impl Injector for TraceHeaders<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::request_id::RequestId;
 
     fn client_request(target: &[u8], headers: &[(&str, &str)]) -> RequestHeader {
         let mut req = RequestHeader::build("GET", target, None).unwrap();
@@ -187,7 +188,7 @@ mod tests {
 
     fn ctx() -> RequestCtx {
         let mut ctx = RequestCtx::new();
-        ctx.request_id = "0123456789abcdef".into();
+        ctx.request_id = RequestId::from_static("0123456789abcdef");
         ctx.client.forwarded = Some(crate::forwarded::ForwardedClient {
             ip: "192.0.2.7".parse().unwrap(),
             forwarded_for: "192.0.2.7".into(),

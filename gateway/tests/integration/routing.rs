@@ -23,7 +23,9 @@ async fn routes_by_host_path_and_method_with_rewrites_and_forwarding_headers() {
     let c = client();
     let echo = |r: reqwest::Response| async move { r.json::<Value>().await.unwrap() };
 
-    let e = echo(c.get(gw.url("/api/a/users/7?x=1")).send().await.unwrap()).await;
+    let r = c.get(gw.url("/api/a/users/7?x=1")).send().await.unwrap();
+    let answered_id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let e = echo(r).await;
     assert_eq!(e["upstream"], "a");
     assert_eq!(e["uri"], "/users/7?x=1");
     assert_eq!(e["headers"]["x-forwarded-for"], "127.0.0.1");
@@ -35,6 +37,8 @@ async fn routes_by_host_path_and_method_with_rewrites_and_forwarding_headers() {
         36,
         "a UUID is generated when the client sends none"
     );
+    assert!(uuid::Uuid::parse_str(&generated).is_ok(), "{generated}");
+    assert_eq!(answered_id, generated, "the client is told the id the upstream got");
 
     // A method the matching route does not list never falls through to another route: a
     // problem+json 405 naming what the path accepts (and a/b upstreams saw nothing of it).
