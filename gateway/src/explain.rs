@@ -3,14 +3,14 @@
 //! # How to use
 //! `gateway explain --config FILE [-H 'Name: value']... [--json] METHOD URL` loads the policy,
 //! loads its issuers' keys once (JWKS and PEM files read, JWKS URLs fetched once), and runs the
-//! request through [`crate::decision::admit`] — the admission pipeline the proxy runs — on a
-//! generation built by [`Runtime::offline`]. It then reports which route matched and why each
+//! request through `decision::admit` — the admission pipeline the proxy runs — on a
+//! generation built by `Runtime::offline`. It then reports which route matched and why each
 //! earlier one did not, each auth step with the reason it stopped, each rate limit (key, quota,
 //! remaining, from full buckets), the upstream chosen and what it would receive (identity
 //! headers and path), as text ([`Explanation::to_text`]) or JSON ([`Explanation::to_json`]).
 //! Nothing is sent anywhere: no upstream is contacted, no health check runs.
 //!
-//! `gateway test` ([`crate::policy_test`]) runs cases through the same [`explain_on`].
+//! `gateway test` ([`crate::policy_test`]) runs cases through the same `explain_on`.
 
 mod auth_steps;
 mod report;

@@ -9,7 +9,7 @@
 //! A case is a request (method, URL, headers, client address, and a token minted from a named
 //! test key with given claims) and the outcome expected (status, route, auth result or reason,
 //! rate-limit policy, identity forwarded, a piece of the trail). Each case runs through
-//! [`crate::explain::explain_on`] — the admission pipeline the proxy runs — on its own fresh
+//! `explain::explain_on` — the admission pipeline the proxy runs — on its own fresh
 //! generation, so buckets never leak from one case to the next; `repeat: N` sends the request N
 //! times to exercise a limit.
 //!

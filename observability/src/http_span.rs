@@ -7,11 +7,11 @@
 //! pays for that bridge on every attribute, and for the SDK span under it: an owned copy of
 //! every attribute, the span data moved to the batch processor's thread, dropped after
 //! encoding. These types skip both. An attribute is written as OTLP protobuf into the span the
-//! moment it is set, from a borrowed key and value ([`crate::otlp_encode`]'s `recorded`
+//! moment it is set, from a borrowed key and value (the private `otlp_encode::recorded`
 //! module); an ended span is appended, already encoded, to the export queue
-//! ([`crate::span_queue`]), whose thread sends batches to the same collector as the SDK's.
+//! (the private `span_queue`), whose thread sends batches to the same collector as the SDK's.
 //! Ids and sampling decisions follow the SDK's rules with the configured sampler
-//! (`OTEL_TRACES_SAMPLER`, see [`local_context`]); names, attributes and error rules are
+//! (`OTEL_TRACES_SAMPLER`, see `local_context`); names, attributes and error rules are
 //! `http_trace`'s, so a trace reads the same whichever was used.
 //!
 //! ```

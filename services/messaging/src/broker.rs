@@ -66,7 +66,7 @@ pub const DEFAULT_HEARTBEAT_SECS: u16 = 10;
 impl AmqpConfig {
     /// Opens a connection (TLS for `amqps://`, the broker's certificate verified against the CA
     /// bundle only), giving up after five seconds. The password and CA files are read now. It
-    /// asks for [`FRAME_MAX`]-byte frames and a [`DEFAULT_HEARTBEAT_SECS`] heartbeat unless
+    /// asks for `FRAME_MAX`-byte (16 KiB) frames and a [`DEFAULT_HEARTBEAT_SECS`] heartbeat unless
     /// the URL names `frame_max` or `heartbeat`.
     pub async fn connect(&self, role: &str) -> Result<Connection, MessagingError> {
         let (mut uri, tls) = self.endpoint.resolve()?;

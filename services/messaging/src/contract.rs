@@ -1,5 +1,5 @@
 //! Who produces and who consumes which event: the one table of the shop's messaging contract,
-//! per service, built from the event types' [`Event::KEY`](crate::Event::KEY) constants so a
+//! per service, built from the event types' [`Event::KEY`] constants so a
 //! misspelt routing key fails to compile.
 //!
 //! Everything that needs to know "who talks to whom" reads it: the relay declares every

@@ -1,6 +1,6 @@
 //! The broker's side of the contract: a RabbitMQ definitions file (vhost, one user per
 //! service, permissions, topic permissions, exchanges, queues with their arguments, bindings)
-//! derived from [`contract::SERVICES`](crate::contract::SERVICES) and the [`Topology`].
+//! derived from [`contract::SERVICES`] and the [`Topology`].
 //!
 //! Compose (`load_definitions`), Kubernetes (the Secret the RabbitmqCluster loads) and the
 //! local `stack` (`rabbitmqctl import_definitions` or the management API) all import what

@@ -3,7 +3,7 @@
 //! The relay sets the AMQP `user_id` property to the broker user of its connection, and RabbitMQ
 //! refuses a publish whose `user_id` is anyone else's (unless the user has the `impersonator` tag,
 //! which no service has). So `user_id` is the publisher the broker authenticated. A consumer
-//! checks it against the owner of the event's type in the [`contract`](crate::contract): an event
+//! checks it against the owner of the event's type in the [`contract`]: an event
 //! of a type another service owns (a forged `order.paid` from payment's credentials, which topic
 //! permissions already stop at the broker) is rejected to the dead-letter queue, counted
 //! (`shop_messages_consumed_total{outcome="forged"}`) and logged with the claimed and the actual

@@ -27,7 +27,7 @@ pub const DEV_ADMIN_EMAIL: &str = "admin@vantage.local";
 /// See [`DEV_ADMIN_EMAIL`].
 pub const DEV_ADMIN_PASSWORD: &str = "vantage-dev-admin";
 
-/// Command-line options; [`Config::try_from`] validates them.
+/// Command-line options; [`Config::from_options`] validates them.
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "stack",
