@@ -119,7 +119,7 @@ impl HttpTracer {
             Mode::IdsOnly => None,
             Mode::Export(queue) => Some(queue),
         };
-        let context = local_context(&self.sampler, &parent, &SpanKind::Server);
+        let context = local_context(&self.sampler, Parent::Caller(&parent), &SpanKind::Server);
         let record = (queue.is_some() && context.is_sampled()).then(|| {
             let parent_span = parent.span();
             let psc = parent_span.span_context();
@@ -166,14 +166,44 @@ fn now_nanos() -> u64 {
         .unwrap_or(0)
 }
 
+/// Who a new span's parent is.
+enum Parent<'a> {
+    /// The caller's context, as extracted from its request's headers (no span in it: a root).
+    Caller(&'a Context),
+    /// A span of ours (a CLIENT span's SERVER span): valid and local.
+    Local(&'a SpanContext),
+}
+
 /// A span's context, made without an SDK span: what the SDK's tracer would give it (its
 /// `build_with_context`): the parent's trace id or a new one, a new span id, the parent's flags
 /// with the sampled bit set by `sampler`'s decision (no flags when it drops the span), and the
-/// trace state the sampler returns. The sampler sees the span's kind but not its name or
-/// attributes: none of the samplers `OTEL_TRACES_SAMPLER` can name reads them.
-fn local_context(sampler: &Sampler, parent: &Context, kind: &SpanKind) -> SpanContext {
+/// parent's trace state (no SDK sampler changes it). The sampler sees the span's kind but not
+/// its name or attributes: none of the samplers `OTEL_TRACES_SAMPLER` can name reads them.
+fn local_context(sampler: &Sampler, parent: Parent<'_>, kind: &SpanKind) -> SpanContext {
     let ids = RandomIdGenerator::default();
     let span_id = ids.new_span_id();
+    let local;
+    let parent = match parent {
+        Parent::Local(psc) => match parent_rule(sampler, true, psc.is_sampled()) {
+            Some(decision) => {
+                let flags = decided(psc.trace_flags(), &decision);
+                return SpanContext::new(
+                    psc.trace_id(),
+                    span_id,
+                    flags,
+                    false,
+                    psc.trace_state().clone(),
+                );
+            }
+            // The SDK's sampler takes a parent context: the span's context goes in one (its
+            // is_remote flag stays false).
+            None => {
+                local = Context::new().with_remote_span_context(psc.clone());
+                &local
+            }
+        },
+        Parent::Caller(cx) => cx,
+    };
     let parent_span = parent.span();
     let psc = parent_span.span_context();
     let (trace_id, flags) = if psc.is_valid() {
@@ -181,13 +211,50 @@ fn local_context(sampler: &Sampler, parent: &Context, kind: &SpanKind) -> SpanCo
     } else {
         (ids.new_trace_id(), TraceFlags::default())
     };
-    let result = sampler.should_sample(Some(parent), trace_id, "HTTP", kind, &[], &[]);
-    let flags = match result.decision {
+    let (decision, trace_state) =
+        match parent_rule(sampler, parent.has_active_span(), psc.is_sampled()) {
+            Some(decision) => (decision, psc.trace_state().clone()),
+            None => {
+                let result = sampler.should_sample(Some(parent), trace_id, "HTTP", kind, &[], &[]);
+                (result.decision, result.trace_state)
+            }
+        };
+    SpanContext::new(
+        trace_id,
+        span_id,
+        decided(flags, &decision),
+        false,
+        trace_state,
+    )
+}
+
+/// The decision of a sampler that needs nothing but whether the parent context holds a span
+/// (`active`) and that span's sampled flag, as the SDK's `Sampler::should_sample` makes it:
+/// `AlwaysOn`, `AlwaysOff`, and `ParentBased` under an active parent (every CLIENT span, and a
+/// SERVER span whose caller sent a trace). `None` for the rest: the SDK's sampler is then
+/// asked. Saves a CLIENT span a parent context and a `SamplingResult`.
+fn parent_rule(sampler: &Sampler, active: bool, sampled: bool) -> Option<SamplingDecision> {
+    match sampler {
+        Sampler::AlwaysOn => Some(SamplingDecision::RecordAndSample),
+        Sampler::AlwaysOff => Some(SamplingDecision::Drop),
+        Sampler::ParentBased(_) if active => Some(if sampled {
+            SamplingDecision::RecordAndSample
+        } else {
+            SamplingDecision::Drop
+        }),
+        // A root (its sampler is opaque) or a ratio (it decides by the trace id).
+        _ => None,
+    }
+}
+
+/// The flags of a span under a parent with `flags`, after `decision`: the sampled bit set or
+/// cleared, none when the span is dropped.
+fn decided(flags: TraceFlags, decision: &SamplingDecision) -> TraceFlags {
+    match decision {
         SamplingDecision::RecordAndSample => flags.with_sampled(true),
         SamplingDecision::RecordOnly => flags.with_sampled(false),
         SamplingDecision::Drop => TraceFlags::default(),
-    };
-    SpanContext::new(trace_id, span_id, flags, false, result.trace_state)
+    }
 }
 
 /// A sampled span while it is open: its fixed fields and its attributes, already encoded.
@@ -406,10 +473,7 @@ impl ServerSpan {
                 record: None,
             };
         };
-        // The server span is a local parent: `with_remote_span_context` only stores its context
-        // (whose is_remote flag stays false).
-        let parent = Context::new().with_remote_span_context(server.clone());
-        let context = local_context(sampler, &parent, &SpanKind::Client);
+        let context = local_context(sampler, Parent::Local(server), &SpanKind::Client);
         let record = match &self.queue {
             Some(queue) if context.is_sampled() => {
                 let mut body = SpanBody::new(CLIENT_BODY_CAPACITY, self.max_attributes);
@@ -1071,6 +1135,8 @@ mod tests {
                 Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
                 Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
                 Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(0.0))),
+                Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(1.0))),
+                Sampler::ParentBased(Box::new(Sampler::ParentBased(Box::new(Sampler::AlwaysOff)))),
             ]
         };
         let parents: [&[(&str, &str)]; 4] = [
