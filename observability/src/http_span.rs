@@ -572,9 +572,9 @@ impl ClientSpan {
         }
         // version 00, trace id, parent id, flags (only the sampled bit): 55 bytes.
         let mut value = *b"00-00000000000000000000000000000000-0000000000000000-00";
-        crate::lines::hex(&sc.trace_id().to_bytes(), &mut value[3..35]);
-        crate::lines::hex(&sc.span_id().to_bytes(), &mut value[36..52]);
-        crate::lines::hex(
+        crate::hex::encode_lower(&sc.trace_id().to_bytes(), &mut value[3..35]);
+        crate::hex::encode_lower(&sc.span_id().to_bytes(), &mut value[36..52]);
+        crate::hex::encode_lower(
             &[(sc.trace_flags() & opentelemetry::trace::TraceFlags::SAMPLED).to_u8()],
             &mut value[53..55],
         );

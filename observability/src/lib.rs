@@ -62,6 +62,7 @@ mod logs;
 mod otlp_encode;
 mod span_queue;
 
+pub mod hex;
 pub mod http_span;
 pub mod http_trace;
 pub mod lines;

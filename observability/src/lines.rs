@@ -35,6 +35,8 @@ use std::time::Duration;
 use opentelemetry::trace::SpanContext;
 use parking_lot::{Condvar, Mutex};
 
+use crate::hex::encode_lower;
+
 /// How long a line may wait in the buffer before it is written: short enough that an operator
 /// tailing the log sees a request at once, long enough that a busy gateway writes in big chunks.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
@@ -283,8 +285,8 @@ impl TraceIds {
             trace_id: [0; 32],
             span_id: [0; 16],
         };
-        hex(&sc.trace_id().to_bytes(), &mut ids.trace_id);
-        hex(&sc.span_id().to_bytes(), &mut ids.span_id);
+        encode_lower(&sc.trace_id().to_bytes(), &mut ids.trace_id);
+        encode_lower(&sc.span_id().to_bytes(), &mut ids.span_id);
         Some(ids)
     }
 
@@ -306,24 +308,6 @@ impl fmt::Debug for TraceIds {
             .field("trace_id", &self.trace_id())
             .field("span_id", &self.span_id())
             .finish()
-    }
-}
-
-/// Writes `bytes` as lower-case hex into `out` (twice as long): one table lookup per byte.
-pub(crate) fn hex(bytes: &[u8], out: &mut [u8]) {
-    const PAIRS: [[u8; 2]; 256] = {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let mut pairs = [[0u8; 2]; 256];
-        let mut b = 0;
-        while b < 256 {
-            pairs[b] = [DIGITS[b >> 4], DIGITS[b & 0xf]];
-            b += 1;
-        }
-        pairs
-    };
-    debug_assert_eq!(out.len(), 2 * bytes.len());
-    for (pair, &b) in out.chunks_exact_mut(2).zip(bytes) {
-        pair.copy_from_slice(&PAIRS[usize::from(b)]);
     }
 }
 
@@ -787,15 +771,6 @@ mod tests {
                 );
             }
         }
-    }
-
-    #[test]
-    fn hex_is_lower_case_two_digits_a_byte() {
-        let bytes: Vec<u8> = (0..=255).collect();
-        let mut out = vec![0u8; 512];
-        hex(&bytes, &mut out);
-        let expected: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(String::from_utf8(out).unwrap(), expected);
     }
 
     #[test]

@@ -38,7 +38,10 @@ async fn routes_by_host_path_and_method_with_rewrites_and_forwarding_headers() {
         "a UUID is generated when the client sends none"
     );
     assert!(uuid::Uuid::parse_str(&generated).is_ok(), "{generated}");
-    assert_eq!(answered_id, generated, "the client is told the id the upstream got");
+    assert_eq!(
+        answered_id, generated,
+        "the client is told the id the upstream got"
+    );
 
     // A method the matching route does not list never falls through to another route: a
     // problem+json 405 naming what the path accepts (and a/b upstreams saw nothing of it).
