@@ -12,9 +12,6 @@ use crate::request_id::X_REQUEST_ID;
 const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
-/// The most headers [`add`] writes, made room for at once.
-const ADDED_HEADERS: usize = 4;
-
 /// Adds the gateway's headers to `response`.
 ///
 /// As for the upstream request ([`crate::upstream_request::prepare`]), the response is taken
@@ -39,23 +36,33 @@ pub(crate) fn add(response: &mut ResponseHeader, ctx: &RequestCtx) {
 }
 
 fn write(headers: &mut HeaderMap, ctx: &RequestCtx) {
-    headers.reserve(ADDED_HEADERS);
-    if !ctx.request_id.is_empty() {
-        headers.insert(X_REQUEST_ID, ctx.request_id.header_value());
+    let id = (!ctx.request_id.is_empty()).then(|| ctx.request_id.header_value());
+    let hsts = ctx
+        .runtime
+        .as_ref()
+        .and_then(|r| r.hsts.as_ref())
+        .filter(|_| ctx.client.tls);
+    // From the owned strings: no second copy of the text.
+    let limits = header_values(&ctx.limits).and_then(|(policy, limit)| {
+        Some((
+            HeaderValue::try_from(policy).ok()?,
+            HeaderValue::try_from(limit).ok()?,
+        ))
+    });
+    // Room for exactly what goes in: the map Pingora parsed the upstream's headers into is sized
+    // for them with some slack, which one or two more headers usually fit in without a rehash.
+    headers.reserve(
+        usize::from(id.is_some()) + usize::from(hsts.is_some()) + 2 * usize::from(limits.is_some()),
+    );
+    if let Some(id) = id {
+        headers.insert(X_REQUEST_ID, id);
     }
-    if ctx.client.tls {
-        if let Some(hsts) = ctx.runtime.as_ref().and_then(|r| r.hsts.as_ref()) {
-            headers.insert(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
-        }
+    if let Some(hsts) = hsts {
+        headers.insert(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
     }
-    if let Some((policy, limit)) = header_values(&ctx.limits) {
-        // From the owned strings: no second copy of the text.
-        if let (Ok(policy), Ok(limit)) =
-            (HeaderValue::try_from(policy), HeaderValue::try_from(limit))
-        {
-            headers.insert(RATELIMIT_POLICY, policy);
-            headers.insert(RATELIMIT, limit);
-        }
+    if let Some((policy, limit)) = limits {
+        headers.insert(RATELIMIT_POLICY, policy);
+        headers.insert(RATELIMIT, limit);
     }
 }
 
