@@ -10,6 +10,7 @@
 use http::header::{HeaderMap, HeaderName};
 use http::{header, HeaderValue};
 use observability::opentelemetry::propagation::Injector;
+use observability::propagation::TRACE_HEADERS;
 use pingora_http::RequestHeader;
 
 use crate::context::RequestCtx;
@@ -17,15 +18,6 @@ use crate::forwarded::{X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
 use crate::problem::GatewayError;
 use crate::request_id::X_REQUEST_ID;
 use crate::{auth, routing};
-
-/// Trace-context headers replaced by the gateway's own when it propagates a trace. A `static`,
-/// not a `const`: each use of a `const` array builds and drops a temporary copy of it.
-static TRACE_HEADERS: [HeaderName; 4] = [
-    HeaderName::from_static("traceparent"),
-    HeaderName::from_static("tracestate"),
-    HeaderName::from_static("baggage"),
-    HeaderName::from_static("b3"),
-];
 
 /// The most headers [`prepare`] adds: the request id, three forwarding headers, two identity
 /// headers and two trace headers. Room for them is made once, so the map never grows.
@@ -118,10 +110,15 @@ fn add_headers(headers: &mut HeaderMap, downstream: &RequestHeader, ctx: &Reques
     }
     // Continue the trace upstream as a child of this attempt's CLIENT span.
     if let Some(attempt) = &ctx.upstream.span {
+        // The client's request, which this one is a copy of, was scanned for trace headers
+        // when its SERVER span was made: most carry none, and then there is nothing to remove.
+        let clear = attempt.caller_sent_trace_headers();
         match attempt.w3c_headers() {
             // The common case (W3C propagation, no baggage): two header writes, no formatting.
             Some(w3c) => {
-                clear_trace_headers(headers);
+                if clear {
+                    clear_trace_headers(headers);
+                }
                 headers.insert(TRACE_HEADERS[0].clone(), w3c.traceparent);
                 if let Some(state) = w3c.tracestate {
                     headers.insert(TRACE_HEADERS[1].clone(), state);
@@ -129,7 +126,7 @@ fn add_headers(headers: &mut HeaderMap, downstream: &RequestHeader, ctx: &Reques
             }
             None => attempt.inject_into(&mut TraceHeaders {
                 headers,
-                cleared: false,
+                cleared: !clear,
             }),
         }
     }

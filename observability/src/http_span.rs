@@ -104,12 +104,13 @@ impl HttpTracer {
     /// A SERVER span for `req`, continuing the trace in its propagation headers (a new root
     /// without). It ends on [`ServerSpan::end`] or when dropped.
     pub fn server(&self, req: &ServerRequest<'_>) -> ServerSpan {
-        let parent = propagation::extract_http(req.headers);
+        let (parent, seen) = propagation::extract_http_seen(req.headers);
         let queue = match &self.mode {
             Mode::Off => {
                 return ServerSpan {
                     context: None,
                     parent,
+                    no_caller_trace_headers: !seen,
                     sampler: None,
                     queue: None,
                     max_attributes: 0,
@@ -150,6 +151,7 @@ impl HttpTracer {
         ServerSpan {
             context: Some(context),
             parent,
+            no_caller_trace_headers: !seen,
             sampler: Some(Arc::clone(&self.sampler)),
             queue: queue.cloned(),
             max_attributes: self.max_attributes,
@@ -411,6 +413,9 @@ pub struct ServerSpan {
     context: Option<SpanContext>,
     /// The extracted caller context: the span's parent, and the baggage passed on upstream.
     parent: Context,
+    /// Whether the caller's request was seen to hold no trace-context header (see
+    /// [`propagation::extract_http_seen`]); false when not known (the default).
+    no_caller_trace_headers: bool,
     /// Decides the CLIENT spans' sampling; `None` when tracing is off.
     sampler: Option<Arc<Sampler>>,
     /// Where ended spans go, when spans are exported.
@@ -470,6 +475,7 @@ impl ServerSpan {
             return ClientSpan {
                 context: None,
                 parent: self.parent.clone(),
+                no_caller_trace_headers: self.no_caller_trace_headers,
                 record: None,
             };
         };
@@ -494,6 +500,7 @@ impl ServerSpan {
         ClientSpan {
             context: Some(context),
             parent: self.parent.clone(),
+            no_caller_trace_headers: self.no_caller_trace_headers,
             record,
         }
     }
@@ -520,6 +527,8 @@ pub struct ClientSpan {
     /// The caller's context: its baggage goes upstream with this span as the parent (or, with
     /// tracing off, the whole of it passes through).
     parent: Context,
+    /// Copied from the SERVER span: its caller sent no trace-context header.
+    no_caller_trace_headers: bool,
     /// While open, when sampled and exported: the span and where it goes when it ends.
     record: Option<Box<(Recording, SpanQueue)>>,
 }
@@ -534,6 +543,14 @@ impl Drop for ClientSpan {
 }
 
 impl ClientSpan {
+    /// Whether the caller's request may have carried trace-context headers (the installed
+    /// propagators' fields or [`propagation::TRACE_HEADERS`]). False only when the SERVER
+    /// span's extraction saw none: a proxy building the upstream request from the caller's
+    /// then has none to remove before it writes this span's.
+    pub fn caller_sent_trace_headers(&self) -> bool {
+        !self.no_caller_trace_headers
+    }
+
     /// What goes upstream: this span as the parent, plus the caller's baggage. Built when a
     /// propagator needs it; [`ClientSpan::w3c_headers`] does without.
     fn inject_context(&self) -> Context {

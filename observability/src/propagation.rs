@@ -27,21 +27,41 @@ struct Propagation {
     w3c: bool,
     /// The header names it reads, ready for lookups (a `&str` name is parsed on every lookup).
     fields: Box<[HeaderName]>,
+    /// `fields` and [`TRACE_HEADERS`]: what [`extract_http_seen`] looks for.
+    seen: Box<[HeaderName]>,
 }
 
 impl Propagation {
     fn new(propagator: Shared, kinds: &[PropagatorKind]) -> Self {
-        let fields = propagator
+        let fields: Box<[HeaderName]> = propagator
             .fields()
             .filter_map(|f| HeaderName::from_bytes(f.as_bytes()).ok())
             .collect();
+        let mut seen = fields.to_vec();
+        for name in &TRACE_HEADERS {
+            if !seen.contains(name) {
+                seen.push(name.clone());
+            }
+        }
         Propagation {
             propagator,
             w3c: is_w3c(kinds),
             fields,
+            seen: seen.into(),
         }
     }
 }
+
+/// The trace-context headers a proxy replaces with its own when it continues a trace: W3C
+/// `traceparent`, `tracestate` and `baggage`, and B3's single `b3` header, whichever
+/// propagators are installed (a caller's context must never reach the next hop unchanged).
+/// A `static`, not a `const`: each use of a `const` array builds and drops a copy of it.
+pub static TRACE_HEADERS: [HeaderName; 4] = [
+    HeaderName::from_static("traceparent"),
+    HeaderName::from_static("tracestate"),
+    HeaderName::from_static("baggage"),
+    HeaderName::from_static("b3"),
+];
 
 /// The installed propagator.
 static INSTALLED: OnceLock<Propagation> = OnceLock::new();
@@ -98,13 +118,23 @@ pub(crate) fn w3c_only() -> bool {
 /// Use it as the parent of the SERVER span: `span.set_parent(extract_http(req.headers()))`.
 /// Returns an empty context when the headers carry none or carry garbage.
 pub fn extract_http(headers: &HeaderMap) -> Context {
+    extract_http_seen(headers).0
+}
+
+/// Like [`extract_http`], and whether `headers` hold any trace-context header at all: one of
+/// the installed propagators' fields or of [`TRACE_HEADERS`], parsed or not. A proxy that saw
+/// none has none to remove before it sends its own (the same scan answers both).
+pub fn extract_http_seen(headers: &HeaderMap) -> (Context, bool) {
     let installed = installed();
     // Most requests carry no trace context: then every propagator would hand back the current
     // context unchanged, so skip their parsing (one scan of the names instead).
-    if !has_any(headers, &installed.fields) {
-        return Context::current();
+    if !has_any(headers, &installed.seen) {
+        return (Context::current(), false);
     }
-    installed.propagator.extract(&HeaderExtractor(headers))
+    (
+        installed.propagator.extract(&HeaderExtractor(headers)),
+        true,
+    )
 }
 
 /// Above this many distinct header names, [`has_any`] looks each wanted name up instead of
@@ -221,6 +251,26 @@ mod tests {
     use super::*;
 
     const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn extraction_says_whether_any_trace_header_was_there_parsed_or_not() {
+        let with = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            h.insert("host", HeaderValue::from_static("shop.example"));
+            for (k, v) in pairs {
+                h.insert(*k, HeaderValue::from_static(v));
+            }
+            let (cx, seen) = extract_http_seen(&h);
+            (cx.span().span_context().is_valid(), seen)
+        };
+        assert_eq!(with(&[]), (false, false));
+        let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        assert_eq!(with(&[("traceparent", tp)]), (true, true));
+        // Not parsed into a context, but there: a proxy must still remove them.
+        assert_eq!(with(&[("tracestate", "a=b")]), (false, true));
+        assert_eq!(with(&[("b3", "garbage")]), (false, true));
+        assert_eq!(with(&[("traceparent", "garbage")]), (false, true));
+    }
 
     #[test]
     fn has_any_finds_a_wanted_name_by_scan_and_by_lookup() {

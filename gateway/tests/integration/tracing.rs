@@ -215,3 +215,88 @@ async fn server_and_client_spans_carry_decisions_and_continue_the_trace() {
     assert_eq!(line["trace_id"], INCOMING_TRACE, "{line}");
     assert_eq!(line["span_id"], allowed.span_id().as_str(), "{line}");
 }
+
+/// What the upstream receives of the client's trace headers: its trace continues under the
+/// gateway's span, and nothing else of its context (a stray `tracestate`, a `b3` header no
+/// propagator reads) reaches the upstream unchanged. Requests without any get the gateway's
+/// `traceparent` only.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_upstream_gets_the_gateways_trace_headers_and_none_of_the_clients_stale_ones() {
+    let up = Upstream::start("up").await;
+    let body = format!(
+        "upstreams:\n  up: {{endpoints: [\"{}\"]}}\nroutes:\n  - {{name: all, match: {{path_prefix: /}}, upstream: up, auth: none}}\n",
+        up.addr
+    );
+    let gw = Gateway::start(&body).await;
+    let c = client();
+    let incoming = format!("00-{INCOMING_TRACE}-00f067aa0ba902b7-01");
+    let b3 = "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1";
+    let send = |headers: Vec<(&'static str, String)>| {
+        let mut req = c.get(gw.url("/x"));
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            let echo: serde_json::Value = r.json().await.unwrap();
+            echo["headers"].clone()
+        }
+    };
+    let traceparent = |h: &serde_json::Value| -> (String, String) {
+        let tp = h["traceparent"].as_str().expect("a traceparent upstream");
+        let parts: Vec<&str> = tp.split('-').collect();
+        assert_eq!(parts.len(), 4, "{tp}");
+        (parts[1].to_string(), parts[2].to_string())
+    };
+
+    // The caller's trace, its trace state and a B3 header: the trace continues (same trace id,
+    // the gateway's span as the parent), the trace state with it; the b3 header is dropped.
+    let h = send(vec![
+        ("traceparent", incoming.clone()),
+        ("tracestate", "vendor=abc".into()),
+        ("b3", b3.into()),
+    ])
+    .await;
+    let (trace, parent) = traceparent(&h);
+    assert_eq!(trace, INCOMING_TRACE);
+    assert_ne!(
+        parent, "00f067aa0ba902b7",
+        "the caller's span id passed through"
+    );
+    assert_eq!(h["tracestate"], "vendor=abc");
+    assert!(h.get("b3").is_none(), "b3 passed through: {h}");
+
+    // With baggage (the propagator writes the headers itself): baggage goes on, b3 does not.
+    let h = send(vec![
+        ("traceparent", incoming.clone()),
+        ("baggage", "k=v".into()),
+        ("b3", b3.into()),
+    ])
+    .await;
+    assert_eq!(traceparent(&h).0, INCOMING_TRACE);
+    assert_eq!(h["baggage"], "k=v");
+    assert!(h.get("b3").is_none(), "b3 passed through: {h}");
+
+    // A trace state and a b3 header without a traceparent: no trace to continue, so a new
+    // one starts and neither of the strays goes upstream.
+    let h = send(vec![("tracestate", "vendor=abc".into()), ("b3", b3.into())]).await;
+    assert_ne!(traceparent(&h).0, INCOMING_TRACE);
+    assert!(
+        h.get("tracestate").is_none(),
+        "tracestate passed through: {h}"
+    );
+    assert!(h.get("b3").is_none(), "b3 passed through: {h}");
+
+    // A b3 header alone (no installed propagator reads it): still not passed on.
+    let h = send(vec![("b3", b3.into())]).await;
+    assert!(h.get("b3").is_none(), "b3 passed through: {h}");
+
+    // None at all: the gateway's traceparent and nothing else.
+    let h = send(vec![]).await;
+    let (trace, _) = traceparent(&h);
+    assert_ne!(trace, INCOMING_TRACE);
+    for name in ["tracestate", "baggage", "b3"] {
+        assert!(h.get(name).is_none(), "{name} upstream: {h}");
+    }
+}
