@@ -27,13 +27,15 @@ use crate::{auth, framing, ratelimit, request_head, routing, shadow};
 /// received, when the framing guard needs it (HTTP/1 with `Transfer-Encoding`).
 pub(crate) async fn admit(
     req: &mut RequestHeader,
+    framing: framing::Present,
     raw_head: Option<&[u8]>,
     ctx: &mut RequestCtx,
     runtime: &Runtime,
 ) -> Result<(), GatewayError> {
     let config = &runtime.config;
     request_head::check(req, &config.server.limits, &config.identity_headers)?;
-    framing::check(&req.headers, raw_head).map_err(GatewayError::BadFraming)?;
+    let declared_length =
+        framing::check(&req.headers, framing, raw_head).map_err(GatewayError::BadFraming)?;
 
     let req = &*req;
     let absolute = Some(req.raw_path()).filter(|t| !t.starts_with(b"/"));
@@ -63,7 +65,7 @@ pub(crate) async fn admit(
     }
 
     let limit = route.config.max_body_bytes;
-    if framing::declared_length(&req.headers).is_some_and(|n| n > limit) {
+    if declared_length.is_some_and(|n| n > limit) {
         return Err(GatewayError::PayloadTooLarge { limit });
     }
 

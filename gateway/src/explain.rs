@@ -167,7 +167,8 @@ pub(crate) async fn explain_on(
         &runtime.config.server.trusted_proxies,
         tls,
     );
-    let admitted = decision::admit(&mut req, None, &mut ctx, runtime).await;
+    let framing = crate::framing::Present::of(&req.headers);
+    let admitted = decision::admit(&mut req, framing, None, &mut ctx, runtime).await;
     let path = ctx
         .path
         .clone()

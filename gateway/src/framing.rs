@@ -6,7 +6,7 @@
 //! `Transfer-Encoding` is present (RFC 9112 §6.3 allows that), so the raw header block is
 //! consulted to see whether the client sent both.
 
-use http::{header, HeaderMap};
+use http::{header, HeaderMap, HeaderValue};
 
 /// Why a request's framing is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,15 +29,65 @@ impl std::fmt::Display for FramingError {
     }
 }
 
-/// Checks the framing of a request with `headers`; `raw_head` is the header block as the
-/// client sent it (HTTP/1 only), which still shows a `Content-Length` the parser dropped.
-pub(crate) fn check(headers: &HeaderMap, raw_head: Option<&[u8]>) -> Result<(), FramingError> {
-    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
-    let first = lengths.next();
-    if lengths.next().is_some() || first.is_some_and(|v| v.as_bytes().contains(&b',')) {
-        return Err(FramingError::SeveralContentLengths);
+/// Above this many distinct header names, [`Present::of`] looks the two names up instead of
+/// scanning (as `observability::propagation::has_any` does).
+const SCAN_LIMIT: usize = 16;
+
+/// Which framing headers a request carries, found in one pass over its header names: most
+/// requests carry neither, and a lookup of each hashes its name (the check and the proxy's
+/// raw-head decision asked three times a request).
+///
+/// Taken before `request_head::check`, which removes only headers the gateway owns, never
+/// these, so it stays true of the request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Present {
+    /// `Content-Length`, once or more.
+    pub(crate) content_length: bool,
+    /// `Transfer-Encoding`.
+    pub(crate) transfer_encoding: bool,
+}
+
+impl Present {
+    /// The framing headers among `headers`.
+    pub(crate) fn of(headers: &HeaderMap) -> Self {
+        if headers.keys_len() > SCAN_LIMIT {
+            return Present {
+                content_length: headers.contains_key(header::CONTENT_LENGTH),
+                transfer_encoding: headers.contains_key(header::TRANSFER_ENCODING),
+            };
+        }
+        let mut present = Present::default();
+        for name in headers.keys() {
+            // Standard names compare as small integers.
+            if name == header::CONTENT_LENGTH {
+                present.content_length = true;
+            } else if name == header::TRANSFER_ENCODING {
+                present.transfer_encoding = true;
+            }
+        }
+        present
     }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
+}
+
+/// Checks the framing of a request with `headers`, whose framing headers are `present`;
+/// `raw_head` is the header block as the client sent it (HTTP/1 only), which still shows a
+/// `Content-Length` the parser dropped. Returns the body length `Content-Length` declares.
+pub(crate) fn check(
+    headers: &HeaderMap,
+    present: Present,
+    raw_head: Option<&[u8]>,
+) -> Result<Option<u64>, FramingError> {
+    let first = if present.content_length {
+        let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+        let first = lengths.next();
+        if lengths.next().is_some() || first.is_some_and(|v| v.as_bytes().contains(&b',')) {
+            return Err(FramingError::SeveralContentLengths);
+        }
+        first
+    } else {
+        None
+    };
+    if present.transfer_encoding {
         let raw_has_length = first.is_some()
             || raw_head.is_some_and(|raw| {
                 raw.split(|b| *b == b'\n').any(|line| {
@@ -48,17 +98,16 @@ pub(crate) fn check(headers: &HeaderMap, raw_head: Option<&[u8]>) -> Result<(), 
             return Err(FramingError::LengthAndTransferEncoding);
         }
     }
-    if first.is_some() && declared_length(headers).is_none() {
-        return Err(FramingError::InvalidContentLength);
-    }
-    Ok(())
+    first
+        .map(|v| parse_length(v).ok_or(FramingError::InvalidContentLength))
+        .transpose()
 }
 
-/// The body length the request declares in `Content-Length`, if it declares a valid one.
-pub(crate) fn declared_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
+/// A `Content-Length` value as a number, if it is a valid one.
+fn parse_length(value: &HeaderValue) -> Option<u64> {
+    value
+        .to_str()
+        .ok()
         .and_then(|v| v.trim().parse::<u64>().ok())
 }
 
@@ -82,14 +131,52 @@ mod tests {
         h
     }
 
+    fn check(h: &HeaderMap, raw: Option<&[u8]>) -> Result<Option<u64>, FramingError> {
+        super::check(h, Present::of(h), raw)
+    }
+
     #[test]
     fn one_valid_length_or_chunked_alone_is_fine() {
-        assert_eq!(check(&headers(&[("content-length", "12")]), None), Ok(()));
+        assert_eq!(
+            check(&headers(&[("content-length", " 12 ")]), None),
+            Ok(Some(12))
+        );
         assert_eq!(
             check(&headers(&[("transfer-encoding", "chunked")]), Some(b"")),
-            Ok(())
+            Ok(None)
         );
-        assert_eq!(check(&HeaderMap::new(), None), Ok(()));
+        assert_eq!(check(&HeaderMap::new(), None), Ok(None));
+    }
+
+    #[test]
+    fn framing_headers_are_found_by_scan_and_by_lookup() {
+        let mut h = headers(&[("host", "a"), ("Content-Length", "3")]);
+        assert_eq!(
+            Present::of(&h),
+            Present {
+                content_length: true,
+                transfer_encoding: false
+            }
+        );
+        for i in 0..SCAN_LIMIT {
+            h.insert(
+                http::HeaderName::try_from(format!("x-filler-{i}")).unwrap(),
+                HeaderValue::from_static("1"),
+            );
+        }
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        assert!(h.keys_len() > SCAN_LIMIT);
+        assert_eq!(
+            Present::of(&h),
+            Present {
+                content_length: true,
+                transfer_encoding: true
+            }
+        );
+        assert_eq!(Present::of(&headers(&[("host", "a")])), Present::default());
     }
 
     #[test]

@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::header;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorSource, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -42,17 +41,20 @@ impl Gateway {
         ctx: &mut RequestCtx,
         runtime: &Runtime,
     ) -> std::result::Result<(), GatewayError> {
+        let framing = framing::Present::of(&session.req_header().headers);
         let raw_head = session
             .as_downstream()
             .as_http1()
-            .filter(|_| {
-                session
-                    .req_header()
-                    .headers
-                    .contains_key(header::TRANSFER_ENCODING)
-            })
+            .filter(|_| framing.transfer_encoding)
             .map(|h1| h1.get_headers_raw_bytes());
-        decision::admit(session.req_header_mut(), raw_head.as_deref(), ctx, runtime).await
+        decision::admit(
+            session.req_header_mut(),
+            framing,
+            raw_head.as_deref(),
+            ctx,
+            runtime,
+        )
+        .await
     }
 }
 
