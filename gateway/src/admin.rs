@@ -183,7 +183,10 @@ impl ServeHttp for AdminApp {
                     .iter()
                     .map(|(n, s)| (n.clone(), s.status_json()))
                     .collect();
-                let (status, body) = if runtime.ready() {
+                // And the public listeners accept: Pingora binds them as the proxy starts,
+                // which may be after this listener answers.
+                let listening = self.shared.listening.accepting().await;
+                let (status, body) = if runtime.ready() && listening {
                     (
                         StatusCode::OK,
                         serde_json::json!({"status": "ready", "upstreams": upstreams, "stores": stores}),
@@ -191,7 +194,7 @@ impl ServeHttp for AdminApp {
                 } else {
                     (
                         StatusCode::SERVICE_UNAVAILABLE,
-                        serde_json::json!({"status": "not_ready", "issuers_without_keys": waiting, "upstreams": upstreams, "stores": stores}),
+                        serde_json::json!({"status": "not_ready", "listening": listening, "issuers_without_keys": waiting, "upstreams": upstreams, "stores": stores}),
                     )
                 };
                 respond(

@@ -14,8 +14,9 @@
 //! retries), `upstream_request` (what the upstream receives), `problem` (every error answered,
 //! and `problem::classify`), `access_log` (the access line and the span's decisions),
 //! `metrics`. Around them: [`config`] (parse + validate), `state` (the live configuration),
-//! `reload` (SIGHUP and file watch), `admin` (health, metrics, config, revocations), `store`
-//! (shared state in Redis), `revocation` (revoked tokens).
+//! `reload` (SIGHUP and file watch), `admin` (health, metrics, config, revocations), `listening`
+//! (whether the public listeners accept yet, for `/readyz`), `store` (shared state in Redis),
+//! `revocation` (revoked tokens).
 
 mod access_log;
 mod admin;
@@ -27,6 +28,7 @@ mod downstream;
 pub mod explain;
 mod forwarded;
 mod framing;
+mod listening;
 mod metrics;
 mod normalize;
 pub mod policy_test;
@@ -160,6 +162,9 @@ pub fn run(config_path: &Path, telemetry: &Telemetry) -> Result<(), StartError> 
         tracer,
         edge_certs: Arc::clone(&edge_certs),
         revocations: Arc::clone(&revocations),
+        listening: listening::Listening::new(
+            std::iter::once(config.listeners.public).chain(config.listeners.public_tls),
+        ),
     });
     let stop_watching = tokio_util::sync::CancellationToken::new();
     let watcher = reload::spawn_watcher(Arc::clone(&shared), stop_watching.clone());

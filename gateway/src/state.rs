@@ -452,6 +452,8 @@ pub(crate) struct Shared {
     pub(crate) edge_certs: Arc<EdgeCerts>,
     /// Revoked tokens; outlive every generation.
     pub(crate) revocations: Arc<Revocations>,
+    /// Whether the public listeners accept connections yet (part of `/readyz`).
+    pub(crate) listening: crate::listening::Listening,
 }
 
 impl Shared {
